@@ -1,0 +1,62 @@
+/* PostgreSQL over libpq: parameterized queries only, transactions, and
+ * SQLSTATEs mapped to loom_errc.
+ *
+ * A struct loom_db is one connection and is not thread-safe: give each thread
+ * its own. A query on a broken connection reconnects once and retries, unless
+ * a transaction was open (then the error is LOOM_EUNAVAIL and the caller's
+ * transaction is gone). */
+#ifndef LOOM_DB_H
+#define LOOM_DB_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "err.h"
+
+struct loom_db;
+
+int loom_db_open(const char *dsn, struct loom_db **ret, struct loom_err *err);
+/* Retries loom_db_open until it works or timeout_ms passes. */
+int loom_db_open_wait(const char *dsn, int timeout_ms, struct loom_db **ret, struct loom_err *err);
+void loom_db_close(struct loom_db *db); /* accepts NULL */
+PGconn *loom_db_conn(struct loom_db *db);
+bool loom_db_ok(struct loom_db *db); /* connection is up (for /readyz) */
+
+/* Runs sql with n text parameters ($1..$n; a NULL entry is SQL NULL).
+ * Returns the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK) or NULL with err
+ * filled: unique violation -> LOOM_ECONFLICT, foreign key -> LOOM_ENOTFOUND,
+ * check/data exceptions -> LOOM_EINVAL, serialization/deadlock -> LOOM_ERETRY,
+ * connection -> LOOM_EUNAVAIL, query_canceled -> LOOM_ETIMEOUT. The message
+ * carries PostgreSQL's primary message; err->msg for a constraint names it. */
+PGresult *loom_db_exec(struct loom_db *db, const char *sql, int n, const char *const *params,
+                       struct loom_err *err);
+
+/* loom_db_query(db, err, sql, p1, p2, ...) with at least one parameter. */
+#define loom_db_query(db, err, sql, ...)                                                           \
+    loom_db_exec((db), (sql), (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)), \
+                 (const char *[]){__VA_ARGS__}, (err))
+
+/* Runs sql without parameters and discards the result. */
+int loom_db_run(struct loom_db *db, const char *sql, struct loom_err *err);
+
+int loom_db_begin(struct loom_db *db, struct loom_err *err);
+int loom_db_commit(struct loom_db *db, struct loom_err *err);
+void loom_db_rollback(struct loom_db *db); /* safe when no transaction is open */
+bool loom_db_in_tx(struct loom_db *db);
+
+/* The loom_errc for a SQLSTATE (NULL -> LOOM_EUNAVAIL). */
+enum loom_errc loom_db_errc_for_sqlstate(const char *sqlstate);
+
+static inline void loom_pqclearp(PGresult **r)
+{
+    PQclear(*r);
+}
+#define _cleanup_pgres_ __attribute__((cleanup(loom_pqclearp)))
+
+/* Value of row r, column c, or NULL when SQL NULL. */
+static inline const char *loom_db_val(const PGresult *res, int r, int c)
+{
+    return PQgetisnull(res, r, c) ? NULL : PQgetvalue(res, r, c);
+}
+
+#endif

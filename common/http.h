@@ -1,0 +1,97 @@
+/* HTTP server helpers over libmicrohttpd: routing with path parameters, JSON
+ * bodies, RFC 9457 problem+json errors, request ids, and the endpoints every
+ * service serves (/livez, /readyz, /metrics).
+ *
+ * A handler gets a struct loom_http_req and must answer it exactly once with
+ * one of the loom_http_reply_* functions. Handlers run on the server's
+ * threads, so per-thread resources (a database connection) belong in
+ * thread-local storage. */
+#ifndef LOOM_HTTP_H
+#define LOOM_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+#define LOOM_HTTP_MAX_PARAMS 6
+#define LOOM_HTTP_MAX_HEADERS 12
+
+struct loom_http_server;
+
+struct loom_http_req {
+    void *conn; /* struct MHD_Connection * */
+    const char *method;
+    const char *path; /* without the query string */
+    const char *body; /* NUL-terminated copy of the body, "" when none */
+    size_t body_len;
+    char request_id[40]; /* from X-Request-Id when sane, else generated */
+    const char *params[LOOM_HTTP_MAX_PARAMS]; /* captured {} segments, decoded */
+    int nparams;
+    const char *rest; /* what a trailing "*" matched (without leading '/'), or NULL */
+    void *server_arg; /* the arg given to loom_http_server_start */
+    void *user;       /* free for the handler */
+    /* extra response headers set with loom_http_set_header */
+    char *hdr_names[LOOM_HTTP_MAX_HEADERS];
+    char *hdr_values[LOOM_HTTP_MAX_HEADERS];
+    int nhdrs;
+    bool replied;
+    int status; /* the status that was sent, for logs and metrics */
+};
+
+typedef void (*loom_http_handler)(struct loom_http_req *req);
+
+/* method "GET", "POST"..., or "*" for any. pattern segments: literal, "{}"
+ * (one segment, captured into params) or a final "*" (the rest, into rest).
+ * First match wins. A path that matches a pattern with another method gets
+ * 405 with Allow; no match gets 404. */
+struct loom_http_route {
+    const char *method;
+    const char *pattern;
+    loom_http_handler handler;
+};
+
+struct loom_http_server_opts {
+    const char *addr;  /* "host:port"; port 0 picks a free one */
+    size_t max_body;   /* larger bodies get 413 (0: 1 MiB) */
+    int threads;       /* worker threads (0: thread per connection) */
+    const struct loom_http_route *routes;
+    size_t nroutes;
+    void *arg;                                 /* req->server_arg */
+    bool (*ready)(void *arg);                  /* for /readyz; NULL = always ready */
+    const char *service;                       /* for logs */
+    bool log_requests;                         /* one log line per request */
+};
+
+/* Starts serving. /livez, /readyz and /metrics are added after the routes. */
+int loom_http_server_start(const struct loom_http_server_opts *opts,
+                           struct loom_http_server **ret, struct loom_err *err);
+/* Stops accepting, waits for in-flight requests, frees. Accepts NULL. */
+void loom_http_server_stop(struct loom_http_server *srv);
+uint16_t loom_http_server_port(const struct loom_http_server *srv);
+
+/* Request accessors. */
+const char *loom_http_header(struct loom_http_req *req, const char *name);
+const char *loom_http_query(struct loom_http_req *req, const char *name);
+/* Parses the body as a JSON object; 400-class error in err when it is not. */
+json_t *loom_http_body_json(struct loom_http_req *req, struct loom_err *err);
+
+/* Adds a response header for the coming reply (copied). */
+void loom_http_set_header(struct loom_http_req *req, const char *name, const char *value);
+
+/* Replies. body is stolen (decref'd) by reply_json. */
+void loom_http_reply(struct loom_http_req *req, int status, const char *content_type,
+                     const void *body, size_t len);
+void loom_http_reply_json(struct loom_http_req *req, int status, json_t *body);
+/* application/problem+json: {"type","title","status","detail","instance","request_id"}. */
+void loom_http_reply_problem(struct loom_http_req *req, int status, const char *detail_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Problem from an error: the status from err->code, detail from err->msg. */
+void loom_http_reply_err(struct loom_http_req *req, const struct loom_err *err);
+
+/* The standard title for a status ("Not Found"). */
+const char *loom_http_status_title(int status);
+
+#endif

@@ -1,0 +1,33 @@
+/* NATS subjects: the bus contract between services. Payloads are the
+ * loom.v1 protobuf messages named beside each. */
+#ifndef LOOM_SUBJECTS_H
+#define LOOM_SUBJECTS_H
+
+/* agent -> scheduler, request NodeRegister, reply Ack */
+#define LOOM_SUBJ_NODE_REGISTER "loom.node.register"
+/* agent -> scheduler, publish NodeHeartbeat */
+#define LOOM_SUBJ_NODE_HEARTBEAT "loom.node.heartbeat"
+/* scheduler -> agent <node>, request InstanceAssign, reply Ack */
+#define LOOM_SUBJ_AGENT_ASSIGN_FMT "loom.agent.%s.assign"
+/* scheduler -> agent <node>, request InstanceStop, reply Ack */
+#define LOOM_SUBJ_AGENT_STOP_FMT "loom.agent.%s.stop"
+/* agent -> scheduler (queue group "scheduler"), request InstanceReport, reply Ack */
+#define LOOM_SUBJ_INSTANCE_REPORT "loom.instance.report"
+/* api/activator -> scheduler, publish (empty): new work, place now */
+#define LOOM_SUBJ_SCHED_WAKE "loom.sched.wake"
+/* activator -> scheduler, publish ScaleDecision */
+#define LOOM_SUBJ_SCALE_DECISION "loom.scale.decision"
+/* scheduler -> activator, publish (empty): an app's instances changed */
+#define LOOM_SUBJ_APP_CHANGED_FMT "loom.app.%s.%s"
+/* agent -> metering, JetStream stream LOOM_USAGE, UsageSample */
+#define LOOM_STREAM_USAGE "LOOM_USAGE"
+#define LOOM_SUBJ_USAGE_FMT "loom.usage.%s"
+/* logshipper -> followers, publish LogBatch on loom.logs.<project>.<instance> */
+#define LOOM_SUBJ_LOGS_FMT "loom.logs.%s.%s"
+/* api -> anyone, CloudEvents JSON on loom.events.<project>.<kind> */
+#define LOOM_SUBJ_EVENTS_FMT "loom.events.%s.%s"
+
+/* Queue groups */
+#define LOOM_QUEUE_SCHEDULER "scheduler"
+
+#endif

@@ -1,0 +1,41 @@
+/* Small helpers used across services: ids, hashes, time, files. */
+#ifndef LOOM_UTIL_H
+#define LOOM_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+/* Fills buf with n cryptographically random bytes (getrandom). */
+int loom_random_bytes(void *buf, size_t n, struct loom_err *err);
+/* A random RFC 4122 version 4 UUID, lowercase, 36 characters + NUL. */
+void loom_uuid4(char out[37]);
+/* Lowercase hex of n bytes into out (2n + 1 bytes). */
+void loom_hex(const void *data, size_t n, char *out);
+/* sha256 of data as 64 hex characters + NUL. */
+void loom_sha256_hex(const void *data, size_t n, char out[65]);
+/* sha256 of a whole file; -1 with err if it cannot be read. */
+int loom_sha256_file(const char *path, char out[65], struct loom_err *err);
+
+int64_t loom_now_ms(void);      /* CLOCK_REALTIME in milliseconds */
+int64_t loom_mono_ms(void);     /* CLOCK_MONOTONIC in milliseconds */
+int64_t loom_now_ns(void);      /* CLOCK_REALTIME in nanoseconds */
+/* RFC 3339 UTC with milliseconds: "2026-11-28T04:25:32.123Z" (25 bytes + NUL). */
+void loom_format_time_ms(int64_t unix_ms, char out[32]);
+
+/* True when s is a DNS label: 1-63 of [a-z0-9-], starting with a letter,
+ * not ending with '-'. */
+bool loom_is_dns_label(const char *s);
+
+/* Reads a whole file (NUL-terminated; *ret_len may be NULL). */
+int loom_read_file(const char *path, char **ret, size_t *ret_len, struct loom_err *err);
+/* Writes data to path atomically (temp file in the same directory, fsync, rename). */
+int loom_write_file_atomic(const char *path, const void *data, size_t len, struct loom_err *err);
+/* mkdir -p with mode for created directories. */
+int loom_mkdir_p(const char *path, unsigned mode, struct loom_err *err);
+/* rm -rf; staying on one filesystem is the caller's job (unmount first). */
+int loom_rm_rf(const char *path, struct loom_err *err);
+
+#endif
