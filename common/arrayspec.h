@@ -33,8 +33,7 @@ char *loom_arrayspec_format(const struct loom_arrayspec *spec);
 /* PostgreSQL int4multirange literal "{[0,10),[20,21)}", allocated. */
 char *loom_arrayspec_to_multirange(const struct loom_arrayspec *spec);
 /* Parses PostgreSQL's multirange output ("{}" or "{[0,10),[20,21)}"). */
-int loom_arrayspec_from_multirange(const char *s, struct loom_arrayspec *ret,
-                                   struct loom_err *err);
+int loom_arrayspec_from_multirange(const char *s, struct loom_arrayspec *ret, struct loom_err *err);
 /* True when idx is in the spec (binary search). */
 int loom_arrayspec_contains(const struct loom_arrayspec *spec, int32_t idx);
 

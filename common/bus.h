@@ -40,6 +40,10 @@ typedef void (*loom_bus_handler)(struct loom_bus *bus, natsMsg *msg, void *arg);
 int loom_bus_subscribe(struct loom_bus *bus, const char *subject, const char *queue,
                        loom_bus_handler handler, void *arg, struct loom_err *err);
 
+/* (nats.c keeps library state that natsMsg_Destroy needs: a program that
+ * creates messages without a connection, like a unit test, calls nats_Open(-1)
+ * first; nats_Close() belongs at the very end of main, after every
+ * connection is destroyed, which loom_service_main does.) */
 /* Unpacks msg's data as desc; refuses (LOOM_EINVAL) what does not decode.
  * Free the result with protobuf_c_message_free_unpacked(m, NULL). */
 ProtobufCMessage *loom_bus_unpack(const natsMsg *msg, const ProtobufCMessageDescriptor *desc,

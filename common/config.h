@@ -27,7 +27,7 @@ struct loom_opt {
     const char *env;  /* "LOOM_PG_DSN", or NULL */
     enum loom_opt_type type;
     void *dst;
-    const char *def; /* default in the same syntax as the flag, or NULL */
+    const char *def;  /* default in the same syntax as the flag, or NULL */
     int64_t min, max; /* for INT, DURATION and SIZE when max > min */
     const char *help;
 };

@@ -12,20 +12,20 @@
 
 enum loom_errc {
     LOOM_OK = 0,
-    LOOM_EINVAL,      /* bad input from outside: 400 */
-    LOOM_EUNAUTH,     /* missing or wrong credentials: 401 */
-    LOOM_EPERM,       /* authenticated but not allowed: 403 */
-    LOOM_ENOTFOUND,   /* 404 */
-    LOOM_ECONFLICT,   /* already exists, or state forbids it: 409 */
-    LOOM_EPRECOND,    /* If-Match mismatch: 412 */
-    LOOM_ETOOBIG,     /* 413 */
-    LOOM_EUNPROC,     /* well-formed but cannot be processed: 422 */
-    LOOM_ELIMIT,      /* rate limit or quota: 429 */
-    LOOM_ERETRY,      /* transient (serialization failure, deadlock): try again */
-    LOOM_EUNAVAIL,    /* a dependency is down: 503 */
-    LOOM_ETIMEOUT,    /* 504 */
-    LOOM_EIO,         /* system call failed */
-    LOOM_EINTERNAL,   /* a bug or an unexpected answer: 500 */
+    LOOM_EINVAL,    /* bad input from outside: 400 */
+    LOOM_EUNAUTH,   /* missing or wrong credentials: 401 */
+    LOOM_EPERM,     /* authenticated but not allowed: 403 */
+    LOOM_ENOTFOUND, /* 404 */
+    LOOM_ECONFLICT, /* already exists, or state forbids it: 409 */
+    LOOM_EPRECOND,  /* If-Match mismatch: 412 */
+    LOOM_ETOOBIG,   /* 413 */
+    LOOM_EUNPROC,   /* well-formed but cannot be processed: 422 */
+    LOOM_ELIMIT,    /* rate limit or quota: 429 */
+    LOOM_ERETRY,    /* transient (serialization failure, deadlock): try again */
+    LOOM_EUNAVAIL,  /* a dependency is down: 503 */
+    LOOM_ETIMEOUT,  /* 504 */
+    LOOM_EIO,       /* system call failed */
+    LOOM_EINTERNAL, /* a bug or an unexpected answer: 500 */
 };
 
 struct loom_err {
@@ -34,7 +34,9 @@ struct loom_err {
     char msg[512];
 };
 
+/* clang-format off */
 #define LOOM_ERR_INIT {LOOM_OK, 0, {0}}
+/* clang-format on */
 
 /* Sets code and message; returns -1 so that `return loom_err_set(...)` works.
  * err may be NULL (the caller does not care why). */

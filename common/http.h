@@ -27,10 +27,11 @@ struct loom_http_req {
     const char *path; /* without the query string */
     const char *body; /* NUL-terminated copy of the body, "" when none */
     size_t body_len;
-    char request_id[40]; /* from X-Request-Id when sane, else generated */
+    char request_id[40];                      /* from X-Request-Id when sane, else generated */
     const char *params[LOOM_HTTP_MAX_PARAMS]; /* captured {} segments, decoded */
     int nparams;
-    const char *rest; /* what a trailing "*" matched (without leading '/'), or NULL */
+    const char *rest; /* what a trailing "*" matched (without leading '/'), or NULL;
+                         as sent, not URL-decoded (proxies forward it as is) */
     void *server_arg; /* the arg given to loom_http_server_start */
     void *user;       /* free for the handler */
     /* extra response headers set with loom_http_set_header */
@@ -54,20 +55,20 @@ struct loom_http_route {
 };
 
 struct loom_http_server_opts {
-    const char *addr;  /* "host:port"; port 0 picks a free one */
-    size_t max_body;   /* larger bodies get 413 (0: 1 MiB) */
-    int threads;       /* worker threads (0: thread per connection) */
+    const char *addr; /* "host:port"; port 0 picks a free one */
+    size_t max_body;  /* larger bodies get 413 (0: 1 MiB) */
+    int threads;      /* worker threads (0: thread per connection) */
     const struct loom_http_route *routes;
     size_t nroutes;
-    void *arg;                                 /* req->server_arg */
-    bool (*ready)(void *arg);                  /* for /readyz; NULL = always ready */
-    const char *service;                       /* for logs */
-    bool log_requests;                         /* one log line per request */
+    void *arg;                /* req->server_arg */
+    bool (*ready)(void *arg); /* for /readyz; NULL = always ready */
+    const char *service;      /* for logs */
+    bool log_requests;        /* one log line per request */
 };
 
 /* Starts serving. /livez, /readyz and /metrics are added after the routes. */
-int loom_http_server_start(const struct loom_http_server_opts *opts,
-                           struct loom_http_server **ret, struct loom_err *err);
+int loom_http_server_start(const struct loom_http_server_opts *opts, struct loom_http_server **ret,
+                           struct loom_err *err);
 /* Stops accepting, waits for in-flight requests, frees. Accepts NULL. */
 void loom_http_server_stop(struct loom_http_server *srv);
 uint16_t loom_http_server_port(const struct loom_http_server *srv);

@@ -11,8 +11,8 @@
 
 struct loom_httpc_resp {
     long status;
-    struct strbuf body;       /* unless written to a sink */
-    char *content_type;       /* response headers of interest, or NULL */
+    struct strbuf body; /* unless written to a sink */
+    char *content_type; /* response headers of interest, or NULL */
     char *location;
     char *www_authenticate;
     char *docker_content_digest;
@@ -31,11 +31,11 @@ struct loom_httpc_req {
     const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
     const void *body;
     size_t body_len;
-    int64_t timeout_ms;        /* whole transfer; 0 = 30 s */
-    loom_httpc_sink sink;      /* body to sink instead of resp->body */
+    int64_t timeout_ms;   /* whole transfer; 0 = 30 s */
+    loom_httpc_sink sink; /* body to sink instead of resp->body */
     void *sink_arg;
-    size_t max_body;           /* refuse larger bodies into resp->body (0 = 64 MiB) */
-    int follow_redirects;      /* for blob downloads that redirect to storage */
+    size_t max_body;      /* refuse larger bodies into resp->body (0 = 64 MiB) */
+    int follow_redirects; /* for blob downloads that redirect to storage */
 };
 
 /* Performs the request. A transport failure (refused, timeout, DNS) is an

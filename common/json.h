@@ -9,7 +9,6 @@
 
 #include "err.h"
 
-
 static inline void loom_json_decrefp(json_t **j)
 {
     if (*j)

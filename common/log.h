@@ -17,11 +17,16 @@ enum loom_log_level {
  * LOOM_LOG_LEVEL=debug|info|warn|error in the environment overrides min. */
 void loom_log_init(const char *service, enum loom_log_level min);
 
+/* Changes the minimum level (no environment override): for a --log-level
+ * flag that must win over LOOM_LOG_LEVEL. */
+void loom_log_set_level(enum loom_log_level min);
+
 /* Sets (or with NULL clears) the request id that this thread's lines carry. */
 void loom_log_set_request_id(const char *request_id);
 const char *loom_log_request_id(void);
 
-void loom_log(enum loom_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void loom_log(enum loom_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Parses "debug", "info", "warn", "error"; returns -1 for anything else. */
 int loom_log_level_parse(const char *s, enum loom_log_level *ret);

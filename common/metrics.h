@@ -19,8 +19,8 @@ struct loom_metric *loom_metric_gauge(const char *name, const char *labels, cons
 struct loom_metric *loom_metric_histogram(const char *name, const char *labels, const char *help,
                                           const double *buckets, size_t nbuckets);
 
-void loom_metric_add(struct loom_metric *m, double v); /* counters, gauges */
-void loom_metric_set(struct loom_metric *m, double v); /* gauges */
+void loom_metric_add(struct loom_metric *m, double v);     /* counters, gauges */
+void loom_metric_set(struct loom_metric *m, double v);     /* gauges */
 void loom_metric_observe(struct loom_metric *m, double v); /* histograms */
 
 /* Appends every metric in text format. */

@@ -26,32 +26,32 @@
 #include "http.h"
 
 struct loom_service {
-    const char *name;       /* "api" */
-    char *pg_dsn;           /* LOOM_PG_DSN */
-    char *nats_url;         /* LOOM_NATS_URL */
-    char *http_addr;        /* LOOM_<NAME>_ADDR, e.g. LOOM_API_ADDR */
-    int64_t tick_ms;        /* from the definition, or --tick */
-    struct loom_db *db;     /* the main thread's connection (start, tick, stop) */
+    const char *name;   /* "api" */
+    char *pg_dsn;       /* LOOM_PG_DSN */
+    char *nats_url;     /* LOOM_NATS_URL */
+    char *http_addr;    /* LOOM_<NAME>_ADDR, e.g. LOOM_API_ADDR */
+    int64_t tick_ms;    /* from the definition, or --tick */
+    struct loom_db *db; /* the main thread's connection (start, tick, stop) */
     struct loom_bus *bus;
     struct loom_http_server *http;
     volatile sig_atomic_t stopping;
-    void *ctx;              /* the service's own state, from the definition */
-    char **rest;            /* non-option arguments */
+    void *ctx;   /* the service's own state, from the definition */
+    char **rest; /* non-option arguments */
     int nrest;
 };
 
 struct loom_service_def {
     const char *name;
-    const char *default_addr;       /* e.g. "127.0.0.1:8080"; port 0 = any free port */
-    int64_t tick_ms;                /* 0: 1000 */
-    int http_threads;               /* 0: thread per connection */
+    const char *default_addr; /* e.g. "127.0.0.1:8080"; port 0 = any free port */
+    int64_t tick_ms;          /* 0: 1000 */
+    int http_threads;         /* 0: thread per connection */
     size_t max_body;
-    const struct loom_opt *opts;    /* the service's own options, or NULL */
+    const struct loom_opt *opts; /* the service's own options, or NULL */
     size_t nopts;
     const struct loom_http_route *routes; /* served beside the health endpoints */
     size_t nroutes;
-    bool needs_db;                  /* false: never connects to PostgreSQL */
-    bool accept_args;               /* non-option arguments allowed */
+    bool needs_db;    /* false: never connects to PostgreSQL */
+    bool accept_args; /* non-option arguments allowed */
     void *ctx;
     /* After connections, before serving. Non-zero fails the start. */
     int (*start)(struct loom_service *svc, struct loom_err *err);
@@ -62,6 +62,10 @@ struct loom_service_def {
     void (*stop)(struct loom_service *svc);
 };
 
+/* Returns 0 after a clean stop, 1 when the start failed (the reason is logged
+ * once). It calls nats_CloseAndWait() on the way out, after the bus is closed: do
+ * not use NATS after it returns. A second SIGTERM/SIGINT while stopping exits
+ * at once with status 1. */
 int loom_service_main(const struct loom_service_def *def, int argc, char **argv);
 
 /* The running service (for handlers that need the bus); NULL before start. */

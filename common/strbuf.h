@@ -12,7 +12,9 @@ struct strbuf {
     size_t alloc;
 };
 
+/* clang-format off */
 #define STRBUF_INIT {loom_strbuf_empty, 0, 0}
+/* clang-format on */
 extern char loom_strbuf_empty[];
 
 void strbuf_init(struct strbuf *sb);

@@ -19,9 +19,9 @@ void loom_sha256_hex(const void *data, size_t n, char out[65]);
 /* sha256 of a whole file; -1 with err if it cannot be read. */
 int loom_sha256_file(const char *path, char out[65], struct loom_err *err);
 
-int64_t loom_now_ms(void);      /* CLOCK_REALTIME in milliseconds */
-int64_t loom_mono_ms(void);     /* CLOCK_MONOTONIC in milliseconds */
-int64_t loom_now_ns(void);      /* CLOCK_REALTIME in nanoseconds */
+int64_t loom_now_ms(void);  /* CLOCK_REALTIME in milliseconds */
+int64_t loom_mono_ms(void); /* CLOCK_MONOTONIC in milliseconds */
+int64_t loom_now_ns(void);  /* CLOCK_REALTIME in nanoseconds */
 /* RFC 3339 UTC with milliseconds: "2026-11-28T04:25:32.123Z" (25 bytes + NUL). */
 void loom_format_time_ms(int64_t unix_ms, char out[32]);
 

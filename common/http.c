@@ -1,0 +1,645 @@
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "cleanup.h"
+#include "config.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+#include "strbuf.h"
+#include "util.h"
+
+#define DEFAULT_MAX_BODY (1u << 20)
+#define DISCARD_LIMIT (16u << 20)
+
+struct loom_http_server {
+    struct MHD_Daemon *daemon;
+    struct loom_http_server_opts opts;
+    char *service;
+    uint16_t port;
+    double start_time;
+    struct loom_metric *latency;
+};
+
+/* Per request: the body so far and everything the request struct points into. */
+struct conn_state {
+    struct loom_http_server *srv;
+    struct strbuf body;
+    bool too_big;
+    size_t discarded; /* body bytes dropped after too_big */
+    bool done;
+    int64_t start_ms;
+    char *path;     /* decoded */
+    char *segs_raw; /* the raw path, split in place for matching */
+    char **allocs;  /* decoded params and query values */
+    size_t nallocs, allocs_cap;
+    struct loom_http_req req;
+};
+
+static const double latency_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                         0.25,  0.5,   1,    2.5,   5,    10};
+
+/* Decodes %xx (and '+' when plus is set) into a new string; NULL when it would
+ * contain a NUL byte or a malformed escape. */
+static char *url_decode(const char *s, size_t len, bool plus)
+{
+    char *out = malloc(len + 1);
+    if (!out)
+        abort();
+    size_t w = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= len || !isxdigit((unsigned char)s[i + 1]) ||
+                !isxdigit((unsigned char)s[i + 2])) {
+                free(out);
+                return NULL;
+            }
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            long v = strtol(hex, NULL, 16);
+            if (v == 0) {
+                free(out);
+                return NULL;
+            }
+            out[w++] = (char)v;
+            i += 2;
+        } else if (c == '+' && plus) {
+            out[w++] = ' ';
+        } else {
+            out[w++] = c;
+        }
+    }
+    out[w] = '\0';
+    return out;
+}
+
+static const char *state_keep(struct conn_state *st, char *s)
+{
+    if (!s)
+        return NULL;
+    if (st->nallocs == st->allocs_cap) {
+        st->allocs_cap = st->allocs_cap ? st->allocs_cap * 2 : 8;
+        char **a = realloc(st->allocs, st->allocs_cap * sizeof(char *));
+        if (!a)
+            abort();
+        st->allocs = a;
+    }
+    st->allocs[st->nallocs++] = s;
+    return s;
+}
+
+static void state_free(struct conn_state *st)
+{
+    if (!st)
+        return;
+    strbuf_release(&st->body);
+    free(st->path);
+    free(st->segs_raw);
+    for (size_t i = 0; i < st->nallocs; i++)
+        free(st->allocs[i]);
+    free(st->allocs);
+    for (int i = 0; i < st->req.nhdrs; i++) {
+        free(st->req.hdr_names[i]);
+        free(st->req.hdr_values[i]);
+    }
+    free(st);
+}
+
+static struct conn_state *req_state(struct loom_http_req *req)
+{
+    return (struct conn_state *)((char *)req - offsetof(struct conn_state, req));
+}
+
+const char *loom_http_status_title(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status >= 500 ? "Server Error" : status >= 400 ? "Client Error" : "Unknown";
+    }
+}
+
+const char *loom_http_header(struct loom_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *loom_http_query(struct loom_http_req *req, const char *name)
+{
+    /* our unescape callback leaves query values raw: decode them here */
+    const char *raw = MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+    if (!raw)
+        return NULL;
+    return state_keep(req_state(req), url_decode(raw, strlen(raw), true));
+}
+
+json_t *loom_http_body_json(struct loom_http_req *req, struct loom_err *err)
+{
+    if (req->body_len == 0) {
+        loom_err_set(err, LOOM_EINVAL, "request body is empty (expected a JSON object)");
+        return NULL;
+    }
+    return loom_json_parse_object(req->body, req->body_len, err);
+}
+
+void loom_http_set_header(struct loom_http_req *req, const char *name, const char *value)
+{
+    if (req->nhdrs >= LOOM_HTTP_MAX_HEADERS)
+        return;
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v)
+        abort();
+    req->hdr_names[req->nhdrs] = n;
+    req->hdr_values[req->nhdrs] = v;
+    req->nhdrs++;
+}
+
+void loom_http_reply(struct loom_http_req *req, int status, const char *content_type,
+                     const void *body, size_t len)
+{
+    if (req->replied)
+        return;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        abort();
+    if (content_type)
+        MHD_add_response_header(r, "Content-Type", content_type);
+    MHD_add_response_header(r, "X-Request-Id", req->request_id);
+    for (int i = 0; i < req->nhdrs; i++)
+        MHD_add_response_header(r, req->hdr_names[i], req->hdr_values[i]);
+    MHD_queue_response(req->conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    req->replied = true;
+    req->status = status;
+}
+
+void loom_http_reply_json(struct loom_http_req *req, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(body);
+    if (!s) {
+        loom_http_reply_problem(req, 500, "could not encode the response");
+        return;
+    }
+    loom_http_reply(req, status, "application/json", s, strlen(s));
+    free(s);
+}
+
+static void reply_problem_str(struct loom_http_req *req, int status, const char *detail)
+{
+    json_t *p = json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "type", "about:blank", "title",
+                          loom_http_status_title(status), "status", status, "detail", detail,
+                          "instance", req->path ? req->path : "", "request_id", req->request_id);
+    if (!p) /* detail or path was not valid UTF-8 */
+        p = json_pack("{s:s, s:s, s:i, s:s}", "type", "about:blank", "title",
+                      loom_http_status_title(status), "status", status, "request_id",
+                      req->request_id);
+    char *s = json_dumps(p, JSON_COMPACT);
+    json_decref(p);
+    loom_http_reply(req, status, "application/problem+json", s ? s : "{}", s ? strlen(s) : 2);
+    free(s);
+}
+
+void loom_http_reply_problem(struct loom_http_req *req, int status, const char *detail_fmt, ...)
+{
+    char detail[1024] = "";
+    if (detail_fmt) {
+        va_list ap;
+        va_start(ap, detail_fmt);
+        vsnprintf(detail, sizeof(detail), detail_fmt, ap);
+        va_end(ap);
+    }
+    reply_problem_str(req, status, detail);
+}
+
+void loom_http_reply_err(struct loom_http_req *req, const struct loom_err *err)
+{
+    int status = loom_errc_http_status(err->code);
+    if (err->code == LOOM_ERETRY || err->code == LOOM_EUNAVAIL)
+        loom_http_set_header(req, "Retry-After", "1");
+    reply_problem_str(req, status, err->msg[0] ? err->msg : loom_errc_name(err->code));
+}
+
+/* --- built-in endpoints ---------------------------------------------------------- */
+
+static void handle_livez(struct loom_http_req *req)
+{
+    loom_http_reply(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
+}
+
+static void handle_readyz(struct loom_http_req *req)
+{
+    struct loom_http_server *srv = req_state(req)->srv;
+    if (srv->opts.ready && !srv->opts.ready(srv->opts.arg)) {
+        loom_http_reply_problem(req, 503, "not ready");
+        return;
+    }
+    loom_http_reply(req, 200, "text/plain; charset=utf-8", "ready\n", 6);
+}
+
+static void handle_metrics(struct loom_http_req *req)
+{
+    struct loom_http_server *srv = req_state(req)->srv;
+    struct strbuf sb = STRBUF_INIT;
+    loom_metrics_render(&sb);
+    strbuf_addstr(&sb, "# HELP process_start_time_seconds Start time of the process since unix "
+                       "epoch in seconds.\n# TYPE process_start_time_seconds gauge\n");
+    strbuf_addf(&sb, "process_start_time_seconds %.3f\n", srv->start_time);
+    loom_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", sb.buf, sb.len);
+    strbuf_release(&sb);
+}
+
+static const struct loom_http_route builtin_routes[] = {
+    {"GET", "/livez", handle_livez},
+    {"GET", "/readyz", handle_readyz},
+    {"GET", "/metrics", handle_metrics},
+};
+
+/* --- routing ---------------------------------------------------------------------- */
+
+static bool method_matches(const char *route_method, const char *method)
+{
+    return strcmp(route_method, "*") == 0 || strcmp(route_method, method) == 0 ||
+           (strcmp(method, "HEAD") == 0 && strcmp(route_method, "GET") == 0);
+}
+
+/* Matches the raw path against pattern; fills params (decoded) and rest (raw).
+ * Returns 1 on match, 0 on no match, -1 when a segment does not decode. */
+static int match_pattern(struct conn_state *st, const char *pattern, const char *path)
+{
+    if (pattern[0] != '/' || path[0] != '/')
+        return 0;
+    const char *p = pattern + 1, *u = path + 1;
+    char *params[LOOM_HTTP_MAX_PARAMS];
+    int nparams = 0;
+    int result = 0;
+    const char *rest = NULL;
+    for (;;) {
+        size_t plen = strcspn(p, "/");
+        if (plen == 1 && p[0] == '*' && p[1] == '\0') {
+            rest = u;
+            result = 1;
+            break;
+        }
+        size_t ulen = strcspn(u, "/");
+        char *dec = url_decode(u, ulen, false);
+        if (!dec) {
+            result = -1;
+            break;
+        }
+        if (plen == 2 && p[0] == '{' && p[1] == '}') {
+            if (ulen == 0 || nparams == LOOM_HTTP_MAX_PARAMS) {
+                free(dec);
+                break;
+            }
+            params[nparams++] = dec;
+        } else {
+            bool same = strlen(dec) == plen && memcmp(dec, p, plen) == 0;
+            free(dec);
+            if (!same)
+                break;
+        }
+        p += plen;
+        u += ulen;
+        if (*p == '\0' && *u == '\0') {
+            result = 1;
+            break;
+        }
+        /* "/apps/x" matches "/apps/{}" + "/" + "*" with rest "" */
+        if (*p == '/' && p[1] == '*' && p[2] == '\0' && *u == '\0') {
+            rest = u;
+            result = 1;
+            break;
+        }
+        if (*p != '/' || *u != '/')
+            break;
+        p++;
+        u++;
+    }
+    if (result == 1) {
+        for (int i = 0; i < nparams; i++)
+            st->req.params[i] = state_keep(st, params[i]);
+        st->req.nparams = nparams;
+        st->req.rest = rest;
+    } else {
+        for (int i = 0; i < nparams; i++)
+            free(params[i]);
+    }
+    return result;
+}
+
+static void dispatch(struct conn_state *st, const char *raw_path)
+{
+    struct loom_http_server *srv = st->srv;
+    struct loom_http_req *req = &st->req;
+    struct strbuf allow = STRBUF_INIT;
+    for (int pass = 0; pass < 2; pass++) {
+        const struct loom_http_route *routes = pass == 0 ? srv->opts.routes : builtin_routes;
+        size_t n = pass == 0 ? srv->opts.nroutes : LOOM_ARRAY_SIZE(builtin_routes);
+        for (size_t i = 0; i < n; i++) {
+            int m = match_pattern(st, routes[i].pattern, raw_path);
+            if (m < 0) {
+                strbuf_release(&allow);
+                loom_http_reply_problem(req, 400, "malformed percent-encoding in the path");
+                return;
+            }
+            if (m == 0)
+                continue;
+            if (method_matches(routes[i].method, req->method)) {
+                strbuf_release(&allow);
+                routes[i].handler(req);
+                if (!req->replied)
+                    loom_http_reply_problem(req, 500, "the handler did not reply");
+                return;
+            }
+            /* keep the params of a later full match only */
+            for (int k = 0; k < req->nparams; k++)
+                req->params[k] = NULL;
+            req->nparams = 0;
+            req->rest = NULL;
+            if (!strstr(allow.buf, routes[i].method)) {
+                if (allow.len)
+                    strbuf_addstr(&allow, ", ");
+                strbuf_addstr(&allow, routes[i].method);
+            }
+        }
+    }
+    if (allow.len) {
+        loom_http_set_header(req, "Allow", allow.buf);
+        strbuf_release(&allow);
+        loom_http_reply_problem(req, 405, "method %s is not allowed here", req->method);
+        return;
+    }
+    loom_http_reply_problem(req, 404, "no such resource");
+}
+
+static bool request_id_sane(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n < 1 || n > 64 || n >= sizeof(((struct loom_http_req *)0)->request_id))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static void finish(struct conn_state *st)
+{
+    struct loom_http_server *srv = st->srv;
+    struct loom_http_req *req = &st->req;
+    char labels[32];
+    snprintf(labels, sizeof(labels), "code=\"%d\"", req->status);
+    loom_metric_add(loom_metric_counter("loom_http_requests_total", labels, "HTTP requests served"),
+                    1);
+    double secs = (double)(loom_mono_ms() - st->start_ms) / 1000.0;
+    loom_metric_observe(srv->latency, secs);
+    if (srv->opts.log_requests)
+        log_info("%s %s %d %.1fms", req->method, req->path ? req->path : "", req->status,
+                 secs * 1000.0);
+    loom_log_set_request_id(NULL);
+}
+
+static void init_request(struct conn_state *st, struct MHD_Connection *conn, const char *url,
+                         const char *method)
+{
+    struct loom_http_req *req = &st->req;
+    req->conn = conn;
+    req->method = method;
+    req->server_arg = st->srv->opts.arg;
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (request_id_sane(rid))
+        snprintf(req->request_id, sizeof(req->request_id), "%s", rid);
+    else
+        loom_uuid4(req->request_id);
+    st->path = url_decode(url, strlen(url), false);
+    req->path = st->path ? st->path : url;
+    req->body = "";
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    struct loom_http_server *srv = cls;
+    size_t max_body = srv->opts.max_body ? srv->opts.max_body : DEFAULT_MAX_BODY;
+    struct conn_state *st = *con_cls;
+    if (!st) {
+        st = calloc(1, sizeof(*st));
+        if (!st)
+            return MHD_NO;
+        st->srv = srv;
+        st->start_ms = loom_mono_ms();
+        strbuf_init(&st->body);
+        *con_cls = st;
+        init_request(st, conn, url, method);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        int64_t clen;
+        if (cl && loom_parse_int(cl, 0, 0, &clen) == 0 && clen > (int64_t)max_body) {
+            st->too_big = true;
+            st->done = true;
+            loom_log_set_request_id(st->req.request_id);
+            loom_http_reply_problem(&st->req, 413, "request body larger than %zu bytes", max_body);
+            finish(st);
+        }
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (st->too_big) {
+            /* MHD 0.9.75 cannot send a response queued in the middle of an
+             * upload, so the rest of the body is read and dropped and the 413
+             * goes out at its end; a body that goes on and on is cut off. */
+            st->discarded += *upload_data_size;
+            *upload_data_size = 0;
+            return st->discarded > max_body + DISCARD_LIMIT ? MHD_NO : MHD_YES;
+        }
+        if (st->body.len + *upload_data_size > max_body) {
+            st->too_big = true;
+            st->discarded = st->body.len + *upload_data_size;
+            strbuf_release(&st->body);
+        } else {
+            strbuf_add(&st->body, upload_data, *upload_data_size);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (st->done)
+        return MHD_YES;
+    if (st->too_big) {
+        st->done = true;
+        loom_log_set_request_id(st->req.request_id);
+        loom_http_reply_problem(&st->req, 413, "request body larger than %zu bytes", max_body);
+        finish(st);
+        return MHD_YES;
+    }
+    st->done = true;
+    loom_log_set_request_id(st->req.request_id);
+    st->req.body = st->body.buf;
+    st->req.body_len = st->body.len;
+    dispatch(st, url);
+    finish(st);
+    return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    state_free(*con_cls);
+    *con_cls = NULL;
+}
+
+/* Leaves the path and query raw: we decode each path segment ourselves so
+ * that "%2F" inside a segment does not split it. */
+static size_t no_unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    return strlen(s);
+}
+
+int loom_http_server_start(const struct loom_http_server_opts *opts, struct loom_http_server **ret,
+                           struct loom_err *err)
+{
+    _cleanup_free_ char *host = NULL;
+    uint16_t port;
+    if (loom_parse_hostport(opts->addr ? opts->addr : "", &host, &port) < 0)
+        return loom_err_set(err, LOOM_EINVAL, "invalid listen address \"%s\"",
+                            opts->addr ? opts->addr : "");
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    unsigned flags = 0;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+    int gai = getaddrinfo(host, portstr, &hints, &ai);
+    if (gai != 0 || !ai)
+        return loom_err_set(err, LOOM_EINVAL, "could not resolve listen address \"%s\": %s",
+                            opts->addr, gai_strerror(gai));
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    freeaddrinfo(ai);
+
+    struct loom_http_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        abort();
+    srv->opts = *opts;
+    srv->service = strdup(opts->service ? opts->service : "");
+    if (!srv->service)
+        abort();
+    srv->opts.service = srv->service;
+    srv->start_time = (double)loom_now_ms() / 1000.0;
+    srv->latency =
+        loom_metric_histogram("loom_http_request_duration_seconds", NULL, "HTTP request latency",
+                              latency_buckets, LOOM_ARRAY_SIZE(latency_buckets));
+    if (opts->threads > 0)
+        flags |= MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    else
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+
+    srv->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
+        NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)(opts->threads > 0 ? opts->threads : 0), MHD_OPTION_END);
+    if (!srv->daemon) {
+        free(srv->service);
+        free(srv);
+        return loom_err_set(err, LOOM_EUNAVAIL, "could not listen on \"%s\"", opts->addr);
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : port;
+    *ret = srv;
+    return 0;
+}
+
+void loom_http_server_stop(struct loom_http_server *srv)
+{
+    if (!srv)
+        return;
+    MHD_stop_daemon(srv->daemon);
+    free(srv->service);
+    free(srv);
+}
+
+uint16_t loom_http_server_port(const struct loom_http_server *srv)
+{
+    return srv->port;
+}

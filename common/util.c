@@ -1,0 +1,327 @@
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+
+int loom_random_bytes(void *buf, size_t n, struct loom_err *err)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return loom_err_sys(err, errno, "could not get random bytes");
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+void loom_uuid4(char out[37])
+{
+    unsigned char b[16];
+    if (loom_random_bytes(b, sizeof(b), NULL) < 0)
+        abort(); /* getrandom does not fail on a booted kernel */
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    char hex[33];
+    loom_hex(b, sizeof(b), hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
+void loom_hex(const void *data, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void loom_sha256_hex(const void *data, size_t n, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    if (!EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL))
+        abort();
+    loom_hex(md, 32, out);
+}
+
+int loom_sha256_file(const char *path, char out[65], struct loom_err *err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return loom_err_sys(err, errno, "could not open \"%s\"", path);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
+        EVP_MD_CTX_free(ctx);
+        return loom_err_set(err, LOOM_EINTERNAL, "could not start sha256");
+    }
+    unsigned char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            EVP_MD_CTX_free(ctx);
+            return loom_err_sys(err, e, "could not read \"%s\"", path);
+        }
+        if (n == 0)
+            break;
+        EVP_DigestUpdate(ctx, buf, (size_t)n);
+    }
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    loom_hex(md, 32, out);
+    return 0;
+}
+
+int64_t loom_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t loom_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t loom_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void loom_format_time_ms(int64_t unix_ms, char out[32])
+{
+    time_t secs = (time_t)(unix_ms / 1000);
+    int ms = (int)(unix_ms % 1000);
+    if (ms < 0) {
+        ms += 1000;
+        secs -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char date[24];
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 32, "%s.%03dZ", date, ms);
+}
+
+bool loom_is_dns_label(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 63)
+        return false;
+    if (s[0] < 'a' || s[0] > 'z')
+        return false;
+    if (s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+int loom_read_file(const char *path, char **ret, size_t *ret_len, struct loom_err *err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        loom_err_sys(err, e, "could not open \"%s\"", path);
+        if (err && e == ENOENT)
+            err->code = LOOM_ENOTFOUND;
+        return -1;
+    }
+    size_t cap = 4096, len = 0;
+    _cleanup_free_ char *buf = malloc(cap);
+    if (!buf)
+        abort();
+    for (;;) {
+        if (len + 1 >= cap) {
+            cap *= 2;
+            char *p = realloc(buf, cap);
+            if (!p)
+                abort();
+            buf = p;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return loom_err_sys(err, errno, "could not read \"%s\"", path);
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    if (ret_len)
+        *ret_len = len;
+    *ret = TAKE_PTR(buf);
+    return 0;
+}
+
+int loom_write_file_atomic(const char *path, const void *data, size_t len, struct loom_err *err)
+{
+    size_t plen = strlen(path);
+    _cleanup_free_ char *tmp = malloc(plen + 32);
+    if (!tmp)
+        abort();
+    char rnd[9];
+    unsigned char rb[4];
+    if (loom_random_bytes(rb, sizeof(rb), err) < 0)
+        return -1;
+    loom_hex(rb, sizeof(rb), rnd);
+    snprintf(tmp, plen + 32, "%s.tmp-%s", path, rnd);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return loom_err_sys(err, errno, "could not create \"%s\"", tmp);
+    const char *p = data;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, p + off, len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return loom_err_sys(err, e, "could not write \"%s\"", tmp);
+        }
+        off += (size_t)n;
+    }
+    if (fsync(fd) < 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return loom_err_sys(err, e, "could not fsync \"%s\"", tmp);
+    }
+    if (close(fd) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return loom_err_sys(err, e, "could not close \"%s\"", tmp);
+    }
+    if (rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return loom_err_sys(err, e, "could not rename \"%s\" to \"%s\"", tmp, path);
+    }
+    /* make the rename durable too */
+    _cleanup_free_ char *dir = strdup(path);
+    if (!dir)
+        abort();
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        strcpy(dir, ".");
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0)
+        (void)fsync(dfd);
+    return 0;
+}
+
+int loom_mkdir_p(const char *path, unsigned mode, struct loom_err *err)
+{
+    _cleanup_free_ char *p = strdup(path);
+    if (!p)
+        abort();
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        p[--n] = '\0';
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, (mode_t)mode) < 0 && errno != EEXIST)
+            return loom_err_sys(err, errno, "could not create directory \"%s\"", p);
+        *s = '/';
+    }
+    if (mkdir(p, (mode_t)mode) < 0) {
+        if (errno != EEXIST)
+            return loom_err_sys(err, errno, "could not create directory \"%s\"", p);
+        struct stat st;
+        if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode))
+            return loom_err_set(err, LOOM_EIO, "could not create directory \"%s\": not a directory",
+                                p);
+    }
+    return 0;
+}
+
+static int rm_rf_at(int parent, const char *name, const char *path, struct loom_err *err)
+{
+    struct stat st;
+    if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return loom_err_sys(err, errno, "could not stat \"%s\"", path);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        if (unlinkat(parent, name, 0) < 0 && errno != ENOENT)
+            return loom_err_sys(err, errno, "could not remove \"%s\"", path);
+        return 0;
+    }
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return loom_err_sys(err, errno, "could not open \"%s\"", path);
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int e = errno;
+        close(fd);
+        return loom_err_sys(err, e, "could not open \"%s\"", path);
+    }
+    int r = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        size_t len = strlen(path) + strlen(de->d_name) + 2;
+        char *child = malloc(len);
+        if (!child)
+            abort();
+        snprintf(child, len, "%s/%s", path, de->d_name);
+        r = rm_rf_at(dirfd(d), de->d_name, child, err);
+        free(child);
+        if (r < 0)
+            break;
+    }
+    closedir(d);
+    if (r < 0)
+        return -1;
+    if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+        return loom_err_sys(err, errno, "could not remove \"%s\"", path);
+    return 0;
+}
+
+int loom_rm_rf(const char *path, struct loom_err *err)
+{
+    return rm_rf_at(AT_FDCWD, path, path, err);
+}

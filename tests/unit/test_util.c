@@ -1,0 +1,156 @@
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "util.h"
+
+static void test_uuid(void **state)
+{
+    (void)state;
+    char a[37], b[37];
+    loom_uuid4(a);
+    loom_uuid4(b);
+    assert_int_equal(strlen(a), 36);
+    assert_string_not_equal(a, b);
+    for (int i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            assert_int_equal(a[i], '-');
+            continue;
+        }
+        assert_true((a[i] >= '0' && a[i] <= '9') || (a[i] >= 'a' && a[i] <= 'f'));
+    }
+    assert_int_equal(a[14], '4');           /* version 4 */
+    assert_non_null(strchr("89ab", a[19])); /* RFC 4122 variant */
+}
+
+static void test_dns_label(void **state)
+{
+    (void)state;
+    const char *good[] = {"a", "web", "my-app-2",
+                          "a23456789012345678901234567890123456789012345678901234567890123"};
+    const char *bad[] = {
+        "",         "A",
+        "1abc",     "-abc",
+        "abc-",     "a_b",
+        "a.b",      "ab c",
+        "\xc3\xa9", "a23456789012345678901234567890123456789012345678901234567890123x"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        if (!loom_is_dns_label(good[i]))
+            fail_msg("refused \"%s\"", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (loom_is_dns_label(bad[i]))
+            fail_msg("accepted \"%s\"", bad[i]);
+}
+
+static void test_hex_sha256(void **state)
+{
+    (void)state;
+    char hex[9];
+    loom_hex("\x00\x01\xab\xff", 4, hex);
+    assert_string_equal(hex, "0001abff");
+    char out[65];
+    loom_sha256_hex("", 0, out);
+    assert_string_equal(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    loom_sha256_hex("abc", 3, out);
+    assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+static void test_files(void **state)
+{
+    (void)state;
+    struct loom_err err = LOOM_ERR_INIT;
+    char dir[] = "/tmp/loom-test-util-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char sub[128], path[160];
+    snprintf(sub, sizeof(sub), "%s/a/b/c", dir);
+    assert_int_equal(loom_mkdir_p(sub, 0755, &err), 0);
+    assert_int_equal(loom_mkdir_p(sub, 0755, &err), 0); /* exists: fine */
+    snprintf(path, sizeof(path), "%s/file", sub);
+
+    assert_int_equal(loom_write_file_atomic(path, "abc", 3, &err), 0);
+    assert_int_equal(loom_write_file_atomic(path, "hello\n", 6, &err), 0); /* replaces */
+    char *data = NULL;
+    size_t len = 0;
+    assert_int_equal(loom_read_file(path, &data, &len, &err), 0);
+    assert_int_equal(len, 6);
+    assert_string_equal(data, "hello\n");
+    free(data);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 6);
+
+    char sha[65];
+    assert_int_equal(loom_sha256_file(path, sha, &err), 0);
+    char want[65];
+    loom_sha256_hex("hello\n", 6, want);
+    assert_string_equal(sha, want);
+
+    /* the temp file is gone: the directory holds only the file */
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "test \"$(ls -A %s)\" = file", sub);
+    assert_int_equal(system(cmd), 0);
+
+    /* writing into a missing directory fails and leaves nothing behind */
+    char missing[192];
+    snprintf(missing, sizeof(missing), "%s/nope/file", dir);
+    assert_int_equal(loom_write_file_atomic(missing, "x", 1, &err), -1);
+    assert_int_equal(err.code, LOOM_EIO);
+    assert_non_null(strstr(err.msg, "No such file or directory"));
+
+    assert_int_equal(loom_read_file(missing, &data, NULL, &err), -1);
+    assert_int_equal(err.code, LOOM_ENOTFOUND);
+    assert_int_equal(loom_sha256_file(missing, sha, &err), -1);
+
+    /* a path through a regular file cannot be created */
+    char through[192];
+    snprintf(through, sizeof(through), "%s/x", path);
+    assert_int_equal(loom_mkdir_p(through, 0755, &err), -1);
+
+    assert_int_equal(loom_rm_rf(dir, &err), 0);
+    assert_int_equal(access(dir, F_OK), -1);
+    assert_int_equal(loom_rm_rf(dir, &err), 0); /* already gone: fine */
+}
+
+static void test_time(void **state)
+{
+    (void)state;
+    char out[32];
+    loom_format_time_ms(1795839932123LL, out);
+    assert_string_equal(out, "2026-11-28T04:25:32.123Z");
+    loom_format_time_ms(0, out);
+    assert_string_equal(out, "1970-01-01T00:00:00.000Z");
+    int64_t a = loom_mono_ms(), b = loom_mono_ms();
+    assert_true(b >= a);
+    int64_t now = loom_now_ms();
+    assert_true(now > 1700000000000LL);
+    int64_t ns = loom_now_ns();
+    assert_true(ns / 1000000 >= now - 1000 && ns / 1000000 <= now + 1000);
+}
+
+static void test_random(void **state)
+{
+    (void)state;
+    struct loom_err err = LOOM_ERR_INIT;
+    unsigned char a[32] = {0}, zero[32] = {0};
+    assert_int_equal(loom_random_bytes(a, sizeof(a), &err), 0);
+    assert_memory_not_equal(a, zero, sizeof(a));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uuid),       cmocka_unit_test(test_dns_label),
+        cmocka_unit_test(test_hex_sha256), cmocka_unit_test(test_files),
+        cmocka_unit_test(test_time),       cmocka_unit_test(test_random),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
