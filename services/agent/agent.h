@@ -1,0 +1,156 @@
+/* loom-agent internals: the node agent's state, the per-instance lifecycle,
+ * and the helpers it is built from (OCI bundle, CNI, cgroups, shim).
+ *
+ * State directory layout (--state-dir):
+ *   epoch                      highest scheduler epoch accepted
+ *   images/                    the image store (image.h)
+ *   runc/                      runc --root
+ *   cni/                       host-local IPAM data
+ *   netns/<id>                 network namespace bind mounts
+ *   instances/<id>/            per instance:
+ *     instance.json            identity + the assign (hex protobuf) to re-adopt
+ *     reports                  report outbox {"seq","terminal","pending":[hex]}
+ *     shim.json                what the shim needs (runtime, root, limits)
+ *     shim.pid                 the shim's pid
+ *     cni.json                 the CNI network config used (DEL needs it)
+ *     net.json                 {"ip": "..."} once networking is up
+ *     config.json rootfs/      the OCI bundle; scratch/ holds upper/ and work/
+ *     container.log            CRI-format stdout/stderr (the shim writes it)
+ *     exit.json                {"exit_code","oom_killed","timed_out","finished_at"}
+ *     done                     terminal report acknowledged and resources freed */
+#ifndef LOOM_AGENT_AGENT_H
+#define LOOM_AGENT_AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "err.h"
+#include "loom/v1/instance.pb-c.h"
+
+/* ---- bundle.c: OCI runtime config ---------------------------------------- */
+
+struct bundle_device {
+    char path[64];
+    unsigned major, minor;
+};
+
+struct bundle_spec {
+    const char *id;          /* container id = instance id */
+    const char *hostname;    /* HOSTNAME and uts hostname */
+    const char *const *argv; /* process args, NULL-terminated, at least one */
+    const char *const *env;  /* "K=V", NULL-terminated */
+    const char *cwd;         /* NULL: "/" */
+    uint32_t uid, gid;
+    const char *netns_path;   /* NULL: a new, unconnected network namespace */
+    const char *cgroups_path; /* relative "<parent>/<id>" */
+    int64_t cpu_millis;       /* 0: no cpu limit */
+    int64_t memory_bytes;     /* 0: no memory limit */
+    int64_t pids_limit;
+    uint64_t nofile; /* RLIMIT_NOFILE soft = hard; 0: 65536 */
+    const struct bundle_device *devices;
+    size_t ndevices;
+};
+
+/* The config.json for spec (root is "rootfs"). */
+int bundle_config(const struct bundle_spec *spec, json_t **ret, struct loom_err *err);
+
+/* Resolves an image "user" field ("", "uid", "uid:gid", "name", "name:group")
+ * against the passwd and group files (their contents, may be NULL). Unknown
+ * names are LOOM_EINVAL. */
+int bundle_resolve_user(const char *user, const char *passwd, const char *group, uint32_t *ret_uid,
+                        uint32_t *ret_gid, struct loom_err *err);
+
+/* ---- proc.c: running helper programs ------------------------------------- */
+
+/* Runs argv (path in argv[0]) with env (NULL: inherit), feeding stdin_data
+ * (may be NULL) and collecting stdout into *ret_out (may be NULL; stderr is
+ * appended to the error message on failure). Returns 0 only on exit status 0. */
+int agent_run(const char *const *argv, const char *const *env, const char *stdin_data,
+              char **ret_out, struct loom_err *err);
+
+/* True when pid is alive and its cmdline is `... shim ... --id <id>`. */
+bool agent_is_our_shim(pid_t pid, const char *id);
+
+/* ---- cni.c: network namespaces and CNI plugins ----------------------------- */
+
+struct cni_net {
+    const char *cni_path;  /* plugin directory */
+    const char *state_dir; /* agent state dir */
+};
+
+/* Creates a network namespace bind-mounted at path. */
+int netns_create(const char *path, struct loom_err *err);
+/* Unmounts and removes path (absent: success). */
+int netns_remove(const char *path, struct loom_err *err);
+
+/* The bridge network config (bridge + host-local on subnet) for node. */
+char *cni_bridge_config(const char *node, const char *bridge, const char *subnet,
+                        const char *state_dir);
+/* Runs the bridge plugin from conf and then loopback, ADD; returns the
+ * container's IPv4 address (allocated). */
+int cni_add(const char *cni_path, const char *conf, const char *id, const char *netns,
+            char **ret_ip, char **ret_host_if, struct loom_err *err);
+/* Makes the host end of a container's veth an isolated bridge port: it can
+ * reach the host (and, through masquerade, the outside), never another
+ * container on the bridge, so projects cannot reach each other directly
+ * (app traffic goes through the activator). */
+int cni_isolate_port(const char *host_if, struct loom_err *err);
+/* DEL of both (succeeds when already gone). */
+int cni_del(const char *cni_path, const char *conf, const char *id, const char *netns,
+            struct loom_err *err);
+
+/* ---- cgroup.c ------------------------------------------------------------ */
+
+/* The directory of controller ("memory", "cpuacct", or "" for v2) for the
+ * cgroup of pid (0 = self), plus suffix (may be NULL). */
+int cgroup_dir(pid_t pid, const char *controller, const char *suffix, char **ret,
+               struct loom_err *err);
+/* Number of OOM kills recorded in the memory cgroup dir (v1 or v2). */
+int cgroup_oom_kills(const char *memdir, uint64_t *ret);
+struct cgroup_usage {
+    uint64_t cpu_ns, mem_bytes, mem_peak_bytes;
+};
+/* Usage of the container whose init is pid. */
+int cgroup_usage_of_pid(pid_t pid, struct cgroup_usage *ret, struct loom_err *err);
+/* Usage of the cgroup suffix ("<parent>/<id>") below the caller's own. */
+int cgroup_usage_of_child(const char *suffix, struct cgroup_usage *ret, struct loom_err *err);
+/* Removes every cgroup dir named name (and its children, killing what runs
+ * in them) under every hierarchy in /sys/fs/cgroup. Returns the count. */
+int cgroup_remove_named(const char *name);
+
+/* ---- shim.c -------------------------------------------------------------- */
+
+/* `loom-agent shim --state-dir D --id ID`: see instance.c. */
+int shim_main(int argc, char **argv);
+
+/* ---- cleanup.c ------------------------------------------------------------- */
+
+/* `loom-agent cleanup --state-dir D [--bridge B] [--cgroup-parent P]` */
+int cleanup_main(int argc, char **argv);
+
+/* ---- agent.c / instance.c ------------------------------------------------- */
+
+struct loom_service;
+struct agent;
+struct instance;
+
+int agent_start(struct loom_service *svc, struct loom_err *err);
+void agent_tick(struct loom_service *svc);
+void agent_stop(struct loom_service *svc);
+bool agent_ready(struct loom_service *svc);
+
+extern const struct loom_opt agent_opts[];
+extern const size_t agent_nopts;
+
+/* Helpers shared between agent.c and instance.c. */
+char *agent_instance_dir(const char *state_dir, const char *id);
+int agent_write_json(const char *path, json_t *j, struct loom_err *err);
+char *agent_hex(const uint8_t *data, size_t len);
+uint8_t *agent_unhex(const char *hex, size_t *ret_len);
+
+#endif

@@ -1,0 +1,115 @@
+/* Shared state of agent.c and instance.c. */
+#ifndef LOOM_AGENT_AGENT_INT_H
+#define LOOM_AGENT_AGENT_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "agent.h"
+#include "image.h"
+#include "metrics.h"
+
+#define AGENT_MAX_GPUS 64
+
+/* protoc-c keeps the proto's enum prefixes; shorter names for this code */
+#define ST_PULLING LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_PULLING
+#define ST_STARTING LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_STARTING
+#define ST_RUNNING LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_RUNNING
+#define ST_SUCCEEDED LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_SUCCEEDED
+#define ST_FAILED LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_FAILED
+#define ST_STOPPED LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_STOPPED
+#define KIND_APP LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP
+
+struct report {
+    uint64_t seq;
+    uint8_t *data; /* packed InstanceReport */
+    size_t len;
+    struct report *next;
+};
+
+struct instance {
+    char id[72];
+    char *dir;
+    Loom__V1__InstanceAssign *assign;
+    uint8_t *assign_pb;
+    size_t assign_len;
+    int64_t assigned_mono;
+    /* reports (under agent.mu) */
+    uint64_t seq;
+    bool terminal;
+    struct report *outbox;
+    /* process */
+    pid_t shim_pid, init_pid;
+    bool shim_child;
+    bool running, exited;
+    char ip[64];
+    uint64_t gpu_mask;
+    uint64_t usage_seq;
+    /* stop request */
+    bool stop_requested;
+    int64_t stop_grace_ms;
+    char stop_reason[256];
+    /* thread */
+    bool thread_running, in_setup;
+    bool done;
+    int64_t done_at_ms;
+    struct image *img;
+    struct instance *next;
+};
+
+struct agent_gpu {
+    char id[64], model[128], path[128];
+};
+
+struct agent {
+    struct {
+        char *node_name, *node_address, *state_dir, *subnet, *bridge, *cgroup_parent, *runtime,
+            *cni_path, *insecure, *labels, *gpus;
+        int64_t image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms, retention_ms;
+    } o;
+    struct loom_service *svc;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;        /* instance changes (stop requests, acks) */
+    pthread_cond_t report_cond; /* wakes the reporter */
+    bool report_kick;
+    struct instance *list;
+    int64_t epoch;
+    char boot_id[37];
+    int64_t disk_bytes;
+    struct agent_gpu gpus[AGENT_MAX_GPUS];
+    int ngpus;
+    uint64_t gpus_held;
+    char *cni_conf;
+    struct image_store *images;
+    volatile bool stopping, registered;
+    bool stream_ok;
+    uint64_t hb_seq;
+    pthread_t reporter, housekeeping;
+    struct loom_metric *m_running, *m_start, *m_pulls, *m_pull_fail, *m_pull_secs;
+};
+
+struct report_extra {
+    int32_t exit_code;
+    const char *reason, *address;
+    bool oom_killed, timed_out, permanent;
+};
+
+/* Queues a report (persisted) and wakes the reporter. Not under a->mu. */
+void agent_report(struct agent *a, struct instance *in, Loom__V1__InstanceState state,
+                  const struct report_extra *x);
+/* Under a->mu. */
+int agent_persist_reports(struct agent *a, struct instance *in);
+void agent_kick_reporter(struct agent *a);
+struct instance *agent_find(struct agent *a, const char *id);
+
+/* Publishes a UsageSample of in with u (JetStream, waits for the ack). */
+void agent_publish_usage(struct agent *a, struct instance *in, const struct cgroup_usage *u);
+
+/* instance.c. Under a->mu: starts the instance's thread (adopt: after an
+ * agent restart). */
+void instance_spawn(struct agent *a, struct instance *in, bool adopt);
+void instance_free(struct instance *in);
+
+#endif

@@ -1,0 +1,313 @@
+/* The per-instance shim: `loom-agent shim --state-dir D --id ID`.
+ *
+ * Started by the agent (setsid, so it outlives an agent restart), it creates
+ * the container with runc, holding the read ends of the container's stdout
+ * and stderr pipes; starts it; writes the output to container.log in CRI
+ * format; reaps the container init (it is reparented to us: we are a child
+ * subreaper); enforces max_execution_seconds; reads the OOM kill count before
+ * `runc delete`; and writes exit.json atomically. If fd 3 is open it is the
+ * agent's status pipe: "ok <pid>\n" once `runc start` has returned, or
+ * "err <message>\n". */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "cleanup.h"
+#include "json.h"
+#include "util.h"
+
+#define LOG_PARTIAL_MAX 16384
+
+struct shim {
+    char *dir, *id, *runtime, *root, *cgsuffix;
+    int64_t max_exec_s;
+    int logfd;
+    char line[2][LOG_PARTIAL_MAX];
+    size_t linelen[2];
+};
+
+static void write_log_line(struct shim *s, int stream, const char *text, size_t len, bool partial)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char head[96];
+    int h = snprintf(head, sizeof(head), "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ %s %c ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec, stream ? "stderr" : "stdout", partial ? 'P' : 'F');
+    /* one write per line so that a reader never sees half a line header */
+    char *buf = malloc((size_t)h + len + 1);
+    if (!buf)
+        abort();
+    memcpy(buf, head, (size_t)h);
+    memcpy(buf + h, text, len);
+    buf[(size_t)h + len] = '\n';
+    size_t total = (size_t)h + len + 1, off = 0;
+    while (off < total) {
+        ssize_t n = write(s->logfd, buf + off, total - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    free(buf);
+}
+
+static void feed(struct shim *s, int stream, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] == '\n') {
+            write_log_line(s, stream, s->line[stream], s->linelen[stream], false);
+            s->linelen[stream] = 0;
+            continue;
+        }
+        if (s->linelen[stream] == LOG_PARTIAL_MAX) {
+            write_log_line(s, stream, s->line[stream], s->linelen[stream], true);
+            s->linelen[stream] = 0;
+        }
+        s->line[stream][s->linelen[stream]++] = data[i];
+    }
+}
+
+static void flush_partial(struct shim *s)
+{
+    for (int i = 0; i < 2; i++)
+        if (s->linelen[i]) {
+            write_log_line(s, i, s->line[i], s->linelen[i], false);
+            s->linelen[i] = 0;
+        }
+}
+
+static int runc(struct shim *s, const char *a1, const char *a2, const char *a3,
+                struct loom_err *err)
+{
+    const char *argv[] = {s->runtime, "--root", s->root, a1, a2, a3, NULL};
+    return agent_run(argv, NULL, NULL, NULL, err);
+}
+
+static void status_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void status_msg(const char *fmt, ...)
+{
+    if (fcntl(3, F_GETFD) < 0)
+        return;
+    char buf[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > (int)sizeof(buf) - 1)
+        n = sizeof(buf) - 1;
+    (void)!write(3, buf, (size_t)n);
+    close(3);
+}
+
+static int write_exit(struct shim *s, int code, bool oom, bool timed_out, const char *error,
+                      const struct cgroup_usage *u)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/exit.json", s->dir);
+    _cleanup_json_ json_t *j =
+        json_pack("{s:i,s:b,s:b,s:I}", "exit_code", code, "oom_killed", oom, "timed_out", timed_out,
+                  "finished_at", (json_int_t)loom_now_ms());
+    if (error)
+        json_object_set_new(j, "error", json_string(error));
+    if (u) {
+        /* the final counters, read before runc delete removes the cgroup */
+        json_object_set_new(j, "cpu_usage_ns", json_integer((json_int_t)u->cpu_ns));
+        json_object_set_new(j, "memory_peak_bytes", json_integer((json_int_t)u->mem_peak_bytes));
+    }
+    struct loom_err err = LOOM_ERR_INIT;
+    if (agent_write_json(path, j, &err) < 0) {
+        fprintf(stderr, "shim: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int64_t mono_ms(void)
+{
+    return loom_mono_ms();
+}
+
+static int shim_run(struct shim *s)
+{
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    signal(SIGPIPE, SIG_IGN);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/container.log", s->dir);
+    s->logfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (s->logfd < 0) {
+        status_msg("err could not open container.log: %s\n", strerror(errno));
+        return write_exit(s, -1, false, false, "could not open container.log", NULL);
+    }
+    int outp[2], errp[2];
+    if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+        status_msg("err pipe: %s\n", strerror(errno));
+        return write_exit(s, -1, false, false, "pipe failed", NULL);
+    }
+    char bundle[4096], pidfile[4200], logfile[4200];
+    snprintf(bundle, sizeof(bundle), "%s", s->dir);
+    snprintf(pidfile, sizeof(pidfile), "%s/pid", s->dir);
+    snprintf(logfile, sizeof(logfile), "%s/runc.log", s->dir);
+    int64_t t0 = mono_ms();
+    pid_t cp = fork();
+    if (cp == 0) {
+        int devnull = open("/dev/null", O_RDONLY);
+        dup2(devnull, 0);
+        dup2(outp[1], 1);
+        dup2(errp[1], 2);
+        execl(s->runtime, s->runtime, "--root", s->root, "--log", logfile, "create", "--bundle",
+              bundle, "--pid-file", pidfile, s->id, (char *)NULL);
+        _exit(127);
+    }
+    close(outp[1]);
+    close(errp[1]);
+    int st = 0;
+    while (waitpid(cp, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        /* runc's own error went to the stderr pipe: keep it in the log */
+        char buf[4096];
+        fcntl(errp[0], F_SETFL, O_NONBLOCK);
+        ssize_t n = read(errp[0], buf, sizeof(buf) - 1);
+        buf[n > 0 ? n : 0] = 0;
+        if (n > 0)
+            feed(s, 1, buf, (size_t)n);
+        flush_partial(s);
+        char *nl = strchr(buf, '\n');
+        if (nl)
+            *nl = 0;
+        char msg[600];
+        snprintf(msg, sizeof(msg), "could not create the container: %.400s", buf);
+        status_msg("err %s\n", msg);
+        struct loom_err e = LOOM_ERR_INIT;
+        runc(s, "delete", "--force", s->id, &e);
+        return write_exit(s, -1, false, false, msg, NULL);
+    }
+    _cleanup_free_ char *pidtext = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_read_file(pidfile, &pidtext, NULL, &err) < 0) {
+        status_msg("err %s\n", err.msg);
+        return write_exit(s, -1, false, false, err.msg, NULL);
+    }
+    pid_t init = (pid_t)atoi(pidtext);
+    if (runc(s, "start", s->id, NULL, &err) < 0) {
+        status_msg("err could not start the container: %s\n", err.msg);
+        struct loom_err e = LOOM_ERR_INIT;
+        runc(s, "delete", "--force", s->id, &e);
+        return write_exit(s, -1, false, false, err.msg, NULL);
+    }
+    status_msg("ok %d %" PRId64 "\n", (int)init, mono_ms() - t0);
+
+    int fds[2] = {outp[0], errp[0]};
+    bool exited = false, timed_out = false;
+    int code = -1;
+    int64_t start = mono_ms(), term_at = -1;
+    while (!exited || fds[0] >= 0 || fds[1] >= 0) {
+        struct pollfd p[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+        int r = poll(p, 2, exited ? 1000 : 100);
+        if (r < 0 && errno != EINTR)
+            break;
+        if (r == 0 && exited)
+            break; /* init is gone and nobody writes: stop waiting on stray holders */
+        char buf[65536];
+        for (int i = 0; i < 2; i++) {
+            if (fds[i] >= 0 && (p[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                ssize_t n = read(fds[i], buf, sizeof(buf));
+                if (n > 0)
+                    feed(s, i, buf, (size_t)n);
+                else if (n == 0 || errno != EINTR) {
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
+            }
+        }
+        pid_t w;
+        while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+            if (w == init) {
+                exited = true;
+                code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            }
+        if (!exited && s->max_exec_s > 0) {
+            int64_t now = mono_ms();
+            if (term_at < 0 && now - start >= s->max_exec_s * 1000) {
+                timed_out = true;
+                term_at = now;
+                kill(init, SIGTERM);
+            } else if (term_at >= 0 && now - term_at >= 10000) {
+                kill(init, SIGKILL);
+                term_at = now + 1000000; /* once */
+            }
+        }
+    }
+    flush_partial(s);
+
+    /* the OOM count lives in the instance's memory cgroup, gone after delete */
+    bool oom = false;
+    _cleanup_free_ char *memdir = NULL;
+    struct loom_err e = LOOM_ERR_INIT;
+    if (cgroup_dir(0, "memory", s->cgsuffix, &memdir, &e) == 0) {
+        uint64_t kills = 0;
+        if (cgroup_oom_kills(memdir, &kills) == 0 && kills > 0)
+            oom = true;
+    }
+    struct cgroup_usage u;
+    bool have_usage = cgroup_usage_of_child(s->cgsuffix, &u, &e) == 0;
+    if (runc(s, "delete", "--force", s->id, &e) < 0)
+        fprintf(stderr, "shim: %s\n", e.msg);
+    return write_exit(s, code, oom, timed_out, NULL, have_usage ? &u : NULL);
+}
+
+int shim_main(int argc, char **argv)
+{
+    const char *state = NULL, *id = NULL;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--state-dir") == 0)
+            state = argv[i + 1];
+        else if (strcmp(argv[i], "--id") == 0)
+            id = argv[i + 1];
+    }
+    if (!state || !id) {
+        fprintf(stderr, "usage: loom-agent shim --state-dir DIR --id ID\n");
+        return 2;
+    }
+    fcntl(3, F_SETFD, FD_CLOEXEC); /* the status pipe, if any: not for runc */
+    struct shim s = {0};
+    s.dir = agent_instance_dir(state, id);
+    s.id = (char *)id;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/shim.json", s.dir);
+    _cleanup_free_ char *text = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    _cleanup_json_ json_t *cfg = NULL;
+    if (loom_read_file(path, &text, NULL, &err) < 0 ||
+        !(cfg = loom_json_parse_object(text, strlen(text), &err))) {
+        status_msg("err %s\n", err.msg);
+        fprintf(stderr, "shim: %s\n", err.msg);
+        return 1;
+    }
+    s.runtime = (char *)json_string_value(json_object_get(cfg, "runtime"));
+    s.root = (char *)json_string_value(json_object_get(cfg, "root"));
+    s.cgsuffix = (char *)json_string_value(json_object_get(cfg, "cgroup"));
+    s.max_exec_s = json_integer_value(json_object_get(cfg, "max_execution_seconds"));
+    if (!s.runtime || !s.root || !s.cgsuffix) {
+        status_msg("err bad shim.json\n");
+        return 1;
+    }
+    int rc = shim_run(&s);
+    free(s.dir);
+    return rc;
+}
