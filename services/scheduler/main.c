@@ -1,0 +1,39 @@
+/* loom-scheduler: places job indices and app instances on nodes; one leader
+ * (lease in PostgreSQL), hot standbys. See sched.h. */
+#include "sched.h"
+
+#include "service.h"
+
+static struct sched sched;
+
+static const struct loom_opt opts[] = {
+    {"lease-ttl", "LOOM_SCHEDULER_LEASE_TTL", LOOM_OPT_DURATION, &sched.lease_ttl_ms, "5s", 1000,
+     600000, "how long a leader's lease lasts without renewal"},
+    {"lease-renew", "LOOM_SCHEDULER_LEASE_RENEW", LOOM_OPT_DURATION, &sched.renew_ms, "1s", 100,
+     300000, "how often the lease is renewed (or a standby tries to take it)"},
+    {"node-timeout", "LOOM_SCHEDULER_NODE_TIMEOUT", LOOM_OPT_DURATION, &sched.node_timeout_ms, "5s",
+     1000, 3600000, "a node silent this long is lost and its instances replaced"},
+    {"batch", "LOOM_SCHEDULER_BATCH", LOOM_OPT_INT, &sched.batch_max, "2000", 1, 100000,
+     "most instances placed in one transaction"},
+    {"resend", "LOOM_SCHEDULER_RESEND", LOOM_OPT_DURATION, &sched.resend_ms, "2s", 100, 600000,
+     "unacknowledged assigns and pending stops are sent again after this"},
+};
+
+static const struct loom_service_def def = {
+    .name = "scheduler",
+    .default_addr = "127.0.0.1:0",
+    .tick_ms = 200,
+    .opts = opts,
+    .nopts = sizeof(opts) / sizeof(opts[0]),
+    .needs_db = true,
+    .ctx = &sched,
+    .start = sched_start,
+    .ready = sched_ready,
+    .tick = sched_tick,
+    .stop = sched_stop,
+};
+
+int main(int argc, char **argv)
+{
+    return loom_service_main(&def, argc, argv);
+}

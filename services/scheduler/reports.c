@@ -1,0 +1,254 @@
+/* Instance reports (any replica): one transaction per report writes the
+ * instance's state and, for a job instance that ended, its index and run
+ * bookkeeping; the Ack goes out only after COMMIT, so an agent that gets no
+ * Ack resends and nothing is lost. A report is applied once: only a seq
+ * above the stored report_seq changes anything. */
+#include "sched.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "log.h"
+#include "loom/v1/instance.pb-c.h"
+#include "subjects.h"
+
+static const char *state_name(Loom__V1__InstanceState st)
+{
+    switch (st) {
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_PULLING:
+        return "pulling";
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_STARTING:
+        return "starting";
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_RUNNING:
+        return "running";
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_SUCCEEDED:
+        return "succeeded";
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_FAILED:
+        return "failed";
+    case LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_STOPPED:
+        return "stopped";
+    default:
+        return NULL;
+    }
+}
+
+static bool is_terminal(const char *state)
+{
+    return strcmp(state, "succeeded") == 0 || strcmp(state, "failed") == 0 ||
+           strcmp(state, "stopped") == 0;
+}
+
+struct report_effect {
+    bool freed;       /* capacity came free or an index went back to pending */
+    bool app_changed; /* the app's set of ready instances changed */
+    char project[128];
+    char app[128];
+};
+
+/* The index and run bookkeeping for a job instance that ended. Only the
+ * instance that holds the index (instance_id, state running) settles it, so
+ * a late report of an instance declared lost changes nothing. */
+static int settle_index(struct loom_db *db, const char *run_id, const char *idx,
+                        const char *instance_id, const char *state, bool permanent,
+                        const char *exit_code, const char *reason, struct loom_err *err)
+{
+    /* outcome: succeeded; retry (failed, a retry is allowed if any are left);
+     * requeue (stopped while the run is active: the index did not fail) */
+    const char *outcome = strcmp(state, "succeeded") == 0 ? "succeeded"
+                          : strcmp(state, "stopped") == 0 ? "requeue"
+                          : permanent                     ? "failed"
+                                                          : "retry";
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err,
+        "WITH ji AS ("
+        "  UPDATE job_run_indices j SET "
+        "    state = CASE WHEN $4 = 'succeeded' THEN 'succeeded' "
+        "                 WHEN r.state IN ('pending', 'running') AND "
+        "                   ($4 = 'requeue' OR ($4 = 'retry' AND j.retries < r.retry_limit)) "
+        "                 THEN 'pending' ELSE 'failed' END, "
+        "    retries = CASE WHEN $4 = 'retry' AND r.state IN ('pending', 'running') "
+        "                     AND j.retries < r.retry_limit THEN j.retries + 1 "
+        "                   ELSE j.retries END, "
+        "    finished_at = now(), exit_code = $5::integer, reason = nullif($6, '') "
+        "  FROM job_runs r "
+        "  WHERE r.id = j.run_id AND j.run_id = $1::bigint AND j.idx = $2::integer "
+        "    AND j.instance_id = $3::uuid AND j.state = 'running' "
+        "  RETURNING j.state) "
+        "UPDATE job_runs SET n_running = n_running - 1, "
+        "  n_succeeded = n_succeeded + (SELECT count(*) FROM ji WHERE state = 'succeeded'), "
+        "  n_failed = n_failed + (SELECT count(*) FROM ji WHERE state = 'failed'), "
+        "  pending = CASE WHEN (SELECT state FROM ji) = 'pending' "
+        "    THEN pending + int4multirange(int4range($2::integer, $2::integer + 1)) "
+        "    ELSE pending END, "
+        "  updated_at = now() "
+        "WHERE id = $1::bigint AND EXISTS (SELECT 1 FROM ji) RETURNING id",
+        run_id, idx, instance_id, outcome, exit_code, reason);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return 0;
+    _cleanup_pgres_ PGresult *done = loom_db_query(
+        db, err,
+        "UPDATE job_runs SET state = CASE WHEN n_failed = 0 THEN 'completed' ELSE 'failed' END, "
+        "  finished_at = now(), updated_at = now(), waiting_reason = NULL "
+        "WHERE id = $1::bigint AND state IN ('pending', 'running') "
+        "  AND n_succeeded + n_failed >= array_size",
+        run_id);
+    return done ? 0 : -1;
+}
+
+/* Applies m; on success fills *fx. A refusal of the input is LOOM_EINVAL. */
+static int apply_report(struct loom_db *db, const Loom__V1__InstanceReport *m,
+                        struct report_effect *fx, struct loom_err *err)
+{
+    const char *reported = state_name(m->state);
+    if (!reported)
+        return loom_err_set(err, LOOM_EINVAL, "invalid instance state %d", (int)m->state);
+    if (!sched_valid_uuid(m->instance_id))
+        return loom_err_set(err, LOOM_EINVAL, "invalid instance id");
+    if (strlen(m->reason) > 4096 || strlen(m->address) > 255)
+        return loom_err_set(err, LOOM_EINVAL, "reason or address too long");
+    if (m->seq == 0 || m->seq > (uint64_t)INT64_MAX)
+        return loom_err_set(err, LOOM_EINVAL, "invalid report seq");
+
+    _cleanup_pgres_ PGresult *cur = NULL, *upd = NULL;
+    if (loom_db_begin(db, err) < 0)
+        return -1;
+    cur = loom_db_query(
+        db, err,
+        "SELECT i.state, i.report_seq, i.kind, i.job_run_id, i.array_index, i.node_name, "
+        "  p.name, a.name, i.desired "
+        "FROM instances i JOIN projects p ON p.id = i.project_id "
+        "LEFT JOIN apps a ON a.id = i.app_id WHERE i.id = $1::uuid FOR UPDATE OF i",
+        m->instance_id);
+    if (!cur)
+        goto fail;
+    if (PQntuples(cur) == 0) {
+        /* deleted with its app or run: nothing to record, do not ask again */
+        loom_db_rollback(db);
+        return 0;
+    }
+    if (m->node[0] && strcmp(m->node, PQgetvalue(cur, 0, 5)) != 0) {
+        loom_db_rollback(db);
+        return loom_err_set(err, LOOM_EINVAL, "instance %s is not on node \"%s\"", m->instance_id,
+                            m->node);
+    }
+    const char *state = PQgetvalue(cur, 0, 0);
+    unsigned long long seen = strtoull(PQgetvalue(cur, 0, 1), NULL, 10);
+    if (m->seq <= seen) {
+        loom_db_rollback(db);
+        return 0; /* a resend of something already applied */
+    }
+    bool job = strcmp(PQgetvalue(cur, 0, 2), "job") == 0;
+    const char *desired = PQgetvalue(cur, 0, 8);
+    const char *next = reported;
+    bool terminal_now = is_terminal(reported);
+    if (is_terminal(state))
+        next = state; /* finished is final; only the seq moves */
+    else if (strcmp(state, "lost") == 0 && !terminal_now) {
+        next = "lost"; /* replaced already: it must go */
+        desired = "stop";
+    }
+    bool ended = terminal_now && !is_terminal(state);
+
+    char reason_buf[4200];
+    const char *reason = m->reason;
+    if (ended && !reason[0] && m->oom_killed)
+        reason = "out of memory (OOM killed)";
+    else if (ended && !reason[0] && m->timed_out)
+        reason = "timed out (max execution time reached)";
+    else if (ended && m->oom_killed && !strstr(reason, "memory")) {
+        snprintf(reason_buf, sizeof(reason_buf), "%s (OOM killed)", reason);
+        reason = reason_buf;
+    }
+    char seq[32], code[32];
+    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)m->seq);
+    snprintf(code, sizeof(code), "%d", m->exit_code);
+    upd = loom_db_query(
+        db, err,
+        "UPDATE instances SET state = $2, report_seq = $3::bigint, acked = true, desired = $4, "
+        "  address = coalesce(nullif($5, ''), address), "
+        "  exit_code = CASE WHEN $6::boolean THEN $7::integer ELSE exit_code END, "
+        "  reason = CASE WHEN $6::boolean THEN coalesce(nullif($8, ''), reason) "
+        "                ELSE reason END, "
+        "  started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) "
+        "                    ELSE started_at END, "
+        "  finished_at = CASE WHEN $6::boolean THEN coalesce(finished_at, now()) "
+        "                     ELSE finished_at END, "
+        "  updated_at = now() "
+        "WHERE id = $1::uuid",
+        m->instance_id, next, seq, desired, m->address, ended ? "true" : "false", code, reason);
+    if (!upd)
+        goto fail;
+    if (job && ended &&
+        settle_index(db, PQgetvalue(cur, 0, 3), PQgetvalue(cur, 0, 4), m->instance_id, reported,
+                     m->permanent, code, reason, err) < 0)
+        goto fail;
+    if (loom_db_commit(db, err) < 0)
+        return -1;
+
+    fx->freed = ended;
+    fx->app_changed = !job && strcmp(next, state) != 0 &&
+                      (ended || strcmp(next, "running") == 0 || strcmp(state, "running") == 0);
+    snprintf(fx->project, sizeof(fx->project), "%s", PQgetvalue(cur, 0, 6));
+    snprintf(fx->app, sizeof(fx->app), "%s", PQgetvalue(cur, 0, 7));
+    return 0;
+fail:
+    loom_db_rollback(db);
+    return -1;
+}
+
+static void on_report(struct loom_bus *bus, natsMsg *msg, void *arg)
+{
+    struct sched *s = arg;
+    struct loom_err err = LOOM_ERR_INIT;
+    Loom__V1__InstanceReport *m = (Loom__V1__InstanceReport *)loom_bus_unpack(
+        msg, &loom__v1__instance_report__descriptor, &err);
+    if (!m) {
+        loom_bus_ack(bus, msg, err.msg, false);
+        return;
+    }
+    struct report_effect fx = {0};
+    struct loom_db *db = loom_service_thread_db(&err);
+    int r = -1;
+    for (int attempt = 0; db && attempt < 3; attempt++) {
+        r = apply_report(db, m, &fx, &err);
+        if (r == 0 || err.code != LOOM_ERETRY)
+            break;
+    }
+    if (r < 0) {
+        if (err.code != LOOM_EINVAL)
+            log_warn("could not record report of instance %s: %s", m->instance_id, err.msg);
+        loom_bus_ack(bus, msg, err.msg, false);
+        protobuf_c_message_free_unpacked(&m->base, NULL);
+        return;
+    }
+    loom_bus_ack(bus, msg, NULL, false);
+    loom_metric_add(s->m_reports, 1);
+    if (fx.freed)
+        sched_wake_leader(s);
+    if (fx.app_changed) {
+        char subj[300];
+        snprintf(subj, sizeof(subj), LOOM_SUBJ_APP_CHANGED_FMT, fx.project, fx.app);
+        loom_bus_publish_raw(bus, subj, "", 0, NULL);
+    }
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+}
+
+void sched_wake_leader(struct sched *s)
+{
+    atomic_store(&s->capacity_freed, true);
+    if (sched_lease_current(s, NULL))
+        loom_service_wake(s->svc);
+    else
+        loom_bus_publish_raw(s->svc->bus, LOOM_SUBJ_SCHED_WAKE, "", 0, NULL);
+}
+
+int sched_reports_subscribe(struct sched *s, struct loom_err *err)
+{
+    return loom_bus_subscribe(s->svc->bus, LOOM_SUBJ_INSTANCE_REPORT, LOOM_QUEUE_SCHEDULER,
+                              on_report, s, err);
+}

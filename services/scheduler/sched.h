@@ -1,0 +1,232 @@
+/* loom-scheduler: leader election, placement of job indices and app instances,
+ * node registration and liveness, instance reports.
+ *
+ * Any replica answers node registrations, heartbeats, instance reports and
+ * scale decisions (plain data updates, idempotent). Only the replica that
+ * holds the 'scheduler' lease places, stops and resends, and every placement
+ * transaction re-checks the lease with FOR SHARE, so a deposed leader commits
+ * nothing. */
+#ifndef LOOM_SCHED_H
+#define LOOM_SCHED_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arrayspec.h"
+#include "err.h"
+#include "metrics.h"
+#include "service.h"
+#include "strbuf.h"
+
+/* scheduler -> agent <node>, publish (empty): the scheduler does not know the
+ * node (its heartbeat matched no row); the agent sends NodeRegister again.
+ * (Addition to common/subjects.h, kept here until the lead moves it.) */
+#define SCHED_SUBJ_AGENT_REREGISTER_FMT "loom.agent.%s.reregister"
+
+/* Instance states that hold capacity on a node. */
+#define SCHED_LIVE_STATES "('assigned','pulling','starting','running')"
+
+/* --- resources and choices (place.c): pure functions ------------------------ */
+
+/* "1", "0.5", "250m" vCPU -> millicpu (> 0). */
+int sched_parse_cpu(const char *s, int64_t *ret);
+/* "4G" (10^9), "512M", "64K", "1Gi", "512Mi", "1024" bytes, decimals allowed
+ * ("0.5G") -> bytes (> 0). */
+int sched_parse_memory(const char *s, int64_t *ret);
+
+struct sched_node {
+    char *name;
+    int64_t cpu_total, mem_total;
+    int64_t cpu_used, mem_used;
+    int32_t gpus_total, gpus_used;
+    char *gpu_model; /* model of the node's GPUs, or NULL */
+};
+
+struct sched_request {
+    int64_t cpu_millis;
+    int64_t memory_bytes;
+    int32_t gpus;
+    const char *gpu_model; /* NULL or "": any */
+};
+
+bool sched_node_fits(const struct sched_node *n, const struct sched_request *r);
+
+/* Picks a node for r: looks at `sample` random candidates (at least 2) and
+ * takes the fitting one that is most allocated (bin packing); when none of
+ * them fits, scans every node from a random start and takes the first that
+ * fits. Returns the index or -1 when nothing fits. *rng is the state of a
+ * xorshift generator (non-zero). Does not change the nodes. */
+long sched_choose_node(const struct sched_node *nodes, size_t n, const struct sched_request *r,
+                       size_t sample, uint64_t *rng);
+/* How many candidates to look at among n nodes: ceil(log2 n), but at
+ * least min(n, 8) and at least 2. */
+size_t sched_sample_size(size_t n);
+
+/* Writes the lowest min(max, count) indices of pending into out (ascending)
+ * and returns how many. */
+size_t sched_take_indices(const struct loom_arrayspec *pending, size_t max, int32_t *out);
+/* An int4multirange literal for ascending indices ("{[0,3),[7,8)}"). */
+void sched_indices_multirange(const int32_t *idx, size_t n, struct strbuf *out);
+/* Adds one element to a PostgreSQL array literal being built in sb ("{" is
+ * written before the first; finish with sched_pg_array_end). */
+void sched_pg_array_add(struct strbuf *sb, const char *elem);
+void sched_pg_array_end(struct strbuf *sb);
+
+/* "no node fits cpu=2000m memory=4G gpus=1" */
+void sched_describe_request(const struct sched_request *r, char *buf, size_t len);
+
+/* True for a node name we accept: 1-253 of [a-zA-Z0-9_-], starting with an
+ * alphanumeric (it is one token of NATS subjects, so no dots). */
+bool sched_valid_node_name(const char *s);
+/* True for a canonical lowercase or uppercase UUID string. */
+bool sched_valid_uuid(const char *s);
+
+/* The nodes the leader places on, loaded on first use and again once older
+ * than SCHED_POOL_MAX_AGE_MS; placements take capacity from it in memory.
+ * Only the leader takes capacity, so a pool that has not yet seen capacity
+ * freed by reports is merely cautious. */
+#define SCHED_POOL_MAX_AGE_MS 1000
+/* A pool that ran short is reloaded sooner, once capacity came free. */
+#define SCHED_POOL_MIN_AGE_MS 20
+struct sched_pool {
+    struct sched_node *nodes;
+    size_t n;
+    bool loaded;
+    bool ran_short; /* something did not fit since the load */
+    int64_t loaded_mono;
+};
+/* --- the service ----------------------------------------------------------- */
+
+struct sched_ack_list {
+    pthread_mutex_t mu;
+    char **ids;
+    size_t n, alloc;
+    bool stale; /* an agent answered stale_epoch */
+};
+
+struct sched_hb_entry {
+    char *node;
+    char *boot_id;
+    char *instance_ids; /* PostgreSQL uuid[] literal of the ids it holds */
+};
+
+struct sched {
+    struct loom_service *svc;
+    /* options */
+    int64_t lease_ttl_ms;
+    int64_t renew_ms;
+    int64_t node_timeout_ms;
+    int64_t batch_max; /* instances per placement transaction */
+    int64_t resend_ms; /* assign / stop resend period */
+    char holder[160];  /* this replica's identity in the lease row */
+
+    /* lease state, written by the lease thread */
+    pthread_mutex_t lease_mu;
+    pthread_cond_t lease_cond;
+    bool leader;
+    int64_t epoch;
+    int64_t deadline_mono; /* leadership is void past this (local monotonic ms) */
+    int64_t leader_since_mono;
+    bool threads_stop;
+    bool release_on_stop;
+    pthread_t lease_thread;
+    pthread_t hb_thread;
+    bool lease_thread_started, hb_thread_started;
+
+    /* the main loop's view */
+    int64_t loop_epoch; /* epoch the loop last rebuilt for */
+    struct sched_pool pool;
+    atomic_bool capacity_freed; /* set by reports and registrations */
+    int64_t last_resend_mono;
+    uint64_t rng;
+
+    /* heartbeat batch (any replica) */
+    pthread_mutex_t hb_mu;
+    struct sched_hb_entry *hb;
+    size_t nhb, hb_alloc;
+
+    /* acks of assigns sent with our inbox as reply subject */
+    char inbox[96]; /* "_INBOX.loomsched.<random>" */
+    struct sched_ack_list acks;
+
+    /* metrics */
+    struct loom_metric *m_placements, *m_batch_latency, *m_leader, *m_epoch, *m_reports,
+        *m_nodes_lost, *m_resends;
+};
+
+/* lease.c */
+int sched_lease_start(struct sched *s, struct loom_err *err);
+void sched_lease_stop(struct sched *s); /* releases the lease when held */
+/* True while this replica leads; *ret_epoch is the fencing token. */
+bool sched_lease_current(struct sched *s, int64_t *ret_epoch);
+/* Asks the lease thread to check the lease now (after a stale_epoch ack). */
+void sched_lease_poke(struct sched *s);
+/* In an open transaction: locks the lease row FOR SHARE and fails
+ * (LOOM_ECONFLICT) unless we still hold it with epoch. */
+int sched_lease_check_tx(struct sched *s, struct loom_db *db, int64_t epoch, struct loom_err *err);
+
+/* nodes.c */
+int sched_nodes_subscribe(struct sched *s, struct loom_err *err);
+int sched_heartbeats_start(struct sched *s, struct loom_err *err);
+void sched_heartbeats_stop(struct sched *s);
+/* Leader: ready nodes silent past node_timeout become lost; their live
+ * instances become lost and their job indices pending again (no retry used).
+ * With sweep, also live instances left on nodes already lost. */
+int sched_nodes_check_liveness(struct sched *s, struct loom_db *db, int64_t epoch, bool sweep,
+                               struct loom_err *err);
+/* Nodes that can take work, with the capacity their live instances use. */
+int sched_nodes_load(struct sched *s, struct loom_db *db, struct sched_node **ret, size_t *ret_n,
+                     struct loom_err *err);
+void sched_nodes_free(struct sched_node *nodes, size_t n);
+
+int sched_pool_get(struct sched *s, struct loom_db *db, struct sched_pool *pool,
+                   struct loom_err *err);
+void sched_pool_release(struct sched_pool *pool);
+
+/* reports.c */
+int sched_reports_subscribe(struct sched *s, struct loom_err *err);
+/* Wakes the leader's loop: locally when we lead, else on loom.sched.wake. */
+void sched_wake_leader(struct sched *s);
+
+/* dispatch.c: telling agents */
+int sched_dispatch_init(struct sched *s, struct loom_err *err);
+/* Sends InstanceAssign for instance ids (rows already committed). */
+void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, const char *ids_array);
+void sched_send_stop(struct sched *s, const char *node, const char *instance_id, int64_t epoch,
+                     const char *reason);
+/* Marks acked instances; called by the main loop. */
+void sched_flush_acks(struct sched *s, struct loom_db *db);
+/* Leader: resend unacked assigns and pending stops older than resend_ms. */
+int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom_err *err);
+
+/* jobs.c */
+/* The resources one instance asks for, from the spec's scale_cpu_limit,
+ * scale_memory_limit, scale_gpus and scale_gpu_model (NULL: 1 vCPU, 4G, no
+ * GPU). A bad value fills why. */
+int sched_request_from_columns(const char *cpu, const char *mem, const char *gpus,
+                               const char *gpu_model, struct sched_request *ret, char *why,
+                               size_t why_len);
+/* Leader: places pending indices of active runs; *ret_placed counts them. */
+int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct sched_pool *pool,
+                     size_t *ret_placed, struct loom_err *err);
+/* Leader: stops live instances of cancelled runs. */
+int sched_jobs_stop_cancelled(struct sched *s, struct loom_db *db, int64_t epoch,
+                              struct loom_err *err);
+/* Whether any active run has pending indices and headroom. */
+int sched_jobs_have_work(struct loom_db *db, bool *ret, struct loom_err *err);
+
+/* apps.c */
+int sched_apps_subscribe(struct sched *s, struct loom_err *err);
+int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
+                         struct sched_pool *pool, size_t *ret_placed, struct loom_err *err);
+
+/* loop.c */
+int sched_start(struct loom_service *svc, struct loom_err *err);
+void sched_tick(struct loom_service *svc);
+void sched_stop(struct loom_service *svc);
+bool sched_ready(struct loom_service *svc);
+
+#endif
