@@ -1,0 +1,241 @@
+/* /v1/admin: operator endpoints (admin keys only): nodes and API keys. */
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "json.h"
+#include "util.h"
+
+static int need_admin(const struct api_caller *c, struct loom_err *err)
+{
+    if (c->role != API_ROLE_ADMIN)
+        return loom_err_set(err, LOOM_EPERM, "/v1/admin needs an admin key");
+    return 0;
+}
+
+static int admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err)
+{
+    struct api_caller caller;
+    if (api_begin(req, false, ret_db, &caller, NULL, err) < 0 || need_admin(&caller, err) < 0)
+        return -1;
+    return 0;
+}
+
+void api_admin_nodes_list(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    if (admin_begin(req, &db, &err) < 0)
+        API_FAIL(req, &err);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, &err,
+        "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes, n.labels::text, "
+        "n.gpus::text, n.simulated, " API_TS("n.last_heartbeat") ", " API_TS(
+            "n.registered_at") ", (SELECT count(*) FROM instances i WHERE i.node_name = n.name "
+                               "AND i.state IN ('assigned', 'pulling', 'starting', 'running')) "
+                               "FROM nodes n WHERE n.name > $1 ORDER BY n.name",
+        "");
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "nodes", items);
+    for (int r = 0; r < PQntuples(res); r++) {
+        json_t *o = json_object();
+        api_json_set_str(o, "name", PQgetvalue(res, r, 0));
+        api_json_set_str(o, "state", PQgetvalue(res, r, 1));
+        api_json_set_str(o, "address", PQgetvalue(res, r, 2));
+        api_json_set_int(o, "cpu_millis", PQgetvalue(res, r, 3));
+        api_json_set_int(o, "memory_bytes", PQgetvalue(res, r, 4));
+        json_t *labels = json_loads(PQgetvalue(res, r, 5), 0, NULL);
+        json_object_set_new(o, "labels", labels ? labels : json_object());
+        json_t *gpus = json_loads(PQgetvalue(res, r, 6), 0, NULL);
+        json_object_set_new(o, "gpus", gpus ? gpus : json_array());
+        json_object_set_new(o, "simulated", json_boolean(PQgetvalue(res, r, 7)[0] == 't'));
+        api_json_set_str(o, "last_heartbeat", PQgetvalue(res, r, 8));
+        api_json_set_str(o, "registered_at", PQgetvalue(res, r, 9));
+        api_json_set_int(o, "instances", PQgetvalue(res, r, 10));
+        json_array_append_new(items, o);
+    }
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+/* POST /v1/admin/nodes/{name}/{cordon|uncordon|drain} */
+static int node_action(struct api_ctx *ctx, int *ret_status, json_t **ret_body,
+                       struct loom_err *err)
+{
+    if (need_admin(&ctx->caller, err) < 0)
+        return -1;
+    const char *name = ctx->req->params[0], *action = ctx->req->params[1];
+    const char *sql;
+    if (strcmp(action, "cordon") == 0)
+        sql = "UPDATE nodes SET state = 'cordoned' WHERE name = $1 AND state <> 'lost' "
+              "RETURNING state";
+    else if (strcmp(action, "drain") == 0)
+        sql = "UPDATE nodes SET state = 'draining' WHERE name = $1 AND state <> 'lost' "
+              "RETURNING state";
+    else if (strcmp(action, "uncordon") == 0)
+        sql = "UPDATE nodes SET state = 'ready' WHERE name = $1 AND state IN ('cordoned', "
+              "'draining') RETURNING state";
+    else
+        return loom_err_set(err, LOOM_ENOTFOUND,
+                            "no node action \"%s\" (cordon, uncordon or drain)", action);
+    _cleanup_pgres_ PGresult *res = loom_db_query(ctx->db, err, sql, name);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0) {
+        _cleanup_pgres_ PGresult *st =
+            loom_db_query(ctx->db, err, "SELECT state FROM nodes WHERE name = $1", name);
+        if (!st)
+            return -1;
+        if (PQntuples(st) == 0)
+            return loom_err_set(err, LOOM_ENOTFOUND, "node \"%s\" not found", name);
+        return loom_err_set(err, LOOM_ECONFLICT, "node \"%s\" is %s: cannot %s it", name,
+                            PQgetvalue(st, 0, 0), action);
+    }
+    ctx->wake_scheduler = true;
+    *ret_status = 200;
+    *ret_body = json_pack("{s:s,s:s}", "name", name, "state", PQgetvalue(res, 0, 0));
+    return 0;
+}
+
+void api_admin_nodes_action(struct loom_http_req *req)
+{
+    api_write(req, false, node_action);
+}
+
+void api_admin_keys_list(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    if (admin_begin(req, &db, &err) < 0)
+        API_FAIL(req, &err);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, &err,
+        "SELECT k.key_id, k.role, p.name, k.description, " API_TS("k.created_at") ", " API_TS(
+            "k.revoked_at") " FROM api_keys k LEFT JOIN projects p ON p.id = k.project_id "
+                            "WHERE k.key_id > $1 ORDER BY k.id",
+        "");
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "keys", items);
+    for (int r = 0; r < PQntuples(res); r++) {
+        json_t *o = json_object();
+        api_json_set_str(o, "key_id", loom_db_val(res, r, 0));
+        api_json_set_str(o, "role", loom_db_val(res, r, 1));
+        api_json_set_str(o, "project", loom_db_val(res, r, 2));
+        api_json_set_str(o, "description", loom_db_val(res, r, 3));
+        api_json_set_str(o, "created_at", loom_db_val(res, r, 4));
+        api_json_set_str(o, "revoked_at", loom_db_val(res, r, 5));
+        json_array_append_new(items, o);
+    }
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+static void b64url(const unsigned char *in, size_t n, char *out)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        if (i + 1 < n)
+            out[o++] = tbl[(v >> 6) & 63];
+        if (i + 2 < n)
+            out[o++] = tbl[v & 63];
+    }
+    out[o] = '\0';
+}
+
+/* POST /v1/admin/keys {"role":"admin"|"read"|"write","project"?,"description"?}:
+ * the reply carries the key, the only time it is shown. */
+static int key_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    if (need_admin(&ctx->caller, err) < 0)
+        return -1;
+    static const char *const allowed[] = {"role", "project", "description", NULL};
+    const char *role = NULL, *project = NULL, *desc = "";
+    if (loom_json_check_fields(ctx->body, allowed, err) < 0 ||
+        loom_json_get_string(ctx->body, "role", true, 8, &role, err) < 0 ||
+        loom_json_get_string(ctx->body, "project", false, 63, &project, err) < 0 ||
+        loom_json_get_string(ctx->body, "description", false, 200, &desc, err) < 0)
+        return -1;
+    bool admin = strcmp(role, "admin") == 0;
+    if (!admin && strcmp(role, "read") != 0 && strcmp(role, "write") != 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"role\": must be admin, read or write");
+    if (admin == (project != NULL))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"project\": required for read and write keys, refused for "
+                            "admin keys");
+    unsigned char id_raw[6], secret_raw[32], sha[32];
+    char key_id[13], secret[45], sha_hex[65];
+    if (loom_random_bytes(id_raw, sizeof(id_raw), err) < 0 ||
+        loom_random_bytes(secret_raw, sizeof(secret_raw), err) < 0)
+        return -1;
+    loom_hex(id_raw, sizeof(id_raw), key_id);
+    b64url(secret_raw, sizeof(secret_raw), secret);
+    SHA256((const unsigned char *)secret, strlen(secret), sha);
+    loom_hex(sha, sizeof(sha), sha_hex);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        ctx->db, err,
+        "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
+        "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
+        "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL "
+        "RETURNING " API_TS("created_at"),
+        key_id, sha_hex, project, role, desc);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"project\": project \"%s\" not found",
+                            project);
+    char key[80];
+    snprintf(key, sizeof(key), "loom_%s_%s", key_id, secret);
+    explicit_bzero(secret, sizeof(secret));
+    *ret_body =
+        json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s}", "key_id", key_id, "role", role, "project", project,
+                  "description", desc, "created_at", PQgetvalue(res, 0, 0), "key", key);
+    explicit_bzero(key, sizeof(key));
+    ctx->redact = "key";
+    *ret_status = 201;
+    return 0;
+}
+
+void api_admin_keys_create(struct loom_http_req *req)
+{
+    api_write(req, false, key_create);
+}
+
+static int key_revoke(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    (void)ret_body;
+    if (need_admin(&ctx->caller, err) < 0)
+        return -1;
+    const char *id = ctx->req->params[0];
+    if (strcmp(id, ctx->caller.key_id) == 0)
+        return loom_err_set(err, LOOM_ECONFLICT, "a key cannot revoke itself");
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        ctx->db, err,
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1 "
+        "RETURNING 1",
+        id);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "key \"%s\" not found", id);
+    *ret_status = 204;
+    return 0;
+}
+
+void api_admin_keys_revoke(struct loom_http_req *req)
+{
+    api_write(req, false, key_revoke);
+}

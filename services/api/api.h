@@ -1,0 +1,235 @@
+/* loom-api: the public REST API. Handlers answer under /v1; every one
+ * authenticates the caller (api_auth), resolves the project in the path
+ * (api_project) and scopes every query to it. */
+#ifndef LOOM_API_H
+#define LOOM_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "db.h"
+#include "err.h"
+#include "http.h"
+
+/* Service-wide settings (from the options). */
+struct api_config {
+    char *activator_url; /* LOOM_ACTIVATOR_URL, without a trailing slash */
+    char *secrets_key;   /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
+    int64_t rate_limit;  /* requests a second per API key and replica; 0 = no limit */
+};
+extern struct api_config api_cfg;
+
+/* ---- auth.c ---------------------------------------------------------- */
+
+enum api_role { API_ROLE_ADMIN, API_ROLE_WRITE, API_ROLE_READ };
+
+struct api_caller {
+    enum api_role role;
+    int64_t project_id; /* 0 for admin keys */
+    char key_id[16];
+};
+
+/* Splits "loom_<12 hex>_<43 base64url>" into its key id (13 bytes with NUL)
+ * and secret. LOOM_EUNAUTH when the shape is wrong. */
+int api_key_parse(const char *key, char ret_key_id[13], const char **ret_secret,
+                  struct loom_err *err);
+
+/* Authenticates the request's bearer key: 401 problem for a missing, unknown,
+ * wrong or revoked key; 403 when a read key asks for a method that writes. */
+int api_auth(struct loom_http_req *req, struct loom_db *db, struct api_caller *ret,
+             struct loom_err *err);
+
+/* Drops cached keys (tests). */
+void api_auth_cache_clear(void);
+
+/* ---- common.c -------------------------------------------------------- */
+
+struct api_project {
+    int64_t id;
+    char id_str[24];
+    char name[64];
+};
+
+/* Authenticates and, when the route has a {project}, resolves params[0]
+ * to a project the caller may see (404 otherwise, as if absent). */
+int api_begin(struct loom_http_req *req, bool with_project, struct loom_db **ret_db,
+              struct api_caller *ret_caller, struct api_project *ret_project, struct loom_err *err);
+
+/* A write request (POST, PATCH, PUT, DELETE) in progress: api_write opens
+ * one transaction around the handler's work, the idempotency record and the
+ * outbox events, and commits once. */
+struct api_ctx {
+    struct loom_http_req *req;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project project; /* when the route has a {project} */
+    json_t *body;               /* the request's JSON object ({} when there is no body) */
+    bool wake_scheduler;        /* publish loom.sched.wake after commit */
+    bool events;                /* outbox rows were written */
+    const char *redact;         /* reply member never kept for Idempotency-Key replays */
+};
+
+/* Does the work inside the open transaction; on success *ret_status and
+ * *ret_body (NULL for no body) are the reply. */
+typedef int (*api_write_fn)(struct api_ctx *ctx, int *ret_status, json_t **ret_body,
+                            struct loom_err *err);
+
+/* Authenticates, resolves the project, parses the body, honours
+ * Idempotency-Key on POST (same key and request: the first reply again;
+ * same key, other request: 422), runs fn in a transaction and replies. */
+void api_write(struct loom_http_req *req, bool with_project, api_write_fn fn);
+
+/* Writes a CloudEvents 1.0 event to the outbox in the caller's transaction:
+ * type "dev.loom.<kind>.<action>", subject loom.events.<project>.<kind>. */
+int api_event(struct api_ctx *ctx, const char *kind, const char *action, const char *name,
+              json_t *data, struct loom_err *err);
+
+/* Publishes unpublished outbox rows (oldest first, a batch at a time) and
+ * marks them; several replicas share the work (SKIP LOCKED). Returns the
+ * number published or -1. Purges expired idempotency records too. */
+int api_outbox_publish(struct loom_db *db, struct loom_err *err);
+
+/* Checks If-Match against a resource's generation (its entity tag, sent as
+ * "\"<generation>\""). No header or "*" passes; a mismatch is 412. */
+int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
+                       const char *generation, struct loom_err *err);
+
+/* Replies with err as a problem (logging 5xx errors once). */
+void api_fail(struct loom_http_req *req, const struct loom_err *err);
+#define API_FAIL(req, err)                                                                         \
+    do {                                                                                           \
+        api_fail((req), (err));                                                                    \
+        return;                                                                                    \
+    } while (0)
+
+/* Publishes an empty loom.sched.wake; a failure is logged, not fatal: the
+ * scheduler also reconciles on a timer. */
+void api_wake_scheduler(void);
+
+/* Paging: ?limit=N (1..1000, default 100) and ?start=TOKEN, where TOKEN is
+ * an opaque token from an earlier page's "next". ret_after is the decoded
+ * last name of the previous page ("" for the first page). */
+struct api_page {
+    int64_t limit;
+    char after[128];
+};
+int api_page_parse(struct loom_http_req *req, struct api_page *ret, struct loom_err *err);
+/* Sets "limit" and, when the page was full, "next" (the token for the last name). */
+void api_page_finish(json_t *out, const struct api_page *page, size_t nitems,
+                     const char *last_name);
+/* Encodes a name as a page token (hex with a "n" prefix), allocated. */
+char *api_page_token(const char *name);
+int api_page_token_decode(const char *token, char *out, size_t outsz);
+
+/* SQL expression for a timestamptz column as RFC 3339 UTC text. */
+#define API_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* Sets key to a string, or JSON null when s is NULL. */
+void api_json_set_str(json_t *obj, const char *key, const char *s);
+void api_json_set_int(json_t *obj, const char *key, const char *s); /* s NULL -> null */
+
+/* ---- spec.c: request body validation (pure, unit tested) -------------- */
+
+/* Validates a job run body (POST .../job_runs). When the body names
+ * job_name, job_spec is that job's spec and the body's fields override it;
+ * otherwise job_spec is NULL and image_reference is required. On success
+ * *ret_spec is a new object: the complete spec with defaults filled in and a
+ * canonical scale_array_spec (without name and job_name). */
+int api_jobrun_spec(json_t *body, const json_t *job_spec, json_t **ret_spec, struct loom_err *err);
+/* Validates a job body (POST .../jobs; PATCH with partial = true checks only
+ * what is present and fills no defaults). */
+int api_job_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+/* Validates an app body; same conventions as api_job_spec. */
+int api_app_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+
+/* Parses an array spec into its canonical text, its PostgreSQL multirange
+ * literal and its index count (all allocated / written only on success). */
+int api_array_spec(const char *spec, char **ret_canonical, char **ret_multirange,
+                   int64_t *ret_count, struct loom_err *err);
+
+/* "0.5" vCPU -> 500 millicores; LOOM_EINVAL when not a positive decimal with at
+ * most 3 fractional digits, or over 64 vCPU. */
+int api_parse_cpu(const char *s, int64_t *ret_millis);
+
+/* The name in a body: required DNS label. */
+int api_body_name(json_t *body, const char **ret, struct loom_err *err);
+
+/* The "data" member of a secret or config map body: an object of at most
+ * 100 string values whose keys are 1-253 of [-._a-zA-Z0-9]; copied. */
+int api_data_map(json_t *body, json_t **ret, struct loom_err *err);
+
+/* ---- secrets.c ---------------------------------------------------------- */
+
+/* Sets the AES-256-GCM key from 64 hex characters (NULL or "": secrets
+ * are disabled and their routes answer 503). */
+int api_secrets_set_key(const char *hex, struct loom_err *err);
+/* Encrypts plain with a random nonce and aad bound in; *ret is
+ * nonce (12) || ciphertext || tag (16), *ret_len its length. */
+int api_secret_seal(const char *plain, size_t len, const char *aad, unsigned char **ret,
+                    size_t *ret_len, struct loom_err *err);
+/* Decrypts what api_secret_seal made; fails when aad or data differ. */
+int api_secret_open(const unsigned char *sealed, size_t len, const char *aad, char **ret,
+                    struct loom_err *err);
+
+/* PostgreSQL multirange text -> compact spec ("" when empty), allocated. */
+char *api_multirange_to_spec(const char *multirange);
+
+/* ---- routes.c, openapi.c ------------------------------------------------ */
+
+extern const struct loom_http_route api_routes[];
+extern const size_t api_nroutes;
+
+/* The OpenAPI 3.1 document served at /openapi.json (built once). */
+const char *api_openapi_text(void);
+void api_openapi(struct loom_http_req *req);
+
+/* ---- handlers ----------------------------------------------------------- */
+
+void api_projects_list(struct loom_http_req *req);
+void api_projects_create(struct loom_http_req *req);
+void api_projects_get(struct loom_http_req *req);
+void api_projects_delete(struct loom_http_req *req);
+
+void api_jobruns_create(struct loom_http_req *req);
+void api_jobruns_list(struct loom_http_req *req);
+void api_jobruns_get(struct loom_http_req *req);
+void api_jobruns_delete(struct loom_http_req *req);
+void api_jobruns_logs(struct loom_http_req *req);
+void api_jobruns_cancel(struct loom_http_req *req);
+void api_jobruns_resubmit(struct loom_http_req *req);
+
+void api_apps_create(struct loom_http_req *req);
+void api_apps_list(struct loom_http_req *req);
+void api_apps_get(struct loom_http_req *req);
+void api_apps_delete(struct loom_http_req *req);
+void api_apps_instances(struct loom_http_req *req);
+void api_apps_update(struct loom_http_req *req);
+
+void api_jobs_create(struct loom_http_req *req);
+void api_jobs_list(struct loom_http_req *req);
+void api_jobs_get(struct loom_http_req *req);
+void api_jobs_update(struct loom_http_req *req);
+void api_jobs_delete(struct loom_http_req *req);
+
+void api_secrets_create(struct loom_http_req *req);
+void api_secrets_list(struct loom_http_req *req);
+void api_secrets_get(struct loom_http_req *req);
+void api_secrets_replace(struct loom_http_req *req);
+void api_secrets_delete(struct loom_http_req *req);
+
+void api_configmaps_create(struct loom_http_req *req);
+void api_configmaps_list(struct loom_http_req *req);
+void api_configmaps_get(struct loom_http_req *req);
+void api_configmaps_replace(struct loom_http_req *req);
+void api_configmaps_delete(struct loom_http_req *req);
+void api_apps_revisions(struct loom_http_req *req);
+void api_apps_logs(struct loom_http_req *req);
+
+void api_admin_nodes_list(struct loom_http_req *req);
+void api_admin_nodes_action(struct loom_http_req *req);
+void api_admin_keys_list(struct loom_http_req *req);
+void api_admin_keys_create(struct loom_http_req *req);
+void api_admin_keys_revoke(struct loom_http_req *req);
+
+#endif

@@ -1,0 +1,497 @@
+/* /v1/projects/{project}/apps: an app row holds the current spec and
+ * generation; app_revisions keeps every generation. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "config.h"
+#include "json.h"
+
+#define APP_COLS                                                                                   \
+    "a.id, a.name, a.generation, a.spec::text, a.min_instances, a.max_instances, "                 \
+    "a.desired_instances, " API_TS("a.created_at") ", " API_TS(                                    \
+        "a.updated_at") ", (SELECT count(*) FROM instances i WHERE i.app_id = a.id "               \
+                        "AND i.state = 'running' AND i.desired = 'run'), a.waiting_reason"
+
+enum {
+    C_ID,
+    C_NAME,
+    C_GEN,
+    C_SPEC,
+    C_MIN,
+    C_MAX,
+    C_DESIRED,
+    C_CREATED,
+    C_UPDATED,
+    C_RUNNING,
+    C_WAITING
+};
+
+static int64_t ival(PGresult *res, int r, int c)
+{
+    return strtoll(PQgetvalue(res, r, c), NULL, 10);
+}
+
+static int app_json(const char *project, PGresult *res, int r, json_t **ret, struct loom_err *err)
+{
+    _cleanup_json_ json_t *o = json_object();
+    const char *name = PQgetvalue(res, r, C_NAME);
+    api_json_set_str(o, "name", name);
+    api_json_set_int(o, "id", PQgetvalue(res, r, C_ID));
+    api_json_set_str(o, "project", project);
+    api_json_set_int(o, "generation", PQgetvalue(res, r, C_GEN));
+    api_json_set_str(o, "entity_tag", PQgetvalue(res, r, C_GEN));
+    api_json_set_str(o, "created_at", PQgetvalue(res, r, C_CREATED));
+    api_json_set_str(o, "updated_at", PQgetvalue(res, r, C_UPDATED));
+    _cleanup_json_ json_t *spec =
+        loom_json_parse_object(PQgetvalue(res, r, C_SPEC), strlen(PQgetvalue(res, r, C_SPEC)), err);
+    if (!spec)
+        return loom_err_wrap(err, "stored spec of app %s", name);
+    json_object_update(o, spec);
+    char url[1024];
+    snprintf(url, sizeof(url), "%s/apps/%s/%s/", api_cfg.activator_url ? api_cfg.activator_url : "",
+             project, name);
+    json_object_set_new(o, "endpoint", json_string(url));
+    json_object_set_new(o, "url", json_string(url));
+    int64_t mn = ival(res, r, C_MIN), mx = ival(res, r, C_MAX), want = ival(res, r, C_DESIRED);
+    int64_t running = ival(res, r, C_RUNNING);
+    if (want < mn)
+        want = mn;
+    if (want > mx)
+        want = mx;
+    /* ready once one instance runs, or at once for an app that scales from zero */
+    int64_t need = mn < 1 ? mn : 1;
+    json_object_set_new(o, "status", json_string(running >= need ? "ready" : "deploying"));
+    json_object_set_new(o, "status_details",
+                        json_pack("{s:I,s:I}", "instances_running", (json_int_t)running,
+                                  "instances_desired", (json_int_t)want));
+    api_json_set_str(json_object_get(o, "status_details"), "waiting_reason",
+                     loom_db_val(res, r, C_WAITING));
+    *ret = TAKE_PTR(o);
+    return 0;
+}
+
+static int load_app(struct loom_db *db, const struct api_project *proj, const char *name,
+                    json_t **ret, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err, "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name = $2",
+        proj->id_str, name);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+    return app_json(proj->name, res, 0, ret, err);
+}
+
+static int app_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    const char *name;
+    _cleanup_json_ json_t *spec = NULL;
+    if (api_body_name(ctx->body, &name, err) < 0 || api_app_spec(ctx->body, false, &spec, err) < 0)
+        return -1;
+    _cleanup_free_ char *text = loom_json_dumps(spec);
+    char mn[24], mx[24];
+    snprintf(mn, sizeof(mn), "%lld",
+             (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
+    snprintf(mx, sizeof(mx), "%lld",
+             (long long)json_integer_value(json_object_get(spec, "scale_max_instances")));
+    _cleanup_pgres_ PGresult *ins =
+        loom_db_query(ctx->db, err,
+                      "INSERT INTO apps (project_id, name, spec, min_instances, max_instances, "
+                      "desired_instances) VALUES ($1, $2, $3::jsonb, $4, $5, $4) RETURNING id",
+                      ctx->project.id_str, name, text, mn, mx);
+    if (!ins) {
+        if (err->code == LOOM_ECONFLICT)
+            loom_err_set(err, LOOM_ECONFLICT, "app \"%s\" already exists", name);
+        return -1;
+    }
+    _cleanup_pgres_ PGresult *rev = loom_db_query(
+        ctx->db, err,
+        "INSERT INTO app_revisions (app_id, generation, spec) VALUES ($1, 1, $2::jsonb)",
+        PQgetvalue(ins, 0, 0), text);
+    _cleanup_json_ json_t *out = NULL;
+    if (!rev || load_app(ctx->db, &ctx->project, name, &out, err) < 0 ||
+        api_event(ctx, "app", "created", name, out, err) < 0)
+        return -1;
+    ctx->wake_scheduler = true;
+    loom_http_set_header(ctx->req, "ETag", "\"1\"");
+    *ret_status = 201;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+void api_apps_create(struct loom_http_req *req)
+{
+    api_write(req, true, app_create);
+}
+
+int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
+                       const char *generation, struct loom_err *err)
+{
+    const char *h = loom_http_header(req, "If-Match");
+    if (!h || strcmp(h, "*") == 0)
+        return 0;
+    /* a list of entity tags, weak or strong, is accepted */
+    char want[40];
+    snprintf(want, sizeof(want), "\"%s\"", generation);
+    const char *p = h;
+    while ((p = strstr(p, want)) != NULL) {
+        char after = p[strlen(want)];
+        if (after == '\0' || after == ',' || after == ' ')
+            return 0;
+        p++;
+    }
+    return loom_err_set(err, LOOM_EPRECOND,
+                        "%s \"%s\" has changed (its entity tag is now \"%s\"): read it again "
+                        "and retry",
+                        what, name, generation);
+}
+
+/* PATCH .../apps/{name}: the given fields replace the current ones; a real
+ * change makes a new generation (and revision). */
+static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    const char *given = NULL;
+    if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
+        return -1;
+    if (given && strcmp(given, name) != 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"name\": an app cannot be renamed");
+    _cleanup_json_ json_t *patch = NULL;
+    if (api_app_spec(ctx->body, true, &patch, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *cur = loom_db_query(
+        ctx->db, err,
+        "SELECT id, generation, spec::text FROM apps WHERE project_id = $1 AND name = $2 "
+        "FOR UPDATE",
+        ctx->project.id_str, name);
+    if (!cur)
+        return -1;
+    if (PQntuples(cur) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+    if (api_check_if_match(ctx->req, "app", name, PQgetvalue(cur, 0, 1), err) < 0)
+        return -1;
+    _cleanup_json_ json_t *old =
+        loom_json_parse_object(PQgetvalue(cur, 0, 2), strlen(PQgetvalue(cur, 0, 2)), err);
+    if (!old)
+        return -1;
+    _cleanup_json_ json_t *merged = json_deep_copy(old);
+    json_object_update(merged, patch);
+    json_object_set_new(merged, "name", json_string(name));
+    _cleanup_json_ json_t *spec = NULL;
+    if (api_app_spec(merged, false, &spec, err) < 0)
+        return -1;
+    if (!json_equal(spec, old)) {
+        _cleanup_free_ char *text = loom_json_dumps(spec);
+        char mn[24], mx[24];
+        snprintf(mn, sizeof(mn), "%lld",
+                 (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
+        snprintf(mx, sizeof(mx), "%lld",
+                 (long long)json_integer_value(json_object_get(spec, "scale_max_instances")));
+        _cleanup_pgres_ PGresult *upd = loom_db_query(
+            ctx->db, err,
+            "UPDATE apps SET generation = generation + 1, spec = $2::jsonb, min_instances = $3, "
+            "max_instances = $4, updated_at = now() WHERE id = $1 RETURNING generation",
+            PQgetvalue(cur, 0, 0), text, mn, mx);
+        if (!upd)
+            return -1;
+        _cleanup_pgres_ PGresult *rev =
+            loom_db_query(ctx->db, err,
+                          "INSERT INTO app_revisions (app_id, generation, spec) "
+                          "VALUES ($1, $2, $3::jsonb)",
+                          PQgetvalue(cur, 0, 0), PQgetvalue(upd, 0, 0), text);
+        if (!rev)
+            return -1;
+        ctx->wake_scheduler = true;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (load_app(ctx->db, &ctx->project, name, &out, err) < 0)
+        return -1;
+    if (ctx->wake_scheduler && api_event(ctx, "app", "updated", name, out, err) < 0)
+        return -1;
+    char etag[40];
+    snprintf(etag, sizeof(etag), "\"%lld\"",
+             (long long)json_integer_value(json_object_get(out, "generation")));
+    loom_http_set_header(ctx->req, "ETag", etag);
+    *ret_status = 200;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+void api_apps_update(struct loom_http_req *req)
+{
+    api_write(req, true, app_update);
+}
+
+void api_apps_revisions(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
+        API_FAIL(req, &err);
+    const char *name = req->params[1];
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, &err,
+                      "SELECT a.id, r.generation, r.spec::text, " API_TS(
+                          "r.created_at") " FROM apps a "
+                                          "LEFT JOIN app_revisions r ON r.app_id = a.id WHERE "
+                                          "a.project_id = $1 AND a.name = $2 "
+                                          "ORDER BY r.generation DESC",
+                      proj.id_str, name);
+    if (!res)
+        API_FAIL(req, &err);
+    if (PQntuples(res) == 0) {
+        loom_err_set(&err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+        API_FAIL(req, &err);
+    }
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "revisions", items);
+    for (int r = 0; r < PQntuples(res); r++) {
+        if (PQgetisnull(res, r, 1))
+            continue;
+        json_t *spec = json_loads(PQgetvalue(res, r, 2), 0, NULL);
+        json_t *o = json_is_object(spec) ? spec : json_object();
+        if (o != spec && spec)
+            json_decref(spec);
+        char rname[96];
+        snprintf(rname, sizeof(rname), "%s-%05d", name, atoi(PQgetvalue(res, r, 1)));
+        json_object_set_new(o, "name", json_string(rname));
+        json_object_set_new(o, "app_name", json_string(name));
+        api_json_set_int(o, "generation", PQgetvalue(res, r, 1));
+        api_json_set_str(o, "created_at", PQgetvalue(res, r, 3));
+        json_array_append_new(items, o);
+    }
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+void api_apps_list(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    struct api_page page;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
+        API_FAIL(req, &err);
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, &err,
+                      "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name > $2 "
+                      "ORDER BY a.name LIMIT $3",
+                      proj.id_str, page.after, limit);
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "apps", items);
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        json_t *o;
+        if (app_json(proj.name, res, r, &o, &err) < 0)
+            API_FAIL(req, &err);
+        json_array_append_new(items, o);
+    }
+    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, C_NAME) : NULL);
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+void api_apps_get(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    json_t *out = NULL;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
+        load_app(db, &proj, req->params[1], &out, &err) < 0)
+        API_FAIL(req, &err);
+    char etag[40];
+    snprintf(etag, sizeof(etag), "\"%lld\"",
+             (long long)json_integer_value(json_object_get(out, "generation")));
+    loom_http_set_header(req, "ETag", etag);
+    loom_http_reply_json(req, 200, out);
+}
+
+/* Like a job run: live instances keep the row (scaled to 0/0) until they are
+ * stopped; the answer is then 202 and a later DELETE removes it. */
+static int app_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    _cleanup_pgres_ PGresult *app = loom_db_query(
+        ctx->db, err, "SELECT id FROM apps WHERE project_id = $1 AND name = $2 FOR UPDATE",
+        ctx->project.id_str, name);
+    if (!app)
+        return -1;
+    if (PQntuples(app) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+    const char *id = PQgetvalue(app, 0, 0);
+    _cleanup_pgres_ PGresult *live =
+        loom_db_query(ctx->db, err,
+                      "UPDATE instances SET desired = 'stop', updated_at = now() WHERE app_id = $1 "
+                      "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
+                      id);
+    if (!live)
+        return -1;
+    int nlive = PQntuples(live);
+    _cleanup_pgres_ PGresult *done = NULL;
+    if (nlive > 0)
+        done = loom_db_query(ctx->db, err,
+                             "UPDATE apps SET min_instances = 0, max_instances = 0, "
+                             "desired_instances = 0, updated_at = now() WHERE id = $1",
+                             id);
+    else
+        done = loom_db_query(ctx->db, err, "DELETE FROM apps WHERE id = $1", id);
+    if (!done)
+        return -1;
+    if (nlive > 0) {
+        ctx->wake_scheduler = true;
+        *ret_status = 202;
+        *ret_body = json_pack("{s:s,s:s,s:i}", "name", name, "status", "deleting",
+                              "instances_stopping", nlive);
+        return 0;
+    }
+    if (api_event(ctx, "app", "deleted", name, NULL, err) < 0)
+        return -1;
+    *ret_status = 204;
+    return 0;
+}
+
+void api_apps_delete(struct loom_http_req *req)
+{
+    api_write(req, true, app_delete);
+}
+
+void api_apps_instances(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
+        API_FAIL(req, &err);
+    const char *name = req->params[1];
+    _cleanup_pgres_ PGresult *app = loom_db_query(
+        db, &err, "SELECT id FROM apps WHERE project_id = $1 AND name = $2", proj.id_str, name);
+    if (!app)
+        API_FAIL(req, &err);
+    if (PQntuples(app) == 0) {
+        loom_err_set(&err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+        API_FAIL(req, &err);
+    }
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, &err,
+        "SELECT id, state, desired, node_name, address, app_generation, " API_TS(
+            "created_at") ", " API_TS("started_at") ", exit_code, reason "
+                                                    "FROM instances WHERE app_id = $1 "
+                                                    "AND (state NOT IN ('succeeded', 'failed', "
+                                                    "'stopped', 'lost') OR finished_at > now() - "
+                                                    "interval '10 minutes') ORDER BY created_at",
+        PQgetvalue(app, 0, 0));
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "instances", items);
+    for (int r = 0; r < PQntuples(res); r++) {
+        json_t *o = json_object();
+        api_json_set_str(o, "id", loom_db_val(res, r, 0));
+        api_json_set_str(o, "app_name", name);
+        api_json_set_str(o, "status", loom_db_val(res, r, 1));
+        api_json_set_str(o, "desired", loom_db_val(res, r, 2));
+        api_json_set_str(o, "node", loom_db_val(res, r, 3));
+        api_json_set_str(o, "address", loom_db_val(res, r, 4));
+        api_json_set_int(o, "generation", loom_db_val(res, r, 5));
+        api_json_set_str(o, "created_at", loom_db_val(res, r, 6));
+        api_json_set_str(o, "started_at", loom_db_val(res, r, 7));
+        api_json_set_int(o, "exit_code", loom_db_val(res, r, 8));
+        api_json_set_str(o, "reason", loom_db_val(res, r, 9));
+        json_array_append_new(items, o);
+    }
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+/* GET .../apps/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: lines
+ * of the app's instances in time order. "next" is the cursor after the last
+ * line returned (always set, so a follower can poll with it). */
+void api_apps_logs(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
+        API_FAIL(req, &err);
+    const char *name = req->params[1];
+    const char *instance = loom_http_query(req, "instance");
+    const char *limit_s = loom_http_query(req, "limit");
+    const char *after = loom_http_query(req, "after");
+    int64_t limit = 1000;
+    if (limit_s && loom_parse_int(limit_s, 1, 10000, &limit) < 0) {
+        loom_err_set(&err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
+        API_FAIL(req, &err);
+    }
+    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" as a token */
+    char cur[128] = "", *ts = NULL, *inst = NULL, *off = NULL;
+    if (after && *after) {
+        char *save = NULL;
+        if (api_page_token_decode(after, cur, sizeof(cur)) < 0 ||
+            !(ts = strtok_r(cur, "|", &save)) || !(inst = strtok_r(NULL, "|", &save)) ||
+            !(off = strtok_r(NULL, "|", &save))) {
+            loom_err_set(&err, LOOM_EINVAL,
+                         "query parameter \"after\": not a cursor from \"next\"");
+            API_FAIL(req, &err);
+        }
+    }
+    _cleanup_pgres_ PGresult *app = loom_db_query(
+        db, &err, "SELECT id FROM apps WHERE project_id = $1 AND name = $2", proj.id_str, name);
+    if (!app)
+        API_FAIL(req, &err);
+    if (PQntuples(app) == 0) {
+        loom_err_set(&err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
+        API_FAIL(req, &err);
+    }
+    char lim[24];
+    snprintf(lim, sizeof(lim), "%lld", (long long)limit);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, &err,
+        "SELECT l.instance_id, " API_TS(
+            "l.ts") ", l.stream, l.line, "
+                    "(extract(epoch FROM l.ts) * 1000000)::bigint, l.\"offset\" "
+                    "FROM log_lines l JOIN instances i ON i.id = l.instance_id "
+                    "WHERE i.app_id = $1 AND ($2::uuid IS NULL OR i.id = $2::uuid) "
+                    "AND ($3::bigint IS NULL OR (l.ts, l.instance_id, l.\"offset\") > "
+                    "(timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid, "
+                    "$5::bigint)) "
+                    "ORDER BY l.ts, l.instance_id, l.\"offset\" LIMIT $6",
+        PQgetvalue(app, 0, 0), instance, ts, inst, off, lim);
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *lines = json_array();
+    json_object_set_new(out, "lines", lines);
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        json_t *o = json_object();
+        api_json_set_str(o, "instance", loom_db_val(res, r, 0));
+        api_json_set_str(o, "ts", loom_db_val(res, r, 1));
+        api_json_set_str(o, "stream", loom_db_val(res, r, 2));
+        api_json_set_str(o, "line", loom_db_val(res, r, 3));
+        json_array_append_new(lines, o);
+    }
+    if (n > 0) {
+        char c[128];
+        snprintf(c, sizeof(c), "%s|%s|%s", PQgetvalue(res, n - 1, 4), PQgetvalue(res, n - 1, 0),
+                 PQgetvalue(res, n - 1, 5));
+        _cleanup_free_ char *tok = api_page_token(c);
+        json_object_set_new(out, "next", json_string(tok));
+    } else {
+        json_object_set_new(out, "next", json_string(after ? after : ""));
+    }
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}

@@ -1,0 +1,209 @@
+/* /v1/projects/{project}/jobs: job definitions that runs refer to by
+ * job_name (a run copies the job's spec when it is submitted). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "json.h"
+
+#define JOB_COLS "id, name, generation, spec::text, " API_TS("created_at") ", " API_TS("updated_at")
+
+static int job_json(const char *project, PGresult *res, int r, json_t **ret, struct loom_err *err)
+{
+    _cleanup_json_ json_t *o = json_object();
+    const char *name = PQgetvalue(res, r, 1);
+    api_json_set_str(o, "name", name);
+    api_json_set_int(o, "id", PQgetvalue(res, r, 0));
+    api_json_set_str(o, "project", project);
+    api_json_set_int(o, "generation", PQgetvalue(res, r, 2));
+    api_json_set_str(o, "entity_tag", PQgetvalue(res, r, 2));
+    api_json_set_str(o, "created_at", PQgetvalue(res, r, 4));
+    api_json_set_str(o, "updated_at", PQgetvalue(res, r, 5));
+    _cleanup_json_ json_t *spec =
+        loom_json_parse_object(PQgetvalue(res, r, 3), strlen(PQgetvalue(res, r, 3)), err);
+    if (!spec)
+        return loom_err_wrap(err, "stored spec of job %s", name);
+    json_object_update(o, spec);
+    *ret = TAKE_PTR(o);
+    return 0;
+}
+
+static int load_job(struct loom_db *db, const struct api_project *proj, const char *name,
+                    json_t **ret, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, err, "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name = $2",
+                      proj->id_str, name);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "job \"%s\" not found", name);
+    return job_json(proj->name, res, 0, ret, err);
+}
+
+static void set_etag(struct loom_http_req *req, json_t *job)
+{
+    char etag[40];
+    snprintf(etag, sizeof(etag), "\"%lld\"",
+             (long long)json_integer_value(json_object_get(job, "generation")));
+    loom_http_set_header(req, "ETag", etag);
+}
+
+static int job_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    const char *name;
+    _cleanup_json_ json_t *spec = NULL;
+    if (api_body_name(ctx->body, &name, err) < 0 || api_job_spec(ctx->body, false, &spec, err) < 0)
+        return -1;
+    _cleanup_free_ char *text = loom_json_dumps(spec);
+    _cleanup_pgres_ PGresult *ins = loom_db_query(
+        ctx->db, err, "INSERT INTO jobs (project_id, name, spec) VALUES ($1, $2, $3::jsonb)",
+        ctx->project.id_str, name, text);
+    if (!ins) {
+        if (err->code == LOOM_ECONFLICT)
+            loom_err_set(err, LOOM_ECONFLICT, "job \"%s\" already exists", name);
+        return -1;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (load_job(ctx->db, &ctx->project, name, &out, err) < 0 ||
+        api_event(ctx, "job", "created", name, out, err) < 0)
+        return -1;
+    set_etag(ctx->req, out);
+    *ret_status = 201;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+void api_jobs_create(struct loom_http_req *req)
+{
+    api_write(req, true, job_create);
+}
+
+void api_jobs_list(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    struct api_page page;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
+        API_FAIL(req, &err);
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, &err,
+                      "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name > $2 "
+                      "ORDER BY name LIMIT $3",
+                      proj.id_str, page.after, limit);
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, "jobs", items);
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        json_t *o;
+        if (job_json(proj.name, res, r, &o, &err) < 0)
+            API_FAIL(req, &err);
+        json_array_append_new(items, o);
+    }
+    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, 1) : NULL);
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+void api_jobs_get(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    json_t *out = NULL;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
+        load_job(db, &proj, req->params[1], &out, &err) < 0)
+        API_FAIL(req, &err);
+    set_etag(req, out);
+    loom_http_reply_json(req, 200, out);
+}
+
+static int job_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    const char *given = NULL;
+    if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
+        return -1;
+    if (given && strcmp(given, name) != 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"name\": a job cannot be renamed");
+    _cleanup_json_ json_t *patch = NULL;
+    if (api_job_spec(ctx->body, true, &patch, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *cur = loom_db_query(
+        ctx->db, err,
+        "SELECT id, generation, spec::text FROM jobs WHERE project_id = $1 AND name = $2 "
+        "FOR UPDATE",
+        ctx->project.id_str, name);
+    if (!cur)
+        return -1;
+    if (PQntuples(cur) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "job \"%s\" not found", name);
+    if (api_check_if_match(ctx->req, "job", name, PQgetvalue(cur, 0, 1), err) < 0)
+        return -1;
+    _cleanup_json_ json_t *old =
+        loom_json_parse_object(PQgetvalue(cur, 0, 2), strlen(PQgetvalue(cur, 0, 2)), err);
+    if (!old)
+        return -1;
+    _cleanup_json_ json_t *merged = json_deep_copy(old);
+    json_object_update(merged, patch);
+    json_object_set_new(merged, "name", json_string(name));
+    _cleanup_json_ json_t *spec = NULL;
+    if (api_job_spec(merged, false, &spec, err) < 0)
+        return -1;
+    bool changed = !json_equal(spec, old);
+    if (changed) {
+        _cleanup_free_ char *text = loom_json_dumps(spec);
+        _cleanup_pgres_ PGresult *upd =
+            loom_db_query(ctx->db, err,
+                          "UPDATE jobs SET generation = generation + 1, spec = $2::jsonb, "
+                          "updated_at = now() WHERE id = $1",
+                          PQgetvalue(cur, 0, 0), text);
+        if (!upd)
+            return -1;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (load_job(ctx->db, &ctx->project, name, &out, err) < 0 ||
+        (changed && api_event(ctx, "job", "updated", name, out, err) < 0))
+        return -1;
+    set_etag(ctx->req, out);
+    *ret_status = 200;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+void api_jobs_update(struct loom_http_req *req)
+{
+    api_write(req, true, job_update);
+}
+
+/* Runs keep their own copy of the spec, so a job can go while runs remain
+ * (their job_id becomes NULL). */
+static int job_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    (void)ret_body;
+    const char *name = ctx->req->params[1];
+    _cleanup_pgres_ PGresult *del = loom_db_query(
+        ctx->db, err, "DELETE FROM jobs WHERE project_id = $1 AND name = $2 RETURNING id",
+        ctx->project.id_str, name);
+    if (!del)
+        return -1;
+    if (PQntuples(del) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "job \"%s\" not found", name);
+    if (api_event(ctx, "job", "deleted", name, NULL, err) < 0)
+        return -1;
+    *ret_status = 204;
+    return 0;
+}
+
+void api_jobs_delete(struct loom_http_req *req)
+{
+    api_write(req, true, job_delete);
+}

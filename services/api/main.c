@@ -1,0 +1,62 @@
+/* loom-api: the public REST API (see api.h). */
+#include <string.h>
+
+#include "api.h"
+#include "log.h"
+#include "service.h"
+
+static const struct loom_opt api_opts[] = {
+    {"activator-url", "LOOM_ACTIVATOR_URL", LOOM_OPT_STRING, &api_cfg.activator_url,
+     "http://127.0.0.1:8081", 0, 0, "base URL of the activator, for app endpoints"},
+    {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &api_cfg.secrets_key, NULL, 0, 0,
+     "AES-256-GCM key for secrets, 64 hex characters (unset: secrets are disabled)"},
+    {"rate-limit", "LOOM_API_RATE_LIMIT", LOOM_OPT_INT, &api_cfg.rate_limit, "200", 0, 1000000,
+     "requests a second per API key (bursts of twice that); 0 = no limit"},
+};
+
+static int api_start(struct loom_service *svc, struct loom_err *err)
+{
+    (void)svc;
+    /* endpoints are built as <url>/apps/...: drop a trailing slash once here */
+    size_t n = api_cfg.activator_url ? strlen(api_cfg.activator_url) : 0;
+    while (n > 0 && api_cfg.activator_url[n - 1] == '/')
+        api_cfg.activator_url[--n] = '\0';
+    if (api_secrets_set_key(api_cfg.secrets_key, err) < 0)
+        return -1;
+    if (!api_cfg.secrets_key || !*api_cfg.secrets_key)
+        log_warn("LOOM_SECRETS_KEY is not set: the secrets routes answer 503");
+    return 0;
+}
+
+/* Publishes what the outbox holds: right after a write (the write wakes the
+ * service) and on every tick for anything a crash left behind. */
+static void api_tick(struct loom_service *svc)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    int n;
+    while ((n = api_outbox_publish(svc->db, &err)) >= 100)
+        ;
+    if (n < 0)
+        log_warn("could not publish events: %s", err.msg);
+}
+
+static const struct loom_service_def api_def = {
+    .name = "api",
+    .default_addr = "127.0.0.1:8080",
+    .tick_ms = 1000,
+    .http_threads = 4,
+    .max_body = 1 << 20,
+    .opts = api_opts,
+    .nopts = sizeof(api_opts) / sizeof(api_opts[0]),
+    .routes = api_routes,
+    .needs_db = true,
+    .start = api_start,
+    .tick = api_tick,
+};
+
+int main(int argc, char **argv)
+{
+    struct loom_service_def def = api_def;
+    def.nroutes = api_nroutes;
+    return loom_service_main(&def, argc, argv);
+}

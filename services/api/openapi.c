@@ -1,0 +1,388 @@
+/* /openapi.json: an OpenAPI 3.1 description of the API, assembled once from
+ * the operation table below and the component schemas. A unit test checks
+ * that every route in routes.c is described here and the reverse. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "json.h"
+
+struct op {
+    const char *method; /* lowercase */
+    const char *path;
+    const char *id;
+    const char *summary;
+    const char *request;  /* component schema name, or NULL */
+    int status;           /* success status */
+    const char *response; /* component schema name, or NULL for no body */
+};
+
+static const struct op ops[] = {
+    {"get", "/openapi.json", "getOpenAPI", "This document", NULL, 200, NULL},
+    {"get", "/v1/projects", "listProjects", "List the projects the key can see", NULL, 200,
+     "ProjectList"},
+    {"post", "/v1/projects", "createProject", "Create a project (admin keys)", "ProjectCreate", 201,
+     "Project"},
+    {"get", "/v1/projects/{project}", "getProject", "Get a project", NULL, 200, "Project"},
+    {"delete", "/v1/projects/{project}", "deleteProject",
+     "Delete a project and all it holds (admin keys; refused while instances run)", NULL, 204,
+     NULL},
+    {"post", "/v1/projects/{project}/jobs", "createJob", "Create a job definition", "Job", 201,
+     "Job"},
+    {"get", "/v1/projects/{project}/jobs", "listJobs", "List jobs", NULL, 200, "JobList"},
+    {"get", "/v1/projects/{project}/jobs/{name}", "getJob", "Get a job (ETag = generation)", NULL,
+     200, "Job"},
+    {"patch", "/v1/projects/{project}/jobs/{name}", "updateJob",
+     "Change some fields of a job (If-Match: its ETag)", "JobPatch", 200, "Job"},
+    {"delete", "/v1/projects/{project}/jobs/{name}", "deleteJob", "Delete a job (runs stay)", NULL,
+     204, NULL},
+    {"post", "/v1/projects/{project}/job_runs", "createJobRun",
+     "Submit a job run (standalone, or from job_name)", "JobRunCreate", 201, "JobRun"},
+    {"get", "/v1/projects/{project}/job_runs", "listJobRuns", "List job runs (?job_name= filters)",
+     NULL, 200, "JobRunList"},
+    {"get", "/v1/projects/{project}/job_runs/{name}", "getJobRun",
+     "Get a job run with per-index status", NULL, 200, "JobRun"},
+    {"delete", "/v1/projects/{project}/job_runs/{name}", "deleteJobRun",
+     "Delete a job run; 202 while its instances are being stopped (delete again)", NULL, 204, NULL},
+    {"get", "/v1/projects/{project}/job_runs/{name}/logs", "getJobRunLogs",
+     "Output lines of a run's instances (?index=N for one index)", NULL, 200, "LogLines"},
+    {"post", "/v1/projects/{project}/job_runs/{name}/cancel", "cancelJobRun",
+     "Cancel a pending or running run and stop its instances", NULL, 200, "JobRun"},
+    {"post", "/v1/projects/{project}/job_runs/{name}/resubmit", "resubmitJobRun",
+     "Run a run's failed indices (or the given ones) again as a new run", "JobRunResubmit", 201,
+     "JobRun"},
+    {"post", "/v1/projects/{project}/apps", "createApp", "Create an app", "App", 201, "App"},
+    {"get", "/v1/projects/{project}/apps", "listApps", "List apps", NULL, 200, "AppList"},
+    {"get", "/v1/projects/{project}/apps/{name}", "getApp", "Get an app (ETag = generation)", NULL,
+     200, "App"},
+    {"patch", "/v1/projects/{project}/apps/{name}", "updateApp",
+     "Change some fields of an app: a new generation (If-Match: its ETag)", "AppPatch", 200, "App"},
+    {"delete", "/v1/projects/{project}/apps/{name}", "deleteApp",
+     "Delete an app; 202 while its instances are being stopped (delete again)", NULL, 204, NULL},
+    {"get", "/v1/projects/{project}/apps/{name}/instances", "listAppInstances",
+     "An app's instances", NULL, 200, "InstanceList"},
+    {"get", "/v1/projects/{project}/apps/{name}/revisions", "listAppRevisions",
+     "An app's generations, newest first", NULL, 200, "RevisionList"},
+    {"get", "/v1/projects/{project}/apps/{name}/logs", "getAppLogs",
+     "Output lines of an app's instances in time order (?instance=, ?limit=, ?after=<next>)", NULL,
+     200, "AppLogLines"},
+    {"post", "/v1/projects/{project}/secrets", "createSecret", "Create a secret", "Secret", 201,
+     "Secret"},
+    {"get", "/v1/projects/{project}/secrets", "listSecrets", "List secrets (keys, no values)", NULL,
+     200, "SecretList"},
+    {"get", "/v1/projects/{project}/secrets/{name}", "getSecret",
+     "Get a secret (values only for write and admin keys)", NULL, 200, "Secret"},
+    {"put", "/v1/projects/{project}/secrets/{name}", "replaceSecret",
+     "Replace a secret's data (If-Match optional)", "Secret", 200, "Secret"},
+    {"delete", "/v1/projects/{project}/secrets/{name}", "deleteSecret", "Delete a secret", NULL,
+     204, NULL},
+    {"post", "/v1/projects/{project}/config_maps", "createConfigMap", "Create a config map",
+     "ConfigMap", 201, "ConfigMap"},
+    {"get", "/v1/projects/{project}/config_maps", "listConfigMaps", "List config maps", NULL, 200,
+     "ConfigMapList"},
+    {"get", "/v1/projects/{project}/config_maps/{name}", "getConfigMap", "Get a config map", NULL,
+     200, "ConfigMap"},
+    {"put", "/v1/projects/{project}/config_maps/{name}", "replaceConfigMap",
+     "Replace a config map's data (If-Match optional)", "ConfigMap", 200, "ConfigMap"},
+    {"delete", "/v1/projects/{project}/config_maps/{name}", "deleteConfigMap",
+     "Delete a config map", NULL, 204, NULL},
+    {"get", "/v1/admin/nodes", "listNodes", "Nodes with their state and load (admin keys)", NULL,
+     200, "NodeList"},
+    {"post", "/v1/admin/nodes/{name}/{action}", "nodeAction",
+     "cordon, uncordon or drain a node (admin keys)", NULL, 200, "NodeState"},
+    {"get", "/v1/admin/keys", "listKeys", "API keys, without secrets (admin keys)", NULL, 200,
+     "KeyList"},
+    {"post", "/v1/admin/keys", "createKey", "Create an API key; the reply holds it, once",
+     "KeyCreate", 201, "Key"},
+    {"delete", "/v1/admin/keys/{name}", "revokeKey", "Revoke an API key by its key id", NULL, 204,
+     NULL},
+};
+
+/* Component schemas, one JSON text each (ISO C caps a literal at 4095). */
+static const char *const schemas[][2] = {
+    {"Problem", "{\"type\":\"object\",\"description\":\"RFC 9457 problem details\","
+                "\"properties\":{\"type\":{\"type\":\"string\"},\"title\":{\"type\":\"string\"},"
+                "\"status\":{\"type\":\"integer\"},\"detail\":{\"type\":\"string\"},"
+                "\"instance\":{\"type\":\"string\"},\"request_id\":{\"type\":\"string\"}}}"},
+    {"Name", "{\"type\":\"string\",\"pattern\":\"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$\"}"},
+    {"EnvVar", "{\"type\":\"object\",\"required\":[\"name\",\"value\"],\"additionalProperties\":"
+               "false,\"properties\":{\"type\":{\"const\":\"literal\"},\"name\":{\"type\":"
+               "\"string\",\"pattern\":\"^[A-Za-z_][A-Za-z0-9_]*$\"},\"value\":{\"type\":"
+               "\"string\"}}}"},
+    {"RunFields",
+     "{\"type\":\"object\",\"properties\":{"
+     "\"image_reference\":{\"type\":\"string\",\"maxLength\":512,\"description\":"
+     "\"host:port/repo:tag or ...@sha256:<hex>\"},"
+     "\"run_commands\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"string\"},"
+     "\"description\":\"replaces the image's entrypoint\"},"
+     "\"run_arguments\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"string\"},"
+     "\"description\":\"replaces the image's cmd\"},"
+     "\"run_env_variables\":{\"type\":\"array\",\"maxItems\":100,\"items\":{\"$ref\":"
+     "\"#/components/schemas/EnvVar\"}},"
+     "\"scale_cpu_limit\":{\"type\":\"string\",\"default\":\"1\",\"description\":\"vCPU, "
+     "0.001 to 64\"},"
+     "\"scale_memory_limit\":{\"type\":\"string\",\"default\":\"4G\",\"description\":\"6M to "
+     "256G\"},"
+     "\"scale_gpus\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":64,\"default\":0},"
+     "\"scale_gpu_model\":{\"type\":\"string\",\"maxLength\":64}}}"},
+    {"JobFields",
+     "{\"type\":\"object\",\"properties\":{"
+     "\"scale_array_spec\":{\"type\":\"string\",\"default\":\"0\",\"description\":\"indices "
+     "such as 0-9,20\"},"
+     "\"scale_retry_limit\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":5,\"default\":3},"
+     "\"scale_max_execution_time\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":86400,"
+     "\"default\":7200},"
+     "\"parallelism\":{\"type\":\"integer\",\"minimum\":0,\"default\":0,\"description\":\"0 = "
+     "unlimited\"},"
+     "\"run_mode\":{\"enum\":[\"task\",\"daemon\"],\"default\":\"task\"}}}"},
+    {"Job", "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/components/"
+            "schemas/JobFields\"},{\"type\":\"object\",\"required\":[\"name\","
+            "\"image_reference\"],\"properties\":{\"name\":{\"$ref\":\"#/components/schemas/"
+            "Name\"},\"generation\":{\"type\":\"integer\",\"readOnly\":true},\"entity_tag\":{"
+            "\"type\":\"string\",\"readOnly\":true}}}]}"},
+    {"JobPatch", "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/"
+                 "components/schemas/JobFields\"}]}"},
+    {"JobList", "{\"type\":\"object\",\"properties\":{\"jobs\":{\"type\":\"array\",\"items\":{"
+                "\"$ref\":\"#/components/schemas/Job\"}},\"limit\":{\"type\":\"integer\"},"
+                "\"next\":{\"type\":\"string\"}}}"},
+    {"JobRunCreate",
+     "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/components/schemas/"
+     "JobFields\"},{\"type\":\"object\",\"required\":[\"name\"],\"properties\":{\"name\":{"
+     "\"$ref\":\"#/components/schemas/Name\"},\"job_name\":{\"$ref\":\"#/components/schemas/"
+     "Name\"}}}],\"description\":\"image_reference is required unless job_name is given\"}"},
+    {"JobRunResubmit", "{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{"
+                       "\"name\":{\"$ref\":\"#/components/schemas/Name\"},\"scale_array_spec\":{"
+                       "\"type\":\"string\"}}}"},
+    {"IndexDetail",
+     "{\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},\"status\":{\"enum\":"
+     "[\"pending\",\"running\",\"succeeded\",\"failed\"]},\"retries\":{\"type\":\"integer\"},"
+     "\"started_at\":{\"type\":[\"string\",\"null\"]},\"finished_at\":{\"type\":[\"string\","
+     "\"null\"]},\"exit_code\":{\"type\":[\"integer\",\"null\"]},\"last_failure_reason\":{"
+     "\"type\":[\"string\",\"null\"]}}}"},
+    {"JobRun",
+     "{\"allOf\":[{\"$ref\":\"#/components/schemas/JobRunCreate\"},{\"type\":\"object\","
+     "\"properties\":{\"id\":{\"type\":\"integer\"},\"created_at\":{\"type\":\"string\"},"
+     "\"finished_at\":{\"type\":[\"string\",\"null\"]},\"status\":{\"enum\":[\"pending\","
+     "\"running\",\"completed\",\"failed\",\"cancelled\"]},\"status_details\":{\"type\":"
+     "\"object\",\"properties\":{\"requested\":{\"type\":\"integer\"},\"pending\":{\"type\":"
+     "\"integer\"},\"running\":{\"type\":\"integer\"},\"succeeded\":{\"type\":\"integer\"},"
+     "\"failed\":{\"type\":\"integer\"},\"pending_indices\":{\"type\":\"string\"},"
+     "\"running_indices\":{\"type\":\"string\"},\"succeeded_indices\":{\"type\":\"string\"},"
+     "\"failed_indices\":{\"type\":\"string\"},\"indices_details\":{\"type\":\"array\","
+     "\"maxItems\":1000,\"items\":{\"$ref\":\"#/components/schemas/IndexDetail\"}}}}}}]}"},
+    {"JobRunList", "{\"type\":\"object\",\"properties\":{\"job_runs\":{\"type\":\"array\","
+                   "\"items\":{\"$ref\":\"#/components/schemas/JobRun\"}},\"limit\":{\"type\":"
+                   "\"integer\"},\"next\":{\"type\":\"string\"}}}"},
+    {"LogLines", "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"array\",\"items\":{"
+                 "\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},\"retry\":"
+                 "{\"type\":\"integer\"},\"instance\":{\"type\":\"string\"},\"ts\":{\"type\":"
+                 "\"string\"},\"stream\":{\"enum\":[\"stdout\",\"stderr\"]},\"line\":{\"type\":"
+                 "\"string\"}}}},\"truncated\":{\"type\":\"boolean\"}}}"},
+    {"AppLogLines", "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"array\","
+                    "\"items\":{\"type\":\"object\",\"properties\":{\"instance\":{\"type\":"
+                    "\"string\"},\"ts\":{\"type\":\"string\"},\"stream\":{\"enum\":["
+                    "\"stdout\",\"stderr\"]},\"line\":{\"type\":\"string\"}}}},\"next\":{"
+                    "\"type\":\"string\",\"description\":\"cursor for ?after=\"}}}"},
+    {"NodeList",
+     "{\"type\":\"object\",\"properties\":{\"nodes\":{\"type\":\"array\",\"items\":{\"type\":"
+     "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"state\":{\"enum\":[\"ready\","
+     "\"cordoned\",\"draining\",\"lost\"]},\"address\":{\"type\":\"string\"},\"cpu_millis\":{"
+     "\"type\":\"integer\"},\"memory_bytes\":{\"type\":\"integer\"},\"instances\":{\"type\":"
+     "\"integer\"},\"last_heartbeat\":{\"type\":\"string\"}}}}}}"},
+    {"NodeState", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+                  "\"state\":{\"type\":\"string\"}}}"},
+    {"KeyCreate", "{\"type\":\"object\",\"required\":[\"role\"],\"additionalProperties\":false,"
+                  "\"properties\":{\"role\":{\"enum\":[\"admin\",\"read\",\"write\"]},\"project\":{"
+                  "\"type\":\"string\"},\"description\":{\"type\":\"string\"}}}"},
+    {"Key", "{\"type\":\"object\",\"properties\":{\"key_id\":{\"type\":\"string\"},\"role\":{"
+            "\"type\":\"string\"},\"project\":{\"type\":[\"string\",\"null\"]},\"description\":{"
+            "\"type\":\"string\"},\"created_at\":{\"type\":\"string\"},\"revoked_at\":{\"type\":"
+            "[\"string\",\"null\"]},\"key\":{\"type\":\"string\",\"description\":\"only in the "
+            "reply to POST\"}}}"},
+    {"KeyList", "{\"type\":\"object\",\"properties\":{\"keys\":{\"type\":\"array\",\"items\":{"
+                "\"$ref\":\"#/components/schemas/Key\"}}}}"},
+    {"AppFields",
+     "{\"type\":\"object\",\"properties\":{\"image_port\":{\"type\":\"integer\",\"minimum\":1,"
+     "\"maximum\":65535,\"default\":8080},\"scale_min_instances\":{\"type\":\"integer\","
+     "\"minimum\":0,\"maximum\":1000,\"default\":0},\"scale_max_instances\":{\"type\":"
+     "\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":10},\"scale_concurrency\":{"
+     "\"type\":\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":100}}}"},
+    {"App",
+     "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/components/schemas/"
+     "AppFields\"},{\"type\":\"object\",\"required\":[\"name\",\"image_reference\"],"
+     "\"properties\":{\"name\":{\"$ref\":\"#/components/schemas/Name\"},\"endpoint\":{\"type\":"
+     "\"string\",\"readOnly\":true},\"url\":{\"type\":\"string\",\"readOnly\":true},"
+     "\"generation\":{\"type\":\"integer\",\"readOnly\":true},\"entity_tag\":{\"type\":"
+     "\"string\",\"readOnly\":true},\"status\":{\"enum\":[\"deploying\",\"ready\"],\"readOnly\":"
+     "true},\"status_details\":{\"type\":\"object\",\"readOnly\":true,\"properties\":{"
+     "\"instances_running\":{\"type\":\"integer\"},\"instances_desired\":{\"type\":"
+     "\"integer\"}}}}}]}"},
+    {"AppPatch", "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/"
+                 "components/schemas/AppFields\"}]}"},
+    {"AppList", "{\"type\":\"object\",\"properties\":{\"apps\":{\"type\":\"array\",\"items\":{"
+                "\"$ref\":\"#/components/schemas/App\"}},\"limit\":{\"type\":\"integer\"},"
+                "\"next\":{\"type\":\"string\"}}}"},
+    {"InstanceList",
+     "{\"type\":\"object\",\"properties\":{\"instances\":{\"type\":\"array\",\"items\":{\"type\":"
+     "\"object\",\"properties\":{\"id\":{\"type\":\"string\",\"format\":\"uuid\"},\"status\":{"
+     "\"type\":\"string\"},\"desired\":{\"enum\":[\"run\",\"stop\"]},\"node\":{\"type\":"
+     "\"string\"},\"address\":{\"type\":[\"string\",\"null\"]},\"generation\":{\"type\":"
+     "\"integer\"},\"created_at\":{\"type\":\"string\"},\"started_at\":{\"type\":[\"string\","
+     "\"null\"]}}}}}}"},
+    {"RevisionList", "{\"type\":\"object\",\"properties\":{\"revisions\":{\"type\":\"array\","
+                     "\"items\":{\"$ref\":\"#/components/schemas/AppPatch\"}}}}"},
+    {"Project", "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\"},\"name\":{"
+                "\"$ref\":\"#/components/schemas/Name\"},\"created_at\":{\"type\":\"string\"},"
+                "\"status\":{\"const\":\"active\"}}}"},
+    {"ProjectCreate", "{\"type\":\"object\",\"required\":[\"name\"],\"additionalProperties\":"
+                      "false,\"properties\":{\"name\":{\"$ref\":\"#/components/schemas/"
+                      "Name\"}}}"},
+    {"ProjectList", "{\"type\":\"object\",\"properties\":{\"projects\":{\"type\":\"array\","
+                    "\"items\":{\"$ref\":\"#/components/schemas/Project\"}},\"limit\":{\"type\":"
+                    "\"integer\"},\"next\":{\"type\":\"string\"}}}"},
+    {"Secret",
+     "{\"type\":\"object\",\"required\":[\"data\"],\"properties\":{\"name\":{\"$ref\":\"#/"
+     "components/schemas/Name\"},\"format\":{\"enum\":[\"generic\",\"registry\"],\"default\":"
+     "\"generic\"},\"data\":{\"type\":\"object\",\"maxProperties\":100,"
+     "\"additionalProperties\":{\"type\":\"string\"}},\"data_keys\":{\"type\":\"array\","
+     "\"readOnly\":true,\"items\":{\"type\":\"string\"}},\"generation\":{\"type\":\"integer\","
+     "\"readOnly\":true}}}"},
+    {"SecretList", "{\"type\":\"object\",\"properties\":{\"secrets\":{\"type\":\"array\","
+                   "\"items\":{\"$ref\":\"#/components/schemas/Secret\"}},\"limit\":{\"type\":"
+                   "\"integer\"},\"next\":{\"type\":\"string\"}}}"},
+    {"ConfigMap",
+     "{\"type\":\"object\",\"required\":[\"data\"],\"properties\":{\"name\":{\"$ref\":\"#/"
+     "components/schemas/Name\"},\"data\":{\"type\":\"object\",\"maxProperties\":100,"
+     "\"additionalProperties\":{\"type\":\"string\"}},\"generation\":{\"type\":\"integer\","
+     "\"readOnly\":true}}}"},
+    {"ConfigMapList", "{\"type\":\"object\",\"properties\":{\"config_maps\":{\"type\":\"array\","
+                      "\"items\":{\"$ref\":\"#/components/schemas/ConfigMap\"}},\"limit\":{"
+                      "\"type\":\"integer\"},\"next\":{\"type\":\"string\"}}}"},
+};
+
+static json_t *param(const char *name, const char *in, const char *type, const char *desc)
+{
+    return json_pack("{s:s,s:s,s:b,s:{s:s},s:s}", "name", name, "in", in, "required",
+                     strcmp(in, "path") == 0, "schema", "type", type, "description", desc);
+}
+
+static json_t *problem_response(const char *desc)
+{
+    return json_pack("{s:s,s:{s:{s:{s:s}}}}", "description", desc, "content",
+                     "application/problem+json", "schema", "$ref", "#/components/schemas/Problem");
+}
+
+static json_t *operation(const struct op *o)
+{
+    json_t *op = json_pack("{s:s,s:s}", "operationId", o->id, "summary", o->summary);
+    json_t *params = json_array();
+    if (strstr(o->path, "{project}"))
+        json_array_append_new(params, param("project", "path", "string", "project name"));
+    if (strstr(o->path, "{name}"))
+        json_array_append_new(params, param("name", "path", "string", "resource name"));
+    if (strstr(o->path, "{action}"))
+        json_array_append_new(params, param("action", "path", "string", "cordon|uncordon|drain"));
+    if (strcmp(o->method, "get") == 0 && o->response && strstr(o->response, "List")) {
+        json_array_append_new(params,
+                              param("limit", "query", "integer", "page size, 1-1000 (100)"));
+        json_array_append_new(
+            params, param("start", "query", "string", "the \"next\" token of the previous page"));
+    }
+    if (strcmp(o->method, "post") == 0)
+        json_array_append_new(params, param("Idempotency-Key", "header", "string",
+                                            "a retry with the same key and request gets the "
+                                            "first reply (kept 24 h); another request: 422"));
+    if (strcmp(o->method, "patch") == 0 || strcmp(o->method, "put") == 0)
+        json_array_append_new(params, param("If-Match", "header", "string",
+                                            "the resource's ETag; 412 when it changed"));
+    if (json_array_size(params))
+        json_object_set_new(op, "parameters", params);
+    else
+        json_decref(params);
+    if (o->request) {
+        char ref[96];
+        snprintf(ref, sizeof(ref), "#/components/schemas/%s", o->request);
+        json_object_set_new(op, "requestBody",
+                            json_pack("{s:b,s:{s:{s:{s:s}}}}", "required", 1, "content",
+                                      "application/json", "schema", "$ref", ref));
+    }
+    json_t *responses = json_object();
+    char st[8];
+    snprintf(st, sizeof(st), "%d", o->status);
+    if (strcmp(o->path, "/openapi.json") == 0) {
+        json_object_set_new(responses, st, json_pack("{s:s}", "description", "OpenAPI 3.1"));
+    } else if (o->response) {
+        char ref[96];
+        snprintf(ref, sizeof(ref), "#/components/schemas/%s", o->response);
+        json_object_set_new(responses, st,
+                            json_pack("{s:s,s:{s:{s:{s:s}}}}", "description", "OK", "content",
+                                      "application/json", "schema", "$ref", ref));
+    } else {
+        json_object_set_new(responses, st, json_pack("{s:s}", "description", "Done"));
+    }
+    if (strcmp(o->path, "/openapi.json") != 0) {
+        json_object_set_new(responses, "400", problem_response("invalid request"));
+        json_object_set_new(responses, "401", problem_response("missing or wrong API key"));
+        json_object_set_new(responses, "403", problem_response("the key's role forbids it"));
+        json_object_set_new(responses, "404",
+                            problem_response("absent, or in a project the key cannot see"));
+        json_object_set_new(responses, "429", problem_response("rate limited (Retry-After)"));
+    }
+    if (strcmp(o->method, "post") == 0)
+        json_object_set_new(responses, "409", problem_response("the name is taken"));
+    if (strcmp(o->method, "patch") == 0 || strcmp(o->method, "put") == 0)
+        json_object_set_new(responses, "412", problem_response("If-Match does not match"));
+    json_object_set_new(op, "responses", responses);
+    if (strcmp(o->path, "/openapi.json") != 0)
+        json_object_set_new(op, "security", json_pack("[{s:[]}]", "bearer"));
+    return op;
+}
+
+static char *doc_text;
+
+static void build_doc(void)
+{
+    _cleanup_json_ json_t *doc = json_pack(
+        "{s:s,s:{s:s,s:s,s:s},s:{}}", "openapi", "3.1.0", "info", "title", "Loom API", "version",
+        "1", "description",
+        "Loom's public REST API. Authenticate with Authorization: Bearer <API key>. Errors are "
+        "application/problem+json with a request_id. Events (CloudEvents 1.0 JSON) go out on "
+        "NATS subjects loom.events.<project>.<kind>.",
+        "paths");
+    json_t *paths = json_object_get(doc, "paths");
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(ops); i++) {
+        json_t *item = json_object_get(paths, ops[i].path);
+        if (!item) {
+            item = json_object();
+            json_object_set_new(paths, ops[i].path, item);
+        }
+        json_object_set_new(item, ops[i].method, operation(&ops[i]));
+    }
+    json_t *components = json_pack("{s:{},s:{s:{s:s,s:s}}}", "schemas", "securitySchemes", "bearer",
+                                   "type", "http", "scheme", "bearer");
+    json_t *sch = json_object_get(components, "schemas");
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(schemas); i++) {
+        json_t *s = json_loads(schemas[i][1], 0, NULL);
+        if (!s)
+            abort(); /* a broken literal above: the unit test catches it first */
+        json_object_set_new(sch, schemas[i][0], s);
+    }
+    json_object_set_new(doc, "components", components);
+    doc_text = json_dumps(doc, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+}
+
+static pthread_once_t doc_once = PTHREAD_ONCE_INIT;
+
+const char *api_openapi_text(void)
+{
+    pthread_once(&doc_once, build_doc);
+    return doc_text;
+}
+
+void api_openapi(struct loom_http_req *req)
+{
+    const char *t = api_openapi_text();
+    loom_http_reply(req, 200, "application/json", t, strlen(t));
+}

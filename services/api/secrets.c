@@ -1,0 +1,512 @@
+/* /v1/projects/{project}/secrets and /config_maps: named maps of strings,
+ * replaced whole with PUT (as in Code Engine). Secret values are encrypted
+ * with AES-256-GCM under the operator's key before they reach PostgreSQL,
+ * and only write and admin keys can read them back. */
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "json.h"
+#include "strbuf.h"
+#include "util.h"
+
+#define NONCE_LEN 12
+#define TAG_LEN 16
+
+static unsigned char master_key[32];
+static bool have_key;
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int unhex(const char *s, unsigned char *out, size_t n)
+{
+    if (strlen(s) != 2 * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+int api_secrets_set_key(const char *hex, struct loom_err *err)
+{
+    if (!hex || !*hex) {
+        have_key = false;
+        return 0;
+    }
+    if (unhex(hex, master_key, sizeof(master_key)) < 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "the secrets key must be 64 hex characters (32 random bytes)");
+    have_key = true;
+    return 0;
+}
+
+static void ctx_freep(EVP_CIPHER_CTX **c)
+{
+    EVP_CIPHER_CTX_free(*c);
+}
+
+int api_secret_seal(const char *plain, size_t len, const char *aad, unsigned char **ret,
+                    size_t *ret_len, struct loom_err *err)
+{
+    if (!have_key)
+        return loom_err_set(err, LOOM_EUNAVAIL,
+                            "secrets are disabled: the operator has not set LOOM_SECRETS_KEY");
+    _cleanup_free_ unsigned char *out = malloc(NONCE_LEN + len + TAG_LEN);
+    __attribute__((cleanup(ctx_freep))) EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    if (!out || !c)
+        return loom_err_set(err, LOOM_EINTERNAL, "out of memory");
+    if (loom_random_bytes(out, NONCE_LEN, err) < 0)
+        return -1;
+    int n = 0, fin = 0;
+    if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, master_key, out) != 1 ||
+        EVP_EncryptUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
+        EVP_EncryptUpdate(c, out + NONCE_LEN, &n, (const unsigned char *)plain, (int)len) != 1 ||
+        EVP_EncryptFinal_ex(c, out + NONCE_LEN + n, &fin) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, out + NONCE_LEN + n + fin) != 1)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not encrypt the secret");
+    *ret_len = NONCE_LEN + (size_t)n + (size_t)fin + TAG_LEN;
+    *ret = TAKE_PTR(out);
+    return 0;
+}
+
+int api_secret_open(const unsigned char *sealed, size_t len, const char *aad, char **ret,
+                    struct loom_err *err)
+{
+    if (!have_key)
+        return loom_err_set(err, LOOM_EUNAVAIL,
+                            "secrets are disabled: the operator has not set LOOM_SECRETS_KEY");
+    if (len < NONCE_LEN + TAG_LEN)
+        return loom_err_set(err, LOOM_EINTERNAL, "stored secret is too short");
+    size_t clen = len - NONCE_LEN - TAG_LEN;
+    _cleanup_free_ char *out = malloc(clen + 1);
+    __attribute__((cleanup(ctx_freep))) EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    if (!out || !c)
+        return loom_err_set(err, LOOM_EINTERNAL, "out of memory");
+    int n = 0, fin = 0;
+    unsigned char tag[TAG_LEN];
+    memcpy(tag, sealed + len - TAG_LEN, TAG_LEN);
+    if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, master_key, sealed) != 1 ||
+        EVP_DecryptUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
+        EVP_DecryptUpdate(c, (unsigned char *)out, &n, sealed + NONCE_LEN, (int)clen) != 1 ||
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) != 1 ||
+        EVP_DecryptFinal_ex(c, (unsigned char *)out + n, &fin) != 1)
+        return loom_err_set(err, LOOM_EINTERNAL,
+                            "could not decrypt a stored secret (wrong key or damaged data)");
+    out[n + fin] = '\0';
+    *ret = TAKE_PTR(out);
+    return 0;
+}
+
+/* ---- shared by secrets and config maps -------------------------------- */
+
+struct kv_kind {
+    const char *what;     /* "secret" */
+    const char *list_key; /* "secrets" */
+    bool secret;
+    const char *sql_select; /* $1 project, $2 name */
+    const char *sql_list;   /* $1 project, $2 after, $3 limit */
+    const char *sql_insert; /* $1 project, $2 name, $3 format, $4 keys, $5 payload */
+    const char *sql_update; /* $1 id, $2 format, $3 keys, $4 payload */
+    const char *sql_delete; /* $1 project, $2 name */
+};
+
+/* columns: id, name, format, generation, created, updated, payload (hex or json) */
+static const struct kv_kind secret_kind = {
+    "secret",
+    "secrets",
+    true,
+    "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
+        "updated_at") ", encode(data_enc, 'hex') FROM secrets WHERE project_id = $1 AND name = "
+                      "$2",
+    "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
+        "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
+                      "name > $2 ORDER BY name LIMIT $3",
+    "INSERT INTO secrets (project_id, name, format, data_keys, data_enc) "
+    "VALUES ($1, $2, $3, $4::text[], decode($5, 'hex'))",
+    "UPDATE secrets SET format = $2, data_keys = $3::text[], data_enc = decode($4, 'hex'), "
+    "generation = generation + 1, updated_at = now() WHERE id = $1",
+    "DELETE FROM secrets WHERE project_id = $1 AND name = $2 RETURNING id",
+};
+
+static const struct kv_kind configmap_kind = {
+    "config map",
+    "config_maps",
+    false,
+    "SELECT id, name, 'generic', generation, " API_TS("created_at") ", " API_TS(
+        "updated_at") ", data::text FROM config_maps WHERE project_id = $1 AND name = $2",
+    "SELECT id, name, 'generic', generation, " API_TS("created_at") ", " API_TS(
+        "updated_at") ", data::text FROM config_maps WHERE project_id = $1 AND name > $2 "
+                      "ORDER BY name LIMIT $3",
+    "INSERT INTO config_maps (project_id, name, data) "
+    "SELECT $1, $2, $5::jsonb WHERE $3::text IS NOT NULL AND $4::text IS NOT NULL",
+    "UPDATE config_maps SET data = $4::jsonb, generation = generation + 1, updated_at = now() "
+    "WHERE id = $1 AND $2::text IS NOT NULL AND $3::text IS NOT NULL",
+    "DELETE FROM config_maps WHERE project_id = $1 AND name = $2 RETURNING id",
+};
+
+static const char *kind_event(const struct kv_kind *k)
+{
+    return k->secret ? "secret" : "config_map";
+}
+
+static void aad_for(const struct api_project *p, const char *name, char *out, size_t outsz)
+{
+    snprintf(out, outsz, "loom-secret/%s/%s", p->id_str, name);
+}
+
+/* {"K":"V"} -> a PostgreSQL text[] literal of the keys: {"K1","K2"}. */
+static char *keys_literal(json_t *data)
+{
+    struct strbuf sb = STRBUF_INIT;
+    strbuf_addch(&sb, '{');
+    const char *k;
+    json_t *v;
+    bool first = true;
+    json_object_foreach(data, k, v)
+    {
+        (void)v;
+        strbuf_addf(&sb, "%s\"%s\"", first ? "" : ",", k); /* keys are [-._a-zA-Z0-9] */
+        first = false;
+    }
+    strbuf_addch(&sb, '}');
+    return strbuf_detach(&sb, NULL);
+}
+
+/* Builds the JSON for one row; values only when with_values. */
+static int kv_json(const struct kv_kind *k, const struct api_project *p, PGresult *res, int r,
+                   bool single, bool with_values, json_t **ret, struct loom_err *err)
+{
+    _cleanup_json_ json_t *o = json_object();
+    const char *name = PQgetvalue(res, r, 1);
+    api_json_set_str(o, "name", name);
+    api_json_set_int(o, "id", PQgetvalue(res, r, 0));
+    api_json_set_str(o, "project", p->name);
+    if (k->secret)
+        api_json_set_str(o, "format", PQgetvalue(res, r, 2));
+    api_json_set_int(o, "generation", PQgetvalue(res, r, 3));
+    api_json_set_str(o, "entity_tag", PQgetvalue(res, r, 3));
+    api_json_set_str(o, "created_at", PQgetvalue(res, r, 4));
+    api_json_set_str(o, "updated_at", PQgetvalue(res, r, 5));
+    const char *payload = PQgetvalue(res, r, 6);
+    _cleanup_json_ json_t *data = NULL;
+    if (k->secret && single) {
+        size_t n = strlen(payload) / 2;
+        _cleanup_free_ unsigned char *sealed = malloc(n ? n : 1);
+        _cleanup_free_ char *plain = NULL;
+        char aad[160];
+        aad_for(p, name, aad, sizeof(aad));
+        if (!sealed || unhex(payload, sealed, n) < 0)
+            return loom_err_set(err, LOOM_EINTERNAL, "stored secret %s is malformed", name);
+        if (api_secret_open(sealed, n, aad, &plain, err) < 0)
+            return -1;
+        data = loom_json_parse_object(plain, strlen(plain), err);
+        explicit_bzero(plain, strlen(plain));
+        if (!data)
+            return -1;
+    } else if (k->secret) {
+        json_t *keys = json_loads(payload, 0, NULL);
+        json_object_set_new(o, "data_keys", keys ? keys : json_array());
+    } else {
+        data = loom_json_parse_object(payload, strlen(payload), err);
+        if (!data)
+            return -1;
+    }
+    if (data) {
+        json_t *keys = json_array();
+        const char *key;
+        json_t *v;
+        json_object_foreach(data, key, v)
+        {
+            (void)v;
+            json_array_append_new(keys, json_string(key));
+        }
+        json_object_set_new(o, "data_keys", keys);
+        if (with_values || !k->secret)
+            json_object_set(o, "data", data);
+    }
+    *ret = TAKE_PTR(o);
+    return 0;
+}
+
+static bool can_read_values(const struct api_caller *c)
+{
+    return c->role != API_ROLE_READ;
+}
+
+static int kv_load(const struct kv_kind *k, struct loom_db *db, const struct api_project *p,
+                   const struct api_caller *c, const char *name, json_t **ret, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(db, err, k->sql_select, p->id_str, name);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", k->what, name);
+    return kv_json(k, p, res, 0, true, can_read_values(c), ret, err);
+}
+
+/* Validates a create (name required) or replace body into format and the
+ * payload to store (hex ciphertext or JSON text). */
+static int kv_body(const struct kv_kind *k, struct api_ctx *ctx, const char *name,
+                   const char **ret_format, char **ret_keys, char **ret_payload,
+                   struct loom_err *err)
+{
+    static const char *const secret_fields[] = {"name", "format", "data", NULL};
+    static const char *const cm_fields[] = {"name", "data", NULL};
+    if (loom_json_check_fields(ctx->body, k->secret ? secret_fields : cm_fields, err) < 0)
+        return -1;
+    const char *format = "generic";
+    if (k->secret && loom_json_get_string(ctx->body, "format", false, 16, &format, err) < 0)
+        return -1;
+    if (strcmp(format, "generic") != 0 && strcmp(format, "registry") != 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"format\": must be \"generic\" or \"registry\"");
+    _cleanup_json_ json_t *data = NULL;
+    if (api_data_map(ctx->body, &data, err) < 0)
+        return -1;
+    if (strcmp(format, "registry") == 0) {
+        static const char *const need[] = {"server", "username", "password"};
+        for (size_t i = 0; i < LOOM_ARRAY_SIZE(need); i++)
+            if (!json_object_get(data, need[i]))
+                return loom_err_set(err, LOOM_EINVAL,
+                                    "field \"data.%s\": a registry secret needs server, "
+                                    "username and password",
+                                    need[i]);
+    }
+    _cleanup_free_ char *text = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!text)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not encode data");
+    _cleanup_free_ char *keys = keys_literal(data);
+    if (k->secret) {
+        char aad[160];
+        aad_for(&ctx->project, name, aad, sizeof(aad));
+        _cleanup_free_ unsigned char *sealed = NULL;
+        size_t n;
+        int rc = api_secret_seal(text, strlen(text), aad, &sealed, &n, err);
+        explicit_bzero(text, strlen(text));
+        if (rc < 0)
+            return -1;
+        char *hex = malloc(2 * n + 1);
+        if (!hex)
+            return loom_err_set(err, LOOM_EINTERNAL, "out of memory");
+        loom_hex(sealed, n, hex);
+        *ret_payload = hex;
+    } else {
+        *ret_payload = TAKE_PTR(text);
+    }
+    *ret_format = format;
+    *ret_keys = TAKE_PTR(keys);
+    return 0;
+}
+
+static int kv_create(const struct kv_kind *k, struct api_ctx *ctx, int *ret_status,
+                     json_t **ret_body, struct loom_err *err)
+{
+    const char *name, *format;
+    _cleanup_free_ char *keys = NULL, *payload = NULL;
+    if (api_body_name(ctx->body, &name, err) < 0 ||
+        kv_body(k, ctx, name, &format, &keys, &payload, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *ins = loom_db_query(ctx->db, err, k->sql_insert, ctx->project.id_str,
+                                                  name, format, keys, payload);
+    if (!ins) {
+        if (err->code == LOOM_ECONFLICT)
+            loom_err_set(err, LOOM_ECONFLICT, "%s \"%s\" already exists", k->what, name);
+        return -1;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (kv_load(k, ctx->db, &ctx->project, &ctx->caller, name, &out, err) < 0)
+        return -1;
+    _cleanup_json_ json_t *ev =
+        json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
+    if (api_event(ctx, kind_event(k), "created", name, ev, err) < 0)
+        return -1;
+    if (k->secret)
+        ctx->redact = "data";
+    *ret_status = 201;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+static int kv_replace(const struct kv_kind *k, struct api_ctx *ctx, int *ret_status,
+                      json_t **ret_body, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1], *given = NULL;
+    if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
+        return -1;
+    if (given && strcmp(given, name) != 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"name\": does not match the path");
+    _cleanup_pgres_ PGresult *cur =
+        loom_db_query(ctx->db, err, k->sql_select, ctx->project.id_str, name);
+    if (!cur)
+        return -1;
+    if (PQntuples(cur) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", k->what, name);
+    if (api_check_if_match(ctx->req, k->what, name, PQgetvalue(cur, 0, 3), err) < 0)
+        return -1;
+    const char *format;
+    _cleanup_free_ char *keys = NULL, *payload = NULL;
+    if (kv_body(k, ctx, name, &format, &keys, &payload, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *upd =
+        loom_db_query(ctx->db, err, k->sql_update, PQgetvalue(cur, 0, 0), format, keys, payload);
+    if (!upd)
+        return -1;
+    _cleanup_json_ json_t *out = NULL;
+    if (kv_load(k, ctx->db, &ctx->project, &ctx->caller, name, &out, err) < 0)
+        return -1;
+    _cleanup_json_ json_t *ev =
+        json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
+    if (api_event(ctx, kind_event(k), "updated", name, ev, err) < 0)
+        return -1;
+    *ret_status = 200;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+static int kv_delete(const struct kv_kind *k, struct api_ctx *ctx, int *ret_status,
+                     struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    _cleanup_pgres_ PGresult *del =
+        loom_db_query(ctx->db, err, k->sql_delete, ctx->project.id_str, name);
+    if (!del)
+        return -1;
+    if (PQntuples(del) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", k->what, name);
+    if (api_event(ctx, kind_event(k), "deleted", name, NULL, err) < 0)
+        return -1;
+    *ret_status = 204;
+    return 0;
+}
+
+static void kv_list(const struct kv_kind *k, struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    struct api_page page;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
+        API_FAIL(req, &err);
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, &err, k->sql_list, proj.id_str, page.after, limit);
+    if (!res)
+        API_FAIL(req, &err);
+    _cleanup_json_ json_t *out = json_object();
+    json_t *items = json_array();
+    json_object_set_new(out, k->list_key, items);
+    int n = PQntuples(res);
+    for (int r = 0; r < n; r++) {
+        json_t *o;
+        if (kv_json(k, &proj, res, r, false, false, &o, &err) < 0)
+            API_FAIL(req, &err);
+        json_array_append_new(items, o);
+    }
+    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, 1) : NULL);
+    loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+static void kv_get(const struct kv_kind *k, struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project proj;
+    json_t *out = NULL;
+    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
+        kv_load(k, db, &proj, &caller, req->params[1], &out, &err) < 0)
+        API_FAIL(req, &err);
+    char etag[40];
+    snprintf(etag, sizeof(etag), "\"%lld\"",
+             (long long)json_integer_value(json_object_get(out, "generation")));
+    loom_http_set_header(req, "ETag", etag);
+    loom_http_reply_json(req, 200, out);
+}
+
+/* ---- the routes ---------------------------------------------------------- */
+
+static int secret_create(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    return kv_create(&secret_kind, ctx, st, body, err);
+}
+static int secret_replace(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    return kv_replace(&secret_kind, ctx, st, body, err);
+}
+static int secret_delete(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    (void)body;
+    return kv_delete(&secret_kind, ctx, st, err);
+}
+static int cm_create(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    return kv_create(&configmap_kind, ctx, st, body, err);
+}
+static int cm_replace(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    return kv_replace(&configmap_kind, ctx, st, body, err);
+}
+static int cm_delete(struct api_ctx *ctx, int *st, json_t **body, struct loom_err *err)
+{
+    (void)body;
+    return kv_delete(&configmap_kind, ctx, st, err);
+}
+
+void api_secrets_create(struct loom_http_req *req)
+{
+    api_write(req, true, secret_create);
+}
+void api_secrets_replace(struct loom_http_req *req)
+{
+    api_write(req, true, secret_replace);
+}
+void api_secrets_delete(struct loom_http_req *req)
+{
+    api_write(req, true, secret_delete);
+}
+void api_secrets_list(struct loom_http_req *req)
+{
+    kv_list(&secret_kind, req);
+}
+void api_secrets_get(struct loom_http_req *req)
+{
+    kv_get(&secret_kind, req);
+}
+void api_configmaps_create(struct loom_http_req *req)
+{
+    api_write(req, true, cm_create);
+}
+void api_configmaps_replace(struct loom_http_req *req)
+{
+    api_write(req, true, cm_replace);
+}
+void api_configmaps_delete(struct loom_http_req *req)
+{
+    api_write(req, true, cm_delete);
+}
+void api_configmaps_list(struct loom_http_req *req)
+{
+    kv_list(&configmap_kind, req);
+}
+void api_configmaps_get(struct loom_http_req *req)
+{
+    kv_get(&configmap_kind, req);
+}

@@ -1,0 +1,626 @@
+/* loom-admin: the operator's CLI. It talks to PostgreSQL directly (and to
+ * NATS and the services' /readyz for `status`). */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <openssl/sha.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus.h"
+#include "cleanup.h"
+#include "db.h"
+#include "err.h"
+#include "httpc.h"
+#include "subjects.h"
+#include "util.h"
+
+/* The advisory lock that serializes concurrent migrations ("loom-mig"). */
+#define MIGRATE_LOCK_KEY "7813572034718294"
+
+static const char *pg_dsn;
+static const char *nats_url;
+
+static void usage(FILE *out)
+{
+    fputs("usage: loom-admin [--pg-dsn DSN] [--nats-url URL] COMMAND ...\n"
+          "\n"
+          "commands:\n"
+          "  migrate [--dir DIR]               apply migrations/NNNN_*.sql in order\n"
+          "  projects create NAME | list\n"
+          "  keys create --admin | --project P --role read|write [--description D]\n"
+          "  keys list | revoke KEY_ID\n"
+          "  nodes list | cordon NAME | uncordon NAME | drain NAME\n"
+          "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
+          "\n"
+          "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
+          "exit status: 0 ok, 1 failure, 2 usage error\n",
+          out);
+}
+
+static int fail(const struct loom_err *err)
+{
+    fprintf(stderr, "loom-admin: %s\n", err->msg);
+    return 1;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "loom-admin: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n(see loom-admin --help)\n");
+    return 2;
+}
+
+static int open_db(struct loom_db **ret, struct loom_err *err)
+{
+    if (!pg_dsn || !*pg_dsn)
+        return loom_err_set(err, LOOM_EINVAL, "no database: set --pg-dsn or LOOM_PG_DSN");
+    return loom_db_open(pg_dsn, ret, err);
+}
+
+/* ---- migrate ----------------------------------------------------------- */
+
+struct migration {
+    char *name;
+    char sha[65];
+    char *sql;
+};
+
+static int exec_raw(PGconn *c, const char *sql, struct loom_err *err)
+{
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+        loom_err_set(err, LOOM_EINTERNAL, "%s%s%s", primary ? primary : PQerrorMessage(c),
+                     pos ? " at character " : "", pos ? pos : "");
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+static int load_migrations(const char *dir, struct migration **ret, size_t *ret_n,
+                           struct loom_err *err)
+{
+    regex_t re;
+    regcomp(&re, "^[0-9]{4}_[A-Za-z0-9_.-]*\\.sql$", REG_EXTENDED | REG_NOSUB);
+    struct dirent **ents = NULL;
+    int n = scandir(dir, &ents, NULL, alphasort);
+    if (n < 0) {
+        regfree(&re);
+        return loom_err_sys(err, errno, "could not read migrations directory \"%s\"", dir);
+    }
+    struct migration *m = calloc((size_t)n + 1, sizeof(*m));
+    size_t k = 0;
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        if (rc == 0 && regexec(&re, ents[i]->d_name, 0, NULL, 0) == 0) {
+            char path[4096];
+            snprintf(path, sizeof(path), "%s/%s", dir, ents[i]->d_name);
+            size_t len;
+            if (loom_read_file(path, &m[k].sql, &len, err) < 0) {
+                rc = -1;
+            } else {
+                loom_sha256_hex(m[k].sql, len, m[k].sha);
+                m[k].name = strdup(ents[i]->d_name);
+                k++;
+            }
+        }
+        free(ents[i]);
+    }
+    free(ents);
+    regfree(&re);
+    if (rc < 0) {
+        for (size_t i = 0; i < k; i++) {
+            free(m[i].name);
+            free(m[i].sql);
+        }
+        free(m);
+        return -1;
+    }
+    *ret = m;
+    *ret_n = k;
+    return 0;
+}
+
+/* Checks applied migrations against the files, then applies the new ones,
+ * each in its own transaction. Caller holds the advisory lock. */
+static int migrate_locked(struct loom_db *db, const char *dir, struct migration *m, size_t n,
+                          struct loom_err *err)
+{
+    PGconn *c = loom_db_conn(db);
+    _cleanup_pgres_ PGresult *applied = PQexec(c, "SELECT filename, sha256 FROM loom_migrations "
+                                                  "ORDER BY filename");
+    if (PQresultStatus(applied) != PGRES_TUPLES_OK)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not read loom_migrations: %s",
+                            PQresultErrorMessage(applied));
+    int na = PQntuples(applied);
+    for (int r = 0; r < na; r++) {
+        const char *f = PQgetvalue(applied, r, 0), *sha = PQgetvalue(applied, r, 1);
+        size_t i = 0;
+        while (i < n && strcmp(m[i].name, f) != 0)
+            i++;
+        if (i == n)
+            return loom_err_set(err, LOOM_ECONFLICT,
+                                "applied migration \"%s\" is missing from \"%s\"", f, dir);
+        if (strcmp(m[i].sha, sha) != 0)
+            return loom_err_set(err, LOOM_ECONFLICT,
+                                "applied migration \"%s\" was changed since (sha256 was %s, is "
+                                "%s): add a new migration instead",
+                                f, sha, m[i].sha);
+    }
+    int napplied = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool done = false;
+        for (int r = 0; r < na && !done; r++)
+            done = strcmp(PQgetvalue(applied, r, 0), m[i].name) == 0;
+        if (done)
+            continue;
+        if (exec_raw(c, "BEGIN", err) < 0)
+            return -1;
+        if (exec_raw(c, m[i].sql, err) < 0) {
+            exec_raw(c, "ROLLBACK", NULL);
+            return loom_err_wrap(err, "migration \"%s\" failed (nothing of it was applied)",
+                                 m[i].name);
+        }
+        const char *params[] = {m[i].name, m[i].sha};
+        PGresult *res =
+            PQexecParams(c, "INSERT INTO loom_migrations (filename, sha256) VALUES ($1, $2)", 2,
+                         NULL, params, NULL, NULL, 0);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        if (!ok || exec_raw(c, "COMMIT", err) < 0) {
+            exec_raw(c, "ROLLBACK", NULL);
+            return loom_err_set(err, LOOM_EINTERNAL, "could not record migration \"%s\"",
+                                m[i].name);
+        }
+        printf("applied %s\n", m[i].name);
+        napplied++;
+    }
+    if (napplied == 0)
+        printf("up to date (%zu migrations)\n", n);
+    return 0;
+}
+
+static int cmd_migrate(int argc, char **argv)
+{
+    const char *dir = "migrations";
+    static const struct option lo[] = {{"dir", required_argument, NULL, 'd'}, {0}};
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (o == 'd')
+            dir = optarg;
+        else
+            return usage_error("%s", "usage: migrate [--dir DIR]");
+    }
+    if (optind != argc)
+        return usage_error("unexpected argument \"%s\"", argv[optind]);
+    struct loom_err err = LOOM_ERR_INIT;
+    struct migration *m = NULL;
+    size_t n = 0;
+    if (load_migrations(dir, &m, &n, &err) < 0)
+        return fail(&err);
+    struct loom_db *db = NULL;
+    int rc = 1;
+    if (open_db(&db, &err) < 0)
+        goto out;
+    PGconn *c = loom_db_conn(db);
+    if (exec_raw(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")", &err) < 0 ||
+        exec_raw(c,
+                 "CREATE TABLE IF NOT EXISTS loom_migrations (filename text PRIMARY KEY, "
+                 "sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+                 &err) < 0)
+        goto out;
+    rc = migrate_locked(db, dir, m, n, &err) < 0 ? 1 : 0;
+    exec_raw(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")", NULL);
+out:
+    if (rc)
+        fail(&err);
+    loom_db_close(db);
+    for (size_t i = 0; i < n; i++) {
+        free(m[i].name);
+        free(m[i].sql);
+    }
+    free(m);
+    return rc;
+}
+
+/* ---- tables ------------------------------------------------------------ */
+
+/* Prints a result as an aligned table with the given headers. */
+static void print_table(PGresult *res, const char *const *headers)
+{
+    int nc = PQnfields(res), nr = PQntuples(res);
+    size_t w[32] = {0};
+    for (int c = 0; c < nc && c < 32; c++) {
+        w[c] = strlen(headers[c]);
+        for (int r = 0; r < nr; r++) {
+            size_t l = strlen(PQgetvalue(res, r, c));
+            if (l > w[c])
+                w[c] = l;
+        }
+    }
+    for (int c = 0; c < nc && c < 32; c++)
+        printf("%-*s%s", (int)w[c], headers[c], c + 1 < nc ? "  " : "\n");
+    for (int r = 0; r < nr; r++)
+        for (int c = 0; c < nc && c < 32; c++)
+            printf("%-*s%s", (int)w[c], PQgetisnull(res, r, c) ? "-" : PQgetvalue(res, r, c),
+                   c + 1 < nc ? "  " : "\n");
+}
+
+static int query_print(const char *sql, const char *const *headers, int n,
+                       const char *const *params)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db = NULL;
+    if (open_db(&db, &err) < 0)
+        return fail(&err);
+    PGresult *res = loom_db_exec(db, sql, n, params, &err);
+    if (!res) {
+        loom_db_close(db);
+        return fail(&err);
+    }
+    print_table(res, headers);
+    PQclear(res);
+    loom_db_close(db);
+    return 0;
+}
+
+/* Runs an UPDATE/INSERT that must touch exactly one row; notfound is the
+ * message when it touches none. */
+static int exec_one(const char *sql, int n, const char *const *params, const char *notfound,
+                    const char *done)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db = NULL;
+    if (open_db(&db, &err) < 0)
+        return fail(&err);
+    PGresult *res = loom_db_exec(db, sql, n, params, &err);
+    loom_db_close(db);
+    if (!res)
+        return fail(&err);
+    bool hit = atoi(PQcmdTuples(res)) > 0;
+    PQclear(res);
+    if (!hit) {
+        fprintf(stderr, "loom-admin: %s\n", notfound);
+        return 1;
+    }
+    if (done)
+        printf("%s\n", done);
+    return 0;
+}
+
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+static int cmd_projects(int argc, char **argv)
+{
+    if (argc >= 1 && strcmp(argv[0], "list") == 0 && argc == 1) {
+        static const char *const h[] = {"NAME", "ID", "CREATED"};
+        return query_print("SELECT name, id, " TS("created_at") " FROM projects ORDER BY name", h,
+                           0, NULL);
+    }
+    if (argc == 2 && strcmp(argv[0], "create") == 0) {
+        if (!loom_is_dns_label(argv[1]))
+            return usage_error("project name \"%s\" must be a DNS label (a-z, 0-9, -)", argv[1]);
+        const char *p[] = {argv[1]};
+        char done[128];
+        snprintf(done, sizeof(done), "created project %s", argv[1]);
+        return exec_one("INSERT INTO projects (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", 1,
+                        p, "a project with that name already exists", done);
+    }
+    return usage_error("%s", "usage: projects create NAME | projects list");
+}
+
+/* base64url without padding of n bytes into out (4 * ceil(n / 3) + 1 bytes). */
+static void b64url(const unsigned char *in, size_t n, char *out)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        if (i + 1 < n)
+            out[o++] = tbl[(v >> 6) & 63];
+        if (i + 2 < n)
+            out[o++] = tbl[v & 63];
+    }
+    out[o] = '\0';
+}
+
+static int keys_create(int argc, char **argv)
+{
+    bool admin = false;
+    const char *project = NULL, *role = NULL, *desc = "";
+    static const struct option lo[] = {{"admin", no_argument, NULL, 'a'},
+                                       {"project", required_argument, NULL, 'p'},
+                                       {"role", required_argument, NULL, 'r'},
+                                       {"description", required_argument, NULL, 'd'},
+                                       {0}};
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 'a':
+            admin = true;
+            break;
+        case 'p':
+            project = optarg;
+            break;
+        case 'r':
+            role = optarg;
+            break;
+        case 'd':
+            desc = optarg;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc)
+        return usage_error("unexpected argument \"%s\"", argv[optind]);
+    if (admin == (project != NULL))
+        return usage_error("%s", "keys create needs either --admin or --project P --role R");
+    if (admin && role && strcmp(role, "admin") != 0)
+        return usage_error("%s", "--admin keys have the admin role");
+    if (!admin && (!role || (strcmp(role, "read") != 0 && strcmp(role, "write") != 0)))
+        return usage_error("%s", "--role must be read or write");
+
+    struct loom_err err = LOOM_ERR_INIT;
+    unsigned char id_raw[6], secret_raw[32], sha[32];
+    char key_id[13], secret[45], sha_hex[65];
+    if (loom_random_bytes(id_raw, sizeof(id_raw), &err) < 0 ||
+        loom_random_bytes(secret_raw, sizeof(secret_raw), &err) < 0)
+        return fail(&err);
+    loom_hex(id_raw, sizeof(id_raw), key_id);
+    b64url(secret_raw, sizeof(secret_raw), secret);
+    /* the API hashes the secret as it appears in the key (its base64url text) */
+    SHA256((const unsigned char *)secret, strlen(secret), sha);
+    loom_hex(sha, sizeof(sha), sha_hex);
+
+    struct loom_db *db = NULL;
+    if (open_db(&db, &err) < 0)
+        return fail(&err);
+    const char *params[] = {key_id, sha_hex, admin ? NULL : project, admin ? "admin" : role, desc};
+    PGresult *res = loom_db_exec(
+        db,
+        "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
+        "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
+        "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL",
+        5, params, &err);
+    loom_db_close(db);
+    if (!res)
+        return fail(&err);
+    bool hit = atoi(PQcmdTuples(res)) > 0;
+    PQclear(res);
+    if (!hit) {
+        fprintf(stderr, "loom-admin: project \"%s\" not found\n", project);
+        return 1;
+    }
+    /* the only time the secret is shown */
+    printf("loom_%s_%s\n", key_id, secret);
+    fprintf(stderr, "key id %s (%s%s%s): store it now, it cannot be shown again\n", key_id,
+            admin ? "admin" : role, admin ? "" : " on ", admin ? "" : project);
+    return 0;
+}
+
+static int cmd_keys(int argc, char **argv)
+{
+    if (argc >= 1 && strcmp(argv[0], "create") == 0)
+        return keys_create(argc, argv);
+    if (argc == 1 && strcmp(argv[0], "list") == 0) {
+        static const char *const h[] = {"KEY_ID",  "ROLE",    "PROJECT",
+                                        "CREATED", "REVOKED", "DESCRIPTION"};
+        return query_print("SELECT k.key_id, k.role, coalesce(p.name, '*'), " TS(
+                               "k.created_at") ", " TS("k.revoked_at") ", k.description "
+                                                                       "FROM api_keys k LEFT "
+                                                                       "JOIN projects p ON p.id "
+                                                                       "= k.project_id ORDER BY "
+                                                                       "k.id",
+                           h, 0, NULL);
+    }
+    if (argc == 2 && strcmp(argv[0], "revoke") == 0) {
+        const char *id = argv[1];
+        if (strncmp(id, "loom_", 5) == 0 && strlen(id) >= 17) {
+            /* a whole key was pasted: take its id, never keep the secret */
+            static char idbuf[13];
+            memcpy(idbuf, id + 5, 12);
+            idbuf[12] = '\0';
+            id = idbuf;
+        }
+        const char *p[] = {id};
+        return exec_one("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND "
+                        "revoked_at IS NULL",
+                        1, p, "no such key, or it was already revoked", "revoked");
+    }
+    return usage_error("%s", "usage: keys create ... | keys list | keys revoke KEY_ID");
+}
+
+/* Best effort: wake the scheduler so that a cordon or drain acts now. */
+static void wake_scheduler(void)
+{
+    if (!nats_url || !*nats_url)
+        return;
+    struct loom_bus *bus = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_bus_connect(nats_url, "loom-admin", 2000, &bus, &err) == 0)
+        loom_bus_publish_raw(bus, LOOM_SUBJ_SCHED_WAKE, "", 0, &err);
+    loom_bus_close(bus, 1000);
+}
+
+static int cmd_nodes(int argc, char **argv)
+{
+    if (argc == 1 && strcmp(argv[0], "list") == 0) {
+        static const char *const h[] = {"NAME",       "STATE",     "ADDRESS",       "CPU_MILLIS",
+                                        "MEMORY_MIB", "INSTANCES", "LAST_HEARTBEAT"};
+        return query_print(
+            "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes / 1048576, "
+            "(SELECT count(*) FROM instances i WHERE i.node_name = n.name AND i.state IN "
+            "('assigned', 'pulling', 'starting', 'running')), " TS(
+                "n.last_heartbeat") " "
+                                    "FROM nodes n ORDER BY n.name",
+            h, 0, NULL);
+    }
+    if (argc == 2) {
+        const char *p[] = {argv[1]};
+        const char *sql = NULL;
+        if (strcmp(argv[0], "cordon") == 0)
+            sql = "UPDATE nodes SET state = 'cordoned' WHERE name = $1 AND state <> 'lost'";
+        else if (strcmp(argv[0], "uncordon") == 0)
+            sql = "UPDATE nodes SET state = 'ready' WHERE name = $1 AND state IN ('cordoned', "
+                  "'draining')";
+        else if (strcmp(argv[0], "drain") == 0)
+            sql = "UPDATE nodes SET state = 'draining' WHERE name = $1 AND state <> 'lost'";
+        if (sql) {
+            char done[160];
+            snprintf(done, sizeof(done), "node %s: %s", argv[1],
+                     argv[0][0] == 'c'   ? "cordoned"
+                     : argv[0][0] == 'u' ? "ready"
+                                         : "draining");
+            char notfound[160];
+            snprintf(notfound, sizeof(notfound),
+                     argv[0][0] == 'u' ? "no cordoned or draining node named \"%s\""
+                                       : "no node named \"%s\" (or it is lost)",
+                     argv[1]);
+            int rc = exec_one(sql, 1, p, notfound, done);
+            if (rc == 0)
+                wake_scheduler();
+            return rc;
+        }
+    }
+    return usage_error("%s", "usage: nodes list | nodes cordon|uncordon|drain NAME");
+}
+
+/* ---- status ------------------------------------------------------------ */
+
+static void status_row(const char *what, const char *where, bool ok, const char *detail)
+{
+    printf("%-14s %-28s %-5s %s\n", what, where, ok ? "ok" : "FAIL", detail);
+}
+
+extern char **environ;
+
+static int cmd_status(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0)
+        return usage_error("%s", "usage: status");
+    int bad = 0;
+    struct loom_err err = LOOM_ERR_INIT;
+    printf("%-14s %-28s %-5s %s\n", "COMPONENT", "ADDRESS", "STATE", "DETAIL");
+    struct loom_db *db = NULL;
+    if (open_db(&db, &err) < 0) {
+        status_row("postgresql", "-", false, err.msg);
+        bad++;
+    } else {
+        PGresult *res = loom_db_exec(
+            db,
+            "SELECT (SELECT count(*) FROM loom_migrations)::text || ' migrations, ' || "
+            "(SELECT count(*) FROM nodes WHERE state <> 'lost')::text || ' nodes'",
+            0, NULL, &err);
+        char where[300];
+        snprintf(where, sizeof(where), "%s:%s", PQhost(loom_db_conn(db)), PQport(loom_db_conn(db)));
+        status_row("postgresql", where, res != NULL, res ? PQgetvalue(res, 0, 0) : err.msg);
+        bad += res == NULL;
+        PQclear(res);
+    }
+    loom_db_close(db);
+    if (nats_url && *nats_url) {
+        struct loom_bus *bus = NULL;
+        loom_err_clear(&err);
+        int rc = loom_bus_connect(nats_url, "loom-admin", 2000, &bus, &err);
+        status_row("nats", nats_url, rc == 0, rc == 0 ? "connected" : err.msg);
+        bad += rc != 0;
+        loom_bus_close(bus, 500);
+    } else {
+        status_row("nats", "-", false, "LOOM_NATS_URL is not set");
+        bad++;
+    }
+    loom_httpc_global_init();
+    for (char **e = environ; *e; e++) {
+        const char *v = strchr(*e, '=');
+        size_t kl = v ? (size_t)(v - *e) : 0;
+        if (strncmp(*e, "LOOM_", 5) != 0 || kl < 11 || strncmp(v - 5, "_ADDR", 5) != 0)
+            continue;
+        char svc[64];
+        snprintf(svc, sizeof(svc), "%.*s", (int)(kl - 10), *e + 5);
+        for (char *p = svc; *p; p++)
+            *p = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+        const char *addr = v + 1;
+        char url[512];
+        snprintf(url, sizeof(url), "http://%s%s/readyz", addr[0] == ':' ? "127.0.0.1" : "", addr);
+        struct loom_httpc_req hreq = {.url = url, .timeout_ms = 2000};
+        struct loom_httpc_resp resp = {.body = STRBUF_INIT};
+        loom_err_clear(&err);
+        int rc = loom_httpc_do(&hreq, &resp, &err);
+        char detail[600];
+        if (rc < 0)
+            snprintf(detail, sizeof(detail), "%s", err.msg);
+        else
+            snprintf(detail, sizeof(detail), "HTTP %ld %.200s", resp.status, resp.body.buf);
+        for (char *p = detail; *p; p++)
+            if (*p == '\n')
+                *p = ' ';
+        bool ok = rc == 0 && resp.status == 200;
+        status_row(svc, addr, ok, detail);
+        bad += !ok;
+        loom_httpc_resp_release(&resp);
+    }
+    loom_httpc_global_cleanup();
+    return bad ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    pg_dsn = getenv("LOOM_PG_DSN");
+    nats_url = getenv("LOOM_NATS_URL");
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--pg-dsn") == 0 && i + 1 < argc) {
+            pg_dsn = argv[++i];
+        } else if (strncmp(a, "--pg-dsn=", 9) == 0) {
+            pg_dsn = a + 9;
+        } else if (strcmp(a, "--nats-url") == 0 && i + 1 < argc) {
+            nats_url = argv[++i];
+        } else if (strncmp(a, "--nats-url=", 11) == 0) {
+            nats_url = a + 11;
+        } else {
+            return usage_error("unknown option \"%s\"", a);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    int sub_argc = argc - i - 1;
+    char **sub_argv = argv + i + 1;
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(sub_argc + 1, argv + i);
+    if (strcmp(cmd, "projects") == 0)
+        return cmd_projects(sub_argc, sub_argv);
+    if (strcmp(cmd, "keys") == 0)
+        return cmd_keys(sub_argc, sub_argv);
+    if (strcmp(cmd, "nodes") == 0)
+        return cmd_nodes(sub_argc, sub_argv);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(sub_argc, sub_argv);
+    return usage_error("unknown command \"%s\"", cmd);
+}
