@@ -123,7 +123,7 @@ unit: $(UNIT_BINS)
 	done; exit $$fail
 
 integration: all
-	LOOM_BUILD=$(BUILD) prove -v --timer tests/integration/
+	LOOM_BUILD=$(BUILD) timeout --kill-after=30 2400 prove -v --timer tests/integration/
 
 up: deps
 	$(MAKE) all

@@ -7,6 +7,9 @@
 #define LOOM_SUBJ_NODE_REGISTER "loom.node.register"
 /* agent -> scheduler, publish NodeHeartbeat */
 #define LOOM_SUBJ_NODE_HEARTBEAT "loom.node.heartbeat"
+/* scheduler -> agent <node>, publish (empty): a heartbeat matched no node row,
+ * register again */
+#define LOOM_SUBJ_AGENT_REREGISTER_FMT "loom.agent.%s.reregister"
 /* scheduler -> agent <node>, request InstanceAssign, reply Ack */
 #define LOOM_SUBJ_AGENT_ASSIGN_FMT "loom.agent.%s.assign"
 /* scheduler -> agent <node>, request InstanceStop, reply Ack */

@@ -380,6 +380,35 @@ static void on_assign(struct loom_bus *bus, natsMsg *msg, void *arg)
     loom__v1__instance_assign__free_unpacked(as, NULL);
 }
 
+/* A stop for an instance this node does not hold (never received, or gone
+ * with a wiped state dir): it is not running here, so say it stopped. The
+ * wall clock as seq outranks any report sent for it before. Not persisted:
+ * the scheduler resends the stop until a report lands. */
+static void report_unknown_stopped(struct agent *a, const char *id)
+{
+    Loom__V1__InstanceReport r = LOOM__V1__INSTANCE_REPORT__INIT;
+    r.instance_id = (char *)id;
+    r.node = a->o.node_name;
+    r.state = ST_STOPPED;
+    r.ts_unix_ms = loom_now_ms();
+    r.seq = (uint64_t)r.ts_unix_ms;
+    r.reason = (char *)"not running on this node";
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_bus_request_ack(a->svc->bus, LOOM_SUBJ_INSTANCE_REPORT, &r.base, 2000, NULL, &err) < 0)
+        log_debug("instance %s: stopped report not acknowledged: %s", id, err.msg);
+    else
+        log_info("instance %s: stop for an instance not on this node, reported stopped", id);
+}
+
+static void on_reregister(struct loom_bus *bus, natsMsg *msg, void *arg)
+{
+    (void)bus;
+    (void)msg;
+    struct agent *a = arg;
+    a->reregister = true;
+    loom_service_wake(a->svc);
+}
+
 static void on_stop(struct loom_bus *bus, natsMsg *msg, void *arg)
 {
     struct agent *a = arg;
@@ -405,11 +434,11 @@ static void on_stop(struct loom_bus *bus, natsMsg *msg, void *arg)
                  st->reason && st->reason[0] ? st->reason : "stopped on request");
         log_info("instance %s: stop requested (%s)", in->id, in->stop_reason);
         pthread_cond_broadcast(&a->cond);
-    } else if (!in) {
-        log_warn("stop for unknown instance %s", st->instance_id);
     }
     pthread_mutex_unlock(&a->mu);
     loom_bus_ack(bus, msg, NULL, false);
+    if (!in && valid_id(st->instance_id))
+        report_unknown_stopped(a, st->instance_id);
     loom__v1__instance_stop__free_unpacked(st, NULL);
 }
 
@@ -662,6 +691,16 @@ static void *housekeeping_main(void *arg)
     int64_t next_hb = 0, next_usage = 0, next_ret = 0;
     while (!a->stopping) {
         int64_t now = loom_mono_ms();
+        if (a->reregister) {
+            struct loom_err err = LOOM_ERR_INIT;
+            a->reregister = false;
+            if (do_register(a, &err) < 0) {
+                log_warn("register again: %s", err.msg);
+                a->reregister = true;
+            } else {
+                log_info("registered node %s again at the scheduler's request", a->o.node_name);
+            }
+        }
         if (now >= next_hb) {
             heartbeat(a);
             next_hb = now + a->o.hb_ms;
@@ -848,6 +887,9 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
         return -1;
     snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_STOP_FMT, a->o.node_name);
     if (loom_bus_subscribe(svc->bus, subj, NULL, on_stop, a, err) < 0)
+        return -1;
+    snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_REREGISTER_FMT, a->o.node_name);
+    if (loom_bus_subscribe(svc->bus, subj, NULL, on_reregister, a, err) < 0)
         return -1;
     if (pthread_create(&a->reporter, NULL, reporter_main, a) != 0 ||
         pthread_create(&a->housekeeping, NULL, housekeeping_main, a) != 0)

@@ -84,6 +84,7 @@ struct agent {
     char *cni_conf;
     struct image_store *images;
     volatile bool stopping, registered;
+    volatile bool reregister; /* the scheduler asked for a new NodeRegister */
     bool stream_ok;
     uint64_t hb_seq;
     pthread_t reporter, housekeeping;

@@ -280,7 +280,7 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
         const char *node = PQgetvalue(res, r, 0);
         if (PQgetisnull(res, r, 1)) {
             char subj[320];
-            snprintf(subj, sizeof(subj), SCHED_SUBJ_AGENT_REREGISTER_FMT, node);
+            snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_REREGISTER_FMT, node);
             loom_bus_publish_raw(s->svc->bus, subj, "", 0, NULL);
             log_info("unknown node \"%s\" heartbeats: asked it to register", node);
             continue;

@@ -24,7 +24,6 @@
 /* scheduler -> agent <node>, publish (empty): the scheduler does not know the
  * node (its heartbeat matched no row); the agent sends NodeRegister again.
  * (Addition to common/subjects.h, kept here until the lead moves it.) */
-#define SCHED_SUBJ_AGENT_REREGISTER_FMT "loom.agent.%s.reregister"
 
 /* Instance states that hold capacity on a node. */
 #define SCHED_LIVE_STATES "('assigned','pulling','starting','running')"
