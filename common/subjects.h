@@ -30,6 +30,9 @@
 /* api -> anyone, CloudEvents JSON on loom.events.<project>.<kind> */
 #define LOOM_SUBJ_EVENTS_FMT "loom.events.%s.%s"
 
+/* anyone -> builder (queue group "builder"), request, reply Ack */
+#define LOOM_SUBJ_BUILD_REQUEST "loom.build.request"
+
 /* Queue groups */
 #define LOOM_QUEUE_SCHEDULER "scheduler"
 

@@ -1,0 +1,131 @@
+/* loom-activator: HTTP ingress for apps. Routes a request to an app by Host
+ * (<app>.<project>.<domain>) or by path (/apps/<project>/<app>/...), proxies
+ * it to a ready instance under its concurrency limit, holds it while the app
+ * scales from zero, and runs the autoscaler (KPA-like stable and panic
+ * windows over in-flight concurrency). */
+#ifndef LOOM_ACTIVATOR_H
+#define LOOM_ACTIVATOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "strbuf.h"
+
+struct loom_service;
+struct loom_http_req;
+
+#define ACT_NAME_MAX 64 /* a DNS label and its NUL */
+
+/* --- routing (route.c): pure functions ------------------------------------- */
+
+/* Parses a Host header value "<app>.<project>.<domain>[:port]" (case does not
+ * matter; labels come back lowercase). Returns 0 and fills project and app
+ * (ACT_NAME_MAX bytes each) when host names an app under domain, else -1. */
+int act_parse_host(const char *host, const char *domain, char *ret_project, char *ret_app);
+
+/* Parses the path form "/apps/<project>/<app>[/<rest>]". Returns 0 with
+ * project and app filled and *ret_rest pointing into path at what follows
+ * "/<app>/" ("" when nothing follows), else -1. */
+int act_parse_path(const char *path, char *ret_project, char *ret_app, const char **ret_rest);
+
+/* Appends a raw (still percent-encoded) path or query as it came, except
+ * that bytes never allowed in a URL (controls, space, non-ASCII, "<>\\^`{|})
+ * are percent-encoded. */
+void act_add_url_raw(struct strbuf *out, const char *s);
+
+/* True for hop-by-hop headers (RFC 9110 7.6.1) and for headers the proxy
+ * sets itself (Host, Content-Length, Expect). */
+bool act_is_hop_header(const char *name);
+
+/* --- autoscaler math (kpa.c): pure ------------------------------------------ */
+
+#define ACT_KPA_MAX_BUCKETS 1800
+
+struct act_kpa_config {
+    int64_t tick_ms;          /* how often act_kpa_tick runs (2000) */
+    int64_t stable_window_ms; /* 60000 */
+    int64_t panic_window_ms;  /* 6000 */
+    double panic_threshold;   /* panic when panic-window concurrency >= this x capacity (2.0) */
+    double max_scale_down;    /* at most divide the ready instances by this per tick (2.0) */
+};
+
+struct act_kpa {
+    double buckets[ACT_KPA_MAX_BUCKETS]; /* average concurrency per tick, a ring */
+    int nbuckets;                        /* filled so far (<= ACT_KPA_MAX_BUCKETS) */
+    int head;                            /* next slot to write */
+    bool panicking;
+    int64_t panic_since_ms; /* last tick that met the panic condition */
+    uint32_t desired;       /* the last result */
+    int64_t lower_since_ms; /* first tick of a run wanting less than desired, or -1 */
+};
+
+/* Starts with desired as the current scale (e.g. the app's stored
+ * desired_instances), so that a restarted activator does not scale an app
+ * down before it has observed a full stable window. */
+void act_kpa_init(struct act_kpa *kpa, uint32_t desired);
+
+/* One autoscaler tick. avg is the time-averaged concurrency (in-flight plus
+ * held requests) over the tick that just ended; ready the instances ready
+ * now; target the concurrency one instance should carry (> 0);
+ * scale_down_delay_ms how long a lower value must persist before it is used.
+ * Returns the desired instance count (0 only after a whole stable window with
+ * no request plus the delay). */
+uint32_t act_kpa_tick(struct act_kpa *kpa, const struct act_kpa_config *cfg, double avg,
+                      uint32_t ready, double target, int64_t scale_down_delay_ms, int64_t now_ms);
+
+/* The per-instance target: target if > 0, else 70% of concurrency, at least 1
+ * request's worth of a fraction (never 0). */
+double act_kpa_target(int64_t concurrency, int64_t target);
+
+/* --- the service (ingress.c, proxy.c) ---------------------------------------- */
+
+struct act_config {
+    char *domain;                /* --domain */
+    int64_t hold_timeout_ms;     /* --hold-timeout */
+    int64_t upstream_timeout_ms; /* --upstream-timeout */
+    int64_t cache_ttl_ms;        /* instance cache lifetime (1000) */
+    int64_t stable_window_ms;    /* --stable-window */
+    int64_t panic_window_ms;     /* --panic-window */
+    int64_t max_held_per_app;    /* --max-held */
+};
+
+extern struct act_config act_cfg;
+
+int act_start(struct loom_service *svc, struct loom_err *err);
+void act_tick(struct loom_service *svc);
+void act_stop(struct loom_service *svc);
+bool act_ready(struct loom_service *svc);
+/* The catch-all HTTP handler. */
+void act_handle(struct loom_http_req *req);
+
+/* One upstream exchange. */
+struct act_upstream_resp {
+    long status;
+    struct strbuf body;
+    struct strbuf headers; /* "Name: value\r\n" lines as received, hop-by-hop removed */
+    char *content_type;
+};
+
+void act_upstream_resp_release(struct act_upstream_resp *resp);
+
+enum act_proxy_result {
+    ACT_PROXY_OK,      /* resp is filled */
+    ACT_PROXY_CONNECT, /* could not connect: nothing was sent, safe to retry elsewhere */
+    ACT_PROXY_FAILED,  /* failed after (maybe) sending: 502 */
+    ACT_PROXY_TIMEOUT, /* 504 */
+};
+
+/* Sends req to http://address + upstream_path (already escaped, with query)
+ * over a kept-alive connection. extra_headers are "Name: value" lines added
+ * after the client's (minus hop-by-hop ones). */
+enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
+                                const char *upstream_path, const char *const *extra_headers,
+                                size_t nextra, struct act_upstream_resp *resp,
+                                struct loom_err *err);
+
+int act_proxy_global_init(struct loom_err *err);
+void act_proxy_global_cleanup(void);
+
+#endif

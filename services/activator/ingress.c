@@ -1,0 +1,802 @@
+/* The activator's request path and autoscaler loop.
+ *
+ * Per app (keyed by project and name) it keeps the ready instances as last
+ * read from PostgreSQL (refreshed after cache_ttl_ms, at once after a
+ * loom.app.<project>.<app> message, and every 100 ms while requests are
+ * held), an in-flight count per instance, and the autoscaler's state. One
+ * mutex guards the table; each app has a condition variable that held
+ * requests wait on. */
+#include "activator.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "service.h"
+#include "subjects.h"
+#include "util.h"
+#include "loom/v1/scale.pb-c.h"
+
+#define TICK_MS 2000
+#define HOLD_RECHECK_MS 100
+#define COLD_REPUBLISH_MS 1000
+#define APP_IDLE_FORGET_MS (10 * 60 * 1000)
+#define SWEEP_EVERY_MS 10000
+#define NBUCKETS 256
+#define DB_POOL 4
+#define DEFAULT_CONCURRENCY 100
+#define MAX_CONNECT_RETRIES 3
+#define INSTANCE_DOWN_MS 2000
+
+struct act_config act_cfg;
+
+struct inst {
+    char address[64];
+    int inflight;
+    int64_t down_until_ms; /* a connect failed: skip it until then */
+};
+
+struct app {
+    struct app *next;
+    char project[ACT_NAME_MAX];
+    char name[ACT_NAME_MAX];
+    bool known;         /* fetched at least once */
+    bool exists;        /* the app row exists */
+    bool refreshing;    /* a thread is querying PostgreSQL for it */
+    int64_t fetched_ms; /* monotonic; 0 forces a refresh */
+    int64_t generation;
+    int64_t concurrency; /* per-instance limit */
+    double target;       /* per-instance autoscaler target */
+    int64_t scale_down_delay_ms;
+    struct inst *insts;
+    size_t ninsts;
+    int inflight; /* proxied now */
+    int held;     /* waiting for an instance */
+    bool cold;    /* a scale from zero was asked for and no instance came yet */
+    int64_t last_cold_ms;
+    int64_t last_used_ms;
+    /* autoscaler: time-weighted concurrency (in-flight + held) over the tick */
+    double area;
+    int64_t area_since_ms;
+    int64_t tick_start_ms;
+    struct act_kpa kpa;
+    uint32_t published;
+    bool has_published;
+    pthread_cond_t cond;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct app *table[NBUCKETS];
+static bool stopping;
+static int64_t last_sweep_ms;
+
+static struct loom_db *pool[DB_POOL];
+static bool pool_busy[DB_POOL];
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cond = PTHREAD_COND_INITIALIZER;
+
+static const double latency_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                         0.25,   0.5,   1,      2.5,   5,    10,    30};
+static struct loom_metric *m_latency, *m_held, *m_cold, *m_decisions;
+
+/* --- the app table ---------------------------------------------------------- */
+
+static unsigned hash_key(const char *project, const char *name)
+{
+    unsigned h = 5381;
+    for (const char *p = project; *p; p++)
+        h = h * 33 + (unsigned char)*p;
+    h = h * 33 + '/';
+    for (const char *p = name; *p; p++)
+        h = h * 33 + (unsigned char)*p;
+    return h % NBUCKETS;
+}
+
+static struct app *app_find(const char *project, const char *name)
+{
+    for (struct app *a = table[hash_key(project, name)]; a; a = a->next)
+        if (strcmp(a->project, project) == 0 && strcmp(a->name, name) == 0)
+            return a;
+    return NULL;
+}
+
+static struct app *app_get(const char *project, const char *name, uint32_t desired)
+{
+    struct app *a = app_find(project, name);
+    if (a)
+        return a;
+    a = calloc(1, sizeof(*a));
+    if (!a)
+        abort();
+    snprintf(a->project, sizeof(a->project), "%s", project);
+    snprintf(a->name, sizeof(a->name), "%s", name);
+    a->concurrency = DEFAULT_CONCURRENCY;
+    a->target = act_kpa_target(DEFAULT_CONCURRENCY, 0);
+    int64_t now = loom_mono_ms();
+    a->area_since_ms = a->tick_start_ms = a->last_used_ms = now;
+    act_kpa_init(&a->kpa, desired);
+    a->published = desired;
+    a->has_published = true;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    unsigned b = hash_key(project, name);
+    a->next = table[b];
+    table[b] = a;
+    return a;
+}
+
+static void app_free(struct app *a)
+{
+    pthread_cond_destroy(&a->cond);
+    free(a->insts);
+    free(a);
+}
+
+/* Accounts the concurrency (in-flight + held) up to now; call with mu held
+ * before changing either count. */
+static void conc_account(struct app *a, int64_t now)
+{
+    a->area += (double)(a->inflight + a->held) * (double)(now - a->area_since_ms);
+    a->area_since_ms = now;
+}
+
+/* --- PostgreSQL --------------------------------------------------------------- */
+
+static struct loom_db *pool_get(struct loom_err *err)
+{
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        for (int i = 0; i < DB_POOL; i++) {
+            if (pool_busy[i])
+                continue;
+            pool_busy[i] = true;
+            pthread_mutex_unlock(&pool_mu);
+            if (!pool[i]) {
+                struct loom_service *svc = loom_service_current();
+                if (loom_db_open(svc ? svc->pg_dsn : NULL, &pool[i], err) < 0) {
+                    pthread_mutex_lock(&pool_mu);
+                    pool_busy[i] = false;
+                    pthread_cond_signal(&pool_cond);
+                    pthread_mutex_unlock(&pool_mu);
+                    return NULL;
+                }
+            }
+            return pool[i];
+        }
+        pthread_cond_wait(&pool_cond, &pool_mu);
+    }
+}
+
+static void pool_put(struct loom_db *db)
+{
+    pthread_mutex_lock(&pool_mu);
+    for (int i = 0; i < DB_POOL; i++)
+        if (pool[i] == db)
+            pool_busy[i] = false;
+    pthread_cond_signal(&pool_cond);
+    pthread_mutex_unlock(&pool_mu);
+}
+
+static int64_t parse_int_or(const char *s, int64_t def, int64_t min, int64_t max)
+{
+    if (!s || !*s)
+        return def;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return def;
+    return v;
+}
+
+/* Reads the app and its ready instances, then installs them into a (taking
+ * mu). Keeps the in-flight counts of instances that are still there. */
+static int app_refresh(struct app *a, const char *project, const char *name, struct loom_err *err)
+{
+    struct loom_db *db = pool_get(err);
+    if (!db)
+        return -1;
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, err,
+                      "SELECT a.generation, a.spec->>'scale_concurrency', "
+                      "a.spec->>'scale_concurrency_target', a.spec->>'scale_down_delay', i.address "
+                      "FROM apps a JOIN projects p ON p.id = a.project_id "
+                      "LEFT JOIN instances i ON i.app_id = a.id AND i.state = 'running' "
+                      "AND i.desired = 'run' AND i.address IS NOT NULL "
+                      "WHERE p.name = $1 AND a.name = $2 ORDER BY i.address",
+                      project, name);
+    pool_put(db);
+    if (!res)
+        return -1;
+    int n = PQntuples(res);
+    struct inst *insts = n > 0 ? calloc((size_t)n, sizeof(*insts)) : NULL;
+    if (n > 0 && !insts)
+        abort();
+    size_t ninsts = 0;
+    for (int r = 0; r < n; r++) {
+        const char *addr = loom_db_val(res, r, 4);
+        if (addr && strlen(addr) < sizeof(insts[0].address))
+            snprintf(insts[ninsts++].address, sizeof(insts[0].address), "%s", addr);
+    }
+
+    pthread_mutex_lock(&mu);
+    a->known = true;
+    a->exists = n > 0;
+    a->fetched_ms = loom_mono_ms();
+    if (n > 0) {
+        a->generation = parse_int_or(loom_db_val(res, 0, 0), 0, 0, INT64_MAX);
+        a->concurrency = parse_int_or(loom_db_val(res, 0, 1), DEFAULT_CONCURRENCY, 1, 1000000);
+        int64_t target = parse_int_or(loom_db_val(res, 0, 2), 0, 0, 1000000);
+        a->target = act_kpa_target(a->concurrency, target);
+        a->scale_down_delay_ms = parse_int_or(loom_db_val(res, 0, 3), 0, 0, 3600) * 1000;
+    }
+    for (size_t i = 0; i < ninsts; i++)
+        for (size_t j = 0; j < a->ninsts; j++)
+            if (strcmp(insts[i].address, a->insts[j].address) == 0) {
+                insts[i].inflight = a->insts[j].inflight;
+                insts[i].down_until_ms = a->insts[j].down_until_ms;
+            }
+    free(a->insts);
+    a->insts = insts;
+    a->ninsts = ninsts;
+    if (ninsts > 0)
+        a->cold = false;
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&mu);
+    return 0;
+}
+
+/* --- bus ------------------------------------------------------------------------ */
+
+static void publish_decision(struct app *a, uint32_t desired, const char *reason)
+{
+    struct loom_service *svc = loom_service_current();
+    if (!svc || !svc->bus)
+        return;
+    Loom__V1__ScaleDecision d;
+    loom__v1__scale_decision__init(&d);
+    d.project = a->project;
+    d.app = a->name;
+    d.generation = a->generation;
+    d.desired = desired;
+    d.ts_unix_ms = loom_now_ms();
+    d.reason = (char *)reason;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_bus_publish(svc->bus, LOOM_SUBJ_SCALE_DECISION, &d.base, &err) < 0) {
+        log_warn("could not publish scale decision for %s/%s: %s", a->project, a->name, err.msg);
+        return;
+    }
+    loom_metric_add(m_decisions, 1);
+    log_info("scale %s/%s to %u: %s", a->project, a->name, desired, reason);
+}
+
+static void wake_scheduler(void)
+{
+    struct loom_service *svc = loom_service_current();
+    struct loom_err err = LOOM_ERR_INIT;
+    if (svc && svc->bus && loom_bus_publish_raw(svc->bus, LOOM_SUBJ_SCHED_WAKE, "", 0, &err) < 0)
+        log_warn("could not publish %s: %s", LOOM_SUBJ_SCHED_WAKE, err.msg);
+}
+
+/* loom.app.<project>.<app>: the app's instances changed. */
+static void on_app_changed(struct loom_bus *bus, natsMsg *msg, void *arg)
+{
+    (void)bus, (void)arg;
+    const char *subj = natsMsg_GetSubject(msg);
+    static const char prefix[] = "loom.app.";
+    if (strncmp(subj, prefix, sizeof(prefix) - 1) != 0)
+        return;
+    const char *p = subj + sizeof(prefix) - 1;
+    const char *dot = strchr(p, '.');
+    if (!dot || (size_t)(dot - p) >= ACT_NAME_MAX || strlen(dot + 1) >= ACT_NAME_MAX)
+        return;
+    char project[ACT_NAME_MAX];
+    memcpy(project, p, (size_t)(dot - p));
+    project[dot - p] = '\0';
+    pthread_mutex_lock(&mu);
+    struct app *a = app_find(project, dot + 1);
+    if (a) {
+        a->fetched_ms = 0;
+        pthread_cond_broadcast(&a->cond);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+/* On SIGTERM the server waits for its requests before act_stop runs: held
+ * requests look at the service's flag themselves. */
+static bool shutting_down(void)
+{
+    struct loom_service *svc = loom_service_current();
+    return stopping || !svc || svc->stopping;
+}
+
+/* --- requests ---------------------------------------------------------------------- */
+
+static void count_reply(int status)
+{
+    char labels[32];
+    snprintf(labels, sizeof(labels), "code=\"%d\"", status);
+    loom_metric_add(loom_metric_counter("loom_activator_requests_total", labels,
+                                        "requests answered by the activator, by status"),
+                    1);
+}
+
+static void reply_problem_retry(struct loom_http_req *req, int status, int retry_after,
+                                const char *detail)
+{
+    if (retry_after > 0) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", retry_after);
+        loom_http_set_header(req, "Retry-After", v);
+    }
+    loom_http_reply_problem(req, status, "%s", detail);
+    count_reply(status);
+}
+
+static struct inst *pick_instance(struct app *a, int64_t now)
+{
+    struct inst *best = NULL;
+    for (size_t i = 0; i < a->ninsts; i++) {
+        struct inst *in = &a->insts[i];
+        if (in->inflight >= a->concurrency || in->down_until_ms > now)
+            continue;
+        if (!best || in->inflight < best->inflight)
+            best = in;
+    }
+    return best;
+}
+
+static void client_ip(struct loom_http_req *req, char *out, size_t n)
+{
+    snprintf(out, n, "unknown");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)n);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)n);
+}
+
+static void reply_upstream(struct loom_http_req *req, struct act_upstream_resp *resp)
+{
+    /* header lines "Name: value\r\n"; the server takes a bounded number of
+     * extra headers, keep room for its own */
+    int room = LOOM_HTTP_MAX_HEADERS - 1;
+    char *p = resp->headers.buf;
+    while (*p && room > 0) {
+        char *eol = strstr(p, "\r\n");
+        if (!eol)
+            break;
+        *eol = '\0';
+        char *colon = strchr(p, ':');
+        if (colon) {
+            *colon = '\0';
+            const char *v = colon + 1;
+            while (*v == ' ')
+                v++;
+            loom_http_set_header(req, p, v);
+            room--;
+        }
+        p = eol + 2;
+    }
+    if (*p)
+        log_debug("dropped upstream response headers beyond the server's limit");
+    loom_http_reply(req, (int)resp->status, resp->content_type, resp->body.buf, resp->body.len);
+    count_reply((int)resp->status);
+}
+
+static void serve_app(struct loom_http_req *req, const char *project, const char *name,
+                      const char *upstream_path)
+{
+    int64_t start = loom_mono_ms();
+    int64_t deadline = start + act_cfg.hold_timeout_ms;
+    char address[64] = "";
+    bool held = false;
+    int connect_failures = 0;
+
+    pthread_mutex_lock(&mu);
+    struct app *a = app_get(project, name, 0);
+    a->last_used_ms = start;
+    conc_account(a, start);
+    a->held++; /* counted as held until an instance is picked */
+    for (;;) {
+        int64_t now = loom_mono_ms();
+        int64_t ttl = held ? HOLD_RECHECK_MS : act_cfg.cache_ttl_ms;
+        if (!a->refreshing && (a->fetched_ms == 0 || now - a->fetched_ms >= ttl)) {
+            a->refreshing = true;
+            pthread_mutex_unlock(&mu);
+            struct loom_err err = LOOM_ERR_INIT;
+            int rc = app_refresh(a, project, name, &err);
+            pthread_mutex_lock(&mu);
+            a->refreshing = false;
+            pthread_cond_broadcast(&a->cond);
+            if (rc < 0) {
+                log_warn("could not look up app %s/%s: %s", project, name, err.msg);
+                a->fetched_ms = loom_mono_ms(); /* retry after the ttl, not at once */
+                if (!a->known) {
+                    conc_account(a, loom_mono_ms());
+                    a->held--;
+                    pthread_mutex_unlock(&mu);
+                    reply_problem_retry(req, 503, 1, "the app's instances cannot be looked up");
+                    return;
+                }
+            }
+            continue;
+        }
+        if (shutting_down()) {
+            conc_account(a, now);
+            a->held--;
+            pthread_mutex_unlock(&mu);
+            reply_problem_retry(req, 503, 1, "the activator is shutting down");
+            return;
+        }
+        if (a->known && !a->exists) {
+            conc_account(a, now);
+            a->held--;
+            pthread_mutex_unlock(&mu);
+            loom_http_reply_problem(req, 404, "app \"%s\" not found in project \"%s\"", name,
+                                    project);
+            count_reply(404);
+            return;
+        }
+        if (a->known) {
+            struct inst *in = pick_instance(a, now);
+            if (in) {
+                in->inflight++;
+                conc_account(a, now);
+                a->held--;
+                a->inflight++;
+                snprintf(address, sizeof(address), "%s", in->address);
+                if (held)
+                    loom_metric_add(m_held, -1);
+                held = false;
+                pthread_mutex_unlock(&mu);
+
+                char xff[512], ip[INET6_ADDRSTRLEN];
+                client_ip(req, ip, sizeof(ip));
+                const char *prev = loom_http_header(req, "x-forwarded-for");
+                if (prev && strlen(prev) < 400)
+                    snprintf(xff, sizeof(xff), "X-Forwarded-For: %s, %s", prev, ip);
+                else
+                    snprintf(xff, sizeof(xff), "X-Forwarded-For: %s", ip);
+                char xfp[64], xfh[300], rid[64];
+                const char *proto = loom_http_header(req, "x-forwarded-proto");
+                snprintf(xfp, sizeof(xfp), "X-Forwarded-Proto: %s",
+                         proto && (!strcmp(proto, "https") || !strcmp(proto, "http")) ? proto
+                                                                                      : "http");
+                const char *host = loom_http_header(req, "host");
+                snprintf(xfh, sizeof(xfh), "X-Forwarded-Host: %.250s", host ? host : "");
+                snprintf(rid, sizeof(rid), "X-Request-Id: %s", req->request_id);
+                const char *extra[] = {xff, xfp, xfh, rid};
+
+                struct act_upstream_resp resp = {.body = STRBUF_INIT, .headers = STRBUF_INIT};
+                struct loom_err err = LOOM_ERR_INIT;
+                int64_t t0 = loom_mono_ms();
+                enum act_proxy_result pr = act_proxy(req, address, upstream_path, extra,
+                                                     LOOM_ARRAY_SIZE(extra), &resp, &err);
+                loom_metric_observe(m_latency, (double)(loom_mono_ms() - t0) / 1000.0);
+
+                pthread_mutex_lock(&mu);
+                now = loom_mono_ms();
+                for (size_t i = 0; i < a->ninsts; i++) {
+                    if (strcmp(a->insts[i].address, address) != 0)
+                        continue;
+                    if (a->insts[i].inflight > 0)
+                        a->insts[i].inflight--;
+                    /* PostgreSQL may still list it (it died, or is being
+                     * stopped): do not send it more for a while */
+                    if (pr == ACT_PROXY_CONNECT)
+                        a->insts[i].down_until_ms = now + INSTANCE_DOWN_MS;
+                }
+                conc_account(a, now);
+                a->inflight--;
+                a->last_used_ms = now;
+                pthread_cond_broadcast(&a->cond); /* a slot is free */
+                if (pr == ACT_PROXY_CONNECT && ++connect_failures < MAX_CONNECT_RETRIES &&
+                    now < deadline) {
+                    /* nothing reached the instance: it is probably gone; look
+                     * again and try another one */
+                    log_info("%s", err.msg);
+                    a->fetched_ms = 0;
+                    conc_account(a, now);
+                    a->held++;
+                    act_upstream_resp_release(&resp);
+                    continue;
+                }
+                pthread_mutex_unlock(&mu);
+                if (pr == ACT_PROXY_OK) {
+                    reply_upstream(req, &resp);
+                } else {
+                    int status = pr == ACT_PROXY_TIMEOUT ? 504 : 502;
+                    log_warn("%s", err.msg);
+                    loom_http_reply_problem(req, status, "%s", err.msg);
+                    count_reply(status);
+                }
+                act_upstream_resp_release(&resp);
+                return;
+            }
+            if (!held) {
+                if (a->held > act_cfg.max_held_per_app) {
+                    conc_account(a, now);
+                    a->held--;
+                    pthread_mutex_unlock(&mu);
+                    reply_problem_retry(req, 503, 1, "too many requests are waiting for this app");
+                    return;
+                }
+                held = true;
+                loom_metric_add(m_held, 1);
+            }
+            /* Scaled to zero: ask for an instance now rather than at the
+             * next autoscaler tick, and again every second in case the
+             * message was lost. */
+            if (a->ninsts == 0 && now - a->last_cold_ms >= COLD_REPUBLISH_MS) {
+                if (!a->cold)
+                    loom_metric_add(m_cold, 1);
+                a->cold = true;
+                a->last_cold_ms = now;
+                uint32_t want = a->kpa.desired > 0 ? a->kpa.desired : 1;
+                if (a->kpa.desired < want)
+                    a->kpa.desired = want;
+                a->published = want;
+                a->has_published = true;
+                publish_decision(a, want, "request held while scaled to zero");
+                wake_scheduler();
+            }
+        }
+        if (now >= deadline) {
+            conc_account(a, now);
+            a->held--;
+            if (held)
+                loom_metric_add(m_held, -1);
+            pthread_mutex_unlock(&mu);
+            int retry = (int)(act_cfg.hold_timeout_ms / 1000 / 3);
+            reply_problem_retry(req, 503, retry < 1 ? 1 : retry,
+                                a->ninsts == 0 ? "no instance of the app became ready in time"
+                                               : "no instance of the app could take the "
+                                                 "request in time");
+            return;
+        }
+        int64_t until = now + HOLD_RECHECK_MS < deadline ? now + HOLD_RECHECK_MS : deadline;
+        struct timespec ts = {(time_t)(until / 1000), (long)(until % 1000) * 1000000L};
+        pthread_cond_timedwait(&a->cond, &mu, &ts);
+    }
+}
+
+struct query_ctx {
+    struct strbuf *out;
+    bool first;
+};
+
+static enum MHD_Result add_query_arg(void *arg, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    (void)kind;
+    struct query_ctx *q = arg;
+    strbuf_addch(q->out, q->first ? '?' : '&');
+    q->first = false;
+    act_add_url_raw(q->out, key ? key : "");
+    if (value) {
+        strbuf_addch(q->out, '=');
+        act_add_url_raw(q->out, value);
+    }
+    return MHD_YES;
+}
+
+/* The server leaves the query undecoded but split into arguments; put it
+ * back together for the upstream request. */
+static void append_query(struct strbuf *up, struct loom_http_req *req)
+{
+    struct query_ctx q = {up, true};
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, add_query_arg, &q);
+}
+
+static bool service_ready(void)
+{
+    struct loom_service *svc = loom_service_current();
+    return !shutting_down() && loom_bus_connected(svc->bus);
+}
+
+/* The catch-all route hides the server's own /livez, /readyz and /metrics:
+ * answer them here for requests that are not for an app. */
+static bool serve_builtin(struct loom_http_req *req)
+{
+    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
+        return false;
+    if (strcmp(req->path, "/livez") == 0) {
+        loom_http_reply(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
+    } else if (strcmp(req->path, "/readyz") == 0) {
+        if (service_ready())
+            loom_http_reply(req, 200, "text/plain; charset=utf-8", "ready\n", 6);
+        else
+            loom_http_reply_problem(req, 503, "not ready");
+    } else if (strcmp(req->path, "/metrics") == 0) {
+        struct strbuf sb = STRBUF_INIT;
+        loom_metrics_render(&sb);
+        loom_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", sb.buf, sb.len);
+        strbuf_release(&sb);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+void act_handle(struct loom_http_req *req)
+{
+    char project[ACT_NAME_MAX], name[ACT_NAME_MAX];
+    const char *rest;
+    /* the route is "/\*": rest is the whole path, still percent-encoded */
+    _cleanup_strbuf_ struct strbuf raw = STRBUF_INIT, up = STRBUF_INIT;
+    strbuf_addch(&raw, '/');
+    strbuf_addstr(&raw, req->rest ? req->rest : "");
+    const char *host = loom_http_header(req, "host");
+    if (act_parse_host(host, act_cfg.domain, project, name) == 0) {
+        act_add_url_raw(&up, raw.buf);
+    } else if (act_parse_path(raw.buf, project, name, &rest) == 0) {
+        strbuf_addch(&up, '/');
+        act_add_url_raw(&up, rest);
+    } else {
+        if (serve_builtin(req))
+            return;
+        loom_http_reply_problem(req, 404,
+                                "no app here: use /apps/<project>/<app>/ or the host "
+                                "<app>.<project>.%s",
+                                act_cfg.domain);
+        count_reply(404);
+        return;
+    }
+    append_query(&up, req);
+    serve_app(req, project, name, up.buf);
+}
+
+/* --- the autoscaler and housekeeping ---------------------------------------------- */
+
+/* Tracks apps that have instances although nobody asked this activator for
+ * them (an activator restart, another replica's traffic) so that they still
+ * scale to zero when idle. */
+static void sweep_apps(struct loom_service *svc)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    _cleanup_pgres_ PGresult *res =
+        loom_db_exec(svc->db,
+                     "SELECT p.name, a.name, a.desired_instances FROM apps a "
+                     "JOIN projects p ON p.id = a.project_id WHERE a.desired_instances > 0",
+                     0, NULL, &err);
+    if (!res) {
+        log_warn("could not list scaled apps: %s", err.msg);
+        return;
+    }
+    pthread_mutex_lock(&mu);
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *p = PQgetvalue(res, r, 0), *n = PQgetvalue(res, r, 1);
+        if (strlen(p) >= ACT_NAME_MAX || strlen(n) >= ACT_NAME_MAX || app_find(p, n))
+            continue;
+        uint32_t d = (uint32_t)parse_int_or(PQgetvalue(res, r, 2), 0, 0, 1000000);
+        app_get(p, n, d);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+void act_tick(struct loom_service *svc)
+{
+    int64_t now = loom_mono_ms();
+    if (now - last_sweep_ms >= SWEEP_EVERY_MS) {
+        last_sweep_ms = now;
+        sweep_apps(svc);
+    }
+    struct act_kpa_config cfg = {
+        .tick_ms = TICK_MS,
+        .stable_window_ms = act_cfg.stable_window_ms,
+        .panic_window_ms = act_cfg.panic_window_ms,
+        .panic_threshold = 2.0,
+        .max_scale_down = 2.0,
+    };
+    pthread_mutex_lock(&mu);
+    for (int b = 0; b < NBUCKETS; b++) {
+        struct app **pp = &table[b];
+        while (*pp) {
+            struct app *a = *pp;
+            now = loom_mono_ms();
+            if (a->known && !a->exists && a->inflight == 0 && a->held == 0 && !a->refreshing &&
+                now - a->last_used_ms > act_cfg.cache_ttl_ms) {
+                /* unknown apps are not kept: anyone can make up names */
+                *pp = a->next;
+                app_free(a);
+                continue;
+            }
+            if (a->inflight == 0 && a->held == 0 && !a->refreshing && a->published == 0 &&
+                a->kpa.desired == 0 && now - a->last_used_ms > APP_IDLE_FORGET_MS) {
+                *pp = a->next;
+                app_free(a);
+                continue;
+            }
+            conc_account(a, now);
+            int64_t span = now - a->tick_start_ms;
+            double avg = span > 0 ? a->area / (double)span : 0;
+            a->area = 0;
+            a->tick_start_ms = now;
+            if (a->exists || !a->known) {
+                uint32_t d = act_kpa_tick(&a->kpa, &cfg, avg, (uint32_t)a->ninsts, a->target,
+                                          a->scale_down_delay_ms, now);
+                if (!a->has_published || d != a->published) {
+                    char reason[96];
+                    snprintf(reason, sizeof(reason), "concurrency %.2f, target %.1f%s", avg,
+                             a->target, a->kpa.panicking ? ", panic" : "");
+                    a->published = d;
+                    a->has_published = true;
+                    publish_decision(a, d, reason);
+                    if (d > 0)
+                        wake_scheduler();
+                }
+            }
+            pp = &a->next;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+int act_start(struct loom_service *svc, struct loom_err *err)
+{
+    if (act_proxy_global_init(err) < 0)
+        return -1;
+    m_latency = loom_metric_histogram("loom_activator_proxy_seconds", NULL,
+                                      "time to proxy a request to an instance", latency_buckets,
+                                      LOOM_ARRAY_SIZE(latency_buckets));
+    m_held =
+        loom_metric_gauge("loom_activator_held_requests", NULL, "requests waiting for an instance");
+    m_cold = loom_metric_counter("loom_activator_cold_starts_total", NULL,
+                                 "scale-from-zero requests triggered by held requests");
+    m_decisions = loom_metric_counter("loom_activator_scale_decisions_total", NULL,
+                                      "ScaleDecision messages published");
+    if (loom_bus_subscribe(svc->bus, "loom.app.>", NULL, on_app_changed, NULL, err) < 0)
+        return loom_err_wrap(err, "subscribing to loom.app.>");
+    log_info("routing hosts <app>.<project>.%s and paths /apps/<project>/<app>/; hold %lld ms",
+             act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
+    return 0;
+}
+
+bool act_ready(struct loom_service *svc)
+{
+    (void)svc;
+    return !stopping;
+}
+
+void act_stop(struct loom_service *svc)
+{
+    (void)svc;
+    pthread_mutex_lock(&pool_mu);
+    for (int i = 0; i < DB_POOL; i++) {
+        loom_db_close(pool[i]);
+        pool[i] = NULL;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    act_proxy_global_cleanup();
+    pthread_mutex_lock(&mu);
+    stopping = true;
+    /* the HTTP server has stopped: no request uses the table any more */
+    for (int b = 0; b < NBUCKETS; b++) {
+        while (table[b]) {
+            struct app *a = table[b];
+            table[b] = a->next;
+            app_free(a);
+        }
+    }
+    pthread_mutex_unlock(&mu);
+}

@@ -1,0 +1,119 @@
+/* The logshipper's CRI log line parser, timestamps, UTF-8 cleaning and
+ * PostgreSQL array literal elements. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "services/logshipper/logshipper.h"
+
+static int parse(const char *s, struct ls_cri_line *l)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    int rc = ls_parse_cri(s, strlen(s), l, &err);
+    if (rc < 0)
+        assert_int_equal(err.code, LOOM_EINVAL);
+    return rc;
+}
+
+static void test_cri_ok(void **state)
+{
+    (void)state;
+    struct ls_cri_line l;
+    assert_int_equal(parse("2026-11-28T04:25:32.123456789Z stdout F hello world", &l), 0);
+    assert_int_equal(l.ts_ns, 1795839932123456789LL);
+    assert_int_equal(l.stream, LS_STDOUT);
+    assert_false(l.partial);
+    assert_int_equal(l.text_len, 11);
+    assert_memory_equal(l.text, "hello world", 11);
+
+    assert_int_equal(parse("2026-11-28T04:25:32Z stderr P  two  spaces ", &l), 0);
+    assert_int_equal(l.ts_ns, 1795839932000000000LL);
+    assert_int_equal(l.stream, LS_STDERR);
+    assert_true(l.partial);
+    assert_int_equal(l.text_len, 13);
+    assert_memory_equal(l.text, " two  spaces ", 13);
+
+    /* empty lines, with and without the separator */
+    assert_int_equal(parse("2026-11-28T04:25:32.5Z stdout F ", &l), 0);
+    assert_int_equal(l.text_len, 0);
+    assert_int_equal(l.ts_ns, 1795839932500000000LL);
+    assert_int_equal(parse("2026-11-28T04:25:32.5Z stdout F", &l), 0);
+    assert_int_equal(l.text_len, 0);
+
+    /* an offset: 06:25:32+02:00 is 04:25:32Z */
+    assert_int_equal(parse("2026-11-28T06:25:32.000001+02:00 stdout F x", &l), 0);
+    assert_int_equal(l.ts_ns, 1795839932000001000LL);
+    /* more than 9 fraction digits are cut */
+    assert_int_equal(parse("2026-11-28T04:25:32.1234567891Z stdout F x", &l), 0);
+    assert_int_equal(l.ts_ns, 1795839932123456789LL);
+}
+
+static void test_cri_bad(void **state)
+{
+    (void)state;
+    struct ls_cri_line l;
+    assert_int_equal(parse("", &l), -1);
+    assert_int_equal(parse("hello world", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Z", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Z stdin F x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Z stdout X x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Z stdout Fx", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Z stdout", &l), -1);
+    assert_int_equal(parse("2026-11-28 04:25:32Z stdout F x", &l), -1);
+    assert_int_equal(parse("2026-13-28T04:25:32Z stdout F x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32.Z stdout F x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32 stdout F x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32+0200 stdout F x", &l), -1);
+    assert_int_equal(parse("2026-11-28T04:25:32Zjunk stdout F x", &l), -1);
+}
+
+static void test_utf8(void **state)
+{
+    (void)state;
+    struct strbuf sb = STRBUF_INIT;
+    ls_add_clean_utf8(&sb, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14);
+    assert_string_equal(sb.buf, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    strbuf_reset(&sb);
+    /* NUL, a lone continuation byte, a truncated sequence, an overlong form,
+     * a surrogate */
+    ls_add_clean_utf8(&sb,
+                      "a\0b\x80"
+                      "c\xe2\x82"
+                      "d\xc0\xaf"
+                      "e\xed\xa0\x80",
+                      14);
+    assert_string_equal(sb.buf, "a\xef\xbf\xbd"
+                                "b\xef\xbf\xbd"
+                                "c\xef\xbf\xbd\xef\xbf\xbd"
+                                "d\xef\xbf\xbd\xef\xbf\xbd"
+                                "e\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    strbuf_release(&sb);
+}
+
+static void test_array_elem(void **state)
+{
+    (void)state;
+    struct strbuf sb = STRBUF_INIT;
+    ls_add_array_elem(&sb, "a \"q\" \\ {b,c}", 13);
+    assert_string_equal(sb.buf, "\"a \\\"q\\\" \\\\ {b,c}\"");
+    strbuf_reset(&sb);
+    ls_add_array_elem(&sb, "", 0);
+    assert_string_equal(sb.buf, "\"\"");
+    strbuf_release(&sb);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cri_ok),
+        cmocka_unit_test(test_cri_bad),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_array_elem),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
