@@ -26,18 +26,18 @@ struct image_config {
 };
 
 struct image {
-    char *ref;          /* as asked for */
-    char *digest;       /* manifest digest "sha256:..." */
-    char **layer_dirs;  /* absolute paths of unpacked layers, lowest first */
+    char *ref;         /* as asked for */
+    char *digest;      /* manifest digest "sha256:..." */
+    char **layer_dirs; /* absolute paths of unpacked layers, lowest first */
     size_t nlayers;
     struct image_config config;
 };
 
 struct image_store_opts {
     const char *dir;
-    int64_t max_bytes;            /* cache size limit; least recently used layers go first */
-    const char *insecure_hosts;   /* comma-separated host[:port] reached over plain http;
-                                     127.0.0.1, localhost and [::1] always are */
+    int64_t max_bytes;          /* cache size limit; least recently used layers go first */
+    const char *insecure_hosts; /* comma-separated host[:port] reached over plain http;
+                                   127.0.0.1, localhost and [::1] always are */
 };
 
 int image_store_open(const struct image_store_opts *opts, struct image_store **ret,

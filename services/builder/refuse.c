@@ -20,8 +20,8 @@ int builder_start(struct loom_service *svc, struct loom_err *err)
 {
     m_refused = loom_metric_counter("loom_builder_requests_refused_total", NULL,
                                     "build requests refused because builds are not implemented");
-    if (loom_bus_subscribe(svc->bus, LOOM_SUBJ_BUILD_REQUEST, BUILDER_QUEUE, on_build_request,
-                           NULL, err) < 0)
+    if (loom_bus_subscribe(svc->bus, LOOM_SUBJ_BUILD_REQUEST, BUILDER_QUEUE, on_build_request, NULL,
+                           err) < 0)
         return loom_err_wrap(err, "subscribing to %s", LOOM_SUBJ_BUILD_REQUEST);
     log_warn("builds are not implemented yet: refusing requests on %s", LOOM_SUBJ_BUILD_REQUEST);
     return 0;
