@@ -111,6 +111,7 @@ deps:
 # Unit tests run under ASan and UBSan; integration tests run the plain build
 # against real PostgreSQL, NATS, registry and runc.
 test: deps
+	$(MAKE) check-format
 	$(MAKE) all
 	$(MAKE) SAN=address,undefined unit
 	$(MAKE) integration
