@@ -638,12 +638,19 @@ static void sample_usage(struct agent *a)
             v[k++] = in;
         }
     pthread_mutex_unlock(&a->mu);
+    int64_t hb_at = loom_mono_ms() + a->o.hb_ms;
     for (size_t i = 0; i < k; i++) {
         struct cgroup_usage u;
         struct loom_err err = LOOM_ERR_INIT;
         if (cgroup_usage_of_pid(pids[i], &u, &err) < 0)
             continue; /* exited in between: the final sample comes from exit.json */
         agent_publish_usage(a, v[i], &u);
+        /* a JetStream ack per sample adds up with many instances: keep the
+         * heartbeat going meanwhile, or the scheduler declares the node lost */
+        if (loom_mono_ms() >= hb_at) {
+            heartbeat(a);
+            hb_at = loom_mono_ms() + a->o.hb_ms;
+        }
     }
     free(v);
     free(pids);

@@ -6,14 +6,18 @@
  *   images/                    the image store (image.h)
  *   runc/                      runc --root
  *   cni/                       host-local IPAM data
- *   netns/<id>                 network namespace bind mounts
+ *   netns/<id>                 network namespace bind mounts (<id>: an instance, or
+ *                              pool-<uuid> for one made ahead by the pool)
+ *   netpool/pool-<uuid>.json   a ready pooled namespace {"cni_id","ip","conf"}
+ *                              (.pending while CNI ADD runs)
  *   instances/<id>/            per instance:
  *     instance.json            identity + the assign (hex protobuf) to re-adopt
  *     reports                  report outbox {"seq","terminal","pending":[hex]}
  *     shim.json                what the shim needs (runtime, root, limits)
  *     shim.pid                 the shim's pid
  *     cni.json                 the CNI network config used (DEL needs it)
- *     net.json                 {"ip": "..."} once networking is up
+ *     net.json                 {"ip","mark"} once networking is up, plus
+ *                              "cni_id","conf" when the namespace came from the pool
  *     config.json rootfs/      the OCI bundle; scratch/ holds upper/ and work/
  *     container.log            CRI-format stdout/stderr (the shim writes it)
  *     exit.json                {"exit_code","oom_killed","timed_out","finished_at"}
@@ -95,11 +99,34 @@ char *cni_bridge_config(const char *node, const char *bridge, const char *subnet
  * container's IPv4 address (allocated). */
 int cni_add(const char *cni_path, const char *conf, const char *id, const char *netns,
             char **ret_ip, char **ret_host_if, struct loom_err *err);
-/* Makes the host end of a container's veth an isolated bridge port: it can
- * reach the host (and, through masquerade, the outside), never another
- * container on the bridge, so projects cannot reach each other directly
- * (app traffic goes through the activator). */
-int cni_isolate_port(const char *host_if, struct loom_err *err);
+/* Project isolation on a node's bridge (nftables table "bridge loom-<bridge>"):
+ * containers reach containers of their own project, the host (so the
+ * activator reaches app instances) and, through the node, the outside; never
+ * another project's containers. setup creates the table and rules for subnet
+ * (idempotent, once per process); add/del admit or remove one container
+ * address with its project's mark; remove deletes the table (cleanup; 1 when
+ * there was one). */
+uint32_t cni_project_mark(const char *project);
+int cni_isolation_setup(const char *bridge, const char *subnet, struct loom_err *err);
+int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err);
+int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err);
+int cni_isolation_remove(const char *bridge, struct loom_err *err);
+/* A pool of network namespaces with CNI ADD already done, so that a start
+ * does not wait for the plugins. Entries live as records
+ * <state>/netpool/<cni_id>.json {"cni_id","ip","conf"} (".pending" while
+ * being made); a background thread keeps size of them ready and, on open,
+ * takes over what a previous agent left. */
+struct netpool;
+int netpool_open(const char *state_dir, const char *cni_path, const char *conf, int size,
+                 struct netpool **ret, struct loom_err *err);
+/* Takes a ready entry, renaming its record to dest_path (the instance's
+ * net.json); false when none is ready. */
+bool netpool_take(struct netpool *p, const char *dest_path, char ret_cni_id[48], char ret_ip[64]);
+/* CNI DEL + namespace removal for a record ({"cni_id","conf"}; cni_id
+ * defaults to fallback_id). A missing or unreadable record is a success. */
+int netpool_release_record(const char *cni_path, const char *state_dir, const char *rec_path,
+                           const char *fallback_id, struct loom_err *err);
+
 /* DEL of both (succeeds when already gone). */
 int cni_del(const char *cni_path, const char *conf, const char *id, const char *netns,
             struct loom_err *err);

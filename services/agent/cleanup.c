@@ -219,8 +219,29 @@ int cleanup_main(int argc, char **argv)
                 unlink(p);
         }
         netns_remove(netns, &err);
+        /* a namespace the instance took from the pool */
+        snprintf(p, sizeof(p), "%s/%s/net.json", inst, de->d_name);
+        if (netpool_release_record(cni_path, state, p, "", &err) < 0)
+            fprintf(stderr, "cleanup: instance %s: %s\n", de->d_name, err.msg);
         snprintf(p, sizeof(p), "%s/%s/scratch", inst, de->d_name);
         umount2(p, MNT_DETACH);
+    }
+    if (d)
+        closedir(d);
+
+    /* 3b. the pool of ready network namespaces (made or half made) */
+    char pooldir[4200];
+    snprintf(pooldir, sizeof(pooldir), "%s/netpool", state);
+    d = opendir(pooldir);
+    while (d && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char p[4500];
+        snprintf(p, sizeof(p), "%s/%s", pooldir, de->d_name);
+        if (netpool_release_record(cni_path, state, p, NULL, &err) < 0)
+            fprintf(stderr, "cleanup: %s: %s\n", p, err.msg);
+        else
+            unlink(p);
     }
     if (d)
         closedir(d);
@@ -231,6 +252,8 @@ int cleanup_main(int argc, char **argv)
     /* 5. the bridge and its masquerade leftovers */
     if (bridge && bridge[0]) {
         remove_masquerade(bridge);
+        if (cni_isolation_remove(bridge, &err) > 0)
+            printf("nftables table bridge loom-%s removed\n", bridge);
         const char *ip = find_prog("ip");
         const char *show[] = {ip, "link", "show", bridge, NULL};
         const char *del[] = {ip, "link", "del", bridge, NULL};

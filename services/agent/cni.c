@@ -1,6 +1,12 @@
 /* Network namespaces and the CNI plugins (bridge + host-local, loopback),
  * executed directly as the CNI spec describes. */
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -14,6 +20,8 @@
 #include "agent.h"
 #include "cleanup.h"
 #include "json.h"
+#include "strbuf.h"
+#include "util.h"
 
 int netns_create(const char *path, struct loom_err *err)
 {
@@ -175,12 +183,338 @@ int cni_del(const char *cni_path, const char *conf, const char *id, const char *
     return 0;
 }
 
-int cni_isolate_port(const char *host_if, struct loom_err *err)
+static const char *nft_prog(void)
 {
-    const char *ip = access("/usr/sbin/ip", X_OK) == 0 ? "/usr/sbin/ip" : "/sbin/ip";
-    const char *argv[] = {ip,     "link",         "set",      "dev", host_if,
-                          "type", "bridge_slave", "isolated", "on",  NULL};
-    if (agent_run(argv, NULL, NULL, NULL, err) < 0)
-        return loom_err_wrap(err, "isolating bridge port %s", host_if);
+    return access("/usr/sbin/nft", X_OK) == 0 ? "/usr/sbin/nft" : "/sbin/nft";
+}
+
+static int nft_batch(const char *script, struct loom_err *err)
+{
+    const char *argv[] = {nft_prog(), "-f", "-", NULL};
+    return agent_run(argv, NULL, script, NULL, err);
+}
+
+uint32_t cni_project_mark(const char *project)
+{
+    /* FNV-1a; 0 is reserved for "not a container of this bridge" */
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)(project ? project : ""); *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h ? h : 1;
+}
+
+int cni_isolation_setup(const char *bridge, const char *subnet, struct loom_err *err)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static bool done;
+    struct in_addr net;
+    char addr[INET_ADDRSTRLEN], gw[INET_ADDRSTRLEN];
+    snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(subnet, "/"), subnet);
+    if (inet_pton(AF_INET, addr, &net) != 1)
+        return loom_err_set(err, LOOM_EINVAL, "subnet \"%s\" is not an IPv4 prefix", subnet);
+    /* host-local's default gateway: the bridge's own address */
+    struct in_addr g = {htonl(ntohl(net.s_addr) + 1)};
+    inet_ntop(AF_INET, &g, gw, sizeof(gw));
+    pthread_mutex_lock(&mu);
+    if (done) {
+        pthread_mutex_unlock(&mu);
+        return 0;
+    }
+    /* Containers of one node share one bridge (L2) and are told apart by
+     * address: proj maps a container address to its project's mark, member
+     * holds (address . mark). Bridged frames between two addresses of the
+     * subnet (forward), and frames the host routes back onto the bridge
+     * (output, not from the bridge's own address) pass only when both ends
+     * carry the same mark. The host (activator) and the outside are not
+     * affected. Re-running flushes and re-adds the rules, elements stay. */
+    struct strbuf s = STRBUF_INIT;
+    const char *t = bridge;
+    strbuf_addf(&s,
+                "add table bridge loom-%s\n"
+                "add map bridge loom-%s proj { type ipv4_addr : mark; }\n"
+                "add set bridge loom-%s member { type ipv4_addr . mark; }\n"
+                "add chain bridge loom-%s check\n"
+                "add chain bridge loom-%s forward { type filter hook forward priority 0; "
+                "policy accept; }\n"
+                "add chain bridge loom-%s output { type filter hook output priority 0; "
+                "policy accept; }\n"
+                "flush chain bridge loom-%s check\n"
+                "flush chain bridge loom-%s forward\n"
+                "flush chain bridge loom-%s output\n"
+                "add rule bridge loom-%s check meta mark set 0\n"
+                "add rule bridge loom-%s check meta mark set ip saddr map @proj\n"
+                "add rule bridge loom-%s check ip daddr . meta mark @member accept\n"
+                "add rule bridge loom-%s check drop\n"
+                "add rule bridge loom-%s forward ip saddr %s ip daddr %s jump check\n"
+                "add rule bridge loom-%s output ip saddr %s ip saddr != %s ip daddr %s "
+                "jump check\n",
+                t, t, t, t, t, t, t, t, t, t, t, t, t, t, subnet, subnet, t, subnet, gw, subnet);
+    int rc = nft_batch(s.buf, err);
+    strbuf_release(&s);
+    if (rc == 0)
+        done = true;
+    pthread_mutex_unlock(&mu);
+    return rc < 0 ? loom_err_wrap(err, "network isolation rules for bridge %s", bridge) : 0;
+}
+
+int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
+{
+    char script[1024];
+    /* add, delete, add: replaces a stale entry a crash left for a reused address */
+    snprintf(script, sizeof(script),
+             "add element bridge loom-%s proj { %s : 0x%x }\n"
+             "delete element bridge loom-%s proj { %s }\n"
+             "add element bridge loom-%s proj { %s : 0x%x }\n"
+             "add element bridge loom-%s member { %s . 0x%x }\n",
+             bridge, ip, mark, bridge, ip, bridge, ip, mark, bridge, ip, mark);
+    if (nft_batch(script, err) < 0)
+        return loom_err_wrap(err, "admitting %s to its project's network", ip);
     return 0;
+}
+
+int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
+{
+    char script[1024];
+    /* add first so that the delete cannot fail on an element already gone */
+    snprintf(script, sizeof(script),
+             "add element bridge loom-%s proj { %s : 0x%x }\n"
+             "add element bridge loom-%s member { %s . 0x%x }\n"
+             "delete element bridge loom-%s proj { %s }\n"
+             "delete element bridge loom-%s member { %s . 0x%x }\n",
+             bridge, ip, mark, bridge, ip, mark, bridge, ip, bridge, ip, mark);
+    if (nft_batch(script, err) < 0)
+        return loom_err_wrap(err, "removing %s from its project's network", ip);
+    return 0;
+}
+
+int cni_isolation_remove(const char *bridge, struct loom_err *err)
+{
+    const char *list[] = {nft_prog(), "list", "table", "bridge", NULL, NULL};
+    char table[64];
+    snprintf(table, sizeof(table), "loom-%s", bridge);
+    list[4] = table;
+    struct loom_err e2 = LOOM_ERR_INIT;
+    if (agent_run(list, NULL, NULL, NULL, &e2) < 0)
+        return 0; /* no such table */
+    const char *del[] = {nft_prog(), "delete", "table", "bridge", table, NULL};
+    if (agent_run(del, NULL, NULL, NULL, err) < 0)
+        return loom_err_wrap(err, "removing nftables table bridge %s", table);
+    return 1;
+}
+
+/* ---- the pool of ready network namespaces ---------------------------------- */
+
+struct netpool_entry {
+    char cni_id[48], ip[64];
+    struct netpool_entry *next;
+};
+
+struct netpool {
+    char *state_dir, *cni_path, *conf;
+    int size, making;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct netpool_entry *ready;
+    int nready;
+    int64_t last_take_ms;
+};
+
+#define NETPOOL_REFILL_DELAY_MS 250
+
+static void netpool_paths(const struct netpool *p, const char *cni_id, char *netns, size_t nn,
+                          char *rec, size_t nr, const char *ext)
+{
+    snprintf(netns, nn, "%s/netns/%s", p->state_dir, cni_id);
+    snprintf(rec, nr, "%s/netpool/%s.%s", p->state_dir, cni_id, ext);
+}
+
+int netpool_release_record(const char *cni_path, const char *state_dir, const char *rec_path,
+                           const char *fallback_id, struct loom_err *err)
+{
+    _cleanup_free_ char *text = NULL;
+    _cleanup_json_ json_t *j = NULL;
+    if (loom_read_file(rec_path, &text, NULL, NULL) < 0 ||
+        !(j = loom_json_parse_object(text, strlen(text), NULL)))
+        return 0;
+    const char *id = json_string_value(json_object_get(j, "cni_id"));
+    const char *conf = json_string_value(json_object_get(j, "conf"));
+    if (!id)
+        id = fallback_id;
+    if (!id || !conf)
+        return 0;
+    char netns[4200];
+    snprintf(netns, sizeof(netns), "%s/netns/%s", state_dir, id);
+    if (cni_del(cni_path, conf, id, netns, err) < 0)
+        return -1;
+    return netns_remove(netns, err);
+}
+
+/* One entry: the record <id>.pending (what a DEL needs) first, then the
+ * namespace and CNI ADD, then <id>.json (ready) replaces it. */
+static int netpool_make(struct netpool *p, struct netpool_entry **ret, struct loom_err *err)
+{
+    char uuid[37], netns[4200], pending[4200], readyp[4200];
+    loom_uuid4(uuid);
+    struct netpool_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    snprintf(e->cni_id, sizeof(e->cni_id), "pool-%s", uuid);
+    netpool_paths(p, e->cni_id, netns, sizeof(netns), pending, sizeof(pending), "pending");
+    netpool_paths(p, e->cni_id, netns, sizeof(netns), readyp, sizeof(readyp), "json");
+    _cleanup_json_ json_t *j = json_pack("{s:s,s:s}", "cni_id", e->cni_id, "conf", p->conf);
+    _cleanup_free_ char *ip = NULL;
+    if (agent_write_json(pending, j, err) < 0)
+        goto fail;
+    if (netns_create(netns, err) < 0)
+        goto fail_pending;
+    if (cni_add(p->cni_path, p->conf, e->cni_id, netns, &ip, NULL, err) < 0)
+        goto fail_pending;
+    snprintf(e->ip, sizeof(e->ip), "%s", ip);
+    json_object_set_new(j, "ip", json_string(ip));
+    if (agent_write_json(readyp, j, err) < 0)
+        goto fail_pending;
+    unlink(pending);
+    *ret = e;
+    return 0;
+fail_pending : {
+    struct loom_err e2 = LOOM_ERR_INIT;
+    if (netpool_release_record(p->cni_path, p->state_dir, pending, NULL, &e2) == 0)
+        unlink(pending);
+}
+fail:
+    free(e);
+    return -1;
+}
+
+static void *netpool_main(void *arg)
+{
+    struct netpool *p = arg;
+    /* what a previous agent left: ready entries are used, half-made ones undone */
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/netpool", p->state_dir);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        char path[4500];
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        if (n > 8 && strcmp(de->d_name + n - 8, ".pending") == 0) {
+            struct loom_err e2 = LOOM_ERR_INIT;
+            if (netpool_release_record(p->cni_path, p->state_dir, path, NULL, &e2) == 0)
+                unlink(path);
+        } else if (n > 5 && strcmp(de->d_name + n - 5, ".json") == 0) {
+            _cleanup_free_ char *text = NULL;
+            _cleanup_json_ json_t *j = NULL;
+            const char *id = NULL, *ip = NULL;
+            if (loom_read_file(path, &text, NULL, NULL) == 0 &&
+                (j = loom_json_parse_object(text, strlen(text), NULL)) &&
+                (id = json_string_value(json_object_get(j, "cni_id"))) &&
+                (ip = json_string_value(json_object_get(j, "ip"))) && strlen(id) < 48) {
+                struct netpool_entry *e = calloc(1, sizeof(*e));
+                if (!e)
+                    abort();
+                snprintf(e->cni_id, sizeof(e->cni_id), "%s", id);
+                snprintf(e->ip, sizeof(e->ip), "%s", ip);
+                pthread_mutex_lock(&p->mu);
+                e->next = p->ready;
+                p->ready = e;
+                p->nready++;
+                pthread_mutex_unlock(&p->mu);
+            }
+        }
+    }
+    if (d)
+        closedir(d);
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->nready + p->making >= p->size)
+            pthread_cond_wait(&p->cond, &p->mu);
+        /* a start that just took an entry is still in runc: while entries
+         * are left, refill a little later instead of competing for the cpu */
+        int64_t quiet = p->last_take_ms + NETPOOL_REFILL_DELAY_MS - loom_mono_ms();
+        if (p->nready > 0 && quiet > 0) {
+            pthread_mutex_unlock(&p->mu);
+            usleep((useconds_t)quiet * 1000);
+            continue;
+        }
+        p->making++;
+        pthread_mutex_unlock(&p->mu);
+        struct netpool_entry *e = NULL;
+        struct loom_err err = LOOM_ERR_INIT;
+        int rc = netpool_make(p, &e, &err);
+        pthread_mutex_lock(&p->mu);
+        p->making--;
+        if (rc == 0) {
+            e->next = p->ready;
+            p->ready = e;
+            p->nready++;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (rc < 0) {
+            fprintf(stderr, "netpool: %s\n", err.msg);
+            sleep(1);
+        }
+    }
+    return NULL;
+}
+
+int netpool_open(const char *state_dir, const char *cni_path, const char *conf, int size,
+                 struct netpool **ret, struct loom_err *err)
+{
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/netpool", state_dir);
+    if (loom_mkdir_p(dir, 0700, err) < 0)
+        return -1;
+    struct netpool *p = calloc(1, sizeof(*p));
+    if (!p)
+        abort();
+    p->state_dir = strdup(state_dir);
+    p->cni_path = strdup(cni_path);
+    p->conf = strdup(conf);
+    if (!p->state_dir || !p->cni_path || !p->conf)
+        abort();
+    p->size = size;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* lives as long as the agent: the entries it leaves are used again by the
+     * next agent, or undone by `loom-agent cleanup` */
+    int rc = pthread_create(&t, &attr, netpool_main, p);
+    pthread_attr_destroy(&attr);
+    if (rc != 0)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not start the network pool thread");
+    *ret = p;
+    return 0;
+}
+
+bool netpool_take(struct netpool *p, const char *dest_path, char ret_cni_id[48], char ret_ip[64])
+{
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        struct netpool_entry *e = p->ready;
+        if (e) {
+            p->ready = e->next;
+            p->nready--;
+            p->last_take_ms = loom_mono_ms();
+            pthread_cond_signal(&p->cond);
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (!e)
+            return false;
+        char netns[4200], rec[4200];
+        netpool_paths(p, e->cni_id, netns, sizeof(netns), rec, sizeof(rec), "json");
+        /* the record moves into the instance's directory in one step: from
+         * then on the instance's teardown (or cleanup) owns the namespace */
+        bool ok = rename(rec, dest_path) == 0;
+        if (ok) {
+            memcpy(ret_cni_id, e->cni_id, 48);
+            memcpy(ret_ip, e->ip, 64);
+        }
+        free(e);
+        if (ok)
+            return true;
+    }
 }

@@ -51,6 +51,15 @@ struct run {
     bool shim_reaped;
     char fail_reason[600];
     bool fail_permanent;
+    char netns[4200]; /* the network namespace setup_network made or took */
+    /* admitting the address to its project's network runs beside the shim's
+     * start (until then the container reaches no other container: fail
+     * closed) */
+    pthread_t admit;
+    bool admitting;
+    int admit_rc;
+    uint32_t admit_mark;
+    struct loom_err admit_err;
 };
 
 void instance_free(struct instance *in)
@@ -106,6 +115,43 @@ static int runc_cmd(struct agent *a, const char *cmd, const char *id, const char
         argv[i++] = arg;
     argv[i] = NULL;
     return agent_run(argv, NULL, NULL, NULL, err);
+}
+
+/* tmp + rename without fsync, for files that matter only while this boot's
+ * containers exist (a machine crash takes the containers with it): the
+ * fsync of loom_write_file_atomic costs milliseconds on every start. */
+static int write_file_nosync(const char *path, const char *data, size_t len, struct loom_err *err)
+{
+    char tmp[4300];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return loom_err_sys(err, errno, "could not create \"%s\"", tmp);
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(fd, data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            unlink(tmp);
+            return loom_err_sys(err, e, "could not write \"%s\"", tmp);
+        }
+        off += (size_t)n;
+    }
+    if (rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return loom_err_sys(err, e, "could not rename \"%s\"", tmp);
+    }
+    return 0;
+}
+
+static int write_json_nosync(const char *path, json_t *j, struct loom_err *err)
+{
+    _cleanup_free_ char *text = json_dumps(j, JSON_COMPACT);
+    if (!text)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not serialize json");
+    return write_file_nosync(path, text, strlen(text), err);
 }
 
 /* Reads a file inside root without following links out of it. */
@@ -330,8 +376,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
             abort();
         strbuf_release(&vis);
     }
-    char netns[4200], cgpath[512];
-    snprintf(netns, sizeof(netns), "%s/netns/%s", a->o.state_dir, in->id);
+    char cgpath[512];
     snprintf(cgpath, sizeof(cgpath), "%s/%s", a->o.cgroup_parent, in->id);
     struct bundle_spec spec = {
         .id = in->id,
@@ -341,7 +386,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .cwd = img->config.workdir,
         .uid = uid,
         .gid = gid,
-        .netns_path = netns,
+        .netns_path = r->netns,
         .cgroups_path = cgpath,
         .cpu_millis = as->cpu_millis,
         .memory_bytes = as->memory_bytes,
@@ -357,32 +402,192 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         return -1;
     char path[4200];
     path_in(path, sizeof(path), in, "config.json");
-    return agent_write_json(path, cfg, err);
+    return write_json_nosync(path, cfg, err);
+}
+
+/* The pool of ready network namespaces, opened on the first start (size from
+ * LOOM_AGENT_NETNS_POOL, default 4; 0 turns it off). */
+static struct netpool *netpool_of(struct agent *a)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static bool tried;
+    static struct netpool *pool;
+    pthread_mutex_lock(&mu);
+    if (!tried) {
+        tried = true;
+        const char *env = getenv("LOOM_AGENT_NETNS_POOL");
+        int size = env && *env ? atoi(env) : 4;
+        struct loom_err err = LOOM_ERR_INIT;
+        if (size > 0 &&
+            netpool_open(a->o.state_dir, a->o.cni_path, a->cni_conf, size, &pool, &err) < 0)
+            log_warn("network namespace pool: %s", err.msg);
+    }
+    pthread_mutex_unlock(&mu);
+    return pool;
+}
+
+static void *admit_main(void *arg)
+{
+    struct run *r = arg;
+    r->admit_rc = cni_isolation_add(r->a->o.bridge, r->in->ip, r->admit_mark, &r->admit_err);
+    return NULL;
 }
 
 static int setup_network(struct run *r, struct loom_err *err)
 {
     struct agent *a = r->a;
     struct instance *in = r->in;
-    char netns[4200], path[4200];
-    snprintf(netns, sizeof(netns), "%s/netns/%s", a->o.state_dir, in->id);
-    if (netns_create(netns, err) < 0)
+    char path[4200], netjson[4200], cni_id[48], ipbuf[64];
+    path_in(netjson, sizeof(netjson), in, "net.json");
+    struct netpool *pool = netpool_of(a);
+    _cleanup_json_ json_t *j = NULL;
+    if (pool && netpool_take(pool, netjson, cni_id, ipbuf)) {
+        /* net.json is now the pool's record {"cni_id","conf","ip"} */
+        snprintf(r->netns, sizeof(r->netns), "%s/netns/%s", a->o.state_dir, cni_id);
+        j = json_pack("{s:s,s:s,s:s}", "ip", ipbuf, "cni_id", cni_id, "conf", a->cni_conf);
+    } else {
+        snprintf(r->netns, sizeof(r->netns), "%s/netns/%s", a->o.state_dir, in->id);
+        if (netns_create(r->netns, err) < 0)
+            return -1;
+        /* written before ADD: teardown and `loom-agent cleanup` DEL with it */
+        path_in(path, sizeof(path), in, "cni.json");
+        if (loom_write_file_atomic(path, a->cni_conf, strlen(a->cni_conf), err) < 0)
+            return -1;
+        _cleanup_free_ char *ip = NULL;
+        if (cni_add(a->o.cni_path, a->cni_conf, in->id, r->netns, &ip, NULL, err) < 0)
+            return -1;
+        snprintf(ipbuf, sizeof(ipbuf), "%s", ip);
+        j = json_pack("{s:s}", "ip", ipbuf);
+    }
+    uint32_t mark = cni_project_mark(in->assign->project);
+    snprintf(in->ip, sizeof(in->ip), "%s", ipbuf);
+    /* written before the address is admitted: teardown removes it with these */
+    json_object_set_new(j, "mark", json_integer((json_int_t)mark));
+    if (agent_write_json(netjson, j, err) < 0)
         return -1;
-    /* written before ADD: teardown and `loom-agent cleanup` DEL with it */
-    path_in(path, sizeof(path), in, "cni.json");
-    if (loom_write_file_atomic(path, a->cni_conf, strlen(a->cni_conf), err) < 0)
+    if (cni_isolation_setup(a->o.bridge, a->o.subnet, err) < 0)
         return -1;
-    _cleanup_free_ char *ip = NULL, *host_if = NULL;
-    if (cni_add(a->o.cni_path, a->cni_conf, in->id, netns, &ip, &host_if, err) < 0)
+    r->admit_mark = mark;
+    r->admit_err = (struct loom_err)LOOM_ERR_INIT;
+    if (pthread_create(&r->admit, NULL, admit_main, r) == 0) {
+        r->admitting = true;
+        return 0;
+    }
+    return cni_isolation_add(a->o.bridge, in->ip, mark, err);
+}
+
+/* Waits for the admission setup_network started; its error, if any. */
+static int admit_join(struct run *r, struct loom_err *err)
+{
+    if (!r->admitting)
+        return 0;
+    pthread_join(r->admit, NULL);
+    r->admitting = false;
+    if (r->admit_rc < 0) {
+        if (err)
+            *err = r->admit_err;
         return -1;
-    if (!host_if)
-        return loom_err_set(err, LOOM_EINTERNAL, "cni bridge ADD named no host interface");
-    if (cni_isolate_port(host_if, err) < 0)
-        return -1;
-    snprintf(in->ip, sizeof(in->ip), "%s", ip);
-    _cleanup_json_ json_t *j = json_pack("{s:s}", "ip", ip);
-    path_in(path, sizeof(path), in, "net.json");
-    return agent_write_json(path, j, err);
+    }
+    return 0;
+}
+
+/* ---- warm shims ----------------------------------------------------------
+ * One shim exec'd ahead of need, waiting for an instance id on a pipe (see
+ * shim.c): a start then skips the ~10 ms exec of this binary. Its argv holds
+ * a placeholder as long as an instance id (a UUID), which the shim
+ * overwrites with the id it is given. */
+
+#define WARM_ID_PLACEHOLDER "warm0000-0000-0000-0000-000000000000"
+
+static struct {
+    pthread_mutex_t mu;
+    bool ready;
+    pid_t pid;
+    int status_fd, ctl_fd;
+} g_warm = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static bool warm_shim_take(const char *id, pid_t *ret_pid, int *ret_status)
+{
+    if (strlen(id) != strlen(WARM_ID_PLACEHOLDER))
+        return false;
+    pthread_mutex_lock(&g_warm.mu);
+    bool ready = g_warm.ready;
+    pid_t pid = g_warm.pid;
+    int status_fd = g_warm.status_fd, ctl_fd = g_warm.ctl_fd;
+    g_warm.ready = false;
+    pthread_mutex_unlock(&g_warm.mu);
+    if (!ready)
+        return false;
+    char line[80];
+    int n = snprintf(line, sizeof(line), "%s\n", id);
+    bool ok = write(ctl_fd, line, (size_t)n) == n && kill(pid, 0) == 0;
+    close(ctl_fd);
+    if (!ok) {
+        /* it went away: reaped by whoever waits for children, or by this */
+        close(status_fd);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, WNOHANG);
+        return false;
+    }
+    *ret_pid = pid;
+    *ret_status = status_fd;
+    return true;
+}
+
+/* Starts a warm shim when none is ready (LOOM_AGENT_WARM_SHIM=0 turns them off). */
+static void warm_shim_refill(struct agent *a)
+{
+    const char *env = getenv("LOOM_AGENT_WARM_SHIM");
+    if (env && strcmp(env, "0") == 0)
+        return;
+    pthread_mutex_lock(&g_warm.mu);
+    if (g_warm.ready) {
+        pthread_mutex_unlock(&g_warm.mu);
+        return;
+    }
+    int sp[2], cp[2];
+    if (pipe2(sp, O_CLOEXEC) < 0) {
+        pthread_mutex_unlock(&g_warm.mu);
+        return;
+    }
+    if (pipe2(cp, O_CLOEXEC) < 0) {
+        close(sp[0]), close(sp[1]);
+        pthread_mutex_unlock(&g_warm.mu);
+        return;
+    }
+    char placeholder[] = WARM_ID_PLACEHOLDER;
+    const char *argv[] = {"loom-agent", "shim",      "--state-dir", a->o.state_dir, "--warm", "1",
+                          "--id",       placeholder, NULL};
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        int dn = open("/dev/null", O_RDWR);
+        int s3 = fcntl(sp[1], F_DUPFD, 10), c4 = fcntl(cp[0], F_DUPFD, 10);
+        if (dn < 0 || s3 < 0 || c4 < 0)
+            _exit(126);
+        dup2(dn, 0);
+        dup2(dn, 1);
+        dup2(dn, 2);
+        dup2(s3, 3);
+        dup2(c4, 4);
+        close_range(5, ~0U, 0);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        execv("/proc/self/exe", (char *const *)argv);
+        _exit(127);
+    }
+    close(sp[1]);
+    close(cp[0]);
+    if (pid < 0) {
+        close(sp[0]), close(cp[1]);
+    } else {
+        g_warm.ready = true;
+        g_warm.pid = pid;
+        g_warm.status_fd = sp[0];
+        g_warm.ctl_fd = cp[1];
+    }
+    pthread_mutex_unlock(&g_warm.mu);
 }
 
 static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
@@ -397,10 +602,25 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
                   "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds,
                   "gpu_mask", (json_int_t)in->gpu_mask);
     path_in(path, sizeof(path), in, "shim.json");
-    if (agent_write_json(path, sj, err) < 0)
+    if (write_json_nosync(path, sj, err) < 0)
         return -1;
     char shimlog[4200];
     path_in(shimlog, sizeof(shimlog), in, "shim.log");
+    pid_t wpid;
+    int wstatus;
+    if (warm_shim_take(in->id, &wpid, &wstatus)) {
+        in->shim_pid = wpid;
+        in->shim_child = true;
+        r->pidfd = pidfd_open(wpid, 0);
+        char buf[32];
+        int n = snprintf(buf, sizeof(buf), "%d\n", (int)wpid);
+        path_in(path, sizeof(path), in, "shim.pid");
+        struct loom_err e2 = LOOM_ERR_INIT;
+        if (write_file_nosync(path, buf, (size_t)n, &e2) < 0)
+            log_warn("instance %s: %s", in->id, e2.msg);
+        *ret_status = wstatus;
+        return 0;
+    }
     const char *argv[] = {"loom-agent", "shim", "--state-dir", a->o.state_dir,
                           "--id",       in->id, NULL};
     int sp[2];
@@ -440,7 +660,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
     path_in(path, sizeof(path), in, "shim.pid");
     struct loom_err e2 = LOOM_ERR_INIT;
-    if (loom_write_file_atomic(path, buf, (size_t)n, &e2) < 0)
+    if (write_file_nosync(path, buf, (size_t)n, &e2) < 0)
         log_warn("instance %s: %s", in->id, e2.msg);
     *ret_status = sp[0];
     return 0;
@@ -567,14 +787,16 @@ static int setup(struct run *r, struct loom_err *err)
         return -1;
     if (mount_rootfs(r, in->img, err) < 0)
         return -1;
-    if (write_bundle(r, in->img, err) < 0) {
-        r->fail_permanent = err->code == LOOM_EINVAL;
-        return -1;
-    }
     int64_t t2 = loom_mono_ms();
     if (setup_network(r, err) < 0)
         return -1;
     int64_t t3 = loom_mono_ms();
+    if (write_bundle(r, in->img, err) < 0) {
+        r->fail_permanent = err->code == LOOM_EINVAL;
+        return -1;
+    }
+    t2 += loom_mono_ms() - t3; /* the bundle counts as rootfs+bundle */
+    t3 = loom_mono_ms();
     if (stop_requested(r))
         return 0;
     int status = -1;
@@ -583,6 +805,10 @@ static int setup(struct run *r, struct loom_err *err)
     pid_t init = -1;
     int64_t runc_ms = 0;
     if (shim_status(r, status, &init, &runc_ms, err) < 0)
+        return -1;
+    /* the next start's shim, now that this one's runc is done */
+    warm_shim_refill(a);
+    if (admit_join(r, err) < 0)
         return -1;
     int64_t now = loom_mono_ms();
     pthread_mutex_lock(&a->mu);
@@ -734,6 +960,23 @@ static void teardown(struct run *r)
     if (rootfs_ok)
         rmdir(path);
     snprintf(netns, sizeof(netns), "%s/netns/%s", a->o.state_dir, in->id);
+    path_in(path, sizeof(path), in, "net.json");
+    _cleanup_free_ char *nt = NULL;
+    _cleanup_json_ json_t *nj = NULL;
+    bool pooled = false;
+    if (loom_read_file(path, &nt, NULL, NULL) == 0 &&
+        (nj = loom_json_parse_object(nt, strlen(nt), NULL))) {
+        const char *ip = json_string_value(json_object_get(nj, "ip"));
+        json_int_t mark = json_integer_value(json_object_get(nj, "mark"));
+        if (ip && mark > 0 && cni_isolation_del(a->o.bridge, ip, (uint32_t)mark, &err) < 0)
+            log_warn("instance %s: %s", in->id, err.msg);
+        loom_err_clear(&err);
+        pooled = json_object_get(nj, "cni_id") != NULL;
+    }
+    /* a namespace taken from the pool is DELeted under the pool's id */
+    if (pooled && netpool_release_record(a->o.cni_path, a->o.state_dir, path, NULL, &err) < 0)
+        log_warn("instance %s: %s", in->id, err.msg);
+    loom_err_clear(&err);
     path_in(path, sizeof(path), in, "cni.json");
     _cleanup_free_ char *conf = NULL;
     if (loom_read_file(path, &conf, NULL, NULL) == 0) {
@@ -833,7 +1076,10 @@ static void *instance_main(void *arg)
     struct instance *in = r->in;
     if (!r->adopt) {
         struct loom_err err = LOOM_ERR_INIT;
-        if (setup(r, &err) < 0) {
+        int setup_rc = setup(r, &err);
+        if (admit_join(r, setup_rc < 0 ? NULL : &err) < 0)
+            setup_rc = -1;
+        if (setup_rc < 0) {
             log_warn("instance %s: %s", in->id, err.msg);
             snprintf(r->fail_reason, sizeof(r->fail_reason), "%s", err.msg);
             if (exec_failed(err.msg))

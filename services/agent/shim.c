@@ -271,19 +271,63 @@ static int shim_run(struct shim *s)
     return write_exit(s, code, oom, timed_out, NULL, have_usage ? &u : NULL);
 }
 
+/* A warm shim is started ahead of need (the exec of this binary costs ~10 ms)
+ * and waits for its instance id on fd 4. The id is written over the
+ * placeholder in argv, so /proc/<pid>/cmdline says `--id <id>` like a shim
+ * started for the instance (agent_is_our_shim, cleanup). Then stdout and
+ * stderr go to the instance's shim.log as they would have. -1: no id comes
+ * (the agent went away) or it does not fit. */
+static int shim_wait_for_id(const char *state, char *id_arg)
+{
+    char buf[128];
+    size_t len = 0;
+    while (len < sizeof(buf) - 1) {
+        ssize_t n = read(4, buf + len, sizeof(buf) - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (memchr(buf, '\n', len))
+            break;
+    }
+    close(4);
+    buf[len] = 0;
+    buf[strcspn(buf, "\n")] = 0;
+    if (!buf[0] || strlen(buf) != strlen(id_arg) || strchr(buf, '/') || buf[0] == '.')
+        return -1;
+    memcpy(id_arg, buf, strlen(buf));
+    _cleanup_free_ char *dir = agent_instance_dir(state, id_arg);
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/shim.log", dir);
+    int lf = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (lf >= 0) {
+        dup2(lf, 1);
+        dup2(lf, 2);
+        close(lf);
+    }
+    return 0;
+}
+
 int shim_main(int argc, char **argv)
 {
-    const char *state = NULL, *id = NULL;
+    const char *state = NULL;
+    char *id = NULL;
+    bool warm = false;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--state-dir") == 0)
             state = argv[i + 1];
         else if (strcmp(argv[i], "--id") == 0)
             id = argv[i + 1];
+        else if (strcmp(argv[i], "--warm") == 0)
+            warm = true;
     }
     if (!state || !id) {
-        fprintf(stderr, "usage: loom-agent shim --state-dir DIR --id ID\n");
+        fprintf(stderr, "usage: loom-agent shim --state-dir DIR --id ID [--warm 1]\n");
         return 2;
     }
+    if (warm && shim_wait_for_id(state, id) < 0)
+        return 0;
     fcntl(3, F_SETFD, FD_CLOEXEC); /* the status pipe, if any: not for runc */
     struct shim s = {0};
     s.dir = agent_instance_dir(state, id);

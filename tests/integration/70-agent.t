@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016,SC2317 # $VARS for the container's shell; functions run through wait_for
+# The node agent against a real registry and real runc, through the API and
+# the CLI: isolation inside a container (processes, mounts, capabilities),
+# network isolation between projects, OOM kills, the max execution time,
+# log order and streams, metered cpu, refused images (a blob whose digest does
+# not match, a layer that escapes its root), and an agent killed with -9 and
+# restarted that re-adopts its running container.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+platform_up
+image=$LOOM_REGISTRY/loom/busybox:latest
+
+run_json() { loom jobrun get "$1" -o json 2>/dev/null; }
+run_field() { run_json "$1" | jq -r "$2" 2>/dev/null; }
+run_ended() { case "$(run_field "$1" .status)" in completed | failed) return 0 ;; esac; return 1; }
+# submit NAME ARGS...: a one-index run, no retries
+submit() {
+	local name=$1 out
+	shift
+	out=$(loom jobrun submit --name "$name" --image "$image" --retrylimit 0 "$@" 2>&1) ||
+		diag "submit $name: $out"
+}
+# wait_run NAME SECONDS: waits for NAME to end; says so
+wait_run() {
+	if ! wait_for "$2" run_ended "$1"; then
+		diag "run $1 did not end within $2 s: $(run_json "$1" | head -c 2000)"
+		return 1
+	fi
+}
+reason_of() { run_field "$1" '.status_details.indices_details[0].last_failure_reason'; }
+logs_of() {
+	api GET "/v1/projects/$LOOM_PROJECT/job_runs/$1/logs"
+	jq -r '.lines[] | "\(.stream) \(.line)"' <<<"$http_body" 2>/dev/null
+}
+# wait_logs NAME PATTERN: until the run's logs have a line matching PATTERN
+wait_logs() { wait_for 20 has_log "$1" "$2"; }
+has_log() { logs=$(logs_of "$1") && grep -qE "$2" <<<"$logs"; }
+
+# --- inside a container --------------------------------------------------------
+submit inside --cmd 'echo "procs=$(ls -d /proc/[0-9]* | wc -l) pid1=$(tr "\0" " " </proc/1/cmdline)"
+if mount -t tmpfs x /mnt 2>/dev/null; then echo mount=ok; else echo mount=refused; fi
+echo "capeff=$(grep CapEff /proc/self/status | cut -f2)"'
+wait_run inside 60
+is "$(run_field inside .status)" completed "the inside job completes"
+wait_logs inside 'capeff='
+procs=$(sed -n 's/^stdout procs=\([0-9]*\) .*/\1/p' <<<"$logs")
+host_procs=$(find /proc -maxdepth 1 -name '[0-9]*' | wc -l)
+diag "processes seen inside: $procs (on the host: $host_procs)"
+ok "host processes are invisible (${procs:-?} < 10)" test "${procs:-99}" -lt 10
+like "$logs" 'pid1=/bin/sh -c' "pid 1 is the job's own command"
+like "$logs" 'mount=refused' "mounting a tmpfs fails inside"
+capeff=$(sed -n 's/^stdout capeff=\([0-9a-f]*\)$/\1/p' <<<"$logs")
+diag "CapEff $capeff"
+ok "CAP_SYS_ADMIN (bit 21) is absent from CapEff" test -n "$capeff" -a $((0x${capeff:-200000} >> 21 & 1)) -eq 0
+
+# --- OOM -------------------------------------------------------------------------
+submit oom --memory 64M --cmd 'awk "BEGIN { s = \"x\"; while (1) s = s s }"'
+wait_run oom 60
+is "$(run_field oom .status)" failed "a job past its memory limit fails"
+like "$(reason_of oom)" '[Oo][Oo][Mm]' "the failure is reported as an OOM kill ($(reason_of oom))"
+
+# --- max execution time --------------------------------------------------------------
+start=$(now_ms)
+submit slow --maxexecutiontime 3 --cmd 'sleep 60'
+wait_run slow 60
+took=$(($(now_ms) - start))
+is "$(run_field slow .status)" failed "a job past its max execution time fails"
+like "$(reason_of slow)" 'timed out' "the failure is reported as timed out ($(reason_of slow))"
+ok "it was killed, not left to run 60 s ($(seconds $took) s)" test $took -lt 30000
+
+# --- log order and streams ---------------------------------------------------------------
+submit chatty --cmd 'i=0; while [ $i -lt 50 ]; do echo "seq $i out"; echo "seq $i err" >&2; i=$((i + 1)); done'
+wait_run chatty 60
+is "$(run_field chatty .status)" completed "the chatty job completes"
+wait_for 20 has_log chatty 'seq 49 err'
+want=$(for i in $(seq 0 49); do echo "stdout seq $i out"; done)
+is "$(grep '^stdout' <<<"$logs")" "$want" "stdout: all 50 lines, in order, tagged stdout"
+want=$(for i in $(seq 0 49); do echo "stderr seq $i err"; done)
+is "$(grep '^stderr' <<<"$logs")" "$want" "stderr: all 50 lines, in order, tagged stderr"
+# two pipes: what a fast writer put in both before the shim read them keeps
+# its order per stream only; a writer that paces its lines keeps the total order
+submit paced --cmd 'sleep 0.3; i=0; while [ $i -lt 20 ]; do echo "seq $i out"; usleep 20000; echo "seq $i err" >&2; usleep 20000; i=$((i + 1)); done'
+wait_run paced 60
+wait_for 20 has_log paced 'seq 19 err'
+want=$(for i in $(seq 0 19); do
+	echo "stdout seq $i out"
+	echo "stderr seq $i err"
+done)
+is "$logs" "$want" "a paced writer's two streams keep the order they were written in"
+
+# --- metered cpu --------------------------------------------------------------------------------
+# the shell reaps awk, so its stat's cutime+cstime hold what awk burned
+submit burn --cpu 1 --cmd 'awk "BEGIN { for (i = 0; i < 12000000; i++) s += i }"
+set -- $(cat /proc/$$/stat); shift 13; echo "ticks $(($1 + $2 + $3 + $4))"'
+wait_run burn 90
+is "$(run_field burn .status)" completed "the cpu-burning job completes"
+wait_logs burn 'ticks [0-9]+'
+ticks=$(sed -n 's/^stdout ticks \([0-9]*\)$/\1/p' <<<"$logs")
+burned_ms=$((${ticks:-0} * 1000 / $(getconf CLK_TCK)))
+burn_id=$(psql "$LOOM_PG_DSN" -Atc "SELECT i.id FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name = 'burn'" 2>&1)
+metered() {
+	metered_ns=$(psql "$LOOM_PG_DSN" -Atc "SELECT max(cpu_usage_ns) FROM usage_samples
+		WHERE instance_id = '$burn_id'" 2>/dev/null)
+	[ -n "$metered_ns" ] && [ $((metered_ns / 1000000)) -ge $((burned_ms * 9 / 10)) ]
+}
+wait_for 20 metered
+metered_ms=$((${metered_ns:-0} / 1000000))
+diag "burned $burned_ms ms (the job's own count), metered $metered_ms ms"
+ok "metered cpu within 10% of what was burned" \
+	test "$burned_ms" -gt 1000 -a $((metered_ms * 10)) -ge $((burned_ms * 9)) -a \
+	$((metered_ms * 10)) -le $((burned_ms * 11))
+
+# --- refused images -----------------------------------------------------------------------------
+# a layer blob changed in the registry's storage after the push
+mkdir -p "$tmp/corrupt-add/etc" && echo "corrupt $$" >"$tmp/corrupt-add/etc/marker"
+image_busybox_layout "$tmp/corrupt-layout" --add "$tmp/corrupt-add" >/dev/null 2>&1
+image_push "$tmp/corrupt-layout" "$LOOM_REGISTRY/loom/corrupt:latest"
+mdigest=$(jq -r '.manifests[0].digest' "$tmp/corrupt-layout/index.json")
+layer=$(jq -r '.layers[0].digest' "$tmp/corrupt-layout/blobs/sha256/${mdigest#sha256:}")
+hex=${layer#sha256:}
+blob=$LOOM_HOME/registry/docker/registry/v2/blobs/sha256/${hex:0:2}/$hex/data
+if [ -f "$blob" ]; then
+	# same size, one byte different
+	printf 'X' | dd of="$blob" bs=1 seek=100 conv=notrunc status=none
+	pass "layer blob $layer corrupted in the registry"
+else
+	fail "layer blob found in the registry's storage ($blob)"
+fi
+out=$(loom jobrun submit --name corrupt --image "$LOOM_REGISTRY/loom/corrupt:latest" --retrylimit 0 \
+	--cmd true 2>&1) || diag "$out"
+wait_run corrupt 60
+is "$(run_field corrupt .status)" failed "an image whose layer does not match its digest fails"
+like "$(reason_of corrupt)" 'digest mismatch' "the reason names the digest mismatch ($(reason_of corrupt | cut -c1-160))"
+
+# a layer with a ../ entry (python's tarfile writes what GNU tar would refuse)
+image_busybox_layout "$tmp/escape-layout" >/dev/null 2>&1
+python3 - "$tmp/escape-layout" "escape-$$" <<'PY'
+import gzip, hashlib, io, json, os, sys, tarfile
+layout, marker = sys.argv[1], sys.argv[2]
+blobs = os.path.join(layout, "blobs", "sha256")
+def read(d): return open(os.path.join(blobs, d.split(":")[1]), "rb").read()
+def write(data):
+    h = hashlib.sha256(data).hexdigest()
+    open(os.path.join(blobs, h), "wb").write(data)
+    return "sha256:" + h, len(data)
+index = json.loads(open(os.path.join(layout, "index.json")).read())
+manifest = json.loads(read(index["manifests"][0]["digest"]))
+config = json.loads(read(manifest["config"]["digest"]))
+raw = gzip.decompress(read(manifest["layers"][0]["digest"]))
+buf = io.BytesIO()
+with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as dst:
+    for m in src.getmembers():
+        dst.addfile(m, src.extractfile(m) if m.isreg() else None)
+    evil = b"escaped\n"
+    ti = tarfile.TarInfo("../../../../../../tmp/" + marker)
+    ti.size = len(evil)
+    dst.addfile(ti, io.BytesIO(evil))
+tar = buf.getvalue()
+config["rootfs"]["diff_ids"] = ["sha256:" + hashlib.sha256(tar).hexdigest()]
+ld, ls = write(gzip.compress(tar))
+manifest["layers"][0].update(digest=ld, size=ls)
+cd, cs = write(json.dumps(config).encode())
+manifest["config"].update(digest=cd, size=cs)
+md, ms = write(json.dumps(manifest).encode())
+index["manifests"][0].update(digest=md, size=ms)
+open(os.path.join(layout, "index.json"), "w").write(json.dumps(index))
+PY
+ok "an escaping image is built and pushed" image_push "$tmp/escape-layout" "$LOOM_REGISTRY/loom/escape:latest"
+out=$(loom jobrun submit --name escape --image "$LOOM_REGISTRY/loom/escape:latest" --retrylimit 0 \
+	--cmd true 2>&1) || diag "$out"
+wait_run escape 60
+is "$(run_field escape .status)" failed "an image with a ../ entry fails"
+like "$(reason_of escape)" 'unsafe|escap|\.\.' "the reason names the unsafe path ($(reason_of escape | cut -c1-160))"
+ok "nothing was written outside the root (/tmp/escape-$$)" test ! -e "/tmp/escape-$$"
+rm -f "/tmp/escape-$$"
+
+# --- network isolation between projects -------------------------------------------------------
+other=itp$$
+"$bin/loom-admin" projects create "$other" >/dev/null 2>&1
+other_key=$("$bin/loom-admin" keys create --project "$other" --role write 2>/dev/null)
+like "$other_key" '^loom_' "a write key for a second project ($other)"
+web_cmd='httpd -f -p 8080 -h /etc'
+out=$(loom app create web --image "$image" --cmd "$web_cmd" --port 8080 --min-scale 1 --cpu 0.1 \
+	--memory 64M 2>&1) || diag "$out"
+out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom app create web --image "$image" --cmd "$web_cmd" \
+	--port 8080 --min-scale 1 --cpu 0.1 --memory 64M 2>&1) || diag "$out"
+addr_of_app() { # PROJECT KEY
+	api GET "/v1/projects/$1/apps/web/instances" "" "$2"
+	jq -r '[.instances[] | select(.status == "running") | .address][0] // empty' <<<"$http_body" 2>/dev/null
+}
+both_up() {
+	addr_a=$(addr_of_app "$LOOM_PROJECT" "$LOOM_KEY") && addr_b=$(addr_of_app "$other" "$other_key") &&
+		[ -n "$addr_a" ] && [ -n "$addr_b" ]
+}
+ok "both projects' app instances run" wait_for 60 both_up
+diag "project $LOOM_PROJECT: $addr_a, project $other: $addr_b"
+ok "the host (where the activator runs) reaches an app instance" curl -fsS -m 5 -o /dev/null "http://$addr_a/hostname"
+probe='for t in "$@"; do
+	if printf "GET /hostname HTTP/1.0\r\n\r\n" | nc -w 3 "${t%:*}" "${t#*:}" | grep -q "^HTTP/1"; then
+		echo "reach $t yes"; else echo "reach $t no"; fi
+done'
+submit net-a --cpu 0.1 --memory 64M --command /bin/sh --arg -c --arg "$probe" --arg sh --arg "$addr_a" --arg "$addr_b"
+out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom jobrun submit --name net-b --image "$image" \
+	--retrylimit 0 --cpu 0.1 --memory 64M --command /bin/sh --arg -c --arg "$probe" --arg sh \
+	--arg "$addr_b" --arg "$addr_a" 2>&1) || diag "$out"
+wait_run net-a 60
+wait_logs net-a "reach $addr_b"
+like "$logs" "reach $addr_a yes" "a job reaches its own project's app instance"
+like "$logs" "reach $addr_b no" "a job cannot reach another project's app instance"
+net_b_logs() {
+	api GET "/v1/projects/$other/job_runs/net-b/logs" "" "$other_key"
+	logs=$(jq -r '.lines[] | .line' <<<"$http_body" 2>/dev/null) && grep -q "reach $addr_a" <<<"$logs"
+}
+wait_for 60 net_b_logs
+like "$logs" "reach $addr_b yes" "the other project's job reaches its own app instance"
+like "$logs" "reach $addr_a no" "... and not this project's"
+loom app delete web >/dev/null 2>&1
+LOOM_PROJECT=$other LOOM_KEY=$other_key loom app delete web >/dev/null 2>&1
+
+# --- kill -9 of the agent mid-run, then restart ----------------------------------------------
+submit survivor --cmd 'echo "start $(date +%s)"; sleep 8; echo "survivor done"'
+running() { [ "$(run_field survivor .status)" = running ]; }
+ok "the survivor job runs" wait_for 30 running
+sleep 1
+agent_pid=$(cat "$LOOM_HOME/run/agent.pid")
+mapfile -d '' -t agent_env <"/proc/$agent_pid/environ"
+mapfile -d '' -t agent_cmd <"/proc/$agent_pid/cmdline"
+kill -9 "$agent_pid"
+wait_for 5 eval '! kill -0 '"$agent_pid"' 2>/dev/null'
+ok "the agent is killed with -9" test ! -e "/proc/$agent_pid/status"
+sleep 1
+(cd / && exec setsid env -i "${agent_env[@]}" "${agent_cmd[@]}" >>"$LOOM_HOME/logs/agent.log" 2>&1 \
+	</dev/null 9>&-) &
+echo $! >"$LOOM_HOME/run/agent.pid"
+agent_ready() { curl -fsS -m 2 -o /dev/null "http://$LOOM_AGENT_ADDR/readyz" 2>/dev/null; }
+ok "the agent restarts" wait_for 30 agent_ready
+wait_run survivor 60
+is "$(run_field survivor .status)" completed "the re-adopted job finishes normally"
+is "$(run_field survivor .status_details.succeeded)" 1 "its index succeeded"
+n=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name = 'survivor'" 2>&1)
+is "$n" 1 "it ran once (one instance)"
+wait_logs survivor 'survivor done'
+is "$(grep -c '^stdout start' <<<"$logs")" 1 "its command started once"
+like "$(grep -c 'adopt' "$LOOM_HOME/logs/agent.log")" '^[1-9]' "the agent's log says it re-adopted"
+
+finish
