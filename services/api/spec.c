@@ -319,7 +319,9 @@ static int check_job_fields(json_t *body, json_t *out, struct loom_err *err)
     }
     if (copy_int(body, out, "scale_retry_limit", 0, 5, err) < 0 ||
         copy_int(body, out, "scale_max_execution_time", 1, 86400, err) < 0 ||
-        copy_int(body, out, "parallelism", 0, LOOM_ARRAY_MAX_COUNT, err) < 0)
+        copy_int(body, out, "parallelism", 0, LOOM_ARRAY_MAX_COUNT, err) < 0 ||
+        copy_int(body, out, "scale_nodes", 1, 1000, err) < 0 ||
+        copy_int(body, out, "priority", 0, 100, err) < 0)
         return -1;
     s = NULL;
     if (copy_string(body, out, "run_mode", 16, &s, err) < 0)
@@ -367,6 +369,8 @@ static const char *const job_fields[] = {
     "run_mode",
     "scale_gpus",
     "scale_gpu_model",
+    "scale_nodes",
+    "priority",
     NULL,
 };
 
@@ -386,6 +390,8 @@ static const char *const jobrun_fields[] = {
     "run_mode",
     "scale_gpus",
     "scale_gpu_model",
+    "scale_nodes",
+    "priority",
     NULL,
 };
 

@@ -202,7 +202,7 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
     a.retry = (int32_t)strtol(PQgetvalue(res, r, 7), NULL, 10);
 
     json_t *uenv = json_object_get(spec, "run_env_variables");
-    size_t cap = 8 + (json_is_array(uenv) ? json_array_size(uenv) : 0);
+    size_t cap = 20 + (json_is_array(uenv) ? json_array_size(uenv) : 0);
     struct env_list e = {.cap = cap};
     e.vars = calloc(cap, sizeof(*e.vars));
     e.ptrs = calloc(cap, sizeof(*e.ptrs));
@@ -237,6 +237,22 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
         env_addf(&e, "JOB_RETRY_LIMIT", "%lld", strtoll(PQgetvalue(res, r, 11), NULL, 10));
         env_add(&e, "JOB_MODE", daemon ? "daemon" : "task");
         env_add(&e, "LOOM_JOBRUN", a.job_run);
+        const char *rank = loom_db_val(res, r, 17);
+        if (rank) {
+            /* a gang member: torchrun's names and ours */
+            const char *master = loom_db_val(res, r, 18);
+            json_int_t world = json_integer_value(json_object_get(spec, "scale_nodes"));
+            static const char *const names[][4] = {
+                {"LOOM_RANK", "LOOM_WORLD_SIZE", "LOOM_MASTER_ADDR", "LOOM_MASTER_PORT"},
+                {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"},
+            };
+            for (size_t k = 0; k < 2; k++) {
+                env_addf(&e, names[k][0], "%lld", strtoll(rank, NULL, 10));
+                env_addf(&e, names[k][1], "%lld", (long long)world);
+                env_add(&e, names[k][2], master ? master : "");
+                env_addf(&e, names[k][3], "%lld", SCHED_GANG_MASTER_PORT);
+            }
+        }
     } else {
         a.app = PQgetvalue(res, r, 13);
         json_int_t port = json_integer_value(json_object_get(spec, "image_port"));
@@ -269,7 +285,9 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         "SELECT i.id, i.node_name, i.kind, p.name, i.cpu_millis, i.memory_bytes, i.gpus, "
         "  i.retry, i.array_index, r.name, r.array_size, r.retry_limit, "
         "  r.max_execution_seconds, a.name, i.app_generation, "
-        "  coalesce(r.spec, ar.spec, a.spec), coalesce(i.job_run_id, -i.app_id) "
+        "  coalesce(r.spec, ar.spec, a.spec), coalesce(i.job_run_id, -i.app_id), i.rank, "
+        "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
+        "   WHERE g.id = i.gang) "
         "FROM instances i JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "

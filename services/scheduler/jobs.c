@@ -40,19 +40,62 @@ int sched_request_from_columns(const char *cpu, const char *mem, const char *gpu
     return 0;
 }
 
+/* A project's quota and what its live instances hold (-1: no limit). */
+struct quota {
+    int64_t project_id;
+    int64_t cpu, mem, gpus, inst;
+    int64_t cpu_used, mem_used, gpus_used, inst_used;
+};
+
+/* How many instances of req the quota still has room for; names the
+ * exhausted resource in why when none. */
+static size_t quota_room(const struct quota *q, const struct sched_request *req, char *why,
+                         size_t why_len)
+{
+    int64_t room = INT64_MAX;
+    const char *what = NULL;
+    struct {
+        int64_t limit, used, per;
+        const char *name;
+    } r[] = {
+        {q->inst, q->inst_used, 1, "instances"},
+        {q->cpu, q->cpu_used, req->cpu_millis, "cpu"},
+        {q->mem, q->mem_used, req->memory_bytes, "memory"},
+        {q->gpus, q->gpus_used, req->gpus, "gpus"},
+    };
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(r); i++) {
+        if (r[i].limit < 0 || r[i].per <= 0)
+            continue;
+        int64_t k = r[i].limit > r[i].used ? (r[i].limit - r[i].used) / r[i].per : 0;
+        if (k < room) {
+            room = k;
+            what = r[i].name;
+        }
+    }
+    if (room == 0)
+        snprintf(why, why_len, "quota: the project's %s limit is reached", what);
+    return (size_t)room;
+}
+
 /* Places up to budget indices of one locked run (row r of runs). Appends the
- * new instance ids to ids. */
+ * new instance ids to ids. q is the run's project quota, or NULL. */
 static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresult *runs, int r,
-                     struct sched_node *nodes, size_t nnodes, size_t budget, struct strbuf *ids,
-                     size_t *ret_placed, struct loom_err *err)
+                     struct sched_node *nodes, size_t nnodes, size_t budget, struct quota *q,
+                     struct strbuf *ids, size_t *ret_placed, struct loom_err *err)
 {
     const char *run_id = PQgetvalue(runs, r, 0);
     const char *project_id = PQgetvalue(runs, r, 1);
     int64_t parallelism = strtoll(PQgetvalue(runs, r, 3), NULL, 10);
     int64_t n_running = strtoll(PQgetvalue(runs, r, 4), NULL, 10);
     const char *old_reason = loom_db_val(runs, r, 9);
+    /* a gang run places each index as `members` instances on distinct nodes */
+    long members = loom_db_val(runs, r, 10) ? strtol(PQgetvalue(runs, r, 10), NULL, 10) : 1;
+    if (members < 1 || members > SCHED_GANG_MAX)
+        members = 1;
     char why[256] = "";
-    size_t want = budget;
+    size_t want = budget / (size_t)members;
+    if (want == 0)
+        want = 1; /* one gang may exceed a batch */
     if (parallelism > 0) {
         int64_t room = parallelism - n_running;
         if (room <= 0)
@@ -69,28 +112,64 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
                                    loom_db_val(runs, r, 7), loom_db_val(runs, r, 8), &req, why,
                                    sizeof(why)) < 0)
         goto reason;
+    if (q) {
+        size_t room = quota_room(q, &req, why, sizeof(why)) / (size_t)members;
+        if (room == 0) {
+            if (!why[0])
+                snprintf(why, sizeof(why), "quota: no room for all %ld members of a gang", members);
+            goto reason;
+        }
+        if (room < want)
+            want = room;
+    }
     if (loom_arrayspec_from_multirange(PQgetvalue(runs, r, 2), &pending, err) < 0)
         return -1;
+    int64_t pending_count = pending.count;
     if ((int64_t)want > pending.count)
         want = (size_t)pending.count;
     idx = calloc(want ? want : 1, sizeof(*idx));
-    chosen = calloc(want ? want : 1, sizeof(*chosen));
+    chosen = calloc((want ? want : 1) * (size_t)members, sizeof(*chosen));
     if (!idx || !chosen)
         abort();
     got = sched_take_indices(&pending, want, idx);
     loom_arrayspec_release(&pending);
     size_t sample = sched_sample_size(nnodes);
     for (; placed < got; placed++) {
-        long n = sched_choose_node(nodes, nnodes, &req, sample, &s->rng);
-        if (n < 0) {
+        long *mine = &chosen[placed * (size_t)members];
+        long m = 0;
+        for (; m < members; m++) {
+            long n = sched_choose_node(nodes, nnodes, &req, sample, &s->rng);
+            if (n < 0)
+                break;
+            mine[m] = n;
+            nodes[n].cpu_used += req.cpu_millis;
+            nodes[n].mem_used += req.memory_bytes;
+            nodes[n].gpus_used += req.gpus;
+            /* distinct nodes: a chosen node takes no second member (its
+             * total is hidden until the gang is decided) */
+            if (members > 1) {
+                int64_t t = nodes[n].cpu_total;
+                nodes[n].cpu_total = -1 - t;
+            }
+        }
+        if (members > 1)
+            for (long k = 0; k < m; k++)
+                nodes[mine[k]].cpu_total = -1 - nodes[mine[k]].cpu_total;
+        if (m < members) {
+            /* all or none: give back what this gang took */
+            for (long k = 0; k < m; k++) {
+                nodes[mine[k]].cpu_used -= req.cpu_millis;
+                nodes[mine[k]].mem_used -= req.memory_bytes;
+                nodes[mine[k]].gpus_used -= req.gpus;
+            }
             sched_describe_request(&req, why, sizeof(why));
+            if (members > 1) {
+                size_t l = strlen(why);
+                snprintf(why + l, sizeof(why) - l, " for all %ld members of a gang", members);
+            }
             s->pool.ran_short = true;
             break;
         }
-        chosen[placed] = n;
-        nodes[n].cpu_used += req.cpu_millis;
-        nodes[n].mem_used += req.memory_bytes;
-        nodes[n].gpus_used += req.gpus;
     }
     if (placed > 0) {
         struct strbuf a_idx = STRBUF_INIT, a_id = STRBUF_INIT, taken = STRBUF_INIT;
@@ -104,6 +183,9 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         sched_pg_array_end(&a_idx);
         sched_pg_array_end(&a_id);
         sched_indices_multirange(idx, placed, &taken);
+        /* indices still pending wait for running ones to end */
+        bool capped = parallelism > 0 && n_running + (int64_t)placed >= parallelism &&
+                      pending_count > (int64_t)placed;
         char ep[32], cpu[32], mem[32], gpus[16];
         snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
         snprintf(cpu, sizeof(cpu), "%lld", (long long)req.cpu_millis);
@@ -131,7 +213,8 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         /* the rows that came back, with their nodes (idx is ascending, so a
          * binary search finds each one's place) */
         struct strbuf b_id = STRBUF_INIT, b_idx = STRBUF_INIT, b_retry = STRBUF_INIT,
-                      b_node = STRBUF_INIT;
+                      b_node = STRBUF_INIT, b_rank = STRBUF_INIT, b_gang = STRBUF_INIT;
+        int n_idx = 0;
         for (int i = 0; i < PQntuples(up); i++) {
             int32_t x = (int32_t)strtol(PQgetvalue(up, i, 1), NULL, 10);
             size_t lo = 0, hi = placed;
@@ -144,34 +227,55 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
             }
             if (lo >= placed || idx[lo] != x)
                 continue;
-            sched_pg_array_add(&b_id, PQgetvalue(up, i, 0));
-            sched_pg_array_add(&b_idx, PQgetvalue(up, i, 1));
-            sched_pg_array_add(&b_retry, PQgetvalue(up, i, 2));
-            sched_pg_array_add(&b_node, nodes[chosen[lo]].name);
+            n_idx++;
+            for (long m = 0; m < members; m++) {
+                char uuid[37], rank[16];
+                if (m == 0)
+                    snprintf(uuid, sizeof(uuid), "%s", PQgetvalue(up, i, 0));
+                else
+                    loom_uuid4(uuid);
+                snprintf(rank, sizeof(rank), "%ld", m);
+                sched_pg_array_add(&b_id, uuid);
+                sched_pg_array_add(&b_idx, PQgetvalue(up, i, 1));
+                sched_pg_array_add(&b_retry, PQgetvalue(up, i, 2));
+                sched_pg_array_add(&b_node, nodes[chosen[lo * (size_t)members + (size_t)m]].name);
+                if (members > 1) {
+                    sched_pg_array_add(&b_rank, rank);
+                    sched_pg_array_add(&b_gang, PQgetvalue(up, i, 0));
+                } else {
+                    sched_pg_array_add_null(&b_rank);
+                    sched_pg_array_add_null(&b_gang);
+                }
+            }
         }
         sched_pg_array_end(&b_id);
         sched_pg_array_end(&b_idx);
         sched_pg_array_end(&b_retry);
         sched_pg_array_end(&b_node);
+        sched_pg_array_end(&b_rank);
+        sched_pg_array_end(&b_gang);
         _cleanup_pgres_ PGresult *ins = loom_db_query(
             db, err,
             "INSERT INTO instances (id, project_id, kind, job_run_id, array_index, retry, "
-            "  node_name, epoch, cpu_millis, memory_bytes, gpus) "
+            "  node_name, epoch, cpu_millis, memory_bytes, gpus, rank, gang) "
             "SELECT x.id, $2::bigint, 'job', $1::bigint, x.idx, x.retry, x.node, $3::bigint, "
-            "  $4::bigint, $5::bigint, $6::integer "
-            "FROM unnest($7::uuid[], $8::int[], $9::int[], $10::text[]) "
-            "  AS x(id, idx, retry, node) RETURNING id",
-            run_id, project_id, ep, cpu, mem, gpus, b_id.buf, b_idx.buf, b_retry.buf, b_node.buf);
+            "  $4::bigint, $5::bigint, $6::integer, x.rank, x.gang "
+            "FROM unnest($7::uuid[], $8::int[], $9::int[], $10::text[], $11::int[], $12::uuid[]) "
+            "  AS x(id, idx, retry, node, rank, gang) RETURNING id",
+            run_id, project_id, ep, cpu, mem, gpus, b_id.buf, b_idx.buf, b_retry.buf, b_node.buf,
+            b_rank.buf, b_gang.buf);
         strbuf_release(&b_id);
         strbuf_release(&b_idx);
         strbuf_release(&b_retry);
         strbuf_release(&b_node);
+        strbuf_release(&b_rank);
+        strbuf_release(&b_gang);
         if (!ins) {
             strbuf_release(&taken);
             return -1;
         }
         char n_ins[16];
-        snprintf(n_ins, sizeof(n_ins), "%d", PQntuples(ins));
+        snprintf(n_ins, sizeof(n_ins), "%d", n_idx); /* indices: a gang counts once */
         for (int i = 0; i < PQntuples(ins); i++)
             sched_pg_array_add(ids, PQgetvalue(ins, i, 0));
         _cleanup_pgres_ PGresult *upd = loom_db_query(
@@ -179,11 +283,21 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
             "UPDATE job_runs SET pending = pending - $2::int4multirange, "
             "  n_running = n_running + $3::integer, state = 'running', "
             "  waiting_reason = nullif($4, ''), updated_at = now() WHERE id = $1::bigint",
-            run_id, taken.buf, n_ins, placed < got ? why : "");
+            run_id, taken.buf, n_ins,
+            placed < got ? why
+            : capped     ? "parallelism"
+                         : "");
         strbuf_release(&taken);
         if (!upd)
             return -1;
         *ret_placed += (size_t)PQntuples(ins);
+        if (q) {
+            int64_t k = PQntuples(ins);
+            q->inst_used += k;
+            q->cpu_used += k * req.cpu_millis;
+            q->mem_used += k * req.memory_bytes;
+            q->gpus_used += k * req.gpus;
+        }
         return 0;
     }
 reason:
@@ -193,6 +307,28 @@ reason:
         if (!w)
             return -1;
     }
+    return 0;
+}
+
+int sched_jobs_promote_backoffs(struct loom_db *db, size_t *ret_moved, struct loom_err *err)
+{
+    /* one statement: the indices and their runs' pending move together */
+    _cleanup_pgres_ PGresult *res = loom_db_exec(
+        db,
+        "WITH due AS ("
+        "  UPDATE job_run_indices SET retry_at = NULL "
+        "  WHERE retry_at IS NOT NULL AND retry_at <= now() AND state = 'pending' "
+        "  RETURNING run_id, idx), "
+        "runs AS ("
+        "  UPDATE job_runs r SET pending = r.pending + g.m, updated_at = now() "
+        "  FROM (SELECT run_id, range_agg(int4range(idx, idx + 1)) AS m FROM due "
+        "        GROUP BY run_id) g "
+        "  WHERE r.id = g.run_id AND r.state IN ('pending', 'running') RETURNING r.id) "
+        "SELECT count(*) FROM due",
+        0, NULL, err);
+    if (!res)
+        return -1;
+    *ret_moved = (size_t)strtoull(PQgetvalue(res, 0, 0), NULL, 10);
     return 0;
 }
 
@@ -217,7 +353,9 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
     size_t placed = 0;
     struct strbuf ids = STRBUF_INIT;
     int64_t t0 = loom_now_ns();
-    _cleanup_pgres_ PGresult *runs = NULL;
+    _cleanup_pgres_ PGresult *runs = NULL, *quotas = NULL;
+    _cleanup_free_ struct quota *qs = NULL;
+    size_t nq = 0;
     if (loom_db_begin(db, err) < 0)
         return -1;
     if (sched_lease_check_tx(s, db, epoch, err) < 0)
@@ -228,17 +366,49 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
         db,
         "SELECT id, project_id, pending::text, parallelism, n_running, "
         "  spec->>'scale_cpu_limit', spec->>'scale_memory_limit', spec->>'scale_gpus', "
-        "  spec->>'scale_gpu_model', waiting_reason "
+        "  spec->>'scale_gpu_model', waiting_reason, spec->>'scale_nodes' "
         "FROM job_runs WHERE state IN ('pending', 'running') AND NOT isempty(pending) "
         "  AND (parallelism = 0 OR n_running < parallelism) "
-        "ORDER BY id LIMIT 200 FOR UPDATE",
+        "ORDER BY coalesce((spec->>'priority')::integer, 50) DESC, id LIMIT 200 FOR UPDATE",
         0, NULL, err);
     if (!runs)
         goto fail;
-    for (int r = 0; r < PQntuples(runs) && placed < (size_t)s->batch_max; r++)
-        if (place_run(s, db, epoch, runs, r, pool->nodes, pool->n, (size_t)s->batch_max - placed,
+    /* quotas of the projects with runs to place, and what they hold now */
+    quotas = loom_db_exec(
+        db,
+        "SELECT q.project_id, coalesce(q.cpu_millis, -1), coalesce(q.memory_bytes, -1), "
+        "  coalesce(q.gpus, -1), coalesce(q.instances, -1), "
+        "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "
+        "  coalesce(sum(i.gpus), 0), count(i.id) "
+        "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "
+        "  AND i.state IN " SCHED_LIVE_STATES " "
+        "WHERE q.project_id IN (SELECT project_id FROM job_runs "
+        "  WHERE state IN ('pending', 'running') AND NOT isempty(pending)) "
+        "GROUP BY q.project_id",
+        0, NULL, err);
+    if (!quotas)
+        goto fail;
+    nq = (size_t)PQntuples(quotas);
+    qs = calloc(nq ? nq : 1, sizeof(*qs));
+    if (!qs)
+        abort();
+    for (size_t k = 0; k < nq; k++) {
+        int64_t *f[] = {&qs[k].project_id, &qs[k].cpu,       &qs[k].mem,
+                        &qs[k].gpus,       &qs[k].inst,      &qs[k].cpu_used,
+                        &qs[k].mem_used,   &qs[k].gpus_used, &qs[k].inst_used};
+        for (int c = 0; c < 9; c++)
+            *f[c] = strtoll(PQgetvalue(quotas, (int)k, c), NULL, 10);
+    }
+    for (int r = 0; r < PQntuples(runs) && placed < (size_t)s->batch_max; r++) {
+        int64_t project = strtoll(PQgetvalue(runs, r, 1), NULL, 10);
+        struct quota *q = NULL;
+        for (size_t k = 0; k < nq && !q; k++)
+            if (qs[k].project_id == project)
+                q = &qs[k];
+        if (place_run(s, db, epoch, runs, r, pool->nodes, pool->n, (size_t)s->batch_max - placed, q,
                       &ids, &placed, err) < 0)
             goto fail;
+    }
     if (loom_db_commit(db, err) < 0) {
         strbuf_release(&ids);
         return -1;

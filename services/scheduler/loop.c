@@ -98,6 +98,9 @@ static void leader_pass(struct sched *s, struct loom_db *db, int64_t epoch)
         sched_nodes_check_liveness(s, db, epoch, each_second, &err) < 0)
         log_warn("node liveness check failed: %s", err.msg);
 
+    size_t moved = 0;
+    if (sched_jobs_promote_backoffs(db, &moved, &err) < 0)
+        log_warn("could not requeue indices after their retry backoff: %s", err.msg);
     bool work = false;
     if (sched_jobs_have_work(db, &work, &err) < 0)
         log_warn("could not look for pending job indices: %s", err.msg);

@@ -17,6 +17,10 @@ static const struct loom_opt opts[] = {
      "most instances placed in one transaction"},
     {"resend", "LOOM_SCHEDULER_RESEND", LOOM_OPT_DURATION, &sched.resend_ms, "2s", 100, 600000,
      "unacknowledged assigns and pending stops are sent again after this"},
+    {"retry-backoff", "LOOM_SCHEDULER_RETRY_BACKOFF", LOOM_OPT_DURATION, &sched.retry_backoff_ms,
+     "500ms", 0, 600000,
+     "a failed index waits this long before its first retry, doubling per retry up to 60s "
+     "(0: retry at once)"},
 };
 
 static const struct loom_service_def def = {

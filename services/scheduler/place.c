@@ -208,6 +208,12 @@ void sched_pg_array_add(struct strbuf *sb, const char *elem)
     strbuf_addch(sb, '"');
 }
 
+void sched_pg_array_add_null(struct strbuf *sb)
+{
+    strbuf_addch(sb, sb->len == 0 ? '{' : ',');
+    strbuf_addstr(sb, "NULL");
+}
+
 void sched_pg_array_end(struct strbuf *sb)
 {
     if (sb->len == 0)

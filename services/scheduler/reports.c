@@ -51,7 +51,7 @@ struct report_effect {
 /* The index and run bookkeeping for a job instance that ended. Only the
  * instance that holds the index (instance_id, state running) settles it, so
  * a late report of an instance declared lost changes nothing. */
-static int settle_index(struct loom_db *db, const char *run_id, const char *idx,
+static int settle_index(struct loom_db *db, int64_t backoff_ms, const char *run_id, const char *idx,
                         const char *instance_id, const char *state, bool permanent,
                         const char *exit_code, const char *reason, struct loom_err *err)
 {
@@ -61,31 +61,41 @@ static int settle_index(struct loom_db *db, const char *run_id, const char *idx,
                           : strcmp(state, "stopped") == 0 ? "requeue"
                           : permanent                     ? "failed"
                                                           : "retry";
+    /* A daemon run retries without limit (Code Engine: restarted forever;
+     * exit 0 ends the index). A retry waits backoff_ms * 2^retries (at most
+     * SCHED_BACKOFF_MAX_MS) in retry_at before it is pending again; a requeue
+     * (the work did not fail) is pending at once. */
+    char backoff[32];
+    snprintf(backoff, sizeof(backoff), "%lld", (long long)backoff_ms);
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, err,
         "WITH ji AS ("
         "  UPDATE job_run_indices j SET "
         "    state = CASE WHEN $4 = 'succeeded' THEN 'succeeded' "
         "                 WHEN r.state IN ('pending', 'running') AND "
-        "                   ($4 = 'requeue' OR ($4 = 'retry' AND j.retries < r.retry_limit)) "
+        "                   ($4 = 'requeue' OR ($4 = 'retry' AND (j.retries < r.retry_limit "
+        "                     OR r.spec->>'run_mode' = 'daemon'))) "
         "                 THEN 'pending' ELSE 'failed' END, "
         "    retries = CASE WHEN $4 = 'retry' AND r.state IN ('pending', 'running') "
-        "                     AND j.retries < r.retry_limit THEN j.retries + 1 "
-        "                   ELSE j.retries END, "
+        "                     AND (j.retries < r.retry_limit OR r.spec->>'run_mode' = 'daemon') "
+        "                   THEN j.retries + 1 ELSE j.retries END, "
+        "    retry_at = CASE WHEN $4 = 'retry' AND $7::bigint > 0 THEN now() + "
+        "      make_interval(secs => least($7::bigint * power(2, least(j.retries, 20)), "
+        "        " SCHED_BACKOFF_MAX_MS_STR ") / 1000.0) ELSE NULL END, "
         "    finished_at = now(), exit_code = $5::integer, reason = nullif($6, '') "
         "  FROM job_runs r "
         "  WHERE r.id = j.run_id AND j.run_id = $1::bigint AND j.idx = $2::integer "
         "    AND j.instance_id = $3::uuid AND j.state = 'running' "
-        "  RETURNING j.state) "
+        "  RETURNING j.state, j.retry_at) "
         "UPDATE job_runs SET n_running = n_running - 1, "
         "  n_succeeded = n_succeeded + (SELECT count(*) FROM ji WHERE state = 'succeeded'), "
         "  n_failed = n_failed + (SELECT count(*) FROM ji WHERE state = 'failed'), "
-        "  pending = CASE WHEN (SELECT state FROM ji) = 'pending' "
+        "  pending = CASE WHEN (SELECT state = 'pending' AND retry_at IS NULL FROM ji) "
         "    THEN pending + int4multirange(int4range($2::integer, $2::integer + 1)) "
         "    ELSE pending END, "
         "  updated_at = now() "
         "WHERE id = $1::bigint AND EXISTS (SELECT 1 FROM ji) RETURNING id",
-        run_id, idx, instance_id, outcome, exit_code, reason);
+        run_id, idx, instance_id, outcome, exit_code, reason, backoff);
     if (!res)
         return -1;
     if (PQntuples(res) == 0)
@@ -100,8 +110,58 @@ static int settle_index(struct loom_db *db, const char *run_id, const char *idx,
     return done ? 0 : -1;
 }
 
+/* The index bookkeeping for a job instance that ended (row 0 of cur is the
+ * instance, see apply_report). A gang member (cur's gang set) settles its
+ * index for the whole gang: the last member to succeed settles it succeeded;
+ * the first to fail or stop settles it (one retry for the gang) and the
+ * other members are to stop, so that the gang restarts as a whole. */
+static int settle_job(struct loom_db *db, int64_t backoff_ms, PGresult *cur,
+                      const Loom__V1__InstanceReport *m, const char *reported, const char *code,
+                      const char *reason, struct loom_err *err)
+{
+    const char *run_id = PQgetvalue(cur, 0, 3), *idx = PQgetvalue(cur, 0, 4);
+    const char *gang = loom_db_val(cur, 0, 9);
+    if (!gang)
+        return settle_index(db, backoff_ms, run_id, idx, m->instance_id, reported, m->permanent,
+                            code, reason, err);
+    /* members of one gang report in their own transactions: the index row's
+     * lock orders them, and each statement after it sees the others' */
+    _cleanup_pgres_ PGresult *lk = loom_db_query(
+        db, err,
+        "SELECT 1 FROM job_run_indices WHERE run_id = $1::bigint AND idx = $2::integer "
+        "  AND instance_id = $3::uuid AND state = 'running' FOR UPDATE",
+        run_id, idx, gang);
+    if (!lk)
+        return -1;
+    if (PQntuples(lk) == 0)
+        return 0; /* settled already by another member */
+    if (strcmp(reported, "succeeded") == 0) {
+        _cleanup_pgres_ PGresult *left = loom_db_query(
+            db, err,
+            "SELECT count(*) FROM instances WHERE gang = $1::uuid AND state <> 'succeeded'", gang);
+        if (!left)
+            return -1;
+        if (strcmp(PQgetvalue(left, 0, 0), "0") != 0)
+            return 0; /* members still running */
+    } else {
+        /* updated_at in the past: the leader's resend pass sends the stops
+         * on its next second */
+        _cleanup_pgres_ PGresult *st = loom_db_query(
+            db, err,
+            "UPDATE instances SET desired = 'stop', reason = 'gang member ' || $2 || ' ended', "
+            "  updated_at = now() - interval '1 hour' "
+            "WHERE gang = $1::uuid AND id <> $2::uuid AND desired = 'run' "
+            "  AND state IN " SCHED_LIVE_STATES,
+            gang, m->instance_id);
+        if (!st)
+            return -1;
+    }
+    return settle_index(db, backoff_ms, run_id, idx, gang, reported, m->permanent, code, reason,
+                        err);
+}
+
 /* Applies m; on success fills *fx. A refusal of the input is LOOM_EINVAL. */
-static int apply_report(struct loom_db *db, const Loom__V1__InstanceReport *m,
+static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__InstanceReport *m,
                         struct report_effect *fx, struct loom_err *err)
 {
     const char *reported = state_name(m->state);
@@ -120,7 +180,7 @@ static int apply_report(struct loom_db *db, const Loom__V1__InstanceReport *m,
     cur = loom_db_query(
         db, err,
         "SELECT i.state, i.report_seq, i.kind, i.job_run_id, i.array_index, i.node_name, "
-        "  p.name, a.name, i.desired "
+        "  p.name, a.name, i.desired, i.gang "
         "FROM instances i JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN apps a ON a.id = i.app_id WHERE i.id = $1::uuid FOR UPDATE OF i",
         m->instance_id);
@@ -183,9 +243,7 @@ static int apply_report(struct loom_db *db, const Loom__V1__InstanceReport *m,
         m->instance_id, next, seq, desired, m->address, ended ? "true" : "false", code, reason);
     if (!upd)
         goto fail;
-    if (job && ended &&
-        settle_index(db, PQgetvalue(cur, 0, 3), PQgetvalue(cur, 0, 4), m->instance_id, reported,
-                     m->permanent, code, reason, err) < 0)
+    if (job && ended && settle_job(db, backoff_ms, cur, m, reported, code, reason, err) < 0)
         goto fail;
     if (loom_db_commit(db, err) < 0)
         return -1;
@@ -215,7 +273,7 @@ static void on_report(struct loom_bus *bus, natsMsg *msg, void *arg)
     struct loom_db *db = loom_service_thread_db(&err);
     int r = -1;
     for (int attempt = 0; db && attempt < 3; attempt++) {
-        r = apply_report(db, m, &fx, &err);
+        r = apply_report(db, s->retry_backoff_ms, m, &fx, &err);
         if (r == 0 || err.code != LOOM_ERETRY)
             break;
     }

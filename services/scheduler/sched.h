@@ -25,6 +25,15 @@
  * node (its heartbeat matched no row); the agent sends NodeRegister again.
  * (Addition to common/subjects.h, kept here until the lead moves it.) */
 
+/* Longest wait before an index's retry (the backoff doubles up to it). */
+#define SCHED_BACKOFF_MAX_MS 60000
+#define SCHED_BACKOFF_MAX_MS_STR "60000"
+
+/* Most members of one gang (scale_nodes). */
+#define SCHED_GANG_MAX 1000
+/* The port rank 0 of a gang is told to listen on (MASTER_PORT). */
+#define SCHED_GANG_MASTER_PORT 29500
+
 /* Instance states that hold capacity on a node. */
 #define SCHED_LIVE_STATES "('assigned','pulling','starting','running')"
 
@@ -73,6 +82,8 @@ void sched_indices_multirange(const int32_t *idx, size_t n, struct strbuf *out);
  * written before the first; finish with sched_pg_array_end). */
 void sched_pg_array_add(struct strbuf *sb, const char *elem);
 void sched_pg_array_end(struct strbuf *sb);
+/* Adds an SQL NULL element. */
+void sched_pg_array_add_null(struct strbuf *sb);
 
 /* "no node fits cpu=2000m memory=4G gpus=1" */
 void sched_describe_request(const struct sched_request *r, char *buf, size_t len);
@@ -118,9 +129,10 @@ struct sched {
     int64_t lease_ttl_ms;
     int64_t renew_ms;
     int64_t node_timeout_ms;
-    int64_t batch_max; /* instances per placement transaction */
-    int64_t resend_ms; /* assign / stop resend period */
-    char holder[160];  /* this replica's identity in the lease row */
+    int64_t batch_max;        /* instances per placement transaction */
+    int64_t resend_ms;        /* assign / stop resend period */
+    int64_t retry_backoff_ms; /* first retry delay of a failed index; doubles */
+    char holder[160];         /* this replica's identity in the lease row */
 
     /* lease state, written by the lease thread */
     pthread_mutex_t lease_mu;
@@ -214,6 +226,9 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
 /* Leader: stops live instances of cancelled runs. */
 int sched_jobs_stop_cancelled(struct sched *s, struct loom_db *db, int64_t epoch,
                               struct loom_err *err);
+/* Leader: indices whose retry backoff has passed go back into their run's
+ * pending ranges; *ret_moved counts them. */
+int sched_jobs_promote_backoffs(struct loom_db *db, size_t *ret_moved, struct loom_err *err);
 /* Whether any active run has pending indices and headroom. */
 int sched_jobs_have_work(struct loom_db *db, bool *ret, struct loom_err *err);
 
