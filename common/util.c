@@ -325,3 +325,28 @@ int loom_rm_rf(const char *path, struct loom_err *err)
 {
     return rm_rf_at(AT_FDCWD, path, path, err);
 }
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int loom_unhex(const char *s, void *out, size_t n)
+{
+    unsigned char *o = out;
+    if (strlen(s) != 2 * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        o[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}

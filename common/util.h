@@ -14,6 +14,8 @@ int loom_random_bytes(void *buf, size_t n, struct loom_err *err);
 void loom_uuid4(char out[37]);
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void loom_hex(const void *data, size_t n, char *out);
+/* Exactly 2n hex characters (either case) into n bytes; -1 otherwise. */
+int loom_unhex(const char *s, void *out, size_t n);
 /* sha256 of data as 64 hex characters + NUL. */
 void loom_sha256_hex(const void *data, size_t n, char out[65]);
 /* sha256 of a whole file; -1 with err if it cannot be read. */

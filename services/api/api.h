@@ -161,17 +161,6 @@ int api_data_map(json_t *body, json_t **ret, struct loom_err *err);
 
 /* ---- secrets.c ---------------------------------------------------------- */
 
-/* Sets the AES-256-GCM key from 64 hex characters (NULL or "": secrets
- * are disabled and their routes answer 503). */
-int api_secrets_set_key(const char *hex, struct loom_err *err);
-/* Encrypts plain with a random nonce and aad bound in; *ret is
- * nonce (12) || ciphertext || tag (16), *ret_len its length. */
-int api_secret_seal(const char *plain, size_t len, const char *aad, unsigned char **ret,
-                    size_t *ret_len, struct loom_err *err);
-/* Decrypts what api_secret_seal made; fails when aad or data differ. */
-int api_secret_open(const unsigned char *sealed, size_t len, const char *aad, char **ret,
-                    struct loom_err *err);
-
 /* PostgreSQL multirange text -> compact spec ("" when empty), allocated. */
 char *api_multirange_to_spec(const char *multirange);
 

@@ -3,6 +3,7 @@
 
 #include "api.h"
 #include "log.h"
+#include "secretbox.h"
 #include "service.h"
 
 static const struct loom_opt api_opts[] = {
@@ -21,7 +22,7 @@ static int api_start(struct loom_service *svc, struct loom_err *err)
     size_t n = api_cfg.activator_url ? strlen(api_cfg.activator_url) : 0;
     while (n > 0 && api_cfg.activator_url[n - 1] == '/')
         api_cfg.activator_url[--n] = '\0';
-    if (api_secrets_set_key(api_cfg.secrets_key, err) < 0)
+    if (loom_secretbox_set_key(api_cfg.secrets_key, err) < 0)
         return -1;
     if (!api_cfg.secrets_key || !*api_cfg.secrets_key)
         log_warn("LOOM_SECRETS_KEY is not set: the secrets routes answer 503");

@@ -2,7 +2,6 @@
  * replaced whole with PUT (as in Code Engine). Secret values are encrypted
  * with AES-256-GCM under the operator's key before they reach PostgreSQL,
  * and only write and admin keys can read them back. */
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,108 +9,9 @@
 #include "api.h"
 #include "cleanup.h"
 #include "json.h"
+#include "secretbox.h"
 #include "strbuf.h"
 #include "util.h"
-
-#define NONCE_LEN 12
-#define TAG_LEN 16
-
-static unsigned char master_key[32];
-static bool have_key;
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static int unhex(const char *s, unsigned char *out, size_t n)
-{
-    if (strlen(s) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (unsigned char)(hi << 4 | lo);
-    }
-    return 0;
-}
-
-int api_secrets_set_key(const char *hex, struct loom_err *err)
-{
-    if (!hex || !*hex) {
-        have_key = false;
-        return 0;
-    }
-    if (unhex(hex, master_key, sizeof(master_key)) < 0)
-        return loom_err_set(err, LOOM_EINVAL,
-                            "the secrets key must be 64 hex characters (32 random bytes)");
-    have_key = true;
-    return 0;
-}
-
-static void ctx_freep(EVP_CIPHER_CTX **c)
-{
-    EVP_CIPHER_CTX_free(*c);
-}
-
-int api_secret_seal(const char *plain, size_t len, const char *aad, unsigned char **ret,
-                    size_t *ret_len, struct loom_err *err)
-{
-    if (!have_key)
-        return loom_err_set(err, LOOM_EUNAVAIL,
-                            "secrets are disabled: the operator has not set LOOM_SECRETS_KEY");
-    _cleanup_free_ unsigned char *out = malloc(NONCE_LEN + len + TAG_LEN);
-    __attribute__((cleanup(ctx_freep))) EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    if (!out || !c)
-        return loom_err_set(err, LOOM_EINTERNAL, "out of memory");
-    if (loom_random_bytes(out, NONCE_LEN, err) < 0)
-        return -1;
-    int n = 0, fin = 0;
-    if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, master_key, out) != 1 ||
-        EVP_EncryptUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
-        EVP_EncryptUpdate(c, out + NONCE_LEN, &n, (const unsigned char *)plain, (int)len) != 1 ||
-        EVP_EncryptFinal_ex(c, out + NONCE_LEN + n, &fin) != 1 ||
-        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, out + NONCE_LEN + n + fin) != 1)
-        return loom_err_set(err, LOOM_EINTERNAL, "could not encrypt the secret");
-    *ret_len = NONCE_LEN + (size_t)n + (size_t)fin + TAG_LEN;
-    *ret = TAKE_PTR(out);
-    return 0;
-}
-
-int api_secret_open(const unsigned char *sealed, size_t len, const char *aad, char **ret,
-                    struct loom_err *err)
-{
-    if (!have_key)
-        return loom_err_set(err, LOOM_EUNAVAIL,
-                            "secrets are disabled: the operator has not set LOOM_SECRETS_KEY");
-    if (len < NONCE_LEN + TAG_LEN)
-        return loom_err_set(err, LOOM_EINTERNAL, "stored secret is too short");
-    size_t clen = len - NONCE_LEN - TAG_LEN;
-    _cleanup_free_ char *out = malloc(clen + 1);
-    __attribute__((cleanup(ctx_freep))) EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
-    if (!out || !c)
-        return loom_err_set(err, LOOM_EINTERNAL, "out of memory");
-    int n = 0, fin = 0;
-    unsigned char tag[TAG_LEN];
-    memcpy(tag, sealed + len - TAG_LEN, TAG_LEN);
-    if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, master_key, sealed) != 1 ||
-        EVP_DecryptUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) != 1 ||
-        EVP_DecryptUpdate(c, (unsigned char *)out, &n, sealed + NONCE_LEN, (int)clen) != 1 ||
-        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) != 1 ||
-        EVP_DecryptFinal_ex(c, (unsigned char *)out + n, &fin) != 1)
-        return loom_err_set(err, LOOM_EINTERNAL,
-                            "could not decrypt a stored secret (wrong key or damaged data)");
-    out[n + fin] = '\0';
-    *ret = TAKE_PTR(out);
-    return 0;
-}
 
 /* ---- shared by secrets and config maps -------------------------------- */
 
@@ -165,11 +65,6 @@ static const char *kind_event(const struct kv_kind *k)
     return k->secret ? "secret" : "config_map";
 }
 
-static void aad_for(const struct api_project *p, const char *name, char *out, size_t outsz)
-{
-    snprintf(out, outsz, "loom-secret/%s/%s", p->id_str, name);
-}
-
 /* {"K":"V"} -> a PostgreSQL text[] literal of the keys: {"K1","K2"}. */
 static char *keys_literal(json_t *data)
 {
@@ -210,10 +105,10 @@ static int kv_json(const struct kv_kind *k, const struct api_project *p, PGresul
         _cleanup_free_ unsigned char *sealed = malloc(n ? n : 1);
         _cleanup_free_ char *plain = NULL;
         char aad[160];
-        aad_for(p, name, aad, sizeof(aad));
-        if (!sealed || unhex(payload, sealed, n) < 0)
+        loom_secretbox_aad(p->id_str, name, aad, sizeof(aad));
+        if (!sealed || loom_unhex(payload, sealed, n) < 0)
             return loom_err_set(err, LOOM_EINTERNAL, "stored secret %s is malformed", name);
-        if (api_secret_open(sealed, n, aad, &plain, err) < 0)
+        if (loom_secretbox_open(sealed, n, aad, &plain, err) < 0)
             return -1;
         data = loom_json_parse_object(plain, strlen(plain), err);
         explicit_bzero(plain, strlen(plain));
@@ -294,10 +189,10 @@ static int kv_body(const struct kv_kind *k, struct api_ctx *ctx, const char *nam
     _cleanup_free_ char *keys = keys_literal(data);
     if (k->secret) {
         char aad[160];
-        aad_for(&ctx->project, name, aad, sizeof(aad));
+        loom_secretbox_aad(ctx->project.id_str, name, aad, sizeof(aad));
         _cleanup_free_ unsigned char *sealed = NULL;
         size_t n;
-        int rc = api_secret_seal(text, strlen(text), aad, &sealed, &n, err);
+        int rc = loom_secretbox_seal(text, strlen(text), aad, &sealed, &n, err);
         explicit_bzero(text, strlen(text));
         if (rc < 0)
             return -1;

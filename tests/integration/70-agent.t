@@ -56,7 +56,7 @@ diag "CapEff $capeff"
 ok "CAP_SYS_ADMIN (bit 21) is absent from CapEff" test -n "$capeff" -a $((0x${capeff:-200000} >> 21 & 1)) -eq 0
 
 # --- OOM -------------------------------------------------------------------------
-submit oom --memory 64M --cmd 'awk "BEGIN { s = \"x\"; while (1) s = s s }"'
+submit oom --cpu 0.125 --memory 256M --cmd 'awk "BEGIN { s = \"x\"; while (1) s = s s }"'
 wait_run oom 60
 is "$(run_field oom .status)" failed "a job past its memory limit fails"
 like "$(reason_of oom)" '[Oo][Oo][Mm]' "the failure is reported as an OOM kill ($(reason_of oom))"
@@ -183,10 +183,10 @@ other=itp$$
 other_key=$("$bin/loom-admin" keys create --project "$other" --role write 2>/dev/null)
 like "$other_key" '^loom_' "a write key for a second project ($other)"
 web_cmd='httpd -f -p 8080 -h /etc'
-out=$(loom app create web --image "$image" --cmd "$web_cmd" --port 8080 --min-scale 1 --cpu 0.1 \
-	--memory 64M 2>&1) || diag "$out"
+out=$(loom app create web --image "$image" --cmd "$web_cmd" --port 8080 --min-scale 1 --cpu 0.125 \
+	--memory 256M 2>&1) || diag "$out"
 out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom app create web --image "$image" --cmd "$web_cmd" \
-	--port 8080 --min-scale 1 --cpu 0.1 --memory 64M 2>&1) || diag "$out"
+	--port 8080 --min-scale 1 --cpu 0.125 --memory 256M 2>&1) || diag "$out"
 addr_of_app() { # PROJECT KEY
 	api GET "/v1/projects/$1/apps/web/instances" "" "$2"
 	jq -r '[.instances[] | select(.status == "running") | .address][0] // empty' <<<"$http_body" 2>/dev/null
@@ -202,9 +202,9 @@ probe='for t in "$@"; do
 	if printf "GET /hostname HTTP/1.0\r\n\r\n" | nc -w 3 "${t%:*}" "${t#*:}" | grep -q "^HTTP/1"; then
 		echo "reach $t yes"; else echo "reach $t no"; fi
 done'
-submit net-a --cpu 0.1 --memory 64M --command /bin/sh --arg -c --arg "$probe" --arg sh --arg "$addr_a" --arg "$addr_b"
+submit net-a --cpu 0.125 --memory 256M --command /bin/sh --arg -c --arg "$probe" --arg sh --arg "$addr_a" --arg "$addr_b"
 out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom jobrun submit --name net-b --image "$image" \
-	--retrylimit 0 --cpu 0.1 --memory 64M --command /bin/sh --arg -c --arg "$probe" --arg sh \
+	--retrylimit 0 --cpu 0.125 --memory 256M --command /bin/sh --arg -c --arg "$probe" --arg sh \
 	--arg "$addr_b" --arg "$addr_a" 2>&1) || diag "$out"
 wait_run net-a 60
 wait_logs net-a "reach $addr_b"

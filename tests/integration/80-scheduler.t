@@ -42,7 +42,7 @@ ok "both nodes are ready" wait_for 15 nodes_ready || diag "$nodes"
 
 # --- a sparse array: 3 and 20 fail every time ---------------------------------------
 # shellcheck disable=SC2016 # for the container's shell
-out=$(loom jobrun submit --name sparse --image "$image" --cpu 1 --memory 64M \
+out=$(loom jobrun submit --name sparse --image "$image" --cpu 1 --memory 2G \
 	--cmd 'case $JOB_INDEX in 3|20) echo fail; exit 7;; esac; sleep 1' \
 	--array-indices 0-4,20,30-32 --retrylimit 2 --parallelism 3 2>&1)
 is "$?" 0 "jobrun submit sparse (0-4,20,30-32, retrylimit 2, parallelism 3)" || diag "$out"
@@ -84,7 +84,7 @@ is "$idx" "20,3" "sparse2 ran indices 3 and 20 only" ||
 	is "$idx" "3,20" "sparse2 ran indices 3 and 20 only"
 
 # --- max execution time ----------------------------------------------------------
-out=$(loom jobrun submit --name slow --image "$image" --cpu 1 --memory 64M --cmd 'sleep 60' \
+out=$(loom jobrun submit --name slow --image "$image" --cpu 1 --memory 2G --cmd 'sleep 60' \
 	--maxexecutiontime 2 --retrylimit 1 2>&1)
 is "$?" 0 "jobrun submit slow (sleep 60, max 2 s, retrylimit 1)" || diag "$out"
 ok "slow ends" wait_for 60 run_over slow || diag "$(run_json slow)"
@@ -100,7 +100,7 @@ ok "slow: no try lasted past 2 s + the 10 s kill grace (longest ${secs} s)" test
 
 # --- an agent killed mid-run -------------------------------------------------------
 # shellcheck disable=SC2016
-out=$(loom jobrun submit --name survive --image "$image" --cpu 1 --memory 64M \
+out=$(loom jobrun submit --name survive --image "$image" --cpu 1 --memory 2G \
 	--cmd 'sleep 4' --array-indices 0-3 2>&1)
 is "$?" 0 "jobrun submit survive (4 indices of 4 s on 2 nodes of 2 CPUs)" || diag "$out"
 on_node2() {
@@ -131,7 +131,7 @@ LOOM_SCHEDULER_ADDR=127.0.0.1:0 setsid "$bin/loom-scheduler" \
 sched2_pid=$!
 sleep 1
 # shellcheck disable=SC2016
-out=$(loom jobrun submit --name failover --image "$image" --cpu 0.5 --memory 64M \
+out=$(loom jobrun submit --name failover --image "$image" --cpu 0.5 --memory 1G \
 	--cmd 'sleep 2' --array-indices 0-9 --parallelism 3 2>&1)
 is "$?" 0 "jobrun submit failover (10 indices of 2 s, parallelism 3)" || diag "$out"
 started() { [ "$(run_field failover .status_details.running)" -gt 0 ] 2>/dev/null; }

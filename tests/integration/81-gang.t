@@ -23,7 +23,7 @@ gang() {
 	[ -n "$x" ] || x='{}'
 	body=$(jq -nc --arg n "$1" --argjson k "$2" --arg cmd "$3" --arg img "$image" \
 		--argjson x "$x" '{name: $n, image_reference: $img, scale_nodes: $k,
-		run_commands: ["/bin/sh", "-c", $cmd], scale_cpu_limit: "2", scale_memory_limit: "64M"} + $x')
+		run_commands: ["/bin/sh", "-c", $cmd], scale_cpu_limit: "2", scale_memory_limit: "4G"} + $x')
 	api POST "/v1/projects/$LOOM_PROJECT/job_runs" "$body"
 }
 
@@ -80,7 +80,7 @@ is "$(run_field phoenix '.status_details.indices_details[0].retries')" 1 \
 # --- daemon: restarted without limit -----------------------------------------------------
 # shellcheck disable=SC2016
 body=$(jq -nc --arg img "$image" '{name: "demon", image_reference: $img, run_mode: "daemon",
-	run_commands: ["/bin/sh", "-c", "exit 1"], scale_cpu_limit: "0.5", scale_memory_limit: "64M"}')
+	run_commands: ["/bin/sh", "-c", "exit 1"], scale_cpu_limit: "0.5", scale_memory_limit: "1G"}')
 api POST "/v1/projects/$LOOM_PROJECT/job_runs" "$body"
 is "$http_status" 201 "submit demon (daemon mode, exits 1)" || diag "$http_body"
 restarts() { [ "$(run_field demon '.status_details.indices_details[0].retries')" -ge 4 ] 2>/dev/null; }

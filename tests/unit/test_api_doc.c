@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "secretbox.h"
 #include "services/api/api.h"
 
 /* "/v1/projects/{project}/apps/{name}" -> "/v1/projects/{}/apps/{}" */
@@ -111,36 +112,36 @@ static void test_secret_crypto(void **state)
     unsigned char *sealed = NULL;
     size_t n = 0;
     /* without a key secrets are disabled, not stored in the clear */
-    assert_int_equal(api_secrets_set_key(NULL, &err), 0);
-    assert_int_equal(api_secret_seal("x", 1, "a", &sealed, &n, &err), -1);
+    assert_int_equal(loom_secretbox_set_key(NULL, &err), 0);
+    assert_int_equal(loom_secretbox_seal("x", 1, "a", &sealed, &n, &err), -1);
     assert_int_equal(err.code, LOOM_EUNAVAIL);
-    assert_int_equal(api_secrets_set_key("xyz", &err), -1);
-    assert_int_equal(api_secrets_set_key(
+    assert_int_equal(loom_secretbox_set_key("xyz", &err), -1);
+    assert_int_equal(loom_secretbox_set_key(
                          "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", &err),
                      0);
     const char *plain = "{\"pass\":\"hunter2\"}";
-    assert_int_equal(api_secret_seal(plain, strlen(plain), "loom-secret/1/s1", &sealed, &n, &err),
-                     0);
+    assert_int_equal(
+        loom_secretbox_seal(plain, strlen(plain), "loom-secret/1/s1", &sealed, &n, &err), 0);
     assert_int_equal(n, 12 + strlen(plain) + 16);
     assert_null(memmem(sealed, n, "hunter2", 7));
     char *back = NULL;
-    assert_int_equal(api_secret_open(sealed, n, "loom-secret/1/s1", &back, &err), 0);
+    assert_int_equal(loom_secretbox_open(sealed, n, "loom-secret/1/s1", &back, &err), 0);
     assert_string_equal(back, plain);
     free(back);
     /* bound to its project and name */
     back = NULL;
-    assert_int_equal(api_secret_open(sealed, n, "loom-secret/2/s1", &back, &err), -1);
+    assert_int_equal(loom_secretbox_open(sealed, n, "loom-secret/2/s1", &back, &err), -1);
     assert_null(back);
     /* and to its bytes */
     sealed[14] ^= 1;
-    assert_int_equal(api_secret_open(sealed, n, "loom-secret/1/s1", &back, &err), -1);
-    assert_int_equal(api_secret_open(sealed, 10, "loom-secret/1/s1", &back, &err), -1);
+    assert_int_equal(loom_secretbox_open(sealed, n, "loom-secret/1/s1", &back, &err), -1);
+    assert_int_equal(loom_secretbox_open(sealed, 10, "loom-secret/1/s1", &back, &err), -1);
     free(sealed);
     /* two seals of the same text differ (random nonce) */
     unsigned char *a = NULL, *b = NULL;
     size_t na, nb;
-    assert_int_equal(api_secret_seal("same", 4, "x", &a, &na, &err), 0);
-    assert_int_equal(api_secret_seal("same", 4, "x", &b, &nb, &err), 0);
+    assert_int_equal(loom_secretbox_seal("same", 4, "x", &a, &na, &err), 0);
+    assert_int_equal(loom_secretbox_seal("same", 4, "x", &b, &nb, &err), 0);
     assert_int_equal(na, nb);
     assert_memory_not_equal(a, b, na);
     free(a);
