@@ -90,6 +90,21 @@ int api_event(struct api_ctx *ctx, const char *kind, const char *action, const c
  * number published or -1. Purges expired idempotency records too. */
 int api_outbox_publish(struct loom_db *db, struct loom_err *err);
 
+/* A PATCH of a resource with a spec (apps, jobs): the body validated as a
+ * patch, the row locked with sql_lock ($1 project id, $2 the name in
+ * params[1]; columns id, generation, spec text), If-Match checked, the
+ * merge (api_spec_merge) validated whole. ret->row is the locked row. */
+typedef int (*api_spec_fn)(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+struct api_patch {
+    PGresult *row; /* id, generation, spec */
+    json_t *spec;  /* the whole new spec */
+    bool changed;  /* it differs from the stored one */
+};
+int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
+                   api_spec_fn validate, struct api_patch *ret, struct loom_err *err);
+void api_patch_release(struct api_patch *p);
+#define _cleanup_api_patch_ __attribute__((cleanup(api_patch_release)))
+
 /* Checks If-Match against a resource's generation (its entity tag, sent as
  * "\"<generation>\""). No header or "*" passes; a mismatch is 412. */
 int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
@@ -140,16 +155,31 @@ int api_jobrun_spec(json_t *body, const json_t *job_spec, json_t **ret_spec, str
 /* Validates a job body (POST .../jobs; PATCH with partial = true checks only
  * what is present and fills no defaults). */
 int api_job_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+/* The members each body may have (NULL-terminated), for the OpenAPI check. */
+extern const char *const api_app_fields[];
+extern const char *const api_job_fields[];
+extern const char *const api_jobrun_fields[];
 /* Validates an app body; same conventions as api_job_spec. */
 int api_app_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+/* A stored spec with a validated PATCH applied (a new object, to validate
+ * whole again). raw is the request body: a member that is null there is
+ * removed (as in a JSON merge patch, at the top level only), so that it takes its default again or
+ * goes (a probe, image_secret). A field whose value was the default taken from another
+ * (scale_concurrency_target from scale_concurrency, scale_initial_instances from
+ * scale_min_instances) follows that field when only it changes, and a patch of only one of
+ * scale_cpu_limit and scale_memory_limit drops the other, so that it gets the 1:4 partner. */
+json_t *api_spec_merge(const json_t *old, const json_t *patch, const json_t *raw);
 
 /* Parses an array spec into its canonical text, its PostgreSQL multirange
  * literal and its index count (all allocated / written only on success). */
 int api_array_spec(const char *spec, char **ret_canonical, char **ret_multirange,
                    int64_t *ret_count, struct loom_err *err);
 
-/* "0.5" vCPU -> 500 millicores; LOOM_EINVAL when not a positive decimal with at
- * most 3 fractional digits, or over 64 vCPU. */
+/* "0.5" vCPU -> 500 millicores; -1 when not a positive decimal with at
+ * most 3 fractional digits ("250m" too), or over 64 vCPU. The validators
+ * further allow only Code Engine's sizes (0.125 to 12) and, with
+ * scale_memory_limit, its cpu:memory combinations (1:2, 1:4, 1:8 GB, at
+ * most 48G). */
 int api_parse_cpu(const char *s, int64_t *ret_millis);
 
 /* The name in a body: required DNS label. */
@@ -158,6 +188,12 @@ int api_body_name(json_t *body, const char **ret, struct loom_err *err);
 /* The "data" member of a secret or config map body: an object of at most
  * 100 string values whose keys are 1-253 of [-._a-zA-Z0-9]; copied. */
 int api_data_map(json_t *body, json_t **ret, struct loom_err *err);
+
+/* Checks a secret's data against its format: "generic" (anything),
+ * "registry" (server as host[:port], username, password, optionally email;
+ * nothing else) or "tls" (tls_cert and tls_key, both PEM). The message
+ * names the field (format, data.<key>) and the reason. */
+int api_secret_data(const char *format, json_t *data, struct loom_err *err);
 
 /* ---- secrets.c ---------------------------------------------------------- */
 

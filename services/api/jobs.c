@@ -129,36 +129,15 @@ void api_jobs_get(struct loom_http_req *req)
 static int job_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
     const char *name = ctx->req->params[1];
-    const char *given = NULL;
-    if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
+    _cleanup_api_patch_ struct api_patch p = {0};
+    if (api_patch_spec(ctx, "job",
+                       "SELECT id, generation, spec::text FROM jobs WHERE project_id = $1 AND "
+                       "name = $2 FOR UPDATE",
+                       api_job_spec, &p, err) < 0)
         return -1;
-    if (given && strcmp(given, name) != 0)
-        return loom_err_set(err, LOOM_EINVAL, "field \"name\": a job cannot be renamed");
-    _cleanup_json_ json_t *patch = NULL;
-    if (api_job_spec(ctx->body, true, &patch, err) < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *cur = loom_db_query(
-        ctx->db, err,
-        "SELECT id, generation, spec::text FROM jobs WHERE project_id = $1 AND name = $2 "
-        "FOR UPDATE",
-        ctx->project.id_str, name);
-    if (!cur)
-        return -1;
-    if (PQntuples(cur) == 0)
-        return loom_err_set(err, LOOM_ENOTFOUND, "job \"%s\" not found", name);
-    if (api_check_if_match(ctx->req, "job", name, PQgetvalue(cur, 0, 1), err) < 0)
-        return -1;
-    _cleanup_json_ json_t *old =
-        loom_json_parse_object(PQgetvalue(cur, 0, 2), strlen(PQgetvalue(cur, 0, 2)), err);
-    if (!old)
-        return -1;
-    _cleanup_json_ json_t *merged = json_deep_copy(old);
-    json_object_update(merged, patch);
-    json_object_set_new(merged, "name", json_string(name));
-    _cleanup_json_ json_t *spec = NULL;
-    if (api_job_spec(merged, false, &spec, err) < 0)
-        return -1;
-    bool changed = !json_equal(spec, old);
+    json_t *spec = p.spec;
+    PGresult *cur = p.row;
+    bool changed = p.changed;
     if (changed) {
         _cleanup_free_ char *text = loom_json_dumps(spec);
         _cleanup_pgres_ PGresult *upd =

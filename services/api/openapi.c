@@ -35,7 +35,9 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/jobs/{name}", "getJob", "Get a job (ETag = generation)", NULL,
      200, "Job"},
     {"patch", "/v1/projects/{project}/jobs/{name}", "updateJob",
-     "Change some fields of a job (If-Match: its ETag)", "JobPatch", 200, "Job"},
+     "Change some fields of a job (If-Match: its ETag): each given top-level field replaces the "
+     "stored one, null takes it back to its default",
+     "JobPatch", 200, "Job"},
     {"delete", "/v1/projects/{project}/jobs/{name}", "deleteJob", "Delete a job (runs stay)", NULL,
      204, NULL},
     {"post", "/v1/projects/{project}/job_runs", "createJobRun",
@@ -58,7 +60,9 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/apps/{name}", "getApp", "Get an app (ETag = generation)", NULL,
      200, "App"},
     {"patch", "/v1/projects/{project}/apps/{name}", "updateApp",
-     "Change some fields of an app: a new generation (If-Match: its ETag)", "AppPatch", 200, "App"},
+     "Change some fields of an app, a new generation (If-Match: its ETag): each given top-level "
+     "field replaces the stored one, null takes it back to its default",
+     "AppPatch", 200, "App"},
     {"delete", "/v1/projects/{project}/apps/{name}", "deleteApp",
      "Delete an app; 202 while its instances are being stopped (delete again)", NULL, 204, NULL},
     {"get", "/v1/projects/{project}/apps/{name}/instances", "listAppInstances",
@@ -73,9 +77,10 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/secrets", "listSecrets", "List secrets (keys, no values)", NULL,
      200, "SecretList"},
     {"get", "/v1/projects/{project}/secrets/{name}", "getSecret",
-     "Get a secret (values only for write and admin keys)", NULL, 200, "Secret"},
+     "Get a secret: its keys and metadata, never its values", NULL, 200, "Secret"},
     {"put", "/v1/projects/{project}/secrets/{name}", "replaceSecret",
-     "Replace a secret's data (If-Match optional)", "Secret", 200, "Secret"},
+     "Replace a secret's data (If-Match optional; format kept when not given)", "Secret", 200,
+     "Secret"},
     {"delete", "/v1/projects/{project}/secrets/{name}", "deleteSecret", "Delete a secret", NULL,
      204, NULL},
     {"post", "/v1/projects/{project}/config_maps", "createConfigMap", "Create a config map",
@@ -107,37 +112,8 @@ static const char *const schemas[][2] = {
                 "\"status\":{\"type\":\"integer\"},\"detail\":{\"type\":\"string\"},"
                 "\"instance\":{\"type\":\"string\"},\"request_id\":{\"type\":\"string\"}}}"},
     {"Name", "{\"type\":\"string\",\"pattern\":\"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$\"}"},
-    {"EnvVar", "{\"type\":\"object\",\"required\":[\"name\",\"value\"],\"additionalProperties\":"
-               "false,\"properties\":{\"type\":{\"const\":\"literal\"},\"name\":{\"type\":"
-               "\"string\",\"pattern\":\"^[A-Za-z_][A-Za-z0-9_]*$\"},\"value\":{\"type\":"
-               "\"string\"}}}"},
-    {"RunFields",
-     "{\"type\":\"object\",\"properties\":{"
-     "\"image_reference\":{\"type\":\"string\",\"maxLength\":512,\"description\":"
-     "\"host:port/repo:tag or ...@sha256:<hex>\"},"
-     "\"run_commands\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"string\"},"
-     "\"description\":\"replaces the image's entrypoint\"},"
-     "\"run_arguments\":{\"type\":\"array\",\"maxItems\":64,\"items\":{\"type\":\"string\"},"
-     "\"description\":\"replaces the image's cmd\"},"
-     "\"run_env_variables\":{\"type\":\"array\",\"maxItems\":100,\"items\":{\"$ref\":"
-     "\"#/components/schemas/EnvVar\"}},"
-     "\"scale_cpu_limit\":{\"type\":\"string\",\"default\":\"1\",\"description\":\"vCPU, "
-     "0.001 to 64\"},"
-     "\"scale_memory_limit\":{\"type\":\"string\",\"default\":\"4G\",\"description\":\"6M to "
-     "256G\"},"
-     "\"scale_gpus\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":64,\"default\":0},"
-     "\"scale_gpu_model\":{\"type\":\"string\",\"maxLength\":64}}}"},
-    {"JobFields",
-     "{\"type\":\"object\",\"properties\":{"
-     "\"scale_array_spec\":{\"type\":\"string\",\"default\":\"0\",\"description\":\"indices "
-     "such as 0-9,20\"},"
-     "\"scale_retry_limit\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":5,\"default\":3},"
-     "\"scale_max_execution_time\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":86400,"
-     "\"default\":7200},"
-     "\"parallelism\":{\"type\":\"integer\",\"minimum\":0,\"default\":0,\"description\":\"0 = "
-     "unlimited\"},"
-     "\"run_mode\":{\"enum\":[\"task\",\"daemon\"],\"default\":\"task\"}}}"},
-    {"Job", "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/components/"
+    {"Job", "{\"allOf\":[{\"$ref\":\"#/components/schemas/Meta\"},{\"$ref\":\"#/components/schemas/"
+            "RunFields\"},{\"$ref\":\"#/components/"
             "schemas/JobFields\"},{\"type\":\"object\",\"required\":[\"name\","
             "\"image_reference\"],\"properties\":{\"name\":{\"$ref\":\"#/components/schemas/"
             "Name\"},\"generation\":{\"type\":\"integer\",\"readOnly\":true},\"entity_tag\":{"
@@ -162,13 +138,16 @@ static const char *const schemas[][2] = {
      "\"null\"]},\"exit_code\":{\"type\":[\"integer\",\"null\"]},\"last_failure_reason\":{"
      "\"type\":[\"string\",\"null\"]}}}"},
     {"JobRun",
-     "{\"allOf\":[{\"$ref\":\"#/components/schemas/JobRunCreate\"},{\"type\":\"object\","
+     "{\"allOf\":[{\"$ref\":\"#/components/schemas/Meta\"},{\"$ref\":\"#/components/schemas/"
+     "JobRunCreate\"},{\"type\":\"object\","
      "\"properties\":{\"id\":{\"type\":\"integer\"},\"created_at\":{\"type\":\"string\"},"
      "\"finished_at\":{\"type\":[\"string\",\"null\"]},\"status\":{\"enum\":[\"pending\","
      "\"running\",\"completed\",\"failed\",\"cancelled\"]},\"status_details\":{\"type\":"
      "\"object\",\"properties\":{\"requested\":{\"type\":\"integer\"},\"pending\":{\"type\":"
      "\"integer\"},\"running\":{\"type\":\"integer\"},\"succeeded\":{\"type\":\"integer\"},"
-     "\"failed\":{\"type\":\"integer\"},\"pending_indices\":{\"type\":\"string\"},"
+     "\"failed\":{\"type\":\"integer\"},\"pending_indices\":{\"type\":\"string\"},\"waiting_"
+     "reason\":{"
+     "\"type\":[\"string\",\"null\"]},\"indices_details_truncated\":{\"type\":\"boolean\"},"
      "\"running_indices\":{\"type\":\"string\"},\"succeeded_indices\":{\"type\":\"string\"},"
      "\"failed_indices\":{\"type\":\"string\"},\"indices_details\":{\"type\":\"array\","
      "\"maxItems\":1000,\"items\":{\"$ref\":\"#/components/schemas/IndexDetail\"}}}}}}]}"},
@@ -203,14 +182,9 @@ static const char *const schemas[][2] = {
             "reply to POST\"}}}"},
     {"KeyList", "{\"type\":\"object\",\"properties\":{\"keys\":{\"type\":\"array\",\"items\":{"
                 "\"$ref\":\"#/components/schemas/Key\"}}}}"},
-    {"AppFields",
-     "{\"type\":\"object\",\"properties\":{\"image_port\":{\"type\":\"integer\",\"minimum\":1,"
-     "\"maximum\":65535,\"default\":8080},\"scale_min_instances\":{\"type\":\"integer\","
-     "\"minimum\":0,\"maximum\":1000,\"default\":0},\"scale_max_instances\":{\"type\":"
-     "\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":10},\"scale_concurrency\":{"
-     "\"type\":\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":100}}}"},
     {"App",
-     "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/components/schemas/"
+     "{\"allOf\":[{\"$ref\":\"#/components/schemas/Meta\"},{\"$ref\":\"#/components/schemas/"
+     "RunFields\"},{\"$ref\":\"#/components/schemas/"
      "AppFields\"},{\"type\":\"object\",\"required\":[\"name\",\"image_reference\"],"
      "\"properties\":{\"name\":{\"$ref\":\"#/components/schemas/Name\"},\"endpoint\":{\"type\":"
      "\"string\",\"readOnly\":true},\"url\":{\"type\":\"string\",\"readOnly\":true},"
@@ -218,7 +192,8 @@ static const char *const schemas[][2] = {
      "\"string\",\"readOnly\":true},\"status\":{\"enum\":[\"deploying\",\"ready\"],\"readOnly\":"
      "true},\"status_details\":{\"type\":\"object\",\"readOnly\":true,\"properties\":{"
      "\"instances_running\":{\"type\":\"integer\"},\"instances_desired\":{\"type\":"
-     "\"integer\"}}}}}]}"},
+     "\"integer\"},\"waiting_reason\":{\"type\":[\"string\",\"null\"],"
+     "\"description\":\"why instances are not placed\"}}}}}]}"},
     {"AppPatch", "{\"allOf\":[{\"$ref\":\"#/components/schemas/RunFields\"},{\"$ref\":\"#/"
                  "components/schemas/AppFields\"}]}"},
     {"AppList", "{\"type\":\"object\",\"properties\":{\"apps\":{\"type\":\"array\",\"items\":{"
@@ -242,24 +217,126 @@ static const char *const schemas[][2] = {
     {"ProjectList", "{\"type\":\"object\",\"properties\":{\"projects\":{\"type\":\"array\","
                     "\"items\":{\"$ref\":\"#/components/schemas/Project\"}},\"limit\":{\"type\":"
                     "\"integer\"},\"next\":{\"type\":\"string\"}}}"},
-    {"Secret",
-     "{\"type\":\"object\",\"required\":[\"data\"],\"properties\":{\"name\":{\"$ref\":\"#/"
-     "components/schemas/Name\"},\"format\":{\"enum\":[\"generic\",\"registry\"],\"default\":"
-     "\"generic\"},\"data\":{\"type\":\"object\",\"maxProperties\":100,"
-     "\"additionalProperties\":{\"type\":\"string\"}},\"data_keys\":{\"type\":\"array\","
-     "\"readOnly\":true,\"items\":{\"type\":\"string\"}},\"generation\":{\"type\":\"integer\","
-     "\"readOnly\":true}}}"},
     {"SecretList", "{\"type\":\"object\",\"properties\":{\"secrets\":{\"type\":\"array\","
                    "\"items\":{\"$ref\":\"#/components/schemas/Secret\"}},\"limit\":{\"type\":"
                    "\"integer\"},\"next\":{\"type\":\"string\"}}}"},
-    {"ConfigMap",
-     "{\"type\":\"object\",\"required\":[\"data\"],\"properties\":{\"name\":{\"$ref\":\"#/"
-     "components/schemas/Name\"},\"data\":{\"type\":\"object\",\"maxProperties\":100,"
-     "\"additionalProperties\":{\"type\":\"string\"}},\"generation\":{\"type\":\"integer\","
-     "\"readOnly\":true}}}"},
     {"ConfigMapList", "{\"type\":\"object\",\"properties\":{\"config_maps\":{\"type\":\"array\","
                       "\"items\":{\"$ref\":\"#/components/schemas/ConfigMap\"}},\"limit\":{"
                       "\"type\":\"integer\"},\"next\":{\"type\":\"string\"}}}"},
+};
+
+/* More component schemas, written with ' for " to stay readable (converted
+ * when the document is built; so no apostrophes in their text). */
+static const char *const schemas_sq[][2] = {
+    {"Meta", "{'type':'object','properties':{'id':{'type':'integer','readOnly':true},"
+             "'project':{'type':'string','readOnly':true},'created_at':{'type':'string',"
+             "'readOnly':true},'updated_at':{'type':'string','readOnly':true},'generation':{"
+             "'type':'integer','readOnly':true},'entity_tag':{'type':'string','readOnly':true,"
+             "'description':'the ETag, for If-Match'}}}"},
+    {"ConfigMap",
+     "{'allOf':[{'$ref':'#/components/schemas/Meta'},{'type':'object','required':['data'],"
+     "'properties':{'name':{'$ref':'#/components/schemas/Name'},'data':{'type':'object',"
+     "'maxProperties':100,'propertyNames':{'pattern':'^[-._a-zA-Z0-9]{1,253}$'},"
+     "'additionalProperties':{'type':'string'}},'data_keys':{'type':'array','readOnly':true,"
+     "'items':{'type':'string'}}}}]}"},
+    {"EnvVar",
+     "{'description':'One environment variable, or every key of a secret or config map. A refe"
+     "renced secret or config map need not exist when the app, job or run is created (as in Co"
+     "de Engine): an instance whose reference is missing fails permanently with a reason namin"
+     "g it (a job index: failed, not retried).', 'oneOf':[ {'type':'object','required':['name'"
+     ",'value'],'additionalProperties':false,'properties':{'type':{'const':'literal','default'"
+     ":'literal'},'name':{'$ref':'#/components/schemas/EnvName'},'value':{'type':'string','max"
+     "Length':32768}}}, {'type':'object','required':['type','reference'],'additionalProperties"
+     "':false,'properties':{'type':{'enum':['secret_full_reference','config_map_full_reference"
+     "']},'reference':{'$ref':'#/components/schemas/Name'},'prefix':{'type':'string','maxLengt"
+     "h':64,'description':'each key K becomes the variable prefix+K'}}}, {'type':'object','req"
+     "uired':['type','reference','key','name'],'additionalProperties':false,'properties':{'typ"
+     "e':{'enum':['secret_key_reference','config_map_key_reference']},'reference':{'$ref':'#/c"
+     "omponents/schemas/Name'},'key':{'type':'string','pattern':'^[-._a-zA-Z0-9]{1,253}$'},'na"
+     "me':{'$ref':'#/components/schemas/EnvName'}}}]}"},
+    {"EnvName", "{'type':'string','pattern':'^[A-Za-z_][A-Za-z0-9_]*$','maxLength':256}"},
+    {"VolumeMount",
+     "{'type':'object','required':['type','reference','mount_path'],'additionalProperties':fal"
+     "se,'description':'The keys of a secret (files 0400) or config map (0444) as files in a r"
+     "ead-only directory. The reference need not exist at create time (see EnvVar).','properti"
+     "es':{'type':{'enum':['secret','config_map']},'reference':{'$ref':'#/components/schemas/N"
+     "ame'},'mount_path':{'type':'string','maxLength':256,'description':'absolute and normaliz"
+     "ed, not / and not under /proc, /sys or /dev; unique in the list'},'name':{'$ref':'#/comp"
+     "onents/schemas/Name'}}}"},
+    {"RunFields",
+     "{'type':'object','properties':{ 'image_reference':{'type':'string','maxLength':512,'desc"
+     "ription':'host:port/repo:tag or ...@sha256:<hex>'}, 'image_secret':{'$ref':'#/components"
+     "/schemas/Name','description':'a secret of format registry used to pull the image when it"
+     "s server is the image host (need not exist at create time)'}, 'run_commands':{'type':'ar"
+     "ray','maxItems':64,'items':{'type':'string','maxLength':4096},'description':'replaces th"
+     "e entrypoint of the image'}, 'run_arguments':{'type':'array','maxItems':64,'items':{'typ"
+     "e':'string','maxLength':4096},'description':'replaces the cmd of the image'}, 'run_env_v"
+     "ariables':{'type':'array','maxItems':100,'default':[],'items':{'$ref':'#/components/sche"
+     "mas/EnvVar'}}, 'run_volume_mounts':{'type':'array','maxItems':20,'default':[],'items':{'"
+     "$ref':'#/components/schemas/VolumeMount'}}, 'scale_cpu_limit':{'enum':['0.125','0.25','0"
+     ".5','1','2','4','6','8','10','12'],'default':'1','description':'vCPU (also written as 12"
+     "5m or .125; stored in this form). With scale_memory_limit one of the Code Engine combina"
+     "tions: 2, 4 or 8 GB per vCPU, at most 48G. Given alone, memory is 4 GB per vCPU.'}, 'sca"
+     "le_memory_limit':{'type':'string','pattern':'^[0-9]+(\\\\.[0-9]{1,3})?(M|G|Mi|Gi)$','def"
+     "ault':'4G','description':'2, 4 or 8 GB per vCPU; equal in decimal (0.25G = 250M) or bina"
+     "ry (256M = 256Mi = 0.25Gi) units. Given alone, the vCPU is a quarter of it (else a half,"
+     " else an eighth).'}, 'scale_ephemeral_storage_limit':{'type':'string','default':'400M','"
+     "description':'writable container storage, M/G/Mi/Gi, at most 48G'}, 'scale_gpus':{'type'"
+     ":'integer','minimum':0,'maximum':64,'default':0}, 'scale_gpu_model':{'type':'string','ma"
+     "xLength':64,'pattern':'^[-._a-zA-Z0-9]*$'}}}"},
+    {"JobFields",
+     "{'type':'object','properties':{ 'scale_array_spec':{'type':'string','default':'0','descr"
+     "iption':'indices such as 0-9,20 (0 to 9999999); stored in canonical form'}, 'scale_retry"
+     "_limit':{'type':'integer','minimum':0,'maximum':5,'default':3}, 'scale_max_execution_tim"
+     "e':{'type':'integer','minimum':1,'maximum':86400,'default':7200,'description':'seconds p"
+     "er index attempt'}, 'parallelism':{'type':'integer','minimum':0,'default':0,'description"
+     "':'indices running at once; 0 = unlimited'}, 'run_mode':{'enum':['task','daemon'],'defau"
+     "lt':'task','description':'daemon: restarted whenever it ends; takes no retry limit or ex"
+     "ecution time'}, 'scale_nodes':{'type':'integer','minimum':1,'maximum':1000,'description'"
+     ":'more than 1: each index is a gang of this many instances placed all together'}, 'prior"
+     "ity':{'type':'integer','minimum':0,'maximum':100,'description':'higher runs are placed f"
+     "irst'}, 'node_selector':{'type':'object','maxProperties':32,'default':{},'additionalProp"
+     "erties':{'type':'string','pattern':'^[-._a-zA-Z0-9]{0,63}$'},'description':'label: value"
+     " pairs that every chosen node must have'}, 'placement':{'enum':['binpack','spread'],'def"
+     "ault':'binpack'}, 'gang_timeout':{'type':'integer','minimum':1,'maximum':86400,'default'"
+     ":300,'description':'seconds a gang may wait to be placed whole before the index fails wi"
+     "th that reason'}}}"},
+    {"Probe",
+     "{'type':'object','additionalProperties':false,'properties':{'type':{'enum':['tcp','http'"
+     "],'default':'tcp'},'path':{'type':'string','maxLength':256,'description':'http only; def"
+     "ault /'},'port':{'type':'integer','minimum':1,'maximum':65535,'description':'default ima"
+     "ge_port'},'initial_delay':{'type':'integer','minimum':0,'maximum':3600,'default':0},'int"
+     "erval':{'type':'integer','minimum':1,'maximum':3600,'default':10},'timeout':{'type':'int"
+     "eger','minimum':1,'maximum':3600,'default':1},'failure_threshold':{'type':'integer','min"
+     "imum':1,'maximum':10,'default':3}}}"},
+    {"AppFields",
+     "{'type':'object','properties':{ 'image_port':{'type':'integer','minimum':1,'maximum':655"
+     "35,'default':8080}, 'scale_min_instances':{'type':'integer','minimum':0,'maximum':1000,'"
+     "default':0}, 'scale_max_instances':{'type':'integer','minimum':1,'maximum':1000,'default"
+     "':10}, 'scale_initial_instances':{'type':'integer','minimum':0,'maximum':1000,'descripti"
+     "on':'instances started on create and update, at most scale_max_instances; default scale_"
+     "min_instances'}, 'scale_concurrency':{'type':'integer','minimum':1,'maximum':1000,'defau"
+     "lt':100,'description':'hard limit of requests in flight per instance'}, 'scale_concurren"
+     "cy_target':{'type':'integer','minimum':1,'maximum':1000,'description':'what the autoscal"
+     "er aims for, at most scale_concurrency; default scale_concurrency'}, 'scale_down_delay':"
+     "{'type':'integer','minimum':0,'maximum':3600,'default':0,'description':'seconds before a"
+     "n idle instance is removed'}, 'scale_request_timeout':{'type':'integer','minimum':1,'max"
+     "imum':600,'default':300,'description':'seconds'}, 'probe_readiness':{'$ref':'#/component"
+     "s/schemas/Probe'}, 'probe_liveness':{'$ref':'#/components/schemas/Probe'}, 'visibility':"
+     "{'enum':['public','private','project'],'default':'public'}}}"},
+    {"Secret",
+     "{'type':'object','required':['data'],'description':'Values are encrypted at rest (AES-25"
+     "6-GCM) and never returned: every read, whatever the role of the key, shows data_keys onl"
+     "y.','properties':{ 'name':{'$ref':'#/components/schemas/Name'},'project':{'type':'string"
+     "','readOnly':true},'id':{'type':'integer','readOnly':true}, 'format':{'enum':['generic',"
+     "'registry','tls'],'default':'generic','description':'registry: keys server (host[:port])"
+     ", username, password and optionally email; tls: keys tls_cert (PEM certificates) and tls"
+     "_key (one PEM private key). PUT without format keeps the format.'}, 'data':{'type':'obje"
+     "ct','writeOnly':true,'maxProperties':100,'propertyNames':{'pattern':'^[-._a-zA-Z0-9]{1,2"
+     "53}$'},'additionalProperties':{'type':'string'}}, 'data_keys':{'type':'array','readOnly'"
+     ":true,'items':{'type':'string'}}, 'generation':{'type':'integer','readOnly':true},'entit"
+     "y_tag':{'type':'string','readOnly':true}, 'created_at':{'type':'string','readOnly':true}"
+     ",'updated_at':{'type':'string','readOnly':true}}}"},
 };
 
 static json_t *param(const char *name, const char *in, const char *type, const char *desc)
@@ -330,8 +407,13 @@ static json_t *operation(const struct op *o)
                             problem_response("absent, or in a project the key cannot see"));
         json_object_set_new(responses, "429", problem_response("rate limited (Retry-After)"));
     }
-    if (strcmp(o->method, "post") == 0)
+    if (strcmp(o->method, "post") == 0) {
         json_object_set_new(responses, "409", problem_response("the name is taken"));
+        json_object_set_new(responses, "422",
+                            problem_response("the Idempotency-Key was used for another request"));
+    }
+    if (o->request)
+        json_object_set_new(responses, "413", problem_response("the body is over 1 MiB"));
     if (strcmp(o->method, "patch") == 0 || strcmp(o->method, "put") == 0)
         json_object_set_new(responses, "412", problem_response("If-Match does not match"));
     json_object_set_new(op, "responses", responses);
@@ -368,6 +450,19 @@ static void build_doc(void)
         if (!s)
             abort(); /* a broken literal above: the unit test catches it first */
         json_object_set_new(sch, schemas[i][0], s);
+    }
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(schemas_sq); i++) {
+        char *text = strdup(schemas_sq[i][1]);
+        if (!text)
+            abort();
+        for (char *c = text; *c; c++)
+            if (*c == '\'')
+                *c = '"';
+        json_t *s = json_loads(text, 0, NULL);
+        free(text);
+        if (!s)
+            abort();
+        json_object_set_new(sch, schemas_sq[i][0], s);
     }
     json_object_set_new(doc, "components", components);
     doc_text = json_dumps(doc, JSON_INDENT(1) | JSON_PRESERVE_ORDER);

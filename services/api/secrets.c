@@ -1,7 +1,9 @@
 /* /v1/projects/{project}/secrets and /config_maps: named maps of strings,
  * replaced whole with PUT (as in Code Engine). Secret values are encrypted
- * with AES-256-GCM under the operator's key before they reach PostgreSQL,
- * and only write and admin keys can read them back. */
+ * with AES-256-GCM under the operator's key before they reach PostgreSQL
+ * and no answer of the API ever holds them: reads show the keys (the
+ * data_keys column, kept in the clear for that) and the metadata. Only the
+ * scheduler opens them, to hand them to containers. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +34,8 @@ static const struct kv_kind secret_kind = {
     "secrets",
     true,
     "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
-        "updated_at") ", encode(data_enc, 'hex') FROM secrets WHERE project_id = $1 AND name = "
-                      "$2",
+        "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
+                      "name = $2",
     "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
         "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
                       "name > $2 ORDER BY name LIMIT $3",
@@ -83,9 +85,9 @@ static char *keys_literal(json_t *data)
     return strbuf_detach(&sb, NULL);
 }
 
-/* Builds the JSON for one row; values only when with_values. */
+/* Builds the JSON for one row: for a secret its keys, never its values. */
 static int kv_json(const struct kv_kind *k, const struct api_project *p, PGresult *res, int r,
-                   bool single, bool with_values, json_t **ret, struct loom_err *err)
+                   json_t **ret, struct loom_err *err)
 {
     _cleanup_json_ json_t *o = json_object();
     const char *name = PQgetvalue(res, r, 1);
@@ -99,90 +101,59 @@ static int kv_json(const struct kv_kind *k, const struct api_project *p, PGresul
     api_json_set_str(o, "created_at", PQgetvalue(res, r, 4));
     api_json_set_str(o, "updated_at", PQgetvalue(res, r, 5));
     const char *payload = PQgetvalue(res, r, 6);
-    _cleanup_json_ json_t *data = NULL;
-    if (k->secret && single) {
-        size_t n = strlen(payload) / 2;
-        _cleanup_free_ unsigned char *sealed = malloc(n ? n : 1);
-        _cleanup_free_ char *plain = NULL;
-        char aad[160];
-        loom_secretbox_aad(p->id_str, name, aad, sizeof(aad));
-        if (!sealed || loom_unhex(payload, sealed, n) < 0)
-            return loom_err_set(err, LOOM_EINTERNAL, "stored secret %s is malformed", name);
-        if (loom_secretbox_open(sealed, n, aad, &plain, err) < 0)
-            return -1;
-        data = loom_json_parse_object(plain, strlen(plain), err);
-        explicit_bzero(plain, strlen(plain));
-        if (!data)
-            return -1;
-    } else if (k->secret) {
+    if (k->secret) {
         json_t *keys = json_loads(payload, 0, NULL);
-        json_object_set_new(o, "data_keys", keys ? keys : json_array());
-    } else {
-        data = loom_json_parse_object(payload, strlen(payload), err);
-        if (!data)
-            return -1;
+        json_object_set_new(o, "data_keys", json_is_array(keys) ? keys : json_array());
+        if (keys && !json_is_array(keys))
+            json_decref(keys);
+        *ret = TAKE_PTR(o);
+        return 0;
     }
-    if (data) {
-        json_t *keys = json_array();
-        const char *key;
-        json_t *v;
-        json_object_foreach(data, key, v)
-        {
-            (void)v;
-            json_array_append_new(keys, json_string(key));
-        }
-        json_object_set_new(o, "data_keys", keys);
-        if (with_values || !k->secret)
-            json_object_set(o, "data", data);
+    _cleanup_json_ json_t *data = loom_json_parse_object(payload, strlen(payload), err);
+    if (!data)
+        return loom_err_wrap(err, "stored config map %s", name);
+    json_t *keys = json_array();
+    const char *key;
+    json_t *v;
+    json_object_foreach(data, key, v)
+    {
+        (void)v;
+        json_array_append_new(keys, json_string(key));
     }
+    json_object_set_new(o, "data_keys", keys);
+    json_object_set(o, "data", data);
     *ret = TAKE_PTR(o);
     return 0;
 }
 
-static bool can_read_values(const struct api_caller *c)
-{
-    return c->role != API_ROLE_READ;
-}
-
 static int kv_load(const struct kv_kind *k, struct loom_db *db, const struct api_project *p,
-                   const struct api_caller *c, const char *name, json_t **ret, struct loom_err *err)
+                   const char *name, json_t **ret, struct loom_err *err)
 {
     _cleanup_pgres_ PGresult *res = loom_db_query(db, err, k->sql_select, p->id_str, name);
     if (!res)
         return -1;
     if (PQntuples(res) == 0)
         return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", k->what, name);
-    return kv_json(k, p, res, 0, true, can_read_values(c), ret, err);
+    return kv_json(k, p, res, 0, ret, err);
 }
 
 /* Validates a create (name required) or replace body into format and the
  * payload to store (hex ciphertext or JSON text). */
 static int kv_body(const struct kv_kind *k, struct api_ctx *ctx, const char *name,
-                   const char **ret_format, char **ret_keys, char **ret_payload,
-                   struct loom_err *err)
+                   const char *default_format, const char **ret_format, char **ret_keys,
+                   char **ret_payload, struct loom_err *err)
 {
     static const char *const secret_fields[] = {"name", "format", "data", NULL};
     static const char *const cm_fields[] = {"name", "data", NULL};
     if (loom_json_check_fields(ctx->body, k->secret ? secret_fields : cm_fields, err) < 0)
         return -1;
-    const char *format = "generic";
+    const char *format = default_format;
     if (k->secret && loom_json_get_string(ctx->body, "format", false, 16, &format, err) < 0)
         return -1;
-    if (strcmp(format, "generic") != 0 && strcmp(format, "registry") != 0)
-        return loom_err_set(err, LOOM_EINVAL,
-                            "field \"format\": must be \"generic\" or \"registry\"");
     _cleanup_json_ json_t *data = NULL;
-    if (api_data_map(ctx->body, &data, err) < 0)
+    if (api_data_map(ctx->body, &data, err) < 0 ||
+        (k->secret && api_secret_data(format, data, err) < 0))
         return -1;
-    if (strcmp(format, "registry") == 0) {
-        static const char *const need[] = {"server", "username", "password"};
-        for (size_t i = 0; i < LOOM_ARRAY_SIZE(need); i++)
-            if (!json_object_get(data, need[i]))
-                return loom_err_set(err, LOOM_EINVAL,
-                                    "field \"data.%s\": a registry secret needs server, "
-                                    "username and password",
-                                    need[i]);
-    }
     _cleanup_free_ char *text = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
     if (!text)
         return loom_err_set(err, LOOM_EINTERNAL, "could not encode data");
@@ -209,13 +180,21 @@ static int kv_body(const struct kv_kind *k, struct api_ctx *ctx, const char *nam
     return 0;
 }
 
+static void kv_set_etag(struct loom_http_req *req, json_t *item)
+{
+    char etag[40];
+    snprintf(etag, sizeof(etag), "\"%lld\"",
+             (long long)json_integer_value(json_object_get(item, "generation")));
+    loom_http_set_header(req, "ETag", etag);
+}
+
 static int kv_create(const struct kv_kind *k, struct api_ctx *ctx, int *ret_status,
                      json_t **ret_body, struct loom_err *err)
 {
     const char *name, *format;
     _cleanup_free_ char *keys = NULL, *payload = NULL;
     if (api_body_name(ctx->body, &name, err) < 0 ||
-        kv_body(k, ctx, name, &format, &keys, &payload, err) < 0)
+        kv_body(k, ctx, name, "generic", &format, &keys, &payload, err) < 0)
         return -1;
     _cleanup_pgres_ PGresult *ins = loom_db_query(ctx->db, err, k->sql_insert, ctx->project.id_str,
                                                   name, format, keys, payload);
@@ -225,14 +204,13 @@ static int kv_create(const struct kv_kind *k, struct api_ctx *ctx, int *ret_stat
         return -1;
     }
     _cleanup_json_ json_t *out = NULL;
-    if (kv_load(k, ctx->db, &ctx->project, &ctx->caller, name, &out, err) < 0)
+    if (kv_load(k, ctx->db, &ctx->project, name, &out, err) < 0)
         return -1;
     _cleanup_json_ json_t *ev =
         json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
     if (api_event(ctx, kind_event(k), "created", name, ev, err) < 0)
         return -1;
-    if (k->secret)
-        ctx->redact = "data";
+    kv_set_etag(ctx->req, out);
     *ret_status = 201;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -256,19 +234,21 @@ static int kv_replace(const struct kv_kind *k, struct api_ctx *ctx, int *ret_sta
         return -1;
     const char *format;
     _cleanup_free_ char *keys = NULL, *payload = NULL;
-    if (kv_body(k, ctx, name, &format, &keys, &payload, err) < 0)
+    /* PUT without "format" keeps the secret's format */
+    if (kv_body(k, ctx, name, PQgetvalue(cur, 0, 2), &format, &keys, &payload, err) < 0)
         return -1;
     _cleanup_pgres_ PGresult *upd =
         loom_db_query(ctx->db, err, k->sql_update, PQgetvalue(cur, 0, 0), format, keys, payload);
     if (!upd)
         return -1;
     _cleanup_json_ json_t *out = NULL;
-    if (kv_load(k, ctx->db, &ctx->project, &ctx->caller, name, &out, err) < 0)
+    if (kv_load(k, ctx->db, &ctx->project, name, &out, err) < 0)
         return -1;
     _cleanup_json_ json_t *ev =
         json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
     if (api_event(ctx, kind_event(k), "updated", name, ev, err) < 0)
         return -1;
+    kv_set_etag(ctx->req, out);
     *ret_status = 200;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -311,7 +291,7 @@ static void kv_list(const struct kv_kind *k, struct loom_http_req *req)
     int n = PQntuples(res);
     for (int r = 0; r < n; r++) {
         json_t *o;
-        if (kv_json(k, &proj, res, r, false, false, &o, &err) < 0)
+        if (kv_json(k, &proj, res, r, &o, &err) < 0)
             API_FAIL(req, &err);
         json_array_append_new(items, o);
     }
@@ -327,12 +307,9 @@ static void kv_get(const struct kv_kind *k, struct loom_http_req *req)
     struct api_project proj;
     json_t *out = NULL;
     if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
-        kv_load(k, db, &proj, &caller, req->params[1], &out, &err) < 0)
+        kv_load(k, db, &proj, req->params[1], &out, &err) < 0)
         API_FAIL(req, &err);
-    char etag[40];
-    snprintf(etag, sizeof(etag), "\"%lld\"",
-             (long long)json_integer_value(json_object_get(out, "generation")));
-    loom_http_set_header(req, "ETag", etag);
+    kv_set_etag(req, out);
     loom_http_reply_json(req, 200, out);
 }
 

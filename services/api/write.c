@@ -250,3 +250,47 @@ int api_outbox_publish(struct loom_db *db, struct loom_err *err)
         "24 hours");
     return sent;
 }
+
+int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
+                   api_spec_fn validate, struct api_patch *ret, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1], *given = NULL;
+    if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
+        return -1;
+    if (given && strcmp(given, name) != 0)
+        return loom_err_set(err, LOOM_EINVAL, "field \"name\": %s \"%s\" cannot be renamed", what,
+                            name);
+    _cleanup_json_ json_t *patch = NULL;
+    if (validate(ctx->body, true, &patch, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *cur =
+        loom_db_query(ctx->db, err, sql_lock, ctx->project.id_str, name);
+    if (!cur)
+        return -1;
+    if (PQntuples(cur) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", what, name);
+    if (api_check_if_match(ctx->req, what, name, PQgetvalue(cur, 0, 1), err) < 0)
+        return -1;
+    const char *text = PQgetvalue(cur, 0, 2);
+    _cleanup_json_ json_t *old = loom_json_parse_object(text, strlen(text), err);
+    if (!old)
+        return loom_err_wrap(err, "stored spec of %s %s", what, name);
+    _cleanup_json_ json_t *merged = api_spec_merge(old, patch, ctx->body);
+    json_object_set_new(merged, "name", json_string(name));
+    json_t *spec = NULL;
+    if (validate(merged, false, &spec, err) < 0)
+        return -1;
+    ret->changed = !json_equal(spec, old);
+    ret->spec = spec;
+    ret->row = TAKE_PTR(cur);
+    return 0;
+}
+
+void api_patch_release(struct api_patch *p)
+{
+    if (!p)
+        return;
+    PQclear(p->row);
+    json_decref(p->spec);
+    *p = (struct api_patch){0};
+}

@@ -1,7 +1,8 @@
 /* libFuzzer target for loom-api's request decoding: the bytes are parsed as
  * JSON the way the API parses a body, then handed to every validator in
  * services/api/spec.c (apps, jobs, job runs with and without a job spec,
- * secret and config map data, names, array specs, cpu). A validator must
+ * app PATCH merges, secret and config map data and secret formats, names,
+ * array specs, cpu). A validator must
  * refuse with a message or return a spec; it must never crash, leak or read
  * out of bounds. */
 #include <jansson.h>
@@ -63,8 +64,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(job);
     }
 
+    /* a PATCH: the body validated as a patch, merged over a full app spec
+     * made from the same body (or a minimal one), validated whole */
+    err = (struct loom_err)LOOM_ERR_INIT, spec = NULL;
+    json_t *base = NULL, *patch = NULL;
+    if (api_app_spec(body, false, &base, &err) < 0) {
+        json_t *min = json_pack("{s:s,s:s}", "name", "web", "image_reference", "a:1");
+        err = (struct loom_err)LOOM_ERR_INIT;
+        if (api_app_spec(min, false, &base, &err) < 0)
+            abort();
+        json_decref(min);
+    }
+    err = (struct loom_err)LOOM_ERR_INIT;
+    if (api_app_spec(body, true, &patch, &err) == 0) {
+        json_t *merged = api_spec_merge(base, patch, body);
+        json_object_set_new(merged, "name", json_string("web"));
+        err = (struct loom_err)LOOM_ERR_INIT, spec = NULL;
+        rc = api_app_spec(merged, false, &spec, &err);
+        check_spec(rc, spec, &err);
+        json_decref(merged);
+        json_decref(patch);
+    }
+    json_decref(base);
+
     err = (struct loom_err)LOOM_ERR_INIT, spec = NULL;
     rc = api_data_map(body, &spec, &err);
+    if (rc == 0) {
+        /* the secret formats over the same data */
+        static const char *const formats[] = {"generic", "registry", "tls", "other"};
+        for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+            struct loom_err ferr = LOOM_ERR_INIT;
+            if (api_secret_data(formats[i], spec, &ferr) < 0 && ferr.msg[0] == '\0')
+                abort();
+        }
+    }
     check_spec(rc, spec, &err);
 
     const char *name = NULL;

@@ -105,6 +105,64 @@ static void test_openapi_matches_routes(void **state)
     json_decref(doc);
 }
 
+/* The properties of a schema, following allOf and $ref. */
+static void collect_props(json_t *schemas, json_t *schema, json_t *into)
+{
+    const char *ref = json_string_value(json_object_get(schema, "$ref"));
+    if (ref) {
+        const char *name = strrchr(ref, '/') + 1;
+        collect_props(schemas, json_object_get(schemas, name), into);
+    }
+    size_t i;
+    json_t *part;
+    json_array_foreach(json_object_get(schema, "allOf"), i, part)
+    {
+        collect_props(schemas, part, into);
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(schema, "properties"), k, v)
+    {
+        if (!json_is_true(json_object_get(v, "readOnly")))
+            json_object_set(into, k, v);
+    }
+}
+
+/* Every member a validator accepts is documented in the request schema,
+ * and every documented writable member is accepted. */
+static void check_fields(json_t *schemas, const char *schema, const char *const *fields)
+{
+    json_t *props = json_object();
+    collect_props(schemas, json_object_get(schemas, schema), props);
+    for (const char *const *f = fields; *f; f++)
+        if (!json_object_get(props, *f))
+            fail_msg("field %s is accepted but not in schema %s", *f, schema);
+    const char *k;
+    json_t *v;
+    json_object_foreach(props, k, v)
+    {
+        (void)v;
+        bool found = false;
+        for (const char *const *f = fields; *f; f++)
+            found = found || strcmp(*f, k) == 0;
+        if (!found)
+            fail_msg("schema %s documents %s, which the API refuses", schema, k);
+    }
+    json_decref(props);
+}
+
+static void test_openapi_fields(void **state)
+{
+    (void)state;
+    json_t *doc = json_loads(api_openapi_text(), 0, NULL);
+    assert_non_null(doc);
+    json_t *schemas = json_object_get(json_object_get(doc, "components"), "schemas");
+    check_fields(schemas, "App", api_app_fields);
+    check_fields(schemas, "Job", api_job_fields);
+    check_fields(schemas, "JobRunCreate", api_jobrun_fields);
+    json_decref(doc);
+}
+
 static void test_secret_crypto(void **state)
 {
     (void)state;
@@ -183,6 +241,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openapi_matches_routes),
+        cmocka_unit_test(test_openapi_fields),
         cmocka_unit_test(test_secret_crypto),
         cmocka_unit_test(test_data_map),
     };

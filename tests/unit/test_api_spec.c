@@ -137,7 +137,7 @@ static void test_jobrun_refusals(void **state)
                    "run_env_variables[0].name");
     jobrun_refused("{\"name\":\"r\",\"image_reference\":\"a:1\",\"run_env_variables\":"
                    "[{\"type\":\"secret_full_reference\",\"name\":\"X\",\"value\":\"v\"}]}",
-                   "run_env_variables[0].type");
+                   "run_env_variables[0].name");
     jobrun_refused("{\"name\":\"r\",\"image_reference\":\"a:1\",\"run_env_variables\":"
                    "[{\"name\":\"X\",\"value\":\"v\",\"extra\":1}]}",
                    "run_env_variables[0]");
@@ -261,6 +261,388 @@ static void test_page_token(void **state)
     assert_int_equal(api_page_token_decode("nzz", out, sizeof(out)), -1);
 }
 
+static json_t *jobrun_ok(const char *body)
+{
+    json_t *b = parse(body), *spec = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (api_jobrun_spec(b, NULL, &spec, &err) < 0)
+        fail_msg("body %s refused: %s", body, err.msg);
+    json_decref(b);
+    return spec;
+}
+
+static json_t *app_ok(const char *body)
+{
+    json_t *b = parse(body), *spec = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (api_app_spec(b, false, &spec, &err) < 0)
+        fail_msg("body %s refused: %s", body, err.msg);
+    json_decref(b);
+    return spec;
+}
+
+static const char *str(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    assert_non_null(s);
+    return s;
+}
+
+#define RUN "{\"name\":\"r\",\"image_reference\":\"a:1\","
+
+static void test_cpu_memory_combinations(void **state)
+{
+    (void)state;
+    static const char *const good[][2] = {
+        {"0.125", "256M"}, {"0.125", "250M"}, {"0.125", "0.25G"}, {"0.125", "256Mi"},
+        {"0.125", "1G"},   {"0.25", "0.5G"},  {"0.25", "2G"},     {"0.5", "1Gi"},
+        {"1", "4G"},       {"1", "2G"},       {"1", "8G"},        {"2", "8G"},
+        {"4", "32G"},      {"6", "48G"},      {"12", "48G"},      {"12", "24G"},
+        {"10", "40G"},     {"125m", "0.5G"},  {"8", "16G"},       {".5", "2G"},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 RUN "\"scale_cpu_limit\":\"%s\",\"scale_memory_limit\":\"%s\"}", good[i][0],
+                 good[i][1]);
+        json_t *spec = jobrun_ok(body);
+        assert_string_equal(str(spec, "scale_memory_limit"), good[i][1]);
+        json_decref(spec);
+    }
+    /* canonical vCPU text */
+    json_t *spec = jobrun_ok(RUN "\"scale_cpu_limit\":\"125m\",\"scale_memory_limit\":\"256M\"}");
+    assert_string_equal(str(spec, "scale_cpu_limit"), "0.125");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_cpu_limit\":\".5\",\"scale_memory_limit\":\"2G\"}");
+    assert_string_equal(str(spec, "scale_cpu_limit"), "0.5");
+    json_decref(spec);
+    static const char *const bad[][3] = {
+        {"1", "16G", "\"scale_memory_limit\""},    {"0.125", "4G", "\"scale_memory_limit\""},
+        {"12", "96G", "\"scale_memory_limit\""},   {"0.3", "1G", "\"scale_cpu_limit\""},
+        {"16", "64G", "\"scale_cpu_limit\""},      {"1", "1T", "\"scale_memory_limit\""},
+        {"1", "4GB", "\"scale_memory_limit\""},    {"1", "4096", "\"scale_memory_limit\""},
+        {"0.5", "300M", "\"scale_memory_limit\""}, {"1", "4.0001G", "\"scale_memory_limit\""},
+        {"0.001", "4G", "\"scale_cpu_limit\""},    {"1", "G", "\"scale_memory_limit\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 RUN "\"scale_cpu_limit\":\"%s\",\"scale_memory_limit\":\"%s\"}", bad[i][0],
+                 bad[i][1]);
+        jobrun_refused(body, bad[i][2]);
+    }
+    /* one given alone: the other is its 1:4 partner (or memory's nearest) */
+    spec = jobrun_ok(RUN "\"scale_cpu_limit\":\"2\"}");
+    assert_string_equal(str(spec, "scale_memory_limit"), "8G");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_cpu_limit\":\"0.125\"}");
+    assert_string_equal(str(spec, "scale_memory_limit"), "500M");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_cpu_limit\":\".25\"}");
+    assert_string_equal(str(spec, "scale_cpu_limit"), "0.25");
+    assert_string_equal(str(spec, "scale_memory_limit"), "1G");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_memory_limit\":\"512M\"}");
+    assert_string_equal(str(spec, "scale_cpu_limit"), "0.125");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_memory_limit\":\"48G\"}");
+    assert_string_equal(str(spec, "scale_cpu_limit"), "12");
+    json_decref(spec);
+    jobrun_refused(RUN "\"scale_memory_limit\":\"3G\"}", "\"scale_memory_limit\"");
+    /* a run from a job that overrides only cpu gets memory to match */
+    json_t *job = parse("{\"image_reference\":\"a:1\",\"scale_cpu_limit\":\"1\","
+                        "\"scale_memory_limit\":\"4G\"}");
+    json_t *b = parse("{\"name\":\"r\",\"job_name\":\"j\",\"scale_cpu_limit\":\"0.25\"}");
+    struct loom_err err = LOOM_ERR_INIT;
+    spec = NULL;
+    assert_int_equal(api_jobrun_spec(b, job, &spec, &err), 0);
+    assert_string_equal(str(spec, "scale_memory_limit"), "1G");
+    json_decref(spec);
+    json_decref(b);
+    json_decref(job);
+}
+
+static void test_env_references(void **state)
+{
+    (void)state;
+    json_t *spec = jobrun_ok(
+        RUN "\"run_env_variables\":[{\"type\":\"secret_full_reference\",\"reference\":\"db\","
+            "\"prefix\":\"DB_\"},{\"type\":\"secret_key_reference\",\"reference\":\"db\","
+            "\"key\":\"pass.word\",\"name\":\"PW\"},{\"type\":\"config_map_full_reference\","
+            "\"reference\":\"cfg\"},{\"type\":\"config_map_key_reference\",\"reference\":\"cfg\","
+            "\"key\":\"k\",\"name\":\"K\"},{\"name\":\"L\",\"value\":\"v\"}]}");
+    json_t *env = json_object_get(spec, "run_env_variables");
+    assert_int_equal(json_array_size(env), 5);
+    assert_string_equal(str(json_array_get(env, 0), "prefix"), "DB_");
+    assert_string_equal(str(json_array_get(env, 1), "key"), "pass.word");
+    assert_null(json_object_get(json_array_get(env, 2), "prefix"));
+    assert_string_equal(str(json_array_get(env, 4), "type"), "literal");
+    json_decref(spec);
+
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"secret_full_reference\"}]}",
+                   "run_env_variables[0].reference");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"secret_full_reference\","
+                       "\"reference\":\"Bad_Name\"}]}",
+                   "run_env_variables[0].reference");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"secret_full_reference\","
+                       "\"reference\":\"s\",\"prefix\":\"1X\"}]}",
+                   "run_env_variables[0].prefix");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"secret_full_reference\","
+                       "\"reference\":\"s\",\"value\":\"v\"}]}",
+                   "run_env_variables[0].value");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"config_map_key_reference\","
+                       "\"reference\":\"c\",\"name\":\"N\"}]}",
+                   "run_env_variables[0].key");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"config_map_key_reference\","
+                       "\"reference\":\"c\",\"key\":\"a b\",\"name\":\"N\"}]}",
+                   "run_env_variables[0].key");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"type\":\"config_map_key_reference\","
+                       "\"reference\":\"c\",\"key\":\"k\"}]}",
+                   "run_env_variables[0].name");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"name\":\"A\",\"value\":\"v\"},"
+                       "{\"type\":\"vault\",\"name\":\"X\"}]}",
+                   "run_env_variables[1].type");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"name\":\"A\",\"value\":1}]}",
+                   "run_env_variables[0].value");
+    jobrun_refused(RUN "\"run_env_variables\":[\"A=1\"]}", "run_env_variables[0]");
+    jobrun_refused(RUN "\"run_env_variables\":{}}", "\"run_env_variables\"");
+    jobrun_refused(RUN "\"run_env_variables\":[{\"name\":\"A\",\"value\":\"1\"},"
+                       "{\"type\":\"secret_key_reference\",\"reference\":\"s\",\"key\":\"k\","
+                       "\"name\":\"A\"}]}",
+                   "run_env_variables[1].name");
+}
+
+static void test_mounts_and_storage(void **state)
+{
+    (void)state;
+    json_t *spec =
+        jobrun_ok(RUN "\"run_volume_mounts\":[{\"type\":\"secret\",\"reference\":\"tls\","
+                      "\"mount_path\":\"/etc/tls\"},{\"type\":\"config_map\",\"reference\":\"cfg\","
+                      "\"mount_path\":\"/etc/cfg\",\"name\":\"m1\"}],\"image_secret\":\"pull\","
+                      "\"scale_ephemeral_storage_limit\":\"2G\"}");
+    assert_int_equal(json_array_size(json_object_get(spec, "run_volume_mounts")), 2);
+    assert_string_equal(str(spec, "image_secret"), "pull");
+    assert_string_equal(str(spec, "scale_ephemeral_storage_limit"), "2G");
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_cpu_limit\":\"0.125\"}");
+    assert_string_equal(str(spec, "scale_ephemeral_storage_limit"), "400M");
+    assert_int_equal(json_array_size(json_object_get(spec, "run_volume_mounts")), 0);
+    json_decref(spec);
+
+    static const char *const bad_paths[] = {"etc",     "/",    "/a/",  "/a/../b", "/a//b",
+                                            "/proc/x", "/sys", "/dev", "/a b",    "/./a"};
+    for (size_t i = 0; i < sizeof(bad_paths) / sizeof(bad_paths[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body),
+                 RUN "\"run_volume_mounts\":[{\"type\":\"secret\",\"reference\":\"s\","
+                     "\"mount_path\":\"%s\"}]}",
+                 bad_paths[i]);
+        jobrun_refused(body, "run_volume_mounts[0].mount_path");
+    }
+    jobrun_refused(RUN "\"run_volume_mounts\":[{\"type\":\"secret\",\"reference\":\"s\","
+                       "\"mount_path\":\"/a\"},{\"type\":\"config_map\",\"reference\":\"c\","
+                       "\"mount_path\":\"/a\"}]}",
+                   "run_volume_mounts[1].mount_path");
+    jobrun_refused(RUN "\"run_volume_mounts\":[{\"type\":\"pvc\",\"reference\":\"s\","
+                       "\"mount_path\":\"/a\"}]}",
+                   "run_volume_mounts[0].type");
+    jobrun_refused(RUN "\"run_volume_mounts\":[{\"type\":\"secret\",\"mount_path\":\"/a\"}]}",
+                   "run_volume_mounts[0].reference");
+    jobrun_refused(RUN "\"run_volume_mounts\":[{\"type\":\"secret\",\"reference\":\"s\","
+                       "\"mount_path\":\"/a\",\"read_only\":true}]}",
+                   "run_volume_mounts[0].read_only");
+    jobrun_refused(RUN "\"run_volume_mounts\":\"/a\"}", "\"run_volume_mounts\"");
+    jobrun_refused(RUN "\"image_secret\":\"Not_A_Name\"}", "\"image_secret\"");
+    jobrun_refused(RUN "\"image_secret\":5}", "\"image_secret\"");
+    jobrun_refused(RUN "\"scale_ephemeral_storage_limit\":\"49G\"}",
+                   "\"scale_ephemeral_storage_limit\"");
+    jobrun_refused(RUN "\"scale_ephemeral_storage_limit\":\"lots\"}",
+                   "\"scale_ephemeral_storage_limit\"");
+}
+
+static void test_job_fields(void **state)
+{
+    (void)state;
+    json_t *spec = jobrun_ok(RUN "\"node_selector\":{\"zone\":\"a\",\"loom.dev/gpu\":\"h100\"},"
+                                 "\"placement\":\"spread\",\"gang_timeout\":60}");
+    assert_string_equal(str(json_object_get(spec, "node_selector"), "zone"), "a");
+    assert_string_equal(str(spec, "placement"), "spread");
+    assert_int_equal(json_integer_value(json_object_get(spec, "gang_timeout")), 60);
+    json_decref(spec);
+    spec = jobrun_ok(RUN "\"scale_nodes\":2}");
+    assert_string_equal(str(spec, "placement"), "binpack");
+    assert_int_equal(json_integer_value(json_object_get(spec, "gang_timeout")), 300);
+    assert_int_equal(json_object_size(json_object_get(spec, "node_selector")), 0);
+    json_decref(spec);
+    jobrun_refused(RUN "\"node_selector\":[\"a\"]}", "\"node_selector\"");
+    jobrun_refused(RUN "\"node_selector\":{\"zone\":1}}", "node_selector.zone");
+    jobrun_refused(RUN "\"node_selector\":{\"zone\":\"a b\"}}", "node_selector.zone");
+    jobrun_refused(RUN "\"node_selector\":{\"-x\":\"a\"}}", "\"node_selector\"");
+    jobrun_refused(RUN "\"placement\":\"random\"}", "\"placement\"");
+    jobrun_refused(RUN "\"gang_timeout\":0}", "\"gang_timeout\"");
+    jobrun_refused(RUN "\"gang_timeout\":\"5\"}", "\"gang_timeout\"");
+    jobrun_refused(RUN "\"scale_nodes\":0}", "\"scale_nodes\"");
+    jobrun_refused(RUN "\"priority\":101}", "\"priority\"");
+}
+
+#define APP "{\"name\":\"web\",\"image_reference\":\"a:1\","
+
+static void test_app_fields(void **state)
+{
+    (void)state;
+    json_t *spec = app_ok("{\"name\":\"web\",\"image_reference\":\"a:1\"}");
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_initial_instances")), 0);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_concurrency_target")), 100);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_down_delay")), 0);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_request_timeout")), 300);
+    assert_string_equal(str(spec, "visibility"), "public");
+    assert_string_equal(str(spec, "scale_ephemeral_storage_limit"), "400M");
+    assert_null(json_object_get(spec, "probe_readiness"));
+    json_decref(spec);
+    spec = app_ok(APP "\"scale_min_instances\":2,\"scale_concurrency\":10,"
+                      "\"scale_concurrency_target\":7,\"scale_down_delay\":60,"
+                      "\"scale_request_timeout\":30,\"visibility\":\"project\","
+                      "\"probe_readiness\":{\"type\":\"http\",\"path\":\"/healthz\","
+                      "\"port\":8081,\"interval\":5},\"probe_liveness\":{}}");
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_initial_instances")), 2);
+    json_t *p = json_object_get(spec, "probe_readiness");
+    assert_string_equal(str(p, "path"), "/healthz");
+    assert_int_equal(json_integer_value(json_object_get(p, "failure_threshold")), 3);
+    assert_int_equal(json_integer_value(json_object_get(p, "interval")), 5);
+    p = json_object_get(spec, "probe_liveness");
+    assert_string_equal(str(p, "type"), "tcp");
+    assert_null(json_object_get(p, "path"));
+    json_decref(spec);
+
+    app_refused(APP "\"scale_concurrency\":10,\"scale_concurrency_target\":11}",
+                "\"scale_concurrency_target\"");
+    app_refused(APP "\"scale_concurrency\":1001}", "\"scale_concurrency\"");
+    app_refused(APP "\"scale_initial_instances\":11}", "\"scale_initial_instances\"");
+    app_refused(APP "\"scale_down_delay\":3601}", "\"scale_down_delay\"");
+    app_refused(APP "\"scale_request_timeout\":0}", "\"scale_request_timeout\"");
+    app_refused(APP "\"scale_request_timeout\":601}", "\"scale_request_timeout\"");
+    app_refused(APP "\"visibility\":\"secret\"}", "\"visibility\"");
+    app_refused(APP "\"probe_readiness\":\"tcp\"}", "\"probe_readiness\"");
+    app_refused(APP "\"probe_readiness\":{\"type\":\"exec\"}}", "probe_readiness.type");
+    app_refused(APP "\"probe_readiness\":{\"port\":0}}", "probe_readiness.port");
+    app_refused(APP "\"probe_liveness\":{\"type\":\"tcp\",\"path\":\"/\"}}", "probe_liveness.path");
+    app_refused(APP "\"probe_liveness\":{\"type\":\"http\",\"path\":\"x y\"}}",
+                "probe_liveness.path");
+    app_refused(APP "\"probe_liveness\":{\"failure_threshold\":11}}",
+                "probe_liveness.failure_threshold");
+    app_refused(APP "\"probe_liveness\":{\"command\":[\"true\"]}}", "probe_liveness.command");
+    app_refused(APP "\"node_selector\":{}}", "\"node_selector\"");
+}
+
+static void test_spec_merge(void **state)
+{
+    (void)state;
+    json_t *old = app_ok(APP "\"scale_min_instances\":1}");
+    json_t *patch = parse("{\"scale_concurrency\":10,\"scale_min_instances\":3}");
+    json_t *merged = api_spec_merge(old, patch, patch);
+    json_object_set_new(merged, "name", json_string("web"));
+    json_t *spec = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(api_app_spec(merged, false, &spec, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_concurrency_target")), 10);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_initial_instances")), 3);
+    json_decref(spec);
+    json_decref(merged);
+    json_decref(patch);
+    /* a target set on purpose stays, and a lower concurrency is then refused */
+    json_decref(old);
+    old = app_ok(APP "\"scale_concurrency_target\":50}");
+    patch = parse("{\"scale_concurrency\":10}");
+    merged = api_spec_merge(old, patch, patch);
+    json_object_set_new(merged, "name", json_string("web"));
+    spec = NULL;
+    assert_int_equal(api_app_spec(merged, false, &spec, &err), -1);
+    assert_non_null(strstr(err.msg, "scale_concurrency_target"));
+    json_decref(merged);
+    json_decref(patch);
+    /* cpu alone takes memory along */
+    patch = parse("{\"scale_cpu_limit\":\"2\"}");
+    merged = api_spec_merge(old, patch, patch);
+    json_object_set_new(merged, "name", json_string("web"));
+    assert_int_equal(api_app_spec(merged, false, &spec, &err), 0);
+    assert_string_equal(str(spec, "scale_memory_limit"), "8G");
+    json_decref(spec);
+    json_decref(merged);
+    json_decref(patch);
+    /* null in a merge patch takes a field back to its default, or away */
+    json_decref(old);
+    old = app_ok(APP "\"scale_down_delay\":30,\"probe_liveness\":{},\"image_secret\":\"s\"}");
+    json_t *raw =
+        parse("{\"scale_down_delay\":null,\"probe_liveness\":null,\"image_secret\":null}");
+    patch = NULL;
+    assert_int_equal(api_app_spec(raw, true, &patch, &err), 0);
+    merged = api_spec_merge(old, patch, raw);
+    json_object_set_new(merged, "name", json_string("web"));
+    assert_int_equal(api_app_spec(merged, false, &spec, &err), 0);
+    assert_int_equal(json_integer_value(json_object_get(spec, "scale_down_delay")), 0);
+    assert_null(json_object_get(spec, "probe_liveness"));
+    assert_null(json_object_get(spec, "image_secret"));
+    json_decref(spec);
+    json_decref(merged);
+    json_decref(patch);
+    json_decref(raw);
+    json_decref(old);
+}
+
+#define CERT                                                                                       \
+    "-----BEGIN CERTIFICATE-----\\nMIIBszCCAVmgAwIBAgIU\\nZm9vYmFy\\n-----END CERTIFICATE-----\\n"
+#define KEY "-----BEGIN PRIVATE KEY-----\\nMIGHAgEAMBMGByqGSM49\\n-----END PRIVATE KEY-----\\n"
+
+static void secret_check(const char *format, const char *data, const char *want)
+{
+    json_t *d = parse(data);
+    struct loom_err err = LOOM_ERR_INIT;
+    int rc = api_secret_data(format, d, &err);
+    if (want == NULL && rc != 0)
+        fail_msg("%s %s refused: %s", format, data, err.msg);
+    if (want && (rc == 0 || !strstr(err.msg, want)))
+        fail_msg("%s %s: rc %d, message \"%s\", wanted \"%s\"", format, data, rc, err.msg, want);
+    json_decref(d);
+}
+
+static void test_secret_formats(void **state)
+{
+    (void)state;
+    secret_check("generic", "{\"anything\":\"x\"}", NULL);
+    secret_check("registry",
+                 "{\"server\":\"127.0.0.1:5000\",\"username\":\"u\",\"password\":\"p\"}", NULL);
+    secret_check("registry",
+                 "{\"server\":\"icr.io\",\"username\":\"u\",\"password\":\"p\",\"email\":\"e\"}",
+                 NULL);
+    secret_check("registry", "{\"server\":\"icr.io\",\"username\":\"u\"}", "data.password");
+    secret_check("registry", "{\"server\":\"icr.io\",\"username\":\"\",\"password\":\"p\"}",
+                 "data.username");
+    secret_check("registry",
+                 "{\"server\":\"https://icr.io/v2\",\"username\":\"u\",\"password\":\"p\"}",
+                 "data.server");
+    secret_check("registry",
+                 "{\"server\":\"icr.io\",\"username\":\"u\",\"password\":\"p\",\"token\":\"t\"}",
+                 "data.token");
+    secret_check("registry", "{\"server\":\"icr.io\",\"username\":\"u:v\",\"password\":\"p\"}",
+                 "data.username");
+    secret_check("tls", "{\"tls_cert\":\"" CERT "\",\"tls_key\":\"" KEY "\"}", NULL);
+    secret_check("tls", "{\"tls_cert\":\"" CERT CERT "\",\"tls_key\":\"" KEY "\"}", NULL);
+    secret_check("tls", "{\"tls_cert\":\"" CERT "\"}", "data.tls_key");
+    secret_check("tls", "{\"tls_cert\":\"hello\",\"tls_key\":\"" KEY "\"}", "data.tls_cert");
+    secret_check("tls", "{\"tls_cert\":\"" KEY "\",\"tls_key\":\"" KEY "\"}", "data.tls_cert");
+    secret_check("tls", "{\"tls_cert\":\"" CERT "\",\"tls_key\":\"" CERT "\"}", "data.tls_key");
+    secret_check("tls",
+                 "{\"tls_cert\":\"-----BEGIN CERTIFICATE-----\\nab$%\\n-----END "
+                 "CERTIFICATE-----\",\"tls_key\":\"" KEY "\"}",
+                 "data.tls_cert");
+    secret_check("tls",
+                 "{\"tls_cert\":\"-----BEGIN CERTIFICATE-----\\nabc\\n\",\"tls_key\":\"" KEY "\"}",
+                 "data.tls_cert");
+    secret_check("tls", "{\"tls_cert\":\"" CERT "\",\"tls_key\":\"" KEY "\",\"ca\":\"x\"}",
+                 "data.ca");
+    secret_check("ssh", "{}", "\"format\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +655,13 @@ int main(void)
         cmocka_unit_test(test_array_and_multirange),
         cmocka_unit_test(test_key_parse),
         cmocka_unit_test(test_page_token),
+        cmocka_unit_test(test_cpu_memory_combinations),
+        cmocka_unit_test(test_env_references),
+        cmocka_unit_test(test_mounts_and_storage),
+        cmocka_unit_test(test_job_fields),
+        cmocka_unit_test(test_app_fields),
+        cmocka_unit_test(test_spec_merge),
+        cmocka_unit_test(test_secret_formats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
