@@ -2,7 +2,8 @@
  * (<app>.<project>.<domain>) or by path (/apps/<project>/<app>/...), proxies
  * it to a ready instance under its concurrency limit, holds it while the app
  * scales from zero, and runs the autoscaler (KPA-like stable and panic
- * windows over in-flight concurrency). */
+ * windows over in-flight concurrency). Private and project apps answer only
+ * on a second, internal listener (--internal-addr); see ingress.c. */
 #ifndef LOOM_ACTIVATOR_H
 #define LOOM_ACTIVATOR_H
 
@@ -58,7 +59,11 @@ struct act_kpa {
     bool panicking;
     int64_t panic_since_ms; /* last tick that met the panic condition */
     uint32_t desired;       /* the last result */
-    int64_t lower_since_ms; /* first tick of a run wanting less than desired, or -1 */
+    /* what each recent tick wanted before the scale-down delay, a ring */
+    uint32_t wants[ACT_KPA_MAX_BUCKETS];
+    int64_t wants_ms[ACT_KPA_MAX_BUCKETS];
+    int nwants;
+    int wants_head;
 };
 
 /* Starts with desired as the current scale (e.g. the app's stored
@@ -68,15 +73,35 @@ void act_kpa_init(struct act_kpa *kpa, uint32_t desired);
 
 /* One autoscaler tick. avg is the time-averaged concurrency (in-flight plus
  * held requests) over the tick that just ended; ready the instances ready
- * now; target the concurrency one instance should carry (> 0);
- * scale_down_delay_ms how long a lower value must persist before it is used.
- * Returns the desired instance count (0 only after a whole stable window with
- * no request plus the delay). */
+ * now; target the concurrency one instance should carry (> 0).
+ * The count wanted is ceil(stable-window mean / target), or the panic
+ * window's when that is higher and the app is panicking. Scale-down delay:
+ * the result is the highest count wanted at any tick of the last
+ * scale_down_delay_ms (at most ACT_KPA_MAX_BUCKETS ticks), so a shrink waits
+ * that long after the load that justified the higher count. Returns the
+ * desired instance count (0 only after a whole stable window with no request
+ * plus the delay). */
 uint32_t act_kpa_tick(struct act_kpa *kpa, const struct act_kpa_config *cfg, double avg,
                       uint32_t ready, double target, int64_t scale_down_delay_ms, int64_t now_ms);
 
-/* The per-instance target: target if > 0, else 70% of concurrency, at least 1
- * request's worth of a fraction (never 0). */
+/* Raises the desired count to at least want now, outside a tick (a request
+ * held at zero; requests waiting at every instance's concurrency limit); the
+ * scale-down delay counts from now. panic: the load is beyond what the ready
+ * instances can take, so enter panic mode as a tick would (no scale down for
+ * a stable window), which keeps the next ticks from undoing the bump while
+ * the stable window's mean catches up. Returns the desired count. */
+uint32_t act_kpa_bump(struct act_kpa *kpa, uint32_t want, bool panic, int64_t now_ms);
+
+/* A new revision of the app: it starts with at least initial instances
+ * (scale_initial_instances) and keeps them for a whole stable window, as a
+ * restarted autoscaler does (its concurrency history is dropped; the count
+ * already desired is kept when higher, so that an update under load does
+ * not shrink the app). Returns the desired count. */
+uint32_t act_kpa_revision(struct act_kpa *kpa, uint32_t initial, int64_t now_ms);
+
+/* The per-instance target: target when > 0 (at most concurrency), else
+ * concurrency itself (scale_concurrency_target defaults to
+ * scale_concurrency); concurrency <= 0 means the default, 100. */
 double act_kpa_target(int64_t concurrency, int64_t target);
 
 /* --- the service (ingress.c, proxy.c) ---------------------------------------- */
@@ -89,6 +114,7 @@ struct act_config {
     int64_t stable_window_ms;    /* --stable-window */
     int64_t panic_window_ms;     /* --panic-window */
     int64_t max_held_per_app;    /* --max-held */
+    char *internal_addr;         /* --internal-addr: the listener for private apps, or "" */
 };
 
 extern struct act_config act_cfg;
@@ -119,10 +145,12 @@ enum act_proxy_result {
 
 /* Sends req to http://address + upstream_path (already escaped, with query)
  * over a kept-alive connection. extra_headers are "Name: value" lines added
- * after the client's (minus hop-by-hop ones). */
+ * after the client's (minus hop-by-hop ones). An exchange that takes longer
+ * than timeout_ms is ACT_PROXY_TIMEOUT, and its upstream connection is
+ * closed (never reused). */
 enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
                                 const char *upstream_path, const char *const *extra_headers,
-                                size_t nextra, struct act_upstream_resp *resp,
+                                size_t nextra, int64_t timeout_ms, struct act_upstream_resp *resp,
                                 struct loom_err *err);
 
 int act_proxy_global_init(struct loom_err *err);

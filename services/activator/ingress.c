@@ -5,11 +5,33 @@
  * loom.app.<project>.<app> message, and every 100 ms while requests are
  * held), an in-flight count per instance, and the autoscaler's state. One
  * mutex guards the table; each app has a condition variable that held
- * requests wait on. */
+ * requests wait on.
+ *
+ * What the app's spec asks for:
+ * - scale_concurrency: an instance never gets more requests at once from this
+ *   activator; the others wait (held, at most --max-held per app, then 503)
+ *   and count as load, so they drive the scale up.
+ * - scale_concurrency_target: the autoscaler sizes to ceil(load / target).
+ * - scale_down_delay: a shrink waits that long after the load that justified
+ *   the higher count (act_kpa_tick).
+ * - scale_request_timeout: a proxied exchange that takes longer gets 504 and
+ *   its upstream connection is closed.
+ * - scale_initial_instances: a new revision (created or updated within the
+ *   last stable window) is scaled to at least that many at once, and kept
+ *   there for a stable window (act_kpa_revision). The activator learns of new
+ *   revisions from the API's events (loom.events.<project>.app), its periodic
+ *   sweep, and requests.
+ * - visibility: "public" apps answer on both listeners; "private" ones only on
+ *   the internal listener (--internal-addr, which the operator binds where only
+ *   the platform's own network reaches, e.g. the bridges' gateway address);
+ *   "project" ones only on the internal listener and only to callers whose
+ *   source address is a running app instance of the same project. Anywhere
+ *   else they are a 404, exactly as if they did not exist. */
 #include "activator.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -20,6 +42,7 @@
 #include "cleanup.h"
 #include "db.h"
 #include "http.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 #include "service.h"
@@ -37,6 +60,8 @@
 #define DEFAULT_CONCURRENCY 100
 #define MAX_CONNECT_RETRIES 3
 #define INSTANCE_DOWN_MS 2000
+
+enum visibility { VIS_PUBLIC, VIS_PRIVATE, VIS_PROJECT };
 
 struct act_config act_cfg;
 
@@ -58,6 +83,9 @@ struct app {
     int64_t concurrency; /* per-instance limit */
     double target;       /* per-instance autoscaler target */
     int64_t scale_down_delay_ms;
+    int64_t request_timeout_ms; /* one proxied exchange at most */
+    enum visibility visibility;
+    int64_t rev_generation; /* the generation whose start the autoscaler saw (0: none) */
     struct inst *insts;
     size_t ninsts;
     int inflight; /* proxied now */
@@ -88,6 +116,9 @@ static pthread_cond_t pool_cond = PTHREAD_COND_INITIALIZER;
 static const double latency_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                          0.25,   0.5,   1,      2.5,   5,    10,    30};
 static struct loom_metric *m_latency, *m_held, *m_cold, *m_decisions;
+static struct loom_http_server *internal_http;
+/* req->server_arg of requests that came through the internal listener */
+static char internal_tag;
 
 /* --- the app table ---------------------------------------------------------- */
 
@@ -122,6 +153,8 @@ static struct app *app_get(const char *project, const char *name, uint32_t desir
     snprintf(a->name, sizeof(a->name), "%s", name);
     a->concurrency = DEFAULT_CONCURRENCY;
     a->target = act_kpa_target(DEFAULT_CONCURRENCY, 0);
+    a->request_timeout_ms = act_cfg.upstream_timeout_ms;
+    a->visibility = VIS_PUBLIC;
     int64_t now = loom_mono_ms();
     a->area_since_ms = a->tick_start_ms = a->last_used_ms = now;
     act_kpa_init(&a->kpa, desired);
@@ -202,6 +235,37 @@ static int64_t parse_int_or(const char *s, int64_t def, int64_t min, int64_t max
     return v;
 }
 
+static void note_revision(struct app *a, int64_t generation, int64_t initial, bool young,
+                          int64_t now);
+
+static enum visibility parse_visibility(const char *v)
+{
+    if (v && strcmp(v, "private") == 0)
+        return VIS_PRIVATE;
+    if (v && strcmp(v, "project") == 0)
+        return VIS_PROJECT;
+    return VIS_PUBLIC;
+}
+
+/* "is the current revision younger than the stable window" in SQL, by the
+ * database clock; $3 is the window in seconds */
+#define SQL_REVISION_YOUNG                                                                         \
+    "coalesce((SELECT r.created_at > now() - make_interval(secs => $3::double precision) "         \
+    "FROM app_revisions r WHERE r.app_id = a.id AND r.generation = a.generation), false)"
+
+enum {
+    RC_GENERATION,
+    RC_CONCURRENCY,
+    RC_TARGET,
+    RC_DOWN_DELAY,
+    RC_TIMEOUT,
+    RC_INITIAL,
+    RC_VISIBILITY,
+    RC_YOUNG,
+    RC_DESIRED,
+    RC_ADDRESS,
+};
+
 /* Reads the app and its ready instances, then installs them into a (taking
  * mu). Keeps the in-flight counts of instances that are still there. */
 static int app_refresh(struct app *a, const char *project, const char *name, struct loom_err *err)
@@ -209,15 +273,19 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
     struct loom_db *db = pool_get(err);
     if (!db)
         return -1;
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, err,
-                      "SELECT a.generation, a.spec->>'scale_concurrency', "
-                      "a.spec->>'scale_concurrency_target', a.spec->>'scale_down_delay', i.address "
-                      "FROM apps a JOIN projects p ON p.id = a.project_id "
-                      "LEFT JOIN instances i ON i.app_id = a.id AND i.state = 'running' "
-                      "AND i.desired = 'run' AND i.address IS NOT NULL "
-                      "WHERE p.name = $1 AND a.name = $2 ORDER BY i.address",
-                      project, name);
+    char window[32];
+    snprintf(window, sizeof(window), "%.3f", (double)act_cfg.stable_window_ms / 1000.0);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err,
+        "SELECT a.generation, a.spec->>'scale_concurrency', "
+        "a.spec->>'scale_concurrency_target', a.spec->>'scale_down_delay', "
+        "a.spec->>'scale_request_timeout', a.spec->>'scale_initial_instances', "
+        "a.spec->>'visibility', " SQL_REVISION_YOUNG ", a.desired_instances, i.address "
+        "FROM apps a JOIN projects p ON p.id = a.project_id "
+        "LEFT JOIN instances i ON i.app_id = a.id AND i.state = 'running' "
+        "AND i.desired = 'run' AND i.address IS NOT NULL "
+        "WHERE p.name = $1 AND a.name = $2 ORDER BY i.address",
+        project, name, window);
     pool_put(db);
     if (!res)
         return -1;
@@ -227,21 +295,37 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
         abort();
     size_t ninsts = 0;
     for (int r = 0; r < n; r++) {
-        const char *addr = loom_db_val(res, r, 4);
+        const char *addr = loom_db_val(res, r, RC_ADDRESS);
         if (addr && strlen(addr) < sizeof(insts[0].address))
             snprintf(insts[ninsts++].address, sizeof(insts[0].address), "%s", addr);
     }
 
     pthread_mutex_lock(&mu);
+    bool first = !a->known;
     a->known = true;
     a->exists = n > 0;
     a->fetched_ms = loom_mono_ms();
     if (n > 0) {
-        a->generation = parse_int_or(loom_db_val(res, 0, 0), 0, 0, INT64_MAX);
-        a->concurrency = parse_int_or(loom_db_val(res, 0, 1), DEFAULT_CONCURRENCY, 1, 1000000);
-        int64_t target = parse_int_or(loom_db_val(res, 0, 2), 0, 0, 1000000);
+        a->generation = parse_int_or(loom_db_val(res, 0, RC_GENERATION), 0, 0, INT64_MAX);
+        a->concurrency =
+            parse_int_or(loom_db_val(res, 0, RC_CONCURRENCY), DEFAULT_CONCURRENCY, 1, 1000000);
+        int64_t target = parse_int_or(loom_db_val(res, 0, RC_TARGET), 0, 0, 1000000);
         a->target = act_kpa_target(a->concurrency, target);
-        a->scale_down_delay_ms = parse_int_or(loom_db_val(res, 0, 3), 0, 0, 3600) * 1000;
+        a->scale_down_delay_ms =
+            parse_int_or(loom_db_val(res, 0, RC_DOWN_DELAY), 0, 0, 3600) * 1000;
+        a->request_timeout_ms = parse_int_or(loom_db_val(res, 0, RC_TIMEOUT), 0, 1, 3600) * 1000;
+        if (a->request_timeout_ms == 0)
+            a->request_timeout_ms = act_cfg.upstream_timeout_ms;
+        a->visibility = parse_visibility(loom_db_val(res, 0, RC_VISIBILITY));
+        if (first && a->kpa.desired == 0 && a->kpa.nbuckets == 0) {
+            /* start from the scale the app has, as after an activator restart */
+            uint32_t d = (uint32_t)parse_int_or(loom_db_val(res, 0, RC_DESIRED), 0, 0, 1000000);
+            a->kpa.desired = d;
+            a->published = d;
+        }
+        const char *young = loom_db_val(res, 0, RC_YOUNG);
+        note_revision(a, a->generation, parse_int_or(loom_db_val(res, 0, RC_INITIAL), 0, 0, 1000),
+                      young && strcmp(young, "t") == 0, loom_mono_ms());
     }
     for (size_t i = 0; i < ninsts; i++)
         for (size_t j = 0; j < a->ninsts; j++)
@@ -289,6 +373,91 @@ static void wake_scheduler(void)
     struct loom_err err = LOOM_ERR_INIT;
     if (svc && svc->bus && loom_bus_publish_raw(svc->bus, LOOM_SUBJ_SCHED_WAKE, "", 0, &err) < 0)
         log_warn("could not publish %s: %s", LOOM_SUBJ_SCHED_WAKE, err.msg);
+}
+
+/* A revision seen for the first time: when it is new (created within the
+ * last stable window) it starts with at least scale_initial_instances. An
+ * old one is only noted: the activator started, or had forgotten the app.
+ * Call with mu held. */
+static void note_revision(struct app *a, int64_t generation, int64_t initial, bool young,
+                          int64_t now)
+{
+    if (generation == a->rev_generation)
+        return;
+    a->rev_generation = generation;
+    if (!young || initial <= 0)
+        return;
+    uint32_t d = act_kpa_revision(&a->kpa, (uint32_t)initial, now);
+    if (a->has_published && d == a->published)
+        return;
+    a->published = d;
+    a->has_published = true;
+    char reason[96];
+    snprintf(reason, sizeof(reason), "generation %lld starts with %lld instances",
+             (long long)generation, (long long)initial);
+    publish_decision(a, d, reason);
+    if (d > 0)
+        wake_scheduler();
+}
+
+/* Reads the app now (from a bus callback), unless a request is doing so;
+ * create: track it when this activator did not yet. */
+static void app_refresh_now(const char *project, const char *name, bool create)
+{
+    pthread_mutex_lock(&mu);
+    struct app *a = create ? app_get(project, name, 0) : app_find(project, name);
+    if (!a) {
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    if (a->refreshing) {
+        a->fetched_ms = 0;
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    a->refreshing = true;
+    pthread_mutex_unlock(&mu);
+    struct loom_err err = LOOM_ERR_INIT;
+    int rc = app_refresh(a, project, name, &err);
+    pthread_mutex_lock(&mu);
+    a->refreshing = false;
+    if (rc < 0) {
+        log_warn("could not look up app %s/%s: %s", project, name, err.msg);
+        a->fetched_ms = 0;
+    }
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&mu);
+}
+
+/* loom.events.<project>.app, CloudEvents from the API: an app was created,
+ * updated or deleted. A new revision may want its initial instances now,
+ * before any request comes. */
+static void on_app_event(struct loom_bus *bus, natsMsg *msg, void *arg)
+{
+    (void)bus, (void)arg;
+    const char *subj = natsMsg_GetSubject(msg);
+    static const char prefix[] = "loom.events.";
+    if (strncmp(subj, prefix, sizeof(prefix) - 1) != 0)
+        return;
+    const char *p = subj + sizeof(prefix) - 1;
+    const char *dot = strchr(p, '.');
+    if (!dot || dot == p || (size_t)(dot - p) >= ACT_NAME_MAX || strcmp(dot, ".app") != 0)
+        return;
+    char project[ACT_NAME_MAX];
+    memcpy(project, p, (size_t)(dot - p));
+    project[dot - p] = '\0';
+    json_error_t jerr;
+    _cleanup_json_ json_t *ev =
+        json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, &jerr);
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    const char *name = json_string_value(json_object_get(ev, "subject"));
+    if (!type || !name || !loom_is_dns_label(project) || !loom_is_dns_label(name) ||
+        strlen(name) >= ACT_NAME_MAX)
+        return;
+    if (strcmp(type, "dev.loom.app.created") == 0 || strcmp(type, "dev.loom.app.updated") == 0)
+        app_refresh_now(project, name, true);
+    else if (strcmp(type, "dev.loom.app.deleted") == 0)
+        app_refresh_now(project, name, false);
 }
 
 /* loom.app.<project>.<app>: the app's instances changed. */
@@ -403,13 +572,43 @@ static void reply_upstream(struct loom_http_req *req, struct act_upstream_resp *
     count_reply((int)resp->status);
 }
 
+/* Whether the client's source address is a running app instance of project
+ * (1) or not (0); -1 when PostgreSQL cannot tell. Containers reach the
+ * internal listener without address translation, so their source address is
+ * the one their instance row has. */
+static int caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err)
+{
+    char ip[INET6_ADDRSTRLEN];
+    client_ip(req, ip, sizeof(ip));
+    struct loom_db *db = pool_get(err);
+    if (!db)
+        return -1;
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, err,
+                      "SELECT 1 FROM instances i JOIN projects p ON p.id = i.project_id "
+                      "WHERE p.name = $1 AND i.kind = 'app' AND i.state = 'running' "
+                      "AND i.desired = 'run' AND split_part(i.address, ':', 1) = $2 LIMIT 1",
+                      project, ip);
+    pool_put(db);
+    if (!res)
+        return -1;
+    return PQntuples(res) > 0 ? 1 : 0;
+}
+
+static void reply_not_found(struct loom_http_req *req, const char *project, const char *name)
+{
+    loom_http_reply_problem(req, 404, "app \"%s\" not found in project \"%s\"", name, project);
+    count_reply(404);
+}
+
 static void serve_app(struct loom_http_req *req, const char *project, const char *name,
-                      const char *upstream_path)
+                      const char *upstream_path, bool internal)
 {
     int64_t start = loom_mono_ms();
     int64_t deadline = start + act_cfg.hold_timeout_ms;
     char address[64] = "";
     bool held = false;
+    bool admitted = false; /* the app's visibility lets this caller in */
     int connect_failures = 0;
 
     pthread_mutex_lock(&mu);
@@ -452,10 +651,35 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
             conc_account(a, now);
             a->held--;
             pthread_mutex_unlock(&mu);
-            loom_http_reply_problem(req, 404, "app \"%s\" not found in project \"%s\"", name,
-                                    project);
-            count_reply(404);
+            reply_not_found(req, project, name);
             return;
+        }
+        if (a->known && !admitted) {
+            enum visibility vis = a->visibility;
+            int in = vis == VIS_PUBLIC || (internal && vis == VIS_PRIVATE);
+            struct loom_err err = LOOM_ERR_INIT;
+            if (internal && vis == VIS_PROJECT) {
+                pthread_mutex_unlock(&mu);
+                in = caller_in_project(req, project, &err);
+                pthread_mutex_lock(&mu);
+            }
+            if (in != 1) {
+                conc_account(a, loom_mono_ms());
+                a->held--;
+                if (held)
+                    loom_metric_add(m_held, -1);
+                pthread_mutex_unlock(&mu);
+                if (in < 0) {
+                    log_warn("could not check the caller of %s/%s: %s", project, name, err.msg);
+                    reply_problem_retry(req, 503, 1, "the app's callers cannot be checked");
+                } else {
+                    /* exactly as if it did not exist */
+                    reply_not_found(req, project, name);
+                }
+                return;
+            }
+            admitted = true;
+            continue;
         }
         if (a->known) {
             struct inst *in = pick_instance(a, now);
@@ -464,6 +688,7 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                 conc_account(a, now);
                 a->held--;
                 a->inflight++;
+                int64_t timeout_ms = a->request_timeout_ms;
                 snprintf(address, sizeof(address), "%s", in->address);
                 if (held)
                     loom_metric_add(m_held, -1);
@@ -490,8 +715,9 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                 struct act_upstream_resp resp = {.body = STRBUF_INIT, .headers = STRBUF_INIT};
                 struct loom_err err = LOOM_ERR_INIT;
                 int64_t t0 = loom_mono_ms();
-                enum act_proxy_result pr = act_proxy(req, address, upstream_path, extra,
-                                                     LOOM_ARRAY_SIZE(extra), &resp, &err);
+                enum act_proxy_result pr =
+                    act_proxy(req, address, upstream_path, extra, LOOM_ARRAY_SIZE(extra),
+                              timeout_ms, &resp, &err);
                 loom_metric_observe(m_latency, (double)(loom_mono_ms() - t0) / 1000.0);
 
                 pthread_mutex_lock(&mu);
@@ -510,10 +736,10 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                 a->inflight--;
                 a->last_used_ms = now;
                 pthread_cond_broadcast(&a->cond); /* a slot is free */
-                if (pr == ACT_PROXY_CONNECT && ++connect_failures < MAX_CONNECT_RETRIES &&
-                    now < deadline) {
+                if (pr == ACT_PROXY_CONNECT && ++connect_failures < MAX_CONNECT_RETRIES) {
                     /* nothing reached the instance: it is probably gone; look
-                     * again and try another one */
+                     * again and try another one (past the hold deadline too:
+                     * a free live instance takes it at once, else 503) */
                     log_info("%s", err.msg);
                     a->fetched_ms = 0;
                     conc_account(a, now);
@@ -524,11 +750,17 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                 pthread_mutex_unlock(&mu);
                 if (pr == ACT_PROXY_OK) {
                     reply_upstream(req, &resp);
-                } else {
-                    int status = pr == ACT_PROXY_TIMEOUT ? 504 : 502;
+                } else if (pr == ACT_PROXY_TIMEOUT) {
                     log_warn("%s", err.msg);
-                    loom_http_reply_problem(req, status, "%s", err.msg);
-                    count_reply(status);
+                    loom_http_reply_problem(req, 504,
+                                            "the app did not answer within its request timeout "
+                                            "(scale_request_timeout %lld s)",
+                                            (long long)(timeout_ms / 1000));
+                    count_reply(504);
+                } else {
+                    log_warn("%s", err.msg);
+                    loom_http_reply_problem(req, 502, "%s", err.msg);
+                    count_reply(502);
                 }
                 act_upstream_resp_release(&resp);
                 return;
@@ -552,13 +784,24 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                     loom_metric_add(m_cold, 1);
                 a->cold = true;
                 a->last_cold_ms = now;
-                uint32_t want = a->kpa.desired > 0 ? a->kpa.desired : 1;
-                if (a->kpa.desired < want)
-                    a->kpa.desired = want;
+                uint32_t want = act_kpa_bump(&a->kpa, 1, false, now);
                 a->published = want;
                 a->has_published = true;
                 publish_decision(a, want, "request held while scaled to zero");
                 wake_scheduler();
+            } else if (a->ninsts > 0 && now - a->last_cold_ms >= COLD_REPUBLISH_MS) {
+                /* every instance is at its concurrency limit: ask for what
+                 * the load needs now rather than at the next tick */
+                double load = (double)(a->inflight + a->held);
+                uint32_t need = (uint32_t)ceil(load / a->target - 1e-9);
+                if (need > a->kpa.desired) {
+                    a->last_cold_ms = now;
+                    uint32_t d = act_kpa_bump(&a->kpa, need, true, now);
+                    a->published = d;
+                    a->has_published = true;
+                    publish_decision(a, d, "requests wait at the instances' concurrency limit");
+                    wake_scheduler();
+                }
             }
         }
         if (now >= deadline) {
@@ -663,33 +906,50 @@ void act_handle(struct loom_http_req *req)
         return;
     }
     append_query(&up, req);
-    serve_app(req, project, name, up.buf);
+    serve_app(req, project, name, up.buf, req->server_arg == &internal_tag);
 }
 
 /* --- the autoscaler and housekeeping ---------------------------------------------- */
 
 /* Tracks apps that have instances although nobody asked this activator for
  * them (an activator restart, another replica's traffic) so that they still
- * scale to zero when idle. */
+ * scale to zero when idle, and apps whose new revision wants initial
+ * instances (in case the API's event was missed). */
 static void sweep_apps(struct loom_service *svc)
 {
     struct loom_err err = LOOM_ERR_INIT;
-    _cleanup_pgres_ PGresult *res =
-        loom_db_exec(svc->db,
-                     "SELECT p.name, a.name, a.desired_instances FROM apps a "
-                     "JOIN projects p ON p.id = a.project_id WHERE a.desired_instances > 0",
-                     0, NULL, &err);
+    char window[32];
+    snprintf(window, sizeof(window), "%.3f", (double)act_cfg.stable_window_ms / 1000.0);
+    const char *params[] = {window};
+    _cleanup_pgres_ PGresult *res = loom_db_exec(
+        svc->db,
+        "SELECT p.name, a.name, a.desired_instances, a.generation, "
+        "  CASE WHEN jsonb_typeof(a.spec->'scale_initial_instances') = 'number' "
+        "    THEN (a.spec->>'scale_initial_instances')::numeric ELSE 0 END AS initial, "
+        "  coalesce(r.created_at > now() - make_interval(secs => $1::double precision), false) "
+        "FROM apps a JOIN projects p ON p.id = a.project_id "
+        "LEFT JOIN app_revisions r ON r.app_id = a.id AND r.generation = a.generation "
+        "WHERE a.desired_instances > 0 OR (r.created_at > now() - "
+        "  make_interval(secs => $1::double precision) "
+        "  AND jsonb_typeof(a.spec->'scale_initial_instances') = 'number' "
+        "  AND (a.spec->>'scale_initial_instances')::numeric > 0)",
+        1, params, &err);
     if (!res) {
         log_warn("could not list scaled apps: %s", err.msg);
         return;
     }
     pthread_mutex_lock(&mu);
+    int64_t now = loom_mono_ms();
     for (int r = 0; r < PQntuples(res); r++) {
         const char *p = PQgetvalue(res, r, 0), *n = PQgetvalue(res, r, 1);
-        if (strlen(p) >= ACT_NAME_MAX || strlen(n) >= ACT_NAME_MAX || app_find(p, n))
+        if (strlen(p) >= ACT_NAME_MAX || strlen(n) >= ACT_NAME_MAX)
             continue;
-        uint32_t d = (uint32_t)parse_int_or(PQgetvalue(res, r, 2), 0, 0, 1000000);
-        app_get(p, n, d);
+        struct app *a = app_find(p, n);
+        if (!a)
+            a = app_get(p, n, (uint32_t)parse_int_or(PQgetvalue(res, r, 2), 0, 0, 1000000));
+        note_revision(a, parse_int_or(PQgetvalue(res, r, 3), 0, 0, INT64_MAX),
+                      parse_int_or(PQgetvalue(res, r, 4), 0, 0, 1000),
+                      strcmp(PQgetvalue(res, r, 5), "t") == 0, now);
     }
     pthread_mutex_unlock(&mu);
 }
@@ -767,6 +1027,24 @@ int act_start(struct loom_service *svc, struct loom_err *err)
                                       "ScaleDecision messages published");
     if (loom_bus_subscribe(svc->bus, "loom.app.>", NULL, on_app_changed, NULL, err) < 0)
         return loom_err_wrap(err, "subscribing to loom.app.>");
+    if (loom_bus_subscribe(svc->bus, "loom.events.*.app", NULL, on_app_event, NULL, err) < 0)
+        return loom_err_wrap(err, "subscribing to loom.events.*.app");
+    if (act_cfg.internal_addr && *act_cfg.internal_addr) {
+        static const struct loom_http_route internal_routes[] = {{"*", "/*", act_handle}};
+        const struct loom_http_server_opts o = {
+            .addr = act_cfg.internal_addr,
+            .max_body = 32u << 20,
+            .threads = 0, /* as the public listener: a held request blocks only its own */
+            .routes = internal_routes,
+            .nroutes = LOOM_ARRAY_SIZE(internal_routes),
+            .arg = &internal_tag,
+            .service = "activator-internal",
+        };
+        if (loom_http_server_start(&o, &internal_http, err) < 0)
+            return loom_err_wrap(err, "internal listener on %s", act_cfg.internal_addr);
+        log_info("internal listener (private and project apps) on port %u",
+                 (unsigned)loom_http_server_port(internal_http));
+    }
     log_info("routing hosts <app>.<project>.%s and paths /apps/<project>/<app>/; hold %lld ms",
              act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
     return 0;
@@ -781,6 +1059,9 @@ bool act_ready(struct loom_service *svc)
 void act_stop(struct loom_service *svc)
 {
     (void)svc;
+    /* held requests there see the service stopping and end */
+    loom_http_server_stop(internal_http);
+    internal_http = NULL;
     pthread_mutex_lock(&pool_mu);
     for (int i = 0; i < DB_POOL; i++) {
         loom_db_close(pool[i]);

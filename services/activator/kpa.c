@@ -7,17 +7,62 @@ void act_kpa_init(struct act_kpa *kpa, uint32_t desired)
 {
     memset(kpa, 0, sizeof(*kpa));
     kpa->desired = desired;
-    kpa->lower_since_ms = -1;
 }
 
 double act_kpa_target(int64_t concurrency, int64_t target)
 {
-    if (target > 0)
-        return (double)target;
     if (concurrency <= 0)
         concurrency = 100;
-    double t = 0.7 * (double)concurrency;
-    return t < 0.1 ? 0.1 : t;
+    /* the API keeps target <= concurrency; an older spec may lack it */
+    if (target > 0 && target < concurrency)
+        return (double)target;
+    return (double)concurrency;
+}
+
+/* Records what a tick (or a bump) wanted, for the scale-down delay. */
+static void want_push(struct act_kpa *kpa, uint32_t want, int64_t now_ms)
+{
+    kpa->wants[kpa->wants_head] = want;
+    kpa->wants_ms[kpa->wants_head] = now_ms;
+    kpa->wants_head = (kpa->wants_head + 1) % ACT_KPA_MAX_BUCKETS;
+    if (kpa->nwants < ACT_KPA_MAX_BUCKETS)
+        kpa->nwants++;
+}
+
+/* The highest count wanted at or after since_ms. */
+static uint32_t want_max_since(const struct act_kpa *kpa, int64_t since_ms)
+{
+    uint32_t m = 0;
+    for (int i = 1; i <= kpa->nwants; i++) {
+        int k = (kpa->wants_head - i + ACT_KPA_MAX_BUCKETS) % ACT_KPA_MAX_BUCKETS;
+        if (kpa->wants_ms[k] < since_ms)
+            break; /* newest first: the rest are older */
+        if (kpa->wants[k] > m)
+            m = kpa->wants[k];
+    }
+    return m;
+}
+
+uint32_t act_kpa_bump(struct act_kpa *kpa, uint32_t want, bool panic, int64_t now_ms)
+{
+    if (panic) {
+        kpa->panicking = true;
+        kpa->panic_since_ms = now_ms;
+    }
+    if (want > kpa->desired)
+        kpa->desired = want;
+    want_push(kpa, kpa->desired, now_ms);
+    return kpa->desired;
+}
+
+uint32_t act_kpa_revision(struct act_kpa *kpa, uint32_t initial, int64_t now_ms)
+{
+    /* no history: the tick keeps at least desired until a whole stable
+     * window of the new revision has been seen */
+    kpa->nbuckets = 0;
+    kpa->head = 0;
+    kpa->panicking = false;
+    return act_kpa_bump(kpa, initial, false, now_ms);
 }
 
 /* Mean of the newest n buckets (fewer when fewer exist). */
@@ -101,14 +146,14 @@ uint32_t act_kpa_tick(struct act_kpa *kpa, const struct act_kpa_config *cfg, dou
     if (kpa->nbuckets < nstable && want < kpa->desired)
         want = kpa->desired;
 
-    /* A lower value must persist for scale_down_delay before it is used. */
-    if (want >= kpa->desired) {
-        kpa->lower_since_ms = -1;
-    } else {
-        if (kpa->lower_since_ms < 0)
-            kpa->lower_since_ms = now_ms;
-        if (now_ms - kpa->lower_since_ms < scale_down_delay_ms)
-            want = kpa->desired;
+    /* Scale-down delay: keep the highest count wanted within the delay, so
+     * that a shrink happens only scale_down_delay after the load that
+     * justified the higher count is gone. */
+    want_push(kpa, want, now_ms);
+    if (scale_down_delay_ms > 0) {
+        uint32_t held = want_max_since(kpa, now_ms - scale_down_delay_ms);
+        if (held > want)
+            want = held;
     }
     kpa->desired = want;
     return want;

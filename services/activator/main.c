@@ -8,7 +8,12 @@ static const struct loom_opt opts[] = {
     {"hold-timeout", "LOOM_ACTIVATOR_HOLD_TIMEOUT", LOOM_OPT_DURATION, &act_cfg.hold_timeout_ms,
      "30s", 100, 3600000, "how long a request waits for an instance before 503"},
     {"upstream-timeout", "LOOM_ACTIVATOR_UPSTREAM_TIMEOUT", LOOM_OPT_DURATION,
-     &act_cfg.upstream_timeout_ms, "300s", 100, 3600000, "limit on one proxied request"},
+     &act_cfg.upstream_timeout_ms, "300s", 100, 3600000,
+     "limit on one proxied request for apps without scale_request_timeout"},
+    {"internal-addr", "LOOM_ACTIVATOR_INTERNAL_ADDR", LOOM_OPT_STRING, &act_cfg.internal_addr, "",
+     0, 0,
+     "a second listener for private and project apps (bind it where only the platform's "
+     "network reaches, e.g. the bridges' gateway address); empty: none"},
     {"cache-ttl", "LOOM_ACTIVATOR_CACHE_TTL", LOOM_OPT_DURATION, &act_cfg.cache_ttl_ms, "1s", 10,
      60000, "how long an app's instance list is used before it is read again"},
     {"stable-window", "LOOM_ACTIVATOR_STABLE_WINDOW", LOOM_OPT_DURATION, &act_cfg.stable_window_ms,

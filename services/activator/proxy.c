@@ -205,7 +205,8 @@ static enum MHD_Result add_client_header(void *arg, enum MHD_ValueKind kind, con
 
 enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
                                 const char *upstream_path, const char *const *extra_headers,
-                                size_t nextra, struct act_upstream_resp *resp, struct loom_err *err)
+                                size_t nextra, int64_t timeout_ms, struct act_upstream_resp *resp,
+                                struct loom_err *err)
 {
     CURL *h = thread_easy();
     if (!h) {
@@ -251,7 +252,9 @@ enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)act_cfg.upstream_timeout_ms);
+    /* on a timeout curl closes the connection: the instance sees the
+     * request end, and the connection is never reused mid-response */
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : 1));
     /* the client asked for exactly this; no decoding, no redirects */
     curl_easy_setopt(h, CURLOPT_HTTP_CONTENT_DECODING, 0L);
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -266,7 +269,8 @@ enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
         return ACT_PROXY_CONNECT;
     }
     if (rc == CURLE_OPERATION_TIMEDOUT) {
-        loom_err_set(err, LOOM_ETIMEOUT, "instance %s did not answer in time", address);
+        loom_err_set(err, LOOM_ETIMEOUT, "instance %s did not answer within %lld ms", address,
+                     (long long)timeout_ms);
         return ACT_PROXY_TIMEOUT;
     }
     if (rc != CURLE_OK) {

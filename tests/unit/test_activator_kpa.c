@@ -28,14 +28,41 @@ static struct act_kpa *new_kpa(uint32_t desired)
     return k;
 }
 
+/* scale_concurrency_target when given (never above scale_concurrency), else
+ * scale_concurrency itself: the API's default. */
 static void test_target(void **state)
 {
     (void)state;
-    assert_true(act_kpa_target(100, 0) > 69.9 && act_kpa_target(100, 0) < 70.1);
-    assert_true(act_kpa_target(10, 0) > 6.9 && act_kpa_target(10, 0) < 7.1);
+    assert_true(act_kpa_target(100, 0) == 100.0);
+    assert_true(act_kpa_target(10, 0) == 10.0);
     assert_true(act_kpa_target(10, 5) == 5.0);
-    assert_true(act_kpa_target(0, 0) > 69.9); /* unset concurrency: 100 */
-    assert_true(act_kpa_target(1, 0) > 0.69 && act_kpa_target(1, 0) < 0.71);
+    assert_true(act_kpa_target(10, 50) == 10.0); /* capped at the hard limit */
+    assert_true(act_kpa_target(0, 0) == 100.0);  /* unset concurrency: 100 */
+    assert_true(act_kpa_target(1, 0) == 1.0);
+    assert_true(act_kpa_target(1, 1) == 1.0);
+}
+
+/* The count is ceil(concurrency / target), whatever the target. */
+static void test_sizes_to_target(void **state)
+{
+    (void)state;
+    static const struct {
+        double load, target;
+        uint32_t want;
+    } cases[] = {
+        {1.0, 1.0, 1},   {3.0, 1.0, 3},   {2.5, 1.0, 3},     {10.0, 10.0, 1},
+        {11.0, 10.0, 2}, {0.2, 100.0, 1}, {250.0, 100.0, 3}, {12.0, 4.0, 3},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct act_kpa *k = new_kpa(0);
+        uint32_t d = 0;
+        int64_t t = 0;
+        /* a whole stable window of steady load, ready instances following */
+        for (int i = 0; i < 40; i++, t += 2000)
+            d = act_kpa_tick(k, &cfg, cases[c].load, d, cases[c].target, 0, t);
+        assert_int_equal(d, cases[c].want);
+        free(k);
+    }
 }
 
 /* Steady load: desired = ceil(concurrency / target). */
@@ -134,6 +161,165 @@ static void test_panic(void **state)
     free(k);
 }
 
+/* scale_down_delay: a shrink happens only once the delay has passed since
+ * the last tick that wanted the higher count; load coming back within the
+ * delay keeps the count, and the delay then counts again from there. */
+static void test_scale_down_delay(void **state)
+{
+    (void)state;
+    struct act_kpa *k = new_kpa(0);
+    int64_t t = 0;
+    uint32_t d = 0;
+    const int64_t delay = 20000;
+    /* 3 instances' worth of load at target 1 for a stable window */
+    for (int i = 0; i < 30; i++, t += 2000)
+        d = act_kpa_tick(k, &cfg, 3.0, d, 1.0, delay, t);
+    assert_int_equal(d, 3);
+    /* the load drops to 1: the 30-bucket stable mean (90 - 2j) / 30 stays
+     * above 2 for 14 ticks, and then the count is held 10 ticks (20 s) more */
+    int held_ticks = 0;
+    for (int i = 0; i < 40; i++, t += 2000) {
+        d = act_kpa_tick(k, &cfg, 1.0, d, 1.0, delay, t);
+        if (d == 3)
+            held_ticks++;
+    }
+    assert_int_equal(d, 1);
+    assert_int_equal(held_ticks, 14 + 10);
+
+    /* without a delay the same drop shrinks after the 14 ticks */
+    act_kpa_init(k, 0);
+    t = 0;
+    d = 0;
+    for (int i = 0; i < 30; i++, t += 2000)
+        d = act_kpa_tick(k, &cfg, 3.0, d, 1.0, 0, t);
+    held_ticks = 0;
+    for (int i = 0; i < 40; i++, t += 2000) {
+        d = act_kpa_tick(k, &cfg, 1.0, d, 1.0, 0, t);
+        if (d == 3)
+            held_ticks++;
+    }
+    assert_int_equal(held_ticks, 14);
+
+    /* with a one-tick window (no averaging, no rate limit, no panic) the
+     * delay alone decides: load back within the delay never shrinks, and the
+     * delay counts again from the last load */
+    static const struct act_kpa_config instant = {
+        .tick_ms = 2000,
+        .stable_window_ms = 2000,
+        .panic_window_ms = 2000,
+        .panic_threshold = 1e9,
+        .max_scale_down = 0,
+    };
+    act_kpa_init(k, 0);
+    t = 0;
+    d = act_kpa_tick(k, &instant, 2.0, 0, 1.0, delay, t);
+    assert_int_equal(d, 2);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 9; i++) { /* 18 s quiet < 20 s delay */
+            t += 2000;
+            d = act_kpa_tick(k, &instant, 0.0, d, 1.0, delay, t);
+            assert_int_equal(d, 2);
+        }
+        t += 2000;
+        d = act_kpa_tick(k, &instant, 2.0, d, 1.0, delay, t);
+        assert_int_equal(d, 2);
+    }
+    int quiet = 0;
+    while (d == 2 && quiet < 100) {
+        t += 2000;
+        d = act_kpa_tick(k, &instant, 0.0, d, 1.0, delay, t);
+        quiet++;
+    }
+    assert_int_equal(d, 0);
+    assert_int_equal(quiet, 11); /* the tick 20 s after the last load still holds */
+    free(k);
+}
+
+/* scale_initial_instances: a new revision starts with at least initial
+ * instances and keeps them for a whole stable window without traffic, then
+ * scales down as usual (the scheduler clamps to scale_min_instances). */
+static void test_initial(void **state)
+{
+    (void)state;
+    struct act_kpa *k = new_kpa(0);
+    int64_t t = 0;
+    assert_int_equal(act_kpa_revision(k, 3, t), 3);
+    uint32_t d = 3;
+    int ticks = 0;
+    for (; ticks < 100 && d == 3; ticks++) {
+        t += 2000;
+        d = act_kpa_tick(k, &cfg, 0.0, 3, 1.0, 0, t);
+    }
+    /* 29 ticks hold it (fewer buckets than the 30 of the stable window); the
+     * 30th may halve */
+    assert_int_equal(ticks, 30);
+    assert_int_equal(d, 1);
+    t += 2000;
+    d = act_kpa_tick(k, &cfg, 0.0, 1, 1.0, 0, t);
+    assert_int_equal(d, 0);
+
+    /* an update under load: the higher count it already has is kept */
+    act_kpa_init(k, 0);
+    t = 0;
+    d = 0;
+    for (int i = 0; i < 30; i++, t += 2000)
+        d = act_kpa_tick(k, &cfg, 5.0, d, 1.0, 0, t);
+    assert_int_equal(d, 5);
+    assert_int_equal(act_kpa_revision(k, 2, t), 5);
+    /* and load above initial scales it up within the first window */
+    act_kpa_init(k, 0);
+    t = 0;
+    assert_int_equal(act_kpa_revision(k, 1, t), 1);
+    d = 1;
+    for (int i = 0; i < 3; i++) {
+        t += 2000;
+        d = act_kpa_tick(k, &cfg, 4.0, d, 1.0, 0, t);
+    }
+    assert_int_equal(d, 4);
+
+    /* initial with a scale-down delay: the delay adds to the window */
+    act_kpa_init(k, 0);
+    t = 0;
+    act_kpa_revision(k, 2, t);
+    d = 2;
+    ticks = 0;
+    for (; ticks < 100 && d == 2; ticks++) {
+        t += 2000;
+        d = act_kpa_tick(k, &cfg, 0.0, 2, 1.0, 10000, t);
+    }
+    assert_int_equal(ticks, 30 + 5);
+    free(k);
+}
+
+/* A held request at zero bumps the count at once; so do requests waiting
+ * at the concurrency limit, and those panic: the next ticks keep the count
+ * although the stable window's mean has not caught up. */
+static void test_bump(void **state)
+{
+    (void)state;
+    struct act_kpa *k = new_kpa(0);
+    assert_int_equal(act_kpa_bump(k, 1, false, 0), 1);
+    assert_int_equal(act_kpa_bump(k, 0, false, 100), 1); /* never lowers */
+    assert_false(k->panicking);
+
+    /* a long quiet history at 1 instance, target 10 */
+    act_kpa_init(k, 1);
+    int64_t t = 0;
+    uint32_t d = 1;
+    for (int i = 0; i < 30; i++, t += 2000)
+        d = act_kpa_tick(k, &cfg, 2.0, 1, 10.0, 0, t);
+    assert_int_equal(d, 1);
+    /* 11 requests: one instance takes 10, one waits -> 2 at once */
+    assert_int_equal(act_kpa_bump(k, 2, true, t), 2);
+    /* the stable mean alone would say 1 for many ticks: kept at 2 */
+    for (int i = 0; i < 5; i++) {
+        t += 2000;
+        d = act_kpa_tick(k, &cfg, 11.0, 1, 10.0, 0, t);
+        assert_int_equal(d, 2);
+    }
+    free(k);
+}
+
 static void test_scale_down_rate(void **state)
 {
     (void)state;
@@ -163,9 +349,11 @@ static void test_scale_down_rate(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_target),    cmocka_unit_test(test_steady),
-        cmocka_unit_test(test_from_zero), cmocka_unit_test(test_to_zero),
-        cmocka_unit_test(test_panic),     cmocka_unit_test(test_scale_down_rate),
+        cmocka_unit_test(test_target),          cmocka_unit_test(test_steady),
+        cmocka_unit_test(test_from_zero),       cmocka_unit_test(test_to_zero),
+        cmocka_unit_test(test_panic),           cmocka_unit_test(test_scale_down_rate),
+        cmocka_unit_test(test_sizes_to_target), cmocka_unit_test(test_scale_down_delay),
+        cmocka_unit_test(test_initial),         cmocka_unit_test(test_bump),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
