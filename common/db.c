@@ -1,15 +1,36 @@
 #include "db.h"
 
 #include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "util.h"
 
+/* Every statement a connection runs is prepared on first use and executed
+ * by name afterwards, so that PostgreSQL parses and plans it once per
+ * connection rather than once per query (most of a small query's server
+ * time). The cache is keyed by the SQL text; it is bounded because a
+ * caller might build SQL text of many shapes: past STMT_MAX statements,
+ * new ones run unprepared. */
+#define STMT_MAX 256
+#define STMT_SLOTS 512 /* open addressing, at most half full */
+
+struct stmt {
+    uint64_t hash;
+    char *sql; /* NULL: free slot */
+    unsigned id;
+};
+
 struct loom_db {
     PGconn *conn;
     bool in_tx;
+    bool begin_pending; /* in_tx, but BEGIN goes out with the first statement */
+    struct stmt *stmts; /* STMT_SLOTS slots, allocated on first use */
+    size_t nstmts;
+    unsigned next_id; /* statement names are never reused on a connection */
 };
 
 /* libpq prints notices on stderr, which would break the JSON log stream */
@@ -67,11 +88,23 @@ int loom_db_open_wait(const char *dsn, int timeout_ms, struct loom_db **ret, str
     }
 }
 
+static void stmts_clear(struct loom_db *db)
+{
+    if (!db->stmts)
+        return;
+    for (size_t i = 0; i < STMT_SLOTS; i++)
+        free(db->stmts[i].sql);
+    memset(db->stmts, 0, STMT_SLOTS * sizeof(*db->stmts));
+    db->nstmts = 0;
+}
+
 void loom_db_close(struct loom_db *db)
 {
     if (!db)
         return;
     PQfinish(db->conn);
+    stmts_clear(db);
+    free(db->stmts);
     free(db);
 }
 
@@ -126,31 +159,213 @@ static void set_result_error(struct loom_err *err, PGconn *conn, const PGresult 
         loom_err_set(err, code, "%s", primary);
 }
 
+static uint64_t sql_hash(const char *s)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* The slot that holds sql, or the free slot where it would go. */
+static struct stmt *stmt_slot(struct loom_db *db, const char *sql, uint64_t hash)
+{
+    for (size_t i = hash % STMT_SLOTS;; i = (i + 1) % STMT_SLOTS) {
+        struct stmt *st = &db->stmts[i];
+        if (!st->sql || (st->hash == hash && strcmp(st->sql, sql) == 0))
+            return st;
+    }
+}
+
+/* Forgets one statement (its slot is refilled from the following cluster,
+ * as linear probing needs). The server keeps the old statement: names are
+ * never reused, so nothing runs it again. */
+static void stmt_forget(struct loom_db *db, struct stmt *st)
+{
+    free(st->sql);
+    st->sql = NULL;
+    db->nstmts--;
+    size_t hole = (size_t)(st - db->stmts);
+    for (size_t i = (hole + 1) % STMT_SLOTS; db->stmts[i].sql; i = (i + 1) % STMT_SLOTS) {
+        size_t home = db->stmts[i].hash % STMT_SLOTS;
+        /* move it when its home is not in (hole, i] (cyclically) */
+        bool stays = hole < i ? (home > hole && home <= i) : (home > hole || home <= i);
+        if (!stays) {
+            db->stmts[hole] = db->stmts[i];
+            db->stmts[i].sql = NULL;
+            hole = i;
+        }
+    }
+}
+
+static void stmts_init(struct loom_db *db)
+{
+    if (db->stmts)
+        return;
+    db->stmts = calloc(STMT_SLOTS, sizeof(*db->stmts));
+    if (!db->stmts)
+        abort();
+}
+
+/* Runs sql, prepared when the cache has it or room for it. A failed
+ * PREPARE's result is returned as the query's (the same error the query
+ * would have had). *ret_st is the statement's slot when it ran prepared. */
+static PGresult *exec_cached(struct loom_db *db, const char *sql, int n, const char *const *params,
+                             struct stmt **ret_st)
+{
+    *ret_st = NULL;
+    stmts_init(db);
+    uint64_t hash = sql_hash(sql);
+    struct stmt *st = stmt_slot(db, sql, hash);
+    char name[24];
+    if (!st->sql) {
+        if (db->nstmts >= STMT_MAX)
+            return PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
+        unsigned id = db->next_id++;
+        snprintf(name, sizeof(name), "loom_%u", id);
+        PGresult *res = PQprepare(db->conn, name, sql, n, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            return res;
+        PQclear(res);
+        char *copy = strdup(sql);
+        if (!copy)
+            abort();
+        *st = (struct stmt){.hash = hash, .sql = copy, .id = id};
+        db->nstmts++;
+    }
+    snprintf(name, sizeof(name), "loom_%u", st->id);
+    *ret_st = st;
+    return PQexecPrepared(db->conn, name, n, params, NULL, NULL, 0);
+}
+
+/* A transaction's first statement: BEGIN, the PREPARE when the statement is
+ * new and has room in the cache, and the statement go out in one pipeline,
+ * one round trip. Returns like exec_cached: the first failure among them
+ * (BEGIN, PREPARE, the statement), NULL when the connection broke. */
+static PGresult *exec_with_begin(struct loom_db *db, const char *sql, int n,
+                                 const char *const *params, struct stmt **ret_st)
+{
+    PGconn *c = db->conn;
+    *ret_st = NULL;
+    stmts_init(db);
+    if (PQenterPipelineMode(c) != 1) {
+        PGresult *b = PQexec(c, "BEGIN");
+        if (PQresultStatus(b) != PGRES_COMMAND_OK)
+            return b;
+        PQclear(b);
+        return exec_cached(db, sql, n, params, ret_st);
+    }
+    uint64_t hash = sql_hash(sql);
+    struct stmt *st = stmt_slot(db, sql, hash);
+    bool cached = st->sql != NULL, prepare = !cached && db->nstmts < STMT_MAX;
+    unsigned id = cached ? st->id : db->next_id;
+    if (prepare)
+        db->next_id++;
+    char name[24];
+    snprintf(name, sizeof(name), "loom_%u", id);
+    bool sent = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+                (!prepare || PQsendPrepare(c, name, sql, n, NULL)) &&
+                (cached || prepare ? PQsendQueryPrepared(c, name, n, params, NULL, NULL, 0)
+                                   : PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) &&
+                PQpipelineSync(c);
+    /* each command's result is followed by a NULL; the sync point ends it */
+    int nq = prepare ? 3 : 2, q = 0;
+    PGresult *res[3] = {NULL, NULL, NULL};
+    while (sent && q <= nq) {
+        PGresult *r = PQgetResult(c);
+        if (!r) {
+            if (PQstatus(c) != CONNECTION_OK)
+                break;
+            q++;
+            continue;
+        }
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        if (q < nq && !res[q])
+            res[q] = r;
+        else
+            PQclear(r);
+    }
+    if (PQexitPipelineMode(c) != 1 && PQstatus(c) == CONNECTION_OK) {
+        /* results left unread: this connection cannot be trusted any more */
+        PQreset(c);
+        stmts_clear(db);
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        for (int i = 0; i < nq; i++)
+            PQclear(res[i]);
+        return NULL;
+    }
+    /* the first command that did not succeed decides (the rest were skipped) */
+    int last = nq - 1;
+    for (int i = 0; i < last; i++) {
+        if (PQresultStatus(res[i]) != PGRES_COMMAND_OK) {
+            for (int k = 0; k < nq; k++)
+                if (k != i)
+                    PQclear(res[k]);
+            return res[i];
+        }
+    }
+    for (int i = 0; i < last; i++)
+        PQclear(res[i]);
+    if (prepare) {
+        char *copy = strdup(sql);
+        if (!copy)
+            abort();
+        *st = (struct stmt){.hash = hash, .sql = copy, .id = id};
+        db->nstmts++;
+    }
+    if (cached || prepare)
+        *ret_st = st;
+    return res[last];
+}
+
+/* A prepared statement that can no longer run: gone from the server
+ * (26000) or planned for a table whose columns changed (0A000, "cached plan
+ * must not change result type"). */
+static bool stmt_stale(const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    return state && (strcmp(state, "26000") == 0 ||
+                     (strcmp(state, "0A000") == 0 && msg && strstr(msg, "cached plan")));
+}
+
 PGresult *loom_db_exec(struct loom_db *db, const char *sql, int n, const char *const *params,
                        struct loom_err *err)
 {
     for (int attempt = 0;; attempt++) {
+        /* with BEGIN still to send, the server has no transaction to lose */
+        bool fresh = db->begin_pending;
         if (PQstatus(db->conn) != CONNECTION_OK) {
-            if (db->in_tx) {
+            if (db->in_tx && !fresh) {
                 db->in_tx = false;
                 loom_err_set(err, LOOM_EUNAVAIL,
                              "connection to PostgreSQL lost during a transaction");
                 return NULL;
             }
             PQreset(db->conn);
+            stmts_clear(db); /* a new session has none of them */
             if (PQstatus(db->conn) != CONNECTION_OK) {
+                db->in_tx = db->begin_pending = false;
                 set_conn_error(err, LOOM_EUNAVAIL, "could not reconnect to PostgreSQL", db->conn);
                 return NULL;
             }
             PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
         }
-        PGresult *res = PQexecParams(db->conn, sql, n, NULL, params, NULL, NULL, 0);
+        struct stmt *prepared;
+        PGresult *res = fresh ? exec_with_begin(db, sql, n, params, &prepared)
+                              : exec_cached(db, sql, n, params, &prepared);
         ExecStatusType st = PQresultStatus(res);
-        if (res && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK))
+        if (res && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+            db->begin_pending = false;
             return res;
+        }
         if (PQstatus(db->conn) != CONNECTION_OK) {
             PQclear(res);
-            if (db->in_tx) {
+            if (db->in_tx && !fresh) {
                 db->in_tx = false;
                 loom_err_set(err, LOOM_EUNAVAIL,
                              "connection to PostgreSQL lost during a transaction");
@@ -158,7 +373,25 @@ PGresult *loom_db_exec(struct loom_db *db, const char *sql, int n, const char *c
             }
             if (attempt == 0)
                 continue;
+            db->in_tx = db->begin_pending = false;
             set_conn_error(err, LOOM_EUNAVAIL, "PostgreSQL query failed", db->conn);
+            return NULL;
+        }
+        db->begin_pending = false; /* BEGIN ran: the transaction is open (and failed) */
+        if (prepared && res && stmt_stale(res)) {
+            stmt_forget(db, prepared);
+            if (attempt == 0 && (!db->in_tx || fresh)) {
+                /* nothing but this statement ran in the transaction: start it again */
+                PQclear(res);
+                if (fresh) {
+                    PQclear(PQexec(db->conn, "ROLLBACK"));
+                    db->begin_pending = true;
+                }
+                continue;
+            }
+            PQclear(res); /* an open transaction failed with it: the caller rolls back */
+            loom_err_set(err, LOOM_ERETRY,
+                         "the database schema changed under a prepared statement: retry");
             return NULL;
         }
         if (res && (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR))
@@ -185,9 +418,9 @@ int loom_db_begin(struct loom_db *db, struct loom_err *err)
 {
     if (db->in_tx)
         return loom_err_set(err, LOOM_EINTERNAL, "a transaction is already open");
-    if (loom_db_run(db, "BEGIN", err) < 0)
-        return -1;
+    /* BEGIN goes out with the first statement: one round trip less */
     db->in_tx = true;
+    db->begin_pending = true;
     return 0;
 }
 
@@ -195,6 +428,10 @@ int loom_db_commit(struct loom_db *db, struct loom_err *err)
 {
     if (!db->in_tx)
         return loom_err_set(err, LOOM_EINTERNAL, "no transaction is open");
+    if (db->begin_pending) { /* nothing ran in it */
+        db->in_tx = db->begin_pending = false;
+        return 0;
+    }
     PGresult *res = loom_db_exec(db, "COMMIT", 0, NULL, err);
     db->in_tx = false;
     if (!res) {
@@ -215,8 +452,8 @@ void loom_db_rollback(struct loom_db *db)
 {
     if (!db)
         return;
-    bool open = db->in_tx;
-    db->in_tx = false;
+    bool open = db->in_tx && !db->begin_pending;
+    db->in_tx = db->begin_pending = false;
     if (PQstatus(db->conn) != CONNECTION_OK)
         return;
     if (open || PQtransactionStatus(db->conn) != PQTRANS_IDLE)

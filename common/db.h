@@ -4,7 +4,13 @@
  * A struct loom_db is one connection and is not thread-safe: give each thread
  * its own. A query on a broken connection reconnects once and retries, unless
  * a transaction was open (then the error is LOOM_EUNAVAIL and the caller's
- * transaction is gone). */
+ * transaction is gone).
+ *
+ * Each connection prepares the statements it runs (the first 256 distinct SQL
+ * texts) and executes them by name afterwards; a statement whose table
+ * changed shape under it is prepared again (inside a transaction that already
+ * did other work, the error is LOOM_ERETRY). loom_db_begin sends nothing:
+ * BEGIN goes out with the transaction's first statement, in one round trip. */
 #ifndef LOOM_DB_H
 #define LOOM_DB_H
 

@@ -6,11 +6,13 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "config.h"
@@ -21,6 +23,7 @@
 #include "util.h"
 
 #define DEFAULT_MAX_BODY (1u << 20)
+#define DEFAULT_DRAIN_MS 5000
 #define DISCARD_LIMIT (16u << 20)
 
 struct loom_http_server {
@@ -30,6 +33,10 @@ struct loom_http_server {
     uint16_t port;
     double start_time;
     struct loom_metric *latency;
+    atomic_int inflight; /* requests begun and not yet completed */
+    /* loom_http_requests_total{code} by status, looked up once each */
+    _Atomic(struct loom_metric *) requests_by_code[600];
+    atomic_bool stopping;
 };
 
 /* Per request: the body so far and everything the request struct points into. */
@@ -234,6 +241,9 @@ void loom_http_reply(struct loom_http_req *req, int status, const char *content_
     MHD_add_response_header(r, "X-Request-Id", req->request_id);
     for (int i = 0; i < req->nhdrs; i++)
         MHD_add_response_header(r, req->hdr_names[i], req->hdr_values[i]);
+    /* while draining, a kept-alive connection gets no further request in */
+    if (atomic_load(&req_state(req)->srv->stopping))
+        MHD_add_response_header(r, "Connection", "close");
     MHD_queue_response(req->conn, (unsigned)status, r);
     MHD_destroy_response(r);
     req->replied = true;
@@ -349,12 +359,19 @@ static int match_pattern(struct conn_state *st, const char *pattern, const char 
             break;
         }
         size_t ulen = strcspn(u, "/");
+        bool capture = plen == 2 && p[0] == '{' && p[1] == '}';
+        /* most segments have nothing to decode: compare them as they are */
+        if (!capture && !memchr(u, '%', ulen)) {
+            if (ulen != plen || memcmp(u, p, plen) != 0)
+                break;
+            goto next;
+        }
         char *dec = url_decode(u, ulen, false);
         if (!dec) {
             result = -1;
             break;
         }
-        if (plen == 2 && p[0] == '{' && p[1] == '}') {
+        if (capture) {
             if (ulen == 0 || nparams == LOOM_HTTP_MAX_PARAMS) {
                 free(dec);
                 break;
@@ -366,6 +383,7 @@ static int match_pattern(struct conn_state *st, const char *pattern, const char 
             if (!same)
                 break;
         }
+    next:
         p += plen;
         u += ulen;
         if (*p == '\0' && *u == '\0') {
@@ -458,10 +476,16 @@ static void finish(struct conn_state *st)
 {
     struct loom_http_server *srv = st->srv;
     struct loom_http_req *req = &st->req;
-    char labels[32];
-    snprintf(labels, sizeof(labels), "code=\"%d\"", req->status);
-    loom_metric_add(loom_metric_counter("loom_http_requests_total", labels, "HTTP requests served"),
-                    1);
+    int code = req->status >= 100 && req->status < 600 ? req->status : 0;
+    struct loom_metric *counter = code ? atomic_load(&srv->requests_by_code[code]) : NULL;
+    if (!counter) {
+        char labels[32];
+        snprintf(labels, sizeof(labels), "code=\"%d\"", req->status);
+        counter = loom_metric_counter("loom_http_requests_total", labels, "HTTP requests served");
+        if (code)
+            atomic_store(&srv->requests_by_code[code], counter);
+    }
+    loom_metric_add(counter, 1);
     double secs = (double)(loom_mono_ms() - st->start_ms) / 1000.0;
     loom_metric_observe(srv->latency, secs);
     if (srv->opts.log_requests)
@@ -500,6 +524,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!st)
             return MHD_NO;
         st->srv = srv;
+        atomic_fetch_add(&srv->inflight, 1); /* until on_completed */
         st->start_ms = loom_mono_ms();
         strbuf_init(&st->body);
         *con_cls = st;
@@ -558,7 +583,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls;
     (void)conn;
     (void)toe;
-    state_free(*con_cls);
+    struct conn_state *st = *con_cls;
+    if (st)
+        atomic_fetch_sub(&st->srv->inflight, 1);
+    state_free(st);
     *con_cls = NULL;
 }
 
@@ -609,10 +637,12 @@ int loom_http_server_start(const struct loom_http_server_opts *opts, struct loom
     srv->latency =
         loom_metric_histogram("loom_http_request_duration_seconds", NULL, "HTTP request latency",
                               latency_buckets, LOOM_ARRAY_SIZE(latency_buckets));
+    /* MHD_USE_ITC: loom_http_server_stop quiesces the daemon first */
     if (opts->threads > 0)
-        flags |= MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+        flags |= MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC;
     else
-        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL;
+        flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                 MHD_USE_ITC;
 
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -634,9 +664,27 @@ void loom_http_server_stop(struct loom_http_server *srv)
 {
     if (!srv)
         return;
+    /* Stop accepting, then let the requests in flight finish (a held one
+     * sees loom_http_stopping and answers) before MHD_stop_daemon closes
+     * every connection, which would cut them off without an answer. */
+    atomic_store(&srv->stopping, true);
+    MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
+    int64_t deadline =
+        loom_mono_ms() + (srv->opts.drain_ms > 0 ? srv->opts.drain_ms : DEFAULT_DRAIN_MS);
+    while (atomic_load(&srv->inflight) > 0 && loom_mono_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(srv->daemon);
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
     free(srv->service);
     free(srv);
+}
+
+bool loom_http_stopping(struct loom_http_req *req)
+{
+    return atomic_load(&req_state(req)->srv->stopping);
 }
 
 uint16_t loom_http_server_port(const struct loom_http_server *srv)

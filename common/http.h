@@ -64,13 +64,19 @@ struct loom_http_server_opts {
     bool (*ready)(void *arg); /* for /readyz; NULL = always ready */
     const char *service;      /* for logs */
     bool log_requests;        /* one log line per request */
+    int drain_ms;             /* how long stop waits for requests in flight (0: 5000) */
 };
 
 /* Starts serving. /livez, /readyz and /metrics are added after the routes. */
 int loom_http_server_start(const struct loom_http_server_opts *opts, struct loom_http_server **ret,
                            struct loom_err *err);
-/* Stops accepting, waits for in-flight requests, frees. Accepts NULL. */
+/* Stops accepting connections, waits up to opts.drain_ms for the requests in
+ * flight to be answered (answers sent meanwhile close their connection),
+ * then closes every connection and frees. Accepts NULL. */
 void loom_http_server_stop(struct loom_http_server *srv);
+/* True once the server is stopping: a handler that holds a request (waits
+ * for something) should answer it now, e.g. with a 503 and Retry-After. */
+bool loom_http_stopping(struct loom_http_req *req);
 uint16_t loom_http_server_port(const struct loom_http_server *srv);
 
 /* Request accessors. */

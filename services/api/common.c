@@ -1,4 +1,5 @@
 /* What every handler does first (auth, project scope) and small helpers. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +9,52 @@
 #include "log.h"
 #include "service.h"
 #include "subjects.h"
+#include "util.h"
 
 struct api_config api_cfg;
+
+/* The name of a project key's project, so that the usual request (a project
+ * key in its own project) needs no query to resolve the project in the path.
+ * A project key of another project, or of none, is answered 404 either way.
+ * Entries live as long as a cached key (auth.c): a deleted project's key
+ * keeps working that long anyway, and then finds nothing in it. Admin keys
+ * may name any project and always ask PostgreSQL. */
+#define PROJECT_CACHE_MS 5000
+#define PROJECT_CACHE_SLOTS 256
+
+struct cached_project {
+    int64_t id;
+    char name[64];
+    int64_t expires_ms; /* monotonic */
+};
+
+static pthread_mutex_t project_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cached_project projects[PROJECT_CACHE_SLOTS];
+
+/* 1 when the cache knows project id: *ret_same says whether name is its name. */
+static int project_cached(int64_t id, const char *name, bool *ret_same)
+{
+    struct cached_project *c = &projects[(uint64_t)id % PROJECT_CACHE_SLOTS];
+    int found = 0;
+    pthread_mutex_lock(&project_lock);
+    if (c->id == id && c->expires_ms > loom_mono_ms()) {
+        *ret_same = strcmp(c->name, name) == 0;
+        found = 1;
+    }
+    pthread_mutex_unlock(&project_lock);
+    return found;
+}
+
+static void project_remember(int64_t id, const char *name)
+{
+    struct cached_project c = {.id = id, .expires_ms = loom_mono_ms() + PROJECT_CACHE_MS};
+    if (strlen(name) >= sizeof(c.name))
+        return;
+    strcpy(c.name, name);
+    pthread_mutex_lock(&project_lock);
+    projects[(uint64_t)id % PROJECT_CACHE_SLOTS] = c;
+    pthread_mutex_unlock(&project_lock);
+}
 
 void api_fail(struct loom_http_req *req, const struct loom_err *err)
 {
@@ -32,11 +77,19 @@ int api_begin(struct loom_http_req *req, bool with_project, struct loom_db **ret
         return -1;
     if (with_project) {
         const char *name = req->nparams > 0 ? req->params[0] : "";
-        _cleanup_pgres_ PGresult *res =
-            loom_db_query(db, err, "SELECT id FROM projects WHERE name = $1", name);
-        if (!res)
-            return -1;
-        int64_t id = PQntuples(res) ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+        bool same = false;
+        int64_t id = 0;
+        if (caller.role != API_ROLE_ADMIN && project_cached(caller.project_id, name, &same)) {
+            id = same ? caller.project_id : 0;
+        } else {
+            _cleanup_pgres_ PGresult *res =
+                loom_db_query(db, err, "SELECT id FROM projects WHERE name = $1", name);
+            if (!res)
+                return -1;
+            id = PQntuples(res) ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
+            if (id != 0 && caller.role != API_ROLE_ADMIN && caller.project_id == id)
+                project_remember(id, name);
+        }
         /* another project's resources look exactly like absent ones */
         if (id == 0 || (caller.role != API_ROLE_ADMIN && caller.project_id != id))
             return loom_err_set(err, LOOM_ENOTFOUND, "project \"%s\" not found", name);
