@@ -231,10 +231,16 @@ int api_outbox_publish(struct loom_db *db, struct loom_err *err)
     /* only what the server has surely received is marked */
     if (sent > 0 && natsConnection_FlushTimeout(loom_bus_nc(svc->bus), 2000) != NATS_OK)
         sent = 0;
-    for (int r = 0; r < sent; r++) {
-        _cleanup_pgres_ PGresult *upd =
-            loom_db_query(db, err, "UPDATE outbox SET published_at = now() WHERE id = $1",
-                          PQgetvalue(rows, r, 0));
+    if (sent > 0) {
+        /* one UPDATE for the batch: ids as a PostgreSQL array literal */
+        _cleanup_strbuf_ struct strbuf ids = STRBUF_INIT;
+        strbuf_addch(&ids, '{');
+        for (int r = 0; r < sent; r++)
+            strbuf_addf(&ids, "%s%s", r ? "," : "", PQgetvalue(rows, r, 0));
+        strbuf_addch(&ids, '}');
+        _cleanup_pgres_ PGresult *upd = loom_db_query(
+            db, err, "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+            ids.buf);
         if (!upd) {
             loom_db_rollback(db);
             return -1;
@@ -242,12 +248,18 @@ int api_outbox_publish(struct loom_db *db, struct loom_err *err)
     }
     if (loom_db_commit(db, err) < 0)
         return -1;
-    /* housekeeping: published events and old idempotency records */
-    _cleanup_pgres_ PGresult *gc1 = loom_db_query(
-        db, err, "DELETE FROM outbox WHERE published_at < now() - $1::interval", "1 hour");
-    _cleanup_pgres_ PGresult *gc2 = loom_db_query(
-        db, err, "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval",
-        "24 hours");
+    /* housekeeping of published events and old idempotency records, once a
+     * minute: under a stream of writes this runs on every pass otherwise */
+    static _Atomic int64_t last_gc_ms;
+    int64_t now = loom_now_ms();
+    if (now - last_gc_ms >= 60000) {
+        last_gc_ms = now;
+        _cleanup_pgres_ PGresult *gc1 = loom_db_query(
+            db, err, "DELETE FROM outbox WHERE published_at < now() - $1::interval", "1 hour");
+        _cleanup_pgres_ PGresult *gc2 = loom_db_query(
+            db, err, "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval",
+            "24 hours");
+    }
     return sent;
 }
 
