@@ -310,11 +310,12 @@ static int app_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
     if (PQntuples(app) == 0)
         return loom_err_set(err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
     const char *id = PQgetvalue(app, 0, 0);
-    _cleanup_pgres_ PGresult *live =
-        loom_db_query(ctx->db, err,
-                      "UPDATE instances SET desired = 'stop', updated_at = now() WHERE app_id = $1 "
-                      "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
-                      id);
+    _cleanup_pgres_ PGresult *live = loom_db_query(
+        ctx->db, err,
+        "UPDATE instances SET desired = 'stop', updated_at = CASE desired WHEN 'stop' "
+        "THEN updated_at ELSE now() END WHERE app_id = $1 "
+        "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
+        id);
     if (!live)
         return -1;
     int nlive = PQntuples(live);

@@ -31,6 +31,7 @@ enum {
     COL_LIVE_OLD,
     COL_BACKOFF,
     COL_REASON,
+    COL_EPHEMERAL,
 };
 
 /* Creates n instances of app row r; appends their ids. */
@@ -45,6 +46,23 @@ static int app_create(struct sched *s, struct loom_db *db, int64_t epoch, PGresu
                                    loom_db_val(apps, r, COL_GPUS),
                                    loom_db_val(apps, r, COL_GPU_MODEL), &req, why,
                                    sizeof(why)) == 0) {
+        const char *eph = loom_db_val(apps, r, COL_EPHEMERAL);
+        req.ephemeral_bytes = SCHED_EPHEMERAL_DEFAULT;
+        if (eph && sched_parse_memory(eph, &req.ephemeral_bytes) < 0) {
+            snprintf(why, sizeof(why), "invalid scale_ephemeral_storage_limit \"%.64s\"", eph);
+            n = 0;
+        }
+        /* the project's quota bounds apps as it bounds jobs */
+        struct sched_quota q;
+        bool has_quota = false;
+        if (n > 0 &&
+            sched_quota_load(db, PQgetvalue(apps, r, COL_PROJECT_ID), &q, &has_quota, err) < 0)
+            return -1;
+        if (has_quota) {
+            size_t room = sched_quota_room(&q, &req, why, sizeof(why));
+            if ((int64_t)room < n)
+                n = (int64_t)room;
+        }
         struct strbuf a_id = STRBUF_INIT, a_node = STRBUF_INIT;
         size_t sample = sched_sample_size(nnodes);
         for (; placed < n; placed++) {
@@ -57,6 +75,7 @@ static int app_create(struct sched *s, struct loom_db *db, int64_t epoch, PGresu
             nodes[k].cpu_used += req.cpu_millis;
             nodes[k].mem_used += req.memory_bytes;
             nodes[k].gpus_used += req.gpus;
+            nodes[k].disk_used += req.ephemeral_bytes;
             char uuid[37];
             loom_uuid4(uuid);
             sched_pg_array_add(&a_id, uuid);
@@ -65,20 +84,22 @@ static int app_create(struct sched *s, struct loom_db *db, int64_t epoch, PGresu
         if (placed > 0) {
             sched_pg_array_end(&a_id);
             sched_pg_array_end(&a_node);
-            char ep[32], cpu[32], mem[32], gpus[16];
+            char ep[32], cpu[32], mem[32], gpus[16], ephb[32];
             snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
+            snprintf(ephb, sizeof(ephb), "%lld", (long long)req.ephemeral_bytes);
             snprintf(cpu, sizeof(cpu), "%lld", (long long)req.cpu_millis);
             snprintf(mem, sizeof(mem), "%lld", (long long)req.memory_bytes);
             snprintf(gpus, sizeof(gpus), "%d", req.gpus);
             _cleanup_pgres_ PGresult *ins = loom_db_query(
                 db, err,
                 "INSERT INTO instances (id, project_id, kind, app_id, app_generation, node_name, "
-                "  epoch, cpu_millis, memory_bytes, gpus) "
+                "  epoch, cpu_millis, memory_bytes, gpus, ephemeral_bytes) "
                 "SELECT x.id, $2::bigint, 'app', $1::bigint, $3::integer, x.node, $4::bigint, "
-                "  $5::bigint, $6::bigint, $7::integer "
+                "  $5::bigint, $6::bigint, $7::integer, $10::bigint "
                 "FROM unnest($8::uuid[], $9::text[]) AS x(id, node) RETURNING id",
                 PQgetvalue(apps, r, COL_ID), PQgetvalue(apps, r, COL_PROJECT_ID),
-                PQgetvalue(apps, r, COL_GENERATION), ep, cpu, mem, gpus, a_id.buf, a_node.buf);
+                PQgetvalue(apps, r, COL_GENERATION), ep, cpu, mem, gpus, a_id.buf, a_node.buf,
+                ephb);
             strbuf_release(&a_id);
             strbuf_release(&a_node);
             if (!ins)
@@ -147,7 +168,8 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
         "  a.spec->>'scale_gpu_model', coalesce(l.live_cur, 0), coalesce(l.running_cur, 0), "
         "  coalesce(l.live_old, 0), "
         "  coalesce(f.nf > 0 AND f.lastf > now() - make_interval(secs => "
-        "    least(power(2, least(f.nf, 10) - 1), 60)), false), a.waiting_reason "
+        "    least(power(2, least(f.nf, 10) - 1), 60)), false), a.waiting_reason, "
+        "  a.spec->>'scale_ephemeral_storage_limit' "
         "FROM apps a JOIN projects p ON p.id = a.project_id "
         "LEFT JOIN LATERAL (SELECT "
         "    count(*) FILTER (WHERE i.app_generation = a.generation) AS live_cur, "

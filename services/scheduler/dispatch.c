@@ -16,6 +16,7 @@
 #include "log.h"
 #include "loom/v1/common.pb-c.h"
 #include "loom/v1/instance.pb-c.h"
+#include "secretbox.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -174,8 +175,245 @@ static void env_addf(struct env_list *e, const char *name, const char *fmt, long
     env_add(e, name, s);
 }
 
-/* One row of the assign query (see ASSIGN_SQL) as an InstanceAssign. */
-static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec, int64_t epoch)
+/* What a spec's references resolve to, read once per run or app in one
+ * sched_send_assigns call (never kept longer: secrets and config maps change
+ * under us). */
+struct assign_refs {
+    json_t *env;    /* [[name, value], ...] in the spec's order */
+    json_t *mounts; /* [{"path": P, "files": {name: data}}, ...] */
+    char *auth;     /* "user:password" or NULL */
+    char why[512];  /* set: the instance cannot run, for this reason */
+};
+
+static void assign_refs_release(struct assign_refs *r)
+{
+    json_decref(r->env);
+    json_decref(r->mounts);
+    free(r->auth);
+    *r = (struct assign_refs){0};
+}
+
+/* Loads a secret's data. 1 with why filled when it is missing or does not
+ * open (the instance fails), -1 on a database error (try again later). */
+static int load_secret(struct loom_db *db, const char *project_id, const char *name,
+                       json_t **ret_data, char *ret_format, size_t format_len, char *why,
+                       size_t why_len, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err, "SELECT format, data_enc FROM secrets WHERE project_id = $1::bigint AND name = $2",
+        project_id, name);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0) {
+        snprintf(why, why_len, "secret \"%.200s\" not found", name);
+        return 1;
+    }
+    size_t len = 0;
+    unsigned char *sealed = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 1), &len);
+    if (!sealed)
+        abort();
+    char aad[512];
+    loom_secretbox_aad(project_id, name, aad, sizeof(aad));
+    struct loom_err oerr = LOOM_ERR_INIT;
+    _cleanup_free_ char *plain = NULL;
+    int rc = loom_secretbox_open(sealed, len, aad, &plain, &oerr);
+    PQfreemem(sealed);
+    if (rc < 0) {
+        snprintf(why, why_len, "secret \"%.200s\" cannot be opened: %.200s", name, oerr.msg);
+        return 1;
+    }
+    json_t *data = loom_json_parse_object(plain, strlen(plain), NULL);
+    if (!data) {
+        snprintf(why, why_len, "secret \"%.200s\" holds no JSON object", name);
+        return 1;
+    }
+    snprintf(ret_format, format_len, "%s", PQgetvalue(res, 0, 0));
+    *ret_data = data;
+    return 0;
+}
+
+/* Like load_secret, for a config map. */
+static int load_config_map(struct loom_db *db, const char *project_id, const char *name,
+                           json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err, "SELECT data::text FROM config_maps WHERE project_id = $1::bigint AND name = $2",
+        project_id, name);
+    if (!res)
+        return -1;
+    const char *text = PQntuples(res) ? PQgetvalue(res, 0, 0) : NULL;
+    json_t *data = text ? loom_json_parse_object(text, strlen(text), NULL) : NULL;
+    if (!data) {
+        snprintf(why, why_len, "config map \"%.200s\" not found", name);
+        return 1;
+    }
+    *ret_data = data;
+    return 0;
+}
+
+static int load_ref(struct loom_db *db, const char *project_id, bool secret, const char *name,
+                    json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
+{
+    char format[32];
+    if (secret)
+        return load_secret(db, project_id, name, ret_data, format, sizeof(format), why, why_len,
+                           err);
+    return load_config_map(db, project_id, name, ret_data, why, why_len, err);
+}
+
+/* The host of an image reference ("127.0.0.1:5000/x:1" -> "127.0.0.1:5000"),
+ * or of a registry server ("https://h:5000/v2/" -> "h:5000"). */
+static void ref_host(const char *s, char *out, size_t len)
+{
+    const char *p = strstr(s, "://");
+    p = p ? p + 3 : s;
+    size_t n = strcspn(p, "/");
+    snprintf(out, len, "%.*s", (int)n, p);
+}
+
+static void env_pair(json_t *env, const char *name, const char *value)
+{
+    json_array_append_new(env, json_pack("[ss]", name, value));
+}
+
+/* Resolves the env references, volume mounts and image secret of spec.
+ * -1 on a database error; a missing reference fills ret->why. */
+static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec,
+                        struct assign_refs *ret, struct loom_err *err)
+{
+    struct assign_refs r = {.env = json_array(), .mounts = json_array()};
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(spec, "run_env_variables"), i, v)
+    {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        const char *ref = json_string_value(json_object_get(v, "reference"));
+        const char *key = json_string_value(json_object_get(v, "key"));
+        const char *prefix = json_string_value(json_object_get(v, "prefix"));
+        if (!type || strcmp(type, "literal") == 0) {
+            const char *value = json_string_value(json_object_get(v, "value"));
+            if (name && value)
+                env_pair(r.env, name, value);
+            continue;
+        }
+        bool secret = strncmp(type, "secret_", 7) == 0;
+        bool full = strstr(type, "_full_reference") != NULL;
+        if (!ref || (!secret && strncmp(type, "config_map_", 11) != 0) ||
+            (!full && (!key || !name))) {
+            snprintf(r.why, sizeof(r.why), "invalid run_env_variables item %zu", i);
+            break;
+        }
+        _cleanup_json_ json_t *data = NULL;
+        int rc = load_ref(db, project_id, secret, ref, &data, r.why, sizeof(r.why), err);
+        if (rc < 0) {
+            assign_refs_release(&r);
+            return -1;
+        }
+        if (rc > 0)
+            break;
+        if (full) {
+            const char *k;
+            json_t *x;
+            json_object_foreach(data, k, x)
+            {
+                if (!json_is_string(x))
+                    continue;
+                char *n = NULL;
+                if (asprintf(&n, "%s%s", prefix ? prefix : "", k) < 0)
+                    abort();
+                env_pair(r.env, n, json_string_value(x));
+                free(n);
+            }
+        } else {
+            const char *value = json_string_value(json_object_get(data, key));
+            if (!value) {
+                snprintf(r.why, sizeof(r.why), "key \"%.100s\" not found in %s \"%.200s\"", key,
+                         secret ? "secret" : "config map", ref);
+                break;
+            }
+            env_pair(r.env, name, value);
+        }
+    }
+    json_array_foreach(r.why[0] ? NULL : json_object_get(spec, "run_volume_mounts"), i, v)
+    {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        const char *ref = json_string_value(json_object_get(v, "reference"));
+        const char *path = json_string_value(json_object_get(v, "mount_path"));
+        if (!type || !ref || !path || path[0] != '/' ||
+            (strcmp(type, "secret") != 0 && strcmp(type, "config_map") != 0)) {
+            snprintf(r.why, sizeof(r.why), "invalid run_volume_mounts item %zu", i);
+            break;
+        }
+        json_t *data = NULL;
+        int rc = load_ref(db, project_id, strcmp(type, "secret") == 0, ref, &data, r.why,
+                          sizeof(r.why), err);
+        if (rc < 0) {
+            assign_refs_release(&r);
+            return -1;
+        }
+        if (rc > 0)
+            break;
+        json_array_append_new(r.mounts, json_pack("{s:s,s:o}", "path", path, "files", data));
+    }
+    const char *isecret = json_string_value(json_object_get(spec, "image_secret"));
+    if (!r.why[0] && isecret && isecret[0]) {
+        _cleanup_json_ json_t *data = NULL;
+        char format[32] = "";
+        int rc = load_secret(db, project_id, isecret, &data, format, sizeof(format), r.why,
+                             sizeof(r.why), err);
+        if (rc < 0) {
+            assign_refs_release(&r);
+            return -1;
+        }
+        const char *server = json_string_value(json_object_get(data, "server"));
+        const char *user = json_string_value(json_object_get(data, "username"));
+        const char *pass = json_string_value(json_object_get(data, "password"));
+        const char *image = json_string_value(json_object_get(spec, "image_reference"));
+        if (rc == 0 && (strcmp(format, "registry") != 0 || !server || !user || !pass)) {
+            snprintf(r.why, sizeof(r.why),
+                     "image_secret \"%.200s\" is not a registry secret (server, username, "
+                     "password)",
+                     isecret);
+        } else if (rc == 0 && image) {
+            char h1[256], h2[256];
+            ref_host(image, h1, sizeof(h1));
+            ref_host(server, h2, sizeof(h2));
+            if (strcasecmp(h1, h2) == 0 && asprintf(&r.auth, "%s:%s", user, pass) < 0)
+                abort();
+        }
+    }
+    *ret = r;
+    return 0;
+}
+
+/* Probe from a spec's probe_readiness / probe_liveness; NULL when absent. */
+static Loom__V1__Probe *probe_from_spec(json_t *p, Loom__V1__Probe *out)
+{
+    if (!json_is_object(p))
+        return NULL;
+    loom__v1__probe__init(out);
+    const char *type = json_string_value(json_object_get(p, "type"));
+    const char *path = json_string_value(json_object_get(p, "path"));
+    out->type = (char *)(type ? type : "tcp");
+    out->path = (char *)(path ? path : "");
+#define PROBE_U32(field, key)                                                                      \
+    do {                                                                                           \
+        json_int_t x = json_integer_value(json_object_get(p, key));                                \
+        out->field = x > 0 && x <= 65535 ? (uint32_t)x : 0;                                        \
+    } while (0)
+    PROBE_U32(port, "port");
+    PROBE_U32(initial_delay_seconds, "initial_delay");
+    PROBE_U32(period_seconds, "interval");
+    PROBE_U32(timeout_seconds, "timeout");
+    PROBE_U32(failure_threshold, "failure_threshold");
+#undef PROBE_U32
+    return out;
+}
+
+/* One row of the assign query (see sched_send_assigns) as an InstanceAssign. */
+static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
+                            const struct assign_refs *refs, int64_t epoch)
 {
     const char *id = PQgetvalue(res, r, 0);
     const char *node = PQgetvalue(res, r, 1);
@@ -200,9 +438,51 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
     a.memory_bytes = strtoll(PQgetvalue(res, r, 5), NULL, 10);
     a.gpus = (uint32_t)strtoul(PQgetvalue(res, r, 6), NULL, 10);
     a.retry = (int32_t)strtol(PQgetvalue(res, r, 7), NULL, 10);
+    a.ephemeral_bytes = sched_spec_ephemeral(spec);
+    a.registry_auth = refs->auth ? refs->auth : (char *)"";
 
-    json_t *uenv = json_object_get(spec, "run_env_variables");
-    size_t cap = 20 + (json_is_array(uenv) ? json_array_size(uenv) : 0);
+    size_t nmounts = json_array_size(refs->mounts);
+    _cleanup_free_ Loom__V1__Mount *mounts = calloc(nmounts ? nmounts : 1, sizeof(*mounts));
+    _cleanup_free_ Loom__V1__Mount **mount_ptrs =
+        calloc(nmounts ? nmounts : 1, sizeof(*mount_ptrs));
+    if (!mounts || !mount_ptrs)
+        abort();
+    for (size_t k = 0; k < nmounts; k++) {
+        json_t *m = json_array_get(refs->mounts, k);
+        json_t *files = json_object_get(m, "files");
+        loom__v1__mount__init(&mounts[k]);
+        mounts[k].path = (char *)json_string_value(json_object_get(m, "path"));
+        size_t nf = json_object_size(files), w = 0;
+        mounts[k].files = calloc(nf ? nf : 1, sizeof(Loom__V1__MountFile *));
+        if (!mounts[k].files)
+            abort();
+        const char *key;
+        json_t *val;
+        json_object_foreach(files, key, val)
+        {
+            if (!json_is_string(val))
+                continue;
+            Loom__V1__MountFile *f = malloc(sizeof(*f));
+            if (!f)
+                abort();
+            loom__v1__mount_file__init(f);
+            f->name = (char *)key;
+            f->data.data = (uint8_t *)json_string_value(val);
+            f->data.len = json_string_length(val);
+            mounts[k].files[w++] = f;
+        }
+        mounts[k].n_files = w;
+        mount_ptrs[k] = &mounts[k];
+    }
+    a.n_mounts = nmounts;
+    a.mounts = mount_ptrs;
+    Loom__V1__Probe readiness, liveness;
+    if (!job) {
+        a.readiness = probe_from_spec(json_object_get(spec, "probe_readiness"), &readiness);
+        a.liveness = probe_from_spec(json_object_get(spec, "probe_liveness"), &liveness);
+    }
+
+    size_t cap = 20 + json_array_size(refs->env);
     struct env_list e = {.cap = cap};
     e.vars = calloc(cap, sizeof(*e.vars));
     e.ptrs = calloc(cap, sizeof(*e.ptrs));
@@ -212,14 +492,8 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
     /* the user's variables first: ours win when a name repeats (last wins) */
     size_t i;
     json_t *v;
-    json_array_foreach(uenv, i, v)
-    {
-        const char *type = json_string_value(json_object_get(v, "type"));
-        const char *name = json_string_value(json_object_get(v, "name"));
-        const char *value = json_string_value(json_object_get(v, "value"));
-        if (name && value && (!type || strcmp(type, "literal") == 0))
-            env_add(&e, name, value);
-    }
+    json_array_foreach(refs->env, i, v) env_add(&e, json_string_value(json_array_get(v, 0)),
+                                                json_string_value(json_array_get(v, 1)));
     char krev[320];
     if (job) {
         a.job_run = PQgetvalue(res, r, 9);
@@ -272,6 +546,11 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
     publish_request(s, subj, 'a', id, &a.base);
     for (size_t k = 0; k < e.nowned; k++)
         free(e.owned[k]);
+    for (size_t k = 0; k < nmounts; k++) {
+        for (size_t f = 0; f < mounts[k].n_files; f++)
+            free(mounts[k].files[f]);
+        free(mounts[k].files);
+    }
     free(e.owned);
     free(e.ptrs);
     free(e.vars);
@@ -287,7 +566,7 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         "  r.max_execution_seconds, a.name, i.app_generation, "
         "  coalesce(r.spec, ar.spec, a.spec), coalesce(i.job_run_id, -i.app_id), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
-        "   WHERE g.id = i.gang) "
+        "   WHERE g.id = i.gang), i.project_id "
         "FROM instances i JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "
@@ -299,8 +578,10 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         log_warn("could not read instances to assign: %s", err.msg);
         return;
     }
-    /* rows of one run or app share the spec: parse it once */
+    /* rows of one run or app share the spec: parse and resolve it once */
     _cleanup_json_ json_t *spec = NULL;
+    struct assign_refs refs = {0};
+    bool refs_ok = false;
     const char *spec_owner = NULL;
     for (int r = 0; r < PQntuples(res); r++) {
         const char *owner = PQgetvalue(res, r, 16);
@@ -312,9 +593,23 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
             if (!spec)
                 spec = json_object();
             spec_owner = owner;
+            assign_refs_release(&refs);
+            refs_ok = resolve_refs(db, PQgetvalue(res, r, 19), spec, &refs, &err) == 0;
+            if (!refs_ok)
+                log_warn("could not resolve the references of %s: %s", PQgetvalue(res, r, 0),
+                         err.msg);
         }
-        send_assign_row(s, res, r, spec, epoch);
+        if (!refs_ok)
+            continue; /* sent again once the database answers */
+        if (refs.why[0]) {
+            /* called after the placement committed: no transaction is open */
+            if (sched_fail_instance(s, db, PQgetvalue(res, r, 0), refs.why, &err) < 0)
+                log_warn("could not fail instance %s: %s", PQgetvalue(res, r, 0), err.msg);
+            continue;
+        }
+        send_assign_row(s, res, r, spec, &refs, epoch);
     }
+    assign_refs_release(&refs);
 }
 
 int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom_err *err)

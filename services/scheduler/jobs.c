@@ -9,6 +9,7 @@
 #include "arrayspec.h"
 #include "cleanup.h"
 #include "db.h"
+#include "json.h"
 #include "log.h"
 #include "util.h"
 
@@ -18,7 +19,8 @@ int sched_request_from_columns(const char *cpu, const char *mem, const char *gpu
                                const char *gpu_model, struct sched_request *ret, char *why,
                                size_t why_len)
 {
-    struct sched_request r = {1000, 4000000000LL, 0, gpu_model};
+    struct sched_request r = {
+        .cpu_millis = 1000, .memory_bytes = 4000000000LL, .gpu_model = gpu_model};
     if (cpu && sched_parse_cpu(cpu, &r.cpu_millis) < 0) {
         snprintf(why, why_len, "invalid scale_cpu_limit \"%.64s\"", cpu);
         return -1;
@@ -40,17 +42,8 @@ int sched_request_from_columns(const char *cpu, const char *mem, const char *gpu
     return 0;
 }
 
-/* A project's quota and what its live instances hold (-1: no limit). */
-struct quota {
-    int64_t project_id;
-    int64_t cpu, mem, gpus, inst;
-    int64_t cpu_used, mem_used, gpus_used, inst_used;
-};
-
-/* How many instances of req the quota still has room for; names the
- * exhausted resource in why when none. */
-static size_t quota_room(const struct quota *q, const struct sched_request *req, char *why,
-                         size_t why_len)
+size_t sched_quota_room(const struct sched_quota *q, const struct sched_request *req, char *why,
+                        size_t why_len)
 {
     int64_t room = INT64_MAX;
     const char *what = NULL;
@@ -77,10 +70,74 @@ static size_t quota_room(const struct quota *q, const struct sched_request *req,
     return (size_t)room;
 }
 
+int sched_quota_load(struct loom_db *db, const char *project_id, struct sched_quota *ret,
+                     bool *ret_found, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err,
+        "SELECT q.project_id, coalesce(q.cpu_millis, -1), coalesce(q.memory_bytes, -1), "
+        "  coalesce(q.gpus, -1), coalesce(q.instances, -1), "
+        "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "
+        "  coalesce(sum(i.gpus), 0), count(i.id) "
+        "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "
+        "  AND i.state IN " SCHED_LIVE_STATES " "
+        "WHERE q.project_id = $1::bigint GROUP BY q.project_id",
+        project_id);
+    if (!res)
+        return -1;
+    *ret_found = PQntuples(res) > 0;
+    if (!*ret_found)
+        return 0;
+    struct sched_quota q;
+    int64_t *f[] = {&q.project_id, &q.cpu,      &q.mem,       &q.gpus,     &q.inst,
+                    &q.cpu_used,   &q.mem_used, &q.gpus_used, &q.inst_used};
+    for (int c = 0; c < 9; c++)
+        *f[c] = strtoll(PQgetvalue(res, 0, c), NULL, 10);
+    *ret = q;
+    return 0;
+}
+
+/* A gang index that could not be placed within the run's gang_timeout:
+ * it fails (no retry) with a reason that says so, and the next index starts
+ * its own wait. */
+static int fail_gang_index(struct loom_db *db, const char *run_id, int32_t idx, const char *timeout,
+                           const char *why, struct loom_err *err)
+{
+    char reason[512], num[16];
+    snprintf(reason, sizeof(reason), "gang not placed within gang_timeout (%ss): %s", timeout,
+             why[0] ? why : "no room");
+    snprintf(num, sizeof(num), "%d", idx);
+    _cleanup_pgres_ PGresult *ji = loom_db_query(
+        db, err,
+        "INSERT INTO job_run_indices AS j (run_id, idx, state, retries, reason, finished_at) "
+        "VALUES ($1::bigint, $2::integer, 'failed', 0, $3, now()) "
+        "ON CONFLICT (run_id, idx) DO UPDATE SET state = 'failed', reason = $3, "
+        "  finished_at = now(), instance_id = NULL WHERE j.state = 'pending'",
+        run_id, num, reason);
+    if (!ji)
+        return -1;
+    _cleanup_pgres_ PGresult *run = loom_db_query(
+        db, err,
+        "UPDATE job_runs SET pending = pending - int4multirange(int4range($2::integer, "
+        "  $2::integer + 1)), n_failed = n_failed + 1, gang_waiting_since = NULL, "
+        "  waiting_reason = $3, updated_at = now() WHERE id = $1::bigint",
+        run_id, num, reason);
+    if (!run)
+        return -1;
+    _cleanup_pgres_ PGresult *done = loom_db_query(
+        db, err,
+        "UPDATE job_runs SET state = 'failed', finished_at = now(), updated_at = now(), "
+        "  waiting_reason = NULL "
+        "WHERE id = $1::bigint AND state IN ('pending', 'running') "
+        "  AND n_succeeded + n_failed >= array_size",
+        run_id);
+    return done ? 0 : -1;
+}
+
 /* Places up to budget indices of one locked run (row r of runs). Appends the
  * new instance ids to ids. q is the run's project quota, or NULL. */
 static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresult *runs, int r,
-                     struct sched_node *nodes, size_t nnodes, size_t budget, struct quota *q,
+                     struct sched_node *nodes, size_t nnodes, size_t budget, struct sched_quota *q,
                      struct strbuf *ids, size_t *ret_placed, struct loom_err *err)
 {
     const char *run_id = PQgetvalue(runs, r, 0);
@@ -108,12 +165,27 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
     _cleanup_free_ int32_t *idx = NULL;
     _cleanup_free_ long *chosen = NULL;
     size_t got = 0, placed = 0;
+    _cleanup_json_ json_t *selector = NULL;
     if (sched_request_from_columns(loom_db_val(runs, r, 5), loom_db_val(runs, r, 6),
                                    loom_db_val(runs, r, 7), loom_db_val(runs, r, 8), &req, why,
                                    sizeof(why)) < 0)
         goto reason;
+    const char *eph = loom_db_val(runs, r, 11);
+    req.ephemeral_bytes = SCHED_EPHEMERAL_DEFAULT;
+    if (eph && sched_parse_memory(eph, &req.ephemeral_bytes) < 0) {
+        snprintf(why, sizeof(why), "invalid scale_ephemeral_storage_limit \"%.64s\"", eph);
+        goto reason;
+    }
+    const char *sel = loom_db_val(runs, r, 12);
+    if (sel) {
+        selector = loom_json_parse_object(sel, strlen(sel), NULL);
+        req.selector = selector;
+    }
+    const char *placement = loom_db_val(runs, r, 13);
+    req.spread = placement && strcmp(placement, "spread") == 0;
+    bool gang_expired = strcmp(PQgetvalue(runs, r, 15), "t") == 0;
     if (q) {
-        size_t room = quota_room(q, &req, why, sizeof(why)) / (size_t)members;
+        size_t room = sched_quota_room(q, &req, why, sizeof(why)) / (size_t)members;
         if (room == 0) {
             if (!why[0])
                 snprintf(why, sizeof(why), "quota: no room for all %ld members of a gang", members);
@@ -145,6 +217,7 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
             nodes[n].cpu_used += req.cpu_millis;
             nodes[n].mem_used += req.memory_bytes;
             nodes[n].gpus_used += req.gpus;
+            nodes[n].disk_used += req.ephemeral_bytes;
             /* distinct nodes: a chosen node takes no second member (its
              * total is hidden until the gang is decided) */
             if (members > 1) {
@@ -161,6 +234,7 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
                 nodes[mine[k]].cpu_used -= req.cpu_millis;
                 nodes[mine[k]].mem_used -= req.memory_bytes;
                 nodes[mine[k]].gpus_used -= req.gpus;
+                nodes[mine[k]].disk_used -= req.ephemeral_bytes;
             }
             sched_describe_request(&req, why, sizeof(why));
             if (members > 1) {
@@ -186,8 +260,9 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         /* indices still pending wait for running ones to end */
         bool capped = parallelism > 0 && n_running + (int64_t)placed >= parallelism &&
                       pending_count > (int64_t)placed;
-        char ep[32], cpu[32], mem[32], gpus[16];
+        char ep[32], cpu[32], mem[32], gpus[16], ephb[32];
         snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
+        snprintf(ephb, sizeof(ephb), "%lld", (long long)req.ephemeral_bytes);
         snprintf(cpu, sizeof(cpu), "%lld", (long long)req.cpu_millis);
         snprintf(mem, sizeof(mem), "%lld", (long long)req.memory_bytes);
         snprintf(gpus, sizeof(gpus), "%d", req.gpus);
@@ -257,13 +332,13 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         _cleanup_pgres_ PGresult *ins = loom_db_query(
             db, err,
             "INSERT INTO instances (id, project_id, kind, job_run_id, array_index, retry, "
-            "  node_name, epoch, cpu_millis, memory_bytes, gpus, rank, gang) "
+            "  node_name, epoch, cpu_millis, memory_bytes, gpus, rank, gang, ephemeral_bytes) "
             "SELECT x.id, $2::bigint, 'job', $1::bigint, x.idx, x.retry, x.node, $3::bigint, "
-            "  $4::bigint, $5::bigint, $6::integer, x.rank, x.gang "
+            "  $4::bigint, $5::bigint, $6::integer, x.rank, x.gang, $13::bigint "
             "FROM unnest($7::uuid[], $8::int[], $9::int[], $10::text[], $11::int[], $12::uuid[]) "
             "  AS x(id, idx, retry, node, rank, gang) RETURNING id",
             run_id, project_id, ep, cpu, mem, gpus, b_id.buf, b_idx.buf, b_retry.buf, b_node.buf,
-            b_rank.buf, b_gang.buf);
+            b_rank.buf, b_gang.buf, ephb);
         strbuf_release(&b_id);
         strbuf_release(&b_idx);
         strbuf_release(&b_retry);
@@ -278,15 +353,18 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         snprintf(n_ins, sizeof(n_ins), "%d", n_idx); /* indices: a gang counts once */
         for (int i = 0; i < PQntuples(ins); i++)
             sched_pg_array_add(ids, PQgetvalue(ins, i, 0));
-        _cleanup_pgres_ PGresult *upd = loom_db_query(
-            db, err,
-            "UPDATE job_runs SET pending = pending - $2::int4multirange, "
-            "  n_running = n_running + $3::integer, state = 'running', "
-            "  waiting_reason = nullif($4, ''), updated_at = now() WHERE id = $1::bigint",
-            run_id, taken.buf, n_ins,
-            placed < got ? why
-            : capped     ? "parallelism"
-                         : "");
+        _cleanup_pgres_ PGresult *upd =
+            loom_db_query(db, err,
+                          "UPDATE job_runs SET pending = pending - $2::int4multirange, "
+                          "  n_running = n_running + $3::integer, state = 'running', "
+                          "  waiting_reason = nullif($4, ''), updated_at = now(), "
+                          "  gang_waiting_since = CASE WHEN $5::boolean "
+                          "    THEN coalesce(gang_waiting_since, now()) END WHERE id = $1::bigint",
+                          run_id, taken.buf, n_ins,
+                          placed < got ? why
+                          : capped     ? "parallelism"
+                                       : "",
+                          members > 1 && placed < got ? "true" : "false");
         strbuf_release(&taken);
         if (!upd)
             return -1;
@@ -300,10 +378,17 @@ static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresul
         }
         return 0;
     }
+    if (members > 1 && got > 0 && gang_expired)
+        return fail_gang_index(db, run_id, idx[0], PQgetvalue(runs, r, 14), why, err);
 reason:
-    if (why[0] && (!old_reason || strcmp(old_reason, why) != 0)) {
-        _cleanup_pgres_ PGresult *w = loom_db_query(
-            db, err, "UPDATE job_runs SET waiting_reason = $2 WHERE id = $1::bigint", run_id, why);
+    if (why[0] && (!old_reason || strcmp(old_reason, why) != 0 || members > 1)) {
+        /* a gang that waits starts its gang_timeout clock here */
+        _cleanup_pgres_ PGresult *w =
+            loom_db_query(db, err,
+                          "UPDATE job_runs SET waiting_reason = $2, gang_waiting_since = CASE "
+                          "  WHEN $3::integer > 1 THEN coalesce(gang_waiting_since, now()) END "
+                          "WHERE id = $1::bigint",
+                          run_id, why, members > 1 ? "2" : "1");
         if (!w)
             return -1;
     }
@@ -354,7 +439,7 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
     struct strbuf ids = STRBUF_INIT;
     int64_t t0 = loom_now_ns();
     _cleanup_pgres_ PGresult *runs = NULL, *quotas = NULL;
-    _cleanup_free_ struct quota *qs = NULL;
+    _cleanup_free_ struct sched_quota *qs = NULL;
     size_t nq = 0;
     if (loom_db_begin(db, err) < 0)
         return -1;
@@ -366,7 +451,14 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
         db,
         "SELECT id, project_id, pending::text, parallelism, n_running, "
         "  spec->>'scale_cpu_limit', spec->>'scale_memory_limit', spec->>'scale_gpus', "
-        "  spec->>'scale_gpu_model', waiting_reason, spec->>'scale_nodes' "
+        "  spec->>'scale_gpu_model', waiting_reason, spec->>'scale_nodes', "
+        "  spec->>'scale_ephemeral_storage_limit', nullif(spec->'node_selector', '{}')::text, "
+        "  spec->>'placement', "
+        "  CASE WHEN jsonb_typeof(spec->'gang_timeout') = 'number' "
+        "    THEN (spec->>'gang_timeout')::numeric ELSE 300 END, "
+        "  coalesce(gang_waiting_since < now() - make_interval(secs => "
+        "    CASE WHEN jsonb_typeof(spec->'gang_timeout') = 'number' "
+        "      THEN (spec->>'gang_timeout')::float8 ELSE 300 END), false) "
         "FROM job_runs WHERE state IN ('pending', 'running') AND NOT isempty(pending) "
         "  AND (parallelism = 0 OR n_running < parallelism) "
         "ORDER BY coalesce((spec->>'priority')::integer, 50) DESC, id LIMIT 200 FOR UPDATE",
@@ -401,7 +493,7 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
     }
     for (int r = 0; r < PQntuples(runs) && placed < (size_t)s->batch_max; r++) {
         int64_t project = strtoll(PQgetvalue(runs, r, 1), NULL, 10);
-        struct quota *q = NULL;
+        struct sched_quota *q = NULL;
         for (size_t k = 0; k < nq && !q; k++)
             if (qs[k].project_id == project)
                 q = &qs[k];

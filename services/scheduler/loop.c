@@ -9,6 +9,7 @@
 #include "cleanup.h"
 #include "db.h"
 #include "log.h"
+#include "secretbox.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -47,6 +48,10 @@ int sched_start(struct loom_service *svc, struct loom_err *err)
         loom_hex(b, sizeof(b), rnd);
         snprintf(s->holder, sizeof(s->holder), "%s:%d:%s", host, (int)getpid(), rnd);
     }
+    if (loom_secretbox_set_key(s->secrets_key, err) < 0)
+        return -1;
+    if (!loom_secretbox_enabled())
+        log_warn("LOOM_SECRETS_KEY is not set: instances that name a secret will fail");
     if (s->renew_ms * 2 > s->lease_ttl_ms)
         return loom_err_set(err, LOOM_EINVAL, "--lease-renew must be at most half of --lease-ttl");
     static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

@@ -21,6 +21,9 @@ static const struct loom_opt opts[] = {
      "500ms", 0, 600000,
      "a failed index waits this long before its first retry, doubling per retry up to 60s "
      "(0: retry at once)"},
+    {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &sched.secrets_key, NULL, 0, 0,
+     "AES-256-GCM key that opens secrets, 64 hex characters, the API's key (unset: instances "
+     "that name a secret fail)"},
 };
 
 static const struct loom_service_def def = {

@@ -458,7 +458,8 @@ int sched_nodes_load(struct sched *s, struct loom_db *db, struct sched_node **re
      * stale statistics pick a nested loop that re-aggregates per node. */
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, err,
-        "SELECT name, cpu_millis, memory_bytes, jsonb_array_length(gpus), gpus->0->>'model' "
+        "SELECT name, cpu_millis, memory_bytes, jsonb_array_length(gpus), gpus->0->>'model', "
+        "  disk_bytes, nullif(labels, '{}'::jsonb)::text "
         "FROM nodes WHERE state = 'ready' "
         "  AND last_heartbeat > now() - make_interval(secs => $1::bigint / 1000.0) "
         "ORDER BY name COLLATE \"C\"",
@@ -467,7 +468,8 @@ int sched_nodes_load(struct sched *s, struct loom_db *db, struct sched_node **re
         return -1;
     _cleanup_pgres_ PGresult *use = loom_db_exec(
         db,
-        "SELECT node_name, sum(cpu_millis), sum(memory_bytes), sum(gpus) FROM instances "
+        "SELECT node_name, sum(cpu_millis), sum(memory_bytes), sum(gpus), sum(ephemeral_bytes) "
+        "FROM instances "
         "WHERE state IN " SCHED_LIVE_STATES " GROUP BY node_name ORDER BY node_name COLLATE \"C\"",
         0, NULL, err);
     if (!use)
@@ -488,12 +490,16 @@ int sched_nodes_load(struct sched *s, struct loom_db *db, struct sched_node **re
         nodes[i].gpus_total = (int32_t)strtol(PQgetvalue(res, r, 3), NULL, 10);
         const char *model = loom_db_val(res, r, 4);
         nodes[i].gpu_model = model ? strdup(model) : NULL;
+        nodes[i].disk_total = strtoll(PQgetvalue(res, r, 5), NULL, 10);
+        const char *labels = loom_db_val(res, r, 6);
+        nodes[i].labels = labels ? loom_json_parse_object(labels, strlen(labels), NULL) : NULL;
         while (u < nu && strcmp(PQgetvalue(use, u, 0), name) < 0)
             u++;
         if (u < nu && strcmp(PQgetvalue(use, u, 0), name) == 0) {
             nodes[i].cpu_used = strtoll(PQgetvalue(use, u, 1), NULL, 10);
             nodes[i].mem_used = strtoll(PQgetvalue(use, u, 2), NULL, 10);
             nodes[i].gpus_used = (int32_t)strtol(PQgetvalue(use, u, 3), NULL, 10);
+            nodes[i].disk_used = strtoll(PQgetvalue(use, u, 4), NULL, 10);
         }
     }
     *ret = nodes;
@@ -508,6 +514,7 @@ void sched_nodes_free(struct sched_node *nodes, size_t n)
     for (size_t i = 0; i < n; i++) {
         free(nodes[i].name);
         free(nodes[i].gpu_model);
+        json_decref(nodes[i].labels);
     }
     free(nodes);
 }

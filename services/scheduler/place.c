@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +89,11 @@ bool sched_node_fits(const struct sched_node *n, const struct sched_request *r)
         return false;
     if (n->mem_total - n->mem_used < r->memory_bytes)
         return false;
+    if (r->ephemeral_bytes > 0 && n->disk_total > 0 &&
+        n->disk_total - n->disk_used < r->ephemeral_bytes)
+        return false;
+    if (r->selector && !sched_labels_match(n->labels, r->selector))
+        return false;
     if (r->gpus > 0) {
         if (n->gpus_total - n->gpus_used < r->gpus)
             return false;
@@ -96,6 +102,29 @@ bool sched_node_fits(const struct sched_node *n, const struct sched_request *r)
             return false;
     }
     return true;
+}
+
+bool sched_labels_match(const struct json_t *labels, const struct json_t *selector)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)selector, k, v)
+    {
+        const char *have = json_string_value(json_object_get(labels, k));
+        const char *want = json_string_value(v);
+        if (!have || !want || strcmp(have, want) != 0)
+            return false;
+    }
+    return true;
+}
+
+int64_t sched_spec_ephemeral(const struct json_t *spec)
+{
+    const char *s = json_string_value(json_object_get(spec, "scale_ephemeral_storage_limit"));
+    int64_t b;
+    if (!s || sched_parse_memory(s, &b) < 0)
+        return SCHED_EPHEMERAL_DEFAULT;
+    return b;
 }
 
 static uint64_t xorshift(uint64_t *state)
@@ -113,7 +142,8 @@ static double pack_score(const struct sched_node *n, const struct sched_request 
 {
     double c = n->cpu_total ? (double)(n->cpu_used + r->cpu_millis) / (double)n->cpu_total : 1;
     double m = n->mem_total ? (double)(n->mem_used + r->memory_bytes) / (double)n->mem_total : 1;
-    return c + m;
+    /* spread: the emptiest node scores highest */
+    return r->spread ? -(c + m) : c + m;
 }
 
 size_t sched_sample_size(size_t n)
@@ -136,7 +166,7 @@ long sched_choose_node(const struct sched_node *nodes, size_t n, const struct sc
     if (sample < 2)
         sample = 2;
     long best = -1;
-    double best_score = -1;
+    double best_score = -1e300;
     if (sample >= n) {
         for (size_t i = 0; i < n; i++) {
             if (!sched_node_fits(&nodes[i], r))
@@ -241,9 +271,18 @@ void sched_describe_request(const struct sched_request *r, char *buf, size_t len
     format_bytes(r->memory_bytes, mem, sizeof(mem));
     int w = snprintf(buf, len, "no node fits cpu=%lldm memory=%s", (long long)r->cpu_millis, mem);
     if (r->gpus > 0 && w > 0 && (size_t)w < len)
-        snprintf(buf + w, len - (size_t)w, " gpus=%d%s%s", r->gpus,
-                 r->gpu_model && r->gpu_model[0] ? " model=" : "",
-                 r->gpu_model && r->gpu_model[0] ? r->gpu_model : "");
+        w += snprintf(buf + w, len - (size_t)w, " gpus=%d%s%s", r->gpus,
+                      r->gpu_model && r->gpu_model[0] ? " model=" : "",
+                      r->gpu_model && r->gpu_model[0] ? r->gpu_model : "");
+    if (r->ephemeral_bytes > 0 && w > 0 && (size_t)w < len) {
+        format_bytes(r->ephemeral_bytes, mem, sizeof(mem));
+        w += snprintf(buf + w, len - (size_t)w, " ephemeral=%s", mem);
+    }
+    if (r->selector && w > 0 && (size_t)w < len) {
+        char *sel = json_dumps((json_t *)r->selector, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(buf + w, len - (size_t)w, " node_selector=%s", sel ? sel : "?");
+        free(sel);
+    }
 }
 
 bool sched_valid_node_name(const char *s)

@@ -310,3 +310,28 @@ int sched_reports_subscribe(struct sched *s, struct loom_err *err)
     return loom_bus_subscribe(s->svc->bus, LOOM_SUBJ_INSTANCE_REPORT, LOOM_QUEUE_SCHEDULER,
                               on_report, s, err);
 }
+
+int sched_fail_instance(struct sched *s, struct loom_db *db, const char *instance_id,
+                        const char *reason, struct loom_err *err)
+{
+    Loom__V1__InstanceReport m;
+    loom__v1__instance_report__init(&m);
+    m.instance_id = (char *)instance_id;
+    m.state = LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_FAILED;
+    m.permanent = true;
+    m.exit_code = -1;
+    m.reason = (char *)reason;
+    /* above any seq an agent will send: this end is final */
+    m.seq = (uint64_t)1 << 62;
+    struct report_effect fx = {0};
+    if (apply_report(db, s->retry_backoff_ms, &m, &fx, err) < 0)
+        return -1;
+    if (fx.freed)
+        sched_wake_leader(s);
+    if (fx.app_changed) {
+        char subj[300];
+        snprintf(subj, sizeof(subj), LOOM_SUBJ_APP_CHANGED_FMT, fx.project, fx.app);
+        loom_bus_publish_raw(s->svc->bus, subj, "", 0, NULL);
+    }
+    return 0;
+}

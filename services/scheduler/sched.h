@@ -45,25 +45,41 @@ int sched_parse_cpu(const char *s, int64_t *ret);
  * ("0.5G") -> bytes (> 0). */
 int sched_parse_memory(const char *s, int64_t *ret);
 
+struct json_t;
+
 struct sched_node {
     char *name;
     int64_t cpu_total, mem_total;
     int64_t cpu_used, mem_used;
     int32_t gpus_total, gpus_used;
-    char *gpu_model; /* model of the node's GPUs, or NULL */
+    char *gpu_model;       /* model of the node's GPUs, or NULL */
+    int64_t disk_total;    /* 0: the node did not say; ephemeral storage is not fitted */
+    int64_t disk_used;     /* ephemeral storage its live instances ask for */
+    struct json_t *labels; /* {"k": "v"} from NodeRegister.labels, or NULL */
 };
 
 struct sched_request {
     int64_t cpu_millis;
     int64_t memory_bytes;
     int32_t gpus;
-    const char *gpu_model; /* NULL or "": any */
+    const char *gpu_model;         /* NULL or "": any */
+    int64_t ephemeral_bytes;       /* 0: none */
+    const struct json_t *selector; /* node_selector {"k": "v"}: every pair must match, or NULL */
+    bool spread;                   /* placement "spread": least allocated node first */
 };
 
+/* Default scale_ephemeral_storage_limit (Code Engine's 400M). */
+#define SCHED_EPHEMERAL_DEFAULT 400000000LL
+
 bool sched_node_fits(const struct sched_node *n, const struct sched_request *r);
+/* Whether the node's labels hold every pair of selector (NULL: yes). */
+bool sched_labels_match(const struct json_t *labels, const struct json_t *selector);
+/* scale_ephemeral_storage_limit of a spec object in bytes (default 400M). */
+int64_t sched_spec_ephemeral(const struct json_t *spec);
 
 /* Picks a node for r: looks at `sample` random candidates (at least 2) and
- * takes the fitting one that is most allocated (bin packing); when none of
+ * takes the fitting one that is most allocated (bin packing; with r->spread
+ * the least allocated); when none of
  * them fits, scans every node from a random start and takes the first that
  * fits. Returns the index or -1 when nothing fits. *rng is the state of a
  * xorshift generator (non-zero). Does not change the nodes. */
@@ -133,6 +149,7 @@ struct sched {
     int64_t resend_ms;        /* assign / stop resend period */
     int64_t retry_backoff_ms; /* first retry delay of a failed index; doubles */
     char holder[160];         /* this replica's identity in the lease row */
+    char *secrets_key;        /* LOOM_SECRETS_KEY: opens secrets for env and mounts */
 
     /* lease state, written by the lease thread */
     pthread_mutex_t lease_mu;
@@ -201,6 +218,11 @@ void sched_pool_release(struct sched_pool *pool);
 int sched_reports_subscribe(struct sched *s, struct loom_err *err);
 /* Wakes the leader's loop: locally when we lead, else on loom.sched.wake. */
 void sched_wake_leader(struct sched *s);
+/* Records instance_id as failed for good (no retry of its job index), as an
+ * agent's permanent failure report would: for an instance that cannot be
+ * assigned (a secret, config map or key it names is missing). */
+int sched_fail_instance(struct sched *s, struct loom_db *db, const char *instance_id,
+                        const char *reason, struct loom_err *err);
 
 /* dispatch.c: telling agents */
 int sched_dispatch_init(struct sched *s, struct loom_err *err);
@@ -220,6 +242,19 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
 int sched_request_from_columns(const char *cpu, const char *mem, const char *gpus,
                                const char *gpu_model, struct sched_request *ret, char *why,
                                size_t why_len);
+/* A project's quota and what its live instances hold (-1: no limit). */
+struct sched_quota {
+    int64_t project_id;
+    int64_t cpu, mem, gpus, inst;
+    int64_t cpu_used, mem_used, gpus_used, inst_used;
+};
+/* How many instances of req the quota still has room for; names the
+ * exhausted resource in why ("quota: ...") when none. */
+size_t sched_quota_room(const struct sched_quota *q, const struct sched_request *req, char *why,
+                        size_t why_len);
+/* The quota of a project and its use now; *ret_found false: no quota. */
+int sched_quota_load(struct loom_db *db, const char *project_id, struct sched_quota *ret,
+                     bool *ret_found, struct loom_err *err);
 /* Leader: places pending indices of active runs; *ret_placed counts them. */
 int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct sched_pool *pool,
                      size_t *ret_placed, struct loom_err *err);

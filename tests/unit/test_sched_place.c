@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,7 +95,7 @@ static void test_fits(void **state)
 {
     (void)state;
     struct sched_node n = node("a", 4000, 8000, 3000, 0);
-    struct sched_request r = {1000, 8000, 0, NULL};
+    struct sched_request r = {.cpu_millis = 1000, .memory_bytes = 8000};
     assert_true(sched_node_fits(&n, &r));
     r.cpu_millis = 1001;
     assert_false(sched_node_fits(&n, &r));
@@ -127,7 +128,7 @@ static void test_choose_binpack(void **state)
         node("full", 4000, 4000, 4000, 4000),
         node("most", 4000, 4000, 3000, 3000),
     };
-    struct sched_request r = {1000, 1000, 0, NULL};
+    struct sched_request r = {.cpu_millis = 1000, .memory_bytes = 1000};
     uint64_t rng = 42;
     long i = sched_choose_node(nodes, 4, &r, sched_sample_size(4), &rng);
     assert_int_equal(i, 3);
@@ -151,7 +152,7 @@ static void test_choose_large_finds_the_only_fit(void **state)
         nodes[i] = node("x", 1000, 1000, 1000, 1000);
     nodes[7777].cpu_used = 0;
     nodes[7777].mem_used = 0;
-    struct sched_request r = {500, 500, 0, NULL};
+    struct sched_request r = {.cpu_millis = 500, .memory_bytes = 500};
     uint64_t rng = 7;
     assert_int_equal(sched_sample_size(n), 14);
     for (int k = 0; k < 5; k++)
@@ -168,7 +169,7 @@ static void test_choose_spreads_load_when_sampling(void **state)
     assert_non_null(nodes);
     for (size_t i = 0; i < n; i++)
         nodes[i] = node("x", 4000, 16000, 0, 0);
-    struct sched_request r = {1000, 1000, 0, NULL};
+    struct sched_request r = {.cpu_millis = 1000, .memory_bytes = 1000};
     uint64_t rng = 1;
     for (int k = 0; k < 4000; k++) {
         long i = sched_choose_node(nodes, n, &r, sched_sample_size(n), &rng);
@@ -224,7 +225,7 @@ static void test_describe(void **state)
 {
     (void)state;
     char buf[128];
-    struct sched_request r = {2000, 4000000000LL, 0, NULL};
+    struct sched_request r = {.cpu_millis = 2000, .memory_bytes = 4000000000LL};
     sched_describe_request(&r, buf, sizeof(buf));
     assert_string_equal(buf, "no node fits cpu=2000m memory=4G");
     r.memory_bytes = 512LL * 1024 * 1024;
@@ -251,6 +252,53 @@ static void test_names(void **state)
     assert_false(sched_valid_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755g"));
 }
 
+static void test_fits_labels_and_disk(void **state)
+{
+    (void)state;
+    struct sched_node n = node("a", 4000, 8000, 0, 0);
+    struct sched_request r = {.cpu_millis = 1000, .memory_bytes = 1000};
+    json_t *sel = json_pack("{s:s}", "zone", "b");
+    r.selector = sel;
+    assert_false(sched_node_fits(&n, &r)); /* no labels */
+    n.labels = json_pack("{s:s,s:s}", "zone", "a", "disk", "ssd");
+    assert_false(sched_node_fits(&n, &r));
+    json_object_set_new(n.labels, "zone", json_string("b"));
+    assert_true(sched_node_fits(&n, &r));
+    json_object_set_new(sel, "disk", json_string("hdd"));
+    assert_false(sched_node_fits(&n, &r));
+    r.selector = NULL;
+    /* ephemeral storage: fitted only when the node says how much disk it has */
+    r.ephemeral_bytes = 400000000;
+    assert_true(sched_node_fits(&n, &r));
+    n.disk_total = 1000000000;
+    n.disk_used = 700000000;
+    assert_false(sched_node_fits(&n, &r));
+    n.disk_used = 600000000;
+    assert_true(sched_node_fits(&n, &r));
+    json_t *spec = json_pack("{s:s}", "scale_ephemeral_storage_limit", "1G");
+    assert_int_equal(sched_spec_ephemeral(spec), 1000000000);
+    json_object_del(spec, "scale_ephemeral_storage_limit");
+    assert_int_equal(sched_spec_ephemeral(spec), SCHED_EPHEMERAL_DEFAULT);
+    json_decref(spec);
+    json_decref(sel);
+    json_decref(n.labels);
+}
+
+static void test_choose_spread(void **state)
+{
+    (void)state;
+    struct sched_node nodes[] = {
+        node("half", 4000, 4000, 2000, 2000),
+        node("empty", 4000, 4000, 0, 0),
+        node("most", 4000, 4000, 3000, 3000),
+    };
+    struct sched_request r = {.cpu_millis = 1000, .memory_bytes = 1000, .spread = true};
+    uint64_t rng = 7;
+    assert_int_equal(sched_choose_node(nodes, 3, &r, sched_sample_size(3), &rng), 1);
+    r.spread = false;
+    assert_int_equal(sched_choose_node(nodes, 3, &r, sched_sample_size(3), &rng), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +306,8 @@ int main(void)
         cmocka_unit_test(test_parse_memory),
         cmocka_unit_test(test_request_defaults),
         cmocka_unit_test(test_fits),
+        cmocka_unit_test(test_fits_labels_and_disk),
+        cmocka_unit_test(test_choose_spread),
         cmocka_unit_test(test_choose_binpack),
         cmocka_unit_test(test_choose_large_finds_the_only_fit),
         cmocka_unit_test(test_choose_spreads_load_when_sampling),
