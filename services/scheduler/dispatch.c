@@ -354,7 +354,8 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
         }
         if (rc > 0)
             break;
-        json_array_append_new(r.mounts, json_pack("{s:s,s:o}", "path", path, "files", data));
+        json_array_append_new(r.mounts, json_pack("{s:s,s:o,s:b}", "path", path, "files", data,
+                                                  "secret", strcmp(type, "secret") == 0));
     }
     const char *isecret = json_string_value(json_object_get(spec, "image_secret"));
     if (!r.why[0] && isecret && isecret[0]) {
@@ -452,6 +453,7 @@ static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
         json_t *files = json_object_get(m, "files");
         loom__v1__mount__init(&mounts[k]);
         mounts[k].path = (char *)json_string_value(json_object_get(m, "path"));
+        mounts[k].secret = json_is_true(json_object_get(m, "secret"));
         size_t nf = json_object_size(files), w = 0;
         mounts[k].files = calloc(nf ? nf : 1, sizeof(Loom__V1__MountFile *));
         if (!mounts[k].files)
