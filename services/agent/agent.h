@@ -19,6 +19,8 @@
  *     net.json                 {"ip","mark"} once networking is up, plus
  *                              "cni_id","conf" when the namespace came from the pool
  *     config.json rootfs/      the OCI bundle; scratch/ holds upper/ and work/
+ *     mounts/<n>/              the files of the assign's n-th mount (secrets,
+ *                              config maps), bound read-only; removed at teardown
  *     container.log            CRI-format stdout/stderr (the shim writes it)
  *     exit.json                {"exit_code","oom_killed","timed_out","finished_at"}
  *     done                     terminal report acknowledged and resources freed */
@@ -43,6 +45,12 @@ struct bundle_device {
     unsigned major, minor;
 };
 
+/* A read-only bind mount (secrets and config maps). */
+struct bundle_bind {
+    const char *source;      /* host directory */
+    const char *destination; /* absolute path in the container */
+};
+
 struct bundle_spec {
     const char *id;          /* container id = instance id */
     const char *hostname;    /* HOSTNAME and uts hostname */
@@ -58,7 +66,16 @@ struct bundle_spec {
     uint64_t nofile; /* RLIMIT_NOFILE soft = hard; 0: 65536 */
     const struct bundle_device *devices;
     size_t ndevices;
+    const struct bundle_bind *binds; /* read-only, nosuid, nodev, noexec */
+    size_t nbinds;
 };
+
+/* A mount path a container may have: absolute, normalised (no empty, "."
+ * or ".." component, no trailing '/'), no control characters or ',', and
+ * not /proc, /sys, /dev or below them. */
+bool bundle_mount_path_valid(const char *path);
+/* A mounted file's name: [-._a-zA-Z0-9]{1,253}, never "." or "..". */
+bool bundle_mount_file_name_valid(const char *name);
 
 /* The config.json for spec (root is "rootfs"). */
 int bundle_config(const struct bundle_spec *spec, json_t **ret, struct loom_err *err);
@@ -150,6 +167,25 @@ int cgroup_usage_of_child(const char *suffix, struct cgroup_usage *ret, struct l
  * in them) under every hierarchy in /sys/fs/cgroup. Returns the count. */
 int cgroup_remove_named(const char *name);
 
+/* ---- probe.c: readiness and liveness probes ---------------------------------- */
+
+struct probe {
+    bool http;       /* false: TCP connect */
+    char path[1024]; /* http: the request path */
+    uint32_t port;
+    int64_t initial_delay_ms, period_ms, timeout_ms;
+    uint32_t failure_threshold;
+};
+
+/* The probe p describes, defaults filled in (port 0: instance_port; period
+ * 10 s, timeout 1 s, threshold 3). An unknown type, a path that is not
+ * "/..." without spaces or control characters, or no port is LOOM_EINVAL. */
+int probe_from_assign(const Loom__V1__Probe *p, uint32_t instance_port, struct probe *ret,
+                      struct loom_err *err);
+/* Runs p once against ip within its timeout: 0 when it passes, else -1 and
+ * why in err (a refused connect, a timeout, the HTTP status). */
+int probe_run(const struct probe *p, const char *ip, struct loom_err *err);
+
 /* ---- shim.c -------------------------------------------------------------- */
 
 /* `loom-agent shim --state-dir D --id ID`: see instance.c. */
@@ -177,6 +213,10 @@ extern const size_t agent_nopts;
 /* Helpers shared between agent.c and instance.c. */
 char *agent_instance_dir(const char *state_dir, const char *id);
 int agent_write_json(const char *path, json_t *j, struct loom_err *err);
+/* tmp + rename without fsync: for state that matters only while this boot's
+ * containers exist (an agent crash keeps it, a machine crash ends them). */
+int agent_write_file_nosync(const char *path, const char *data, size_t len, struct loom_err *err);
+int agent_write_json_nosync(const char *path, json_t *j, struct loom_err *err);
 char *agent_hex(const uint8_t *data, size_t len);
 uint8_t *agent_unhex(const char *hex, size_t *ret_len);
 

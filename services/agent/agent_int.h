@@ -87,7 +87,8 @@ struct agent {
     volatile bool reregister; /* the scheduler asked for a new NodeRegister */
     bool stream_ok;
     uint64_t hb_seq;
-    pthread_t reporter, housekeeping;
+    pthread_t reporter, housekeeping, heartbeater;
+    bool heartbeater_started;
     struct loom_metric *m_running, *m_start, *m_pulls, *m_pull_fail, *m_pull_secs;
 };
 

@@ -110,7 +110,7 @@ static json_t *mount_entry(const char *dest, const char *type, const char *src,
                      "options", str_array(opts, nopts));
 }
 
-static json_t *mounts(void)
+static json_t *mounts(const struct bundle_spec *s)
 {
     static const char *const proc_o[] = {"nosuid", "noexec", "nodev"};
     static const char *const dev_o[] = {"nosuid", "strictatime", "mode=755", "size=65536k"};
@@ -128,7 +128,52 @@ static json_t *mounts(void)
     json_array_append_new(m, mount_entry("/dev/mqueue", "mqueue", "mqueue", mq_o, 3));
     json_array_append_new(m, mount_entry("/sys", "sysfs", "sysfs", sys_o, 4));
     json_array_append_new(m, mount_entry("/tmp", "tmpfs", "tmpfs", tmp_o, 3));
+    static const char *const bind_o[] = {"rbind", "ro", "nosuid", "nodev", "noexec"};
+    for (size_t i = 0; i < s->nbinds; i++)
+        json_array_append_new(m, mount_entry(s->binds[i].destination, "bind", s->binds[i].source,
+                                             bind_o, LOOM_ARRAY_SIZE(bind_o)));
     return m;
+}
+
+bool bundle_mount_path_valid(const char *path)
+{
+    size_t n = strlen(path);
+    if (n < 2 || n > 1024 || path[0] != '/' || path[n - 1] == '/')
+        return false;
+    /* normalised: no empty, "." or ".." component */
+    for (const char *c = path + 1; *c;) {
+        size_t l = strcspn(c, "/");
+        if (l == 0 || (l == 1 && c[0] == '.') || (l == 2 && c[0] == '.' && c[1] == '.'))
+            return false;
+        c += l;
+        if (*c)
+            c++;
+    }
+    for (const char *c = path; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f || *c == ',')
+            return false;
+    /* the kernel's file systems and the runtime's own mounts stay as they are */
+    static const char *const denied[] = {"/proc", "/sys", "/dev"};
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(denied); i++) {
+        size_t dl = strlen(denied[i]);
+        if (strncmp(path, denied[i], dl) == 0 && (path[dl] == 0 || path[dl] == '/'))
+            return false;
+    }
+    return true;
+}
+
+bool bundle_mount_file_name_valid(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 253 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return true;
 }
 
 static json_t *seccomp(void)
@@ -233,9 +278,10 @@ int bundle_config(const struct bundle_spec *s, json_t **ret, struct loom_err *er
                   str_array(readonly_paths, LOOM_ARRAY_SIZE(readonly_paths)), "seccomp", seccomp(),
                   "devices", devices);
 
-    json_t *cfg = json_pack("{s:s,s:o,s:{s:s,s:b},s:s,s:o,s:o}", "ociVersion", "1.0.2", "process",
-                            process, "root", "path", "rootfs", "readonly", 0, "hostname",
-                            s->hostname ? s->hostname : s->id, "mounts", mounts(), "linux", linux_);
+    json_t *cfg =
+        json_pack("{s:s,s:o,s:{s:s,s:b},s:s,s:o,s:o}", "ociVersion", "1.0.2", "process", process,
+                  "root", "path", "rootfs", "readonly", 0, "hostname",
+                  s->hostname ? s->hostname : s->id, "mounts", mounts(s), "linux", linux_);
     if (!cfg)
         return loom_err_set(err, LOOM_EINTERNAL, "could not build config.json");
     *ret = cfg;

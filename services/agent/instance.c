@@ -3,7 +3,7 @@
  *   setup      PULLING: image_store_get; STARTING: overlay rootfs (upper dir
  *              on a size-limited tmpfs when ephemeral_bytes is set), network
  *              namespace + CNI ADD, config.json, then the shim (which runs
- *              runc create/start and owns the container's stdio)
+ *              `runc run --detach` and owns the container's stdio)
  *   running    jobs: as soon as `runc start` returned; apps: once ip:port
  *              accepts a TCP connection
  *   watch      the shim's exit (pidfd), stop requests (runc kill TERM, KILL
@@ -60,6 +60,10 @@ struct run {
     int admit_rc;
     uint32_t admit_mark;
     struct loom_err admit_err;
+    /* apps: liveness (watch() runs it once the instance is RUNNING) */
+    bool have_liveness;
+    struct probe liveness;
+    int64_t running_at;
 };
 
 void instance_free(struct instance *in)
@@ -115,43 +119,6 @@ static int runc_cmd(struct agent *a, const char *cmd, const char *id, const char
         argv[i++] = arg;
     argv[i] = NULL;
     return agent_run(argv, NULL, NULL, NULL, err);
-}
-
-/* tmp + rename without fsync, for files that matter only while this boot's
- * containers exist (a machine crash takes the containers with it): the
- * fsync of loom_write_file_atomic costs milliseconds on every start. */
-static int write_file_nosync(const char *path, const char *data, size_t len, struct loom_err *err)
-{
-    char tmp[4300];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return loom_err_sys(err, errno, "could not create \"%s\"", tmp);
-    for (size_t off = 0; off < len;) {
-        ssize_t n = write(fd, data + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int e = errno;
-            unlink(tmp);
-            return loom_err_sys(err, e, "could not write \"%s\"", tmp);
-        }
-        off += (size_t)n;
-    }
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        return loom_err_sys(err, e, "could not rename \"%s\"", tmp);
-    }
-    return 0;
-}
-
-static int write_json_nosync(const char *path, json_t *j, struct loom_err *err)
-{
-    _cleanup_free_ char *text = json_dumps(j, JSON_COMPACT);
-    if (!text)
-        return loom_err_set(err, LOOM_EINTERNAL, "could not serialize json");
-    return write_file_nosync(path, text, strlen(text), err);
 }
 
 /* Reads a file inside root without following links out of it. */
@@ -317,6 +284,60 @@ static uint64_t nofile_limit(void)
     return 65536;
 }
 
+/* Writes each mount's files into <dir>/mounts/<n>/ (owned by the container's
+ * user; 0400 for a secret, 0444 otherwise; the directory 0555) and fills
+ * binds. Names and paths from the assign are checked here: they become host
+ * paths and mount points. */
+static int write_mounts(struct instance *in, uint32_t uid, uint32_t gid, struct bundle_bind *binds,
+                        char (*srcs)[4300], struct loom_err *err)
+{
+    Loom__V1__InstanceAssign *as = in->assign;
+    if (as->n_mounts == 0)
+        return 0;
+    char base[4200];
+    path_in(base, sizeof(base), in, "mounts");
+    if (loom_mkdir_p(base, 0711, err) < 0)
+        return -1;
+    for (size_t i = 0; i < as->n_mounts; i++) {
+        Loom__V1__Mount *m = as->mounts[i];
+        if (!bundle_mount_path_valid(m->path))
+            return loom_err_set(err, LOOM_EINVAL, "invalid mount path \"%s\"", m->path);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(as->mounts[j]->path, m->path) == 0)
+                return loom_err_set(err, LOOM_EINVAL, "mount path \"%s\" given twice", m->path);
+        snprintf(srcs[i], sizeof(srcs[i]), "%s/%zu", base, i);
+        if (mkdir(srcs[i], 0700) < 0 && errno != EEXIST)
+            return loom_err_sys(err, errno, "could not create \"%s\"", srcs[i]);
+        for (size_t f = 0; f < m->n_files; f++) {
+            Loom__V1__MountFile *mf = m->files[f];
+            if (!bundle_mount_file_name_valid(mf->name))
+                return loom_err_set(err, LOOM_EINVAL, "invalid file name \"%s\" in mount \"%s\"",
+                                    mf->name, m->path);
+            char fp[4600];
+            snprintf(fp, sizeof(fp), "%s/%s", srcs[i], mf->name);
+            _cleanup_close_ int fd =
+                open(fp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (fd < 0)
+                return loom_err_sys(err, errno, "could not create \"%s\"", fp);
+            for (size_t off = 0; off < mf->data.len;) {
+                ssize_t n = write(fd, mf->data.data + off, mf->data.len - off);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n < 0)
+                    return loom_err_sys(err, errno, "could not write \"%s\"", fp);
+                off += (size_t)n;
+            }
+            if (fchown(fd, uid, gid) < 0 || fchmod(fd, m->secret ? 0400 : 0444) < 0)
+                return loom_err_sys(err, errno, "could not set the owner of \"%s\"", fp);
+        }
+        if (chown(srcs[i], uid, gid) < 0 || chmod(srcs[i], 0555) < 0)
+            return loom_err_sys(err, errno, "could not set the owner of \"%s\"", srcs[i]);
+        binds[i].source = srcs[i];
+        binds[i].destination = m->path;
+    }
+    return 0;
+}
+
 static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
 {
     struct agent *a = r->a;
@@ -351,6 +372,17 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         _cleanup_free_ char *group = read_in_root(rootfs, "etc/group");
         if (bundle_resolve_user(img->config.user, passwd, group, &uid, &gid, err) < 0)
             return -1;
+    }
+
+    if (as->n_mounts > 64)
+        return loom_err_set(err, LOOM_EINVAL, "too many mounts (%zu, at most 64)", as->n_mounts);
+    struct bundle_bind binds[64];
+    char(*srcs)[4300] = calloc(as->n_mounts ? as->n_mounts : 1, sizeof(*srcs));
+    if (!srcs)
+        abort();
+    if (write_mounts(in, uid, gid, binds, srcs, err) < 0) {
+        free(srcs);
+        return -1;
     }
 
     char **env = NULL;
@@ -394,15 +426,18 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .nofile = nofile_limit(),
         .devices = devs,
         .ndevices = ndev,
+        .binds = binds,
+        .nbinds = as->n_mounts,
     };
     _cleanup_json_ json_t *cfg = NULL;
     int rc = bundle_config(&spec, &cfg, err);
     free_strv(env);
+    free(srcs);
     if (rc < 0)
         return -1;
     char path[4200];
     path_in(path, sizeof(path), in, "config.json");
-    return write_json_nosync(path, cfg, err);
+    return agent_write_json_nosync(path, cfg, err);
 }
 
 /* The pool of ready network namespaces, opened on the first start (size from
@@ -463,7 +498,7 @@ static int setup_network(struct run *r, struct loom_err *err)
     snprintf(in->ip, sizeof(in->ip), "%s", ipbuf);
     /* written before the address is admitted: teardown removes it with these */
     json_object_set_new(j, "mark", json_integer((json_int_t)mark));
-    if (agent_write_json(netjson, j, err) < 0)
+    if (agent_write_json_nosync(netjson, j, err) < 0)
         return -1;
     if (cni_isolation_setup(a->o.bridge, a->o.subnet, err) < 0)
         return -1;
@@ -602,7 +637,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
                   "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds,
                   "gpu_mask", (json_int_t)in->gpu_mask);
     path_in(path, sizeof(path), in, "shim.json");
-    if (write_json_nosync(path, sj, err) < 0)
+    if (agent_write_json_nosync(path, sj, err) < 0)
         return -1;
     char shimlog[4200];
     path_in(shimlog, sizeof(shimlog), in, "shim.log");
@@ -616,7 +651,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
         int n = snprintf(buf, sizeof(buf), "%d\n", (int)wpid);
         path_in(path, sizeof(path), in, "shim.pid");
         struct loom_err e2 = LOOM_ERR_INIT;
-        if (write_file_nosync(path, buf, (size_t)n, &e2) < 0)
+        if (agent_write_file_nosync(path, buf, (size_t)n, &e2) < 0)
             log_warn("instance %s: %s", in->id, e2.msg);
         *ret_status = wstatus;
         return 0;
@@ -660,7 +695,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
     int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
     path_in(path, sizeof(path), in, "shim.pid");
     struct loom_err e2 = LOOM_ERR_INIT;
-    if (write_file_nosync(path, buf, (size_t)n, &e2) < 0)
+    if (agent_write_file_nosync(path, buf, (size_t)n, &e2) < 0)
         log_warn("instance %s: %s", in->id, e2.msg);
     *ret_status = sp[0];
     return 0;
@@ -714,43 +749,58 @@ static bool shim_gone(struct run *r)
     return poll(&p, 1, 0) > 0;
 }
 
-static bool tcp_ready(const char *ip, uint32_t port)
+/* The readiness probe of an app: the assign's, or a TCP connect to its port.
+ * Before the first pass it is retried every 20 ms (not every period: the
+ * start latency is what a user waits for), each try within its timeout. */
+static int readiness_of(struct instance *in, struct probe *ret, struct loom_err *err)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1)
-        return false;
-    _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return false;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
-        return true;
-    if (errno != EINPROGRESS)
-        return false;
-    struct pollfd p = {fd, POLLOUT, 0};
-    if (poll(&p, 1, 200) <= 0)
-        return false;
-    int soerr = 0;
-    socklen_t sl = sizeof(soerr);
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-    return soerr == 0;
+    if (in->assign->readiness)
+        return probe_from_assign(in->assign->readiness, in->assign->port, ret, err);
+    Loom__V1__Probe tcp = LOOM__V1__PROBE__INIT;
+    tcp.timeout_seconds = 1;
+    if (probe_from_assign(&tcp, in->assign->port, ret, err) < 0)
+        return -1;
+    ret->timeout_ms = 200;
+    return 0;
 }
 
-/* After the process runs: jobs are RUNNING now; apps once the port accepts. */
+/* After the process runs: jobs are RUNNING now; apps once readiness passes. */
 static void await_running(struct run *r)
 {
     struct instance *in = r->in;
     char addr[96] = "";
     if (in->assign->kind == KIND_APP) {
-        int64_t deadline = loom_mono_ms() + APP_LISTEN_TIMEOUT_MS;
+        struct probe ready;
+        struct loom_err err = LOOM_ERR_INIT;
+        if (readiness_of(in, &ready, &err) < 0 ||
+            (in->assign->liveness &&
+             probe_from_assign(in->assign->liveness, in->assign->port, &r->liveness, &err) < 0)) {
+            snprintf(r->fail_reason, sizeof(r->fail_reason), "%s", err.msg);
+            r->fail_permanent = true;
+            runc_cmd(r->a, "kill", in->id, "KILL", &err);
+            return;
+        }
+        r->have_liveness = in->assign->liveness != NULL;
+        int64_t deadline = loom_mono_ms() + APP_LISTEN_TIMEOUT_MS + ready.initial_delay_ms;
+        int64_t first = loom_mono_ms() + ready.initial_delay_ms;
+        while (loom_mono_ms() < first) {
+            if (shim_gone(r) || stop_requested(r) || r->a->stopping)
+                return;
+            usleep(20000);
+        }
         for (;;) {
-            if (tcp_ready(in->ip, in->assign->port))
+            loom_err_clear(&err);
+            if (probe_run(&ready, in->ip, &err) == 0)
                 break;
             if (shim_gone(r) || stop_requested(r) || r->a->stopping)
                 return;
             if (loom_mono_ms() > deadline) {
-                snprintf(r->fail_reason, sizeof(r->fail_reason), "app did not listen on port %u",
-                         in->assign->port);
-                struct loom_err err = LOOM_ERR_INIT;
+                if (in->assign->readiness)
+                    snprintf(r->fail_reason, sizeof(r->fail_reason),
+                             "readiness probe did not pass: %s", err.msg);
+                else
+                    snprintf(r->fail_reason, sizeof(r->fail_reason),
+                             "app did not listen on port %u", in->assign->port);
                 runc_cmd(r->a, "kill", in->id, "KILL", &err);
                 return;
             }
@@ -758,6 +808,7 @@ static void await_running(struct run *r)
         }
         snprintf(addr, sizeof(addr), "%s:%u", in->ip, in->assign->port);
     }
+    r->running_at = loom_mono_ms();
     struct report_extra x = {.address = addr};
     agent_report(r->a, in, ST_RUNNING, &x);
 }
@@ -766,10 +817,12 @@ static int setup(struct run *r, struct loom_err *err)
 {
     struct agent *a = r->a;
     struct instance *in = r->in;
+    int64_t t_entry = loom_mono_ms();
     if (loom_mkdir_p(in->dir, 0700, err) < 0)
         return -1;
     agent_report(a, in, ST_PULLING, NULL);
     int64_t t0 = loom_mono_ms();
+    int64_t t_reports = t0 - t_entry;
     const char *auth = in->assign->registry_auth[0] ? in->assign->registry_auth : NULL;
     if (image_store_get(a->images, in->assign->image, auth, &in->img, err) < 0) {
         loom_metric_add(a->m_pull_fail, 1);
@@ -781,8 +834,10 @@ static int setup(struct run *r, struct loom_err *err)
     loom_metric_observe(a->m_pull_secs, (double)t_pull / 1000.0);
     if (stop_requested(r))
         return 0;
+    int64_t t_rep2 = loom_mono_ms();
     agent_report(a, in, ST_STARTING, NULL);
     int64_t t1 = loom_mono_ms();
+    t_reports += t1 - t_rep2;
     if (gpus_take(a, in, err) < 0)
         return -1;
     if (mount_rootfs(r, in->img, err) < 0)
@@ -818,8 +873,10 @@ static int setup(struct run *r, struct loom_err *err)
     loom_metric_observe(a->m_start, lat);
     log_info("instance %s: process running %" PRId64 " ms after assign (image %" PRId64
              " ms, rootfs+bundle %" PRId64 " ms, network %" PRId64
-             " ms, shim+runc create/start %" PRId64 " ms of which runc %" PRId64 " ms)",
-             in->id, now - in->assigned_mono, t_pull, t2 - t1, t3 - t2, now - t3, runc_ms);
+             " ms, shim+runc create/start %" PRId64 " ms of which runc %" PRId64
+             " ms; before setup %" PRId64 " ms, reports %" PRId64 " ms)",
+             in->id, now - in->assigned_mono, t_pull, t2 - t1, t3 - t2, now - t3, runc_ms,
+             t_entry - in->assigned_mono, t_reports);
     await_running(r);
     return 0;
 }
@@ -832,6 +889,8 @@ static void watch(struct run *r)
     struct instance *in = r->in;
     int64_t term_at = -1;
     bool killed = false;
+    int64_t next_live = -1;
+    uint32_t live_failures = 0;
     for (;;) {
         if (r->pidfd >= 0) {
             struct pollfd p = {r->pidfd, POLLIN, 0};
@@ -843,12 +902,32 @@ static void watch(struct run *r)
             usleep(100000);
         }
         pthread_mutex_lock(&a->mu);
-        bool stopping = a->stopping, stop = in->stop_requested;
+        bool stopping = a->stopping, stop = in->stop_requested, running = in->running;
         int64_t grace = in->stop_grace_ms;
         pthread_mutex_unlock(&a->mu);
         if (stopping)
             return;
         struct loom_err err = LOOM_ERR_INIT;
+        if (r->have_liveness && running && !stop && !r->fail_reason[0]) {
+            int64_t now = loom_mono_ms();
+            if (next_live < 0)
+                next_live = r->running_at + r->liveness.initial_delay_ms;
+            if (now >= next_live) {
+                next_live = now + r->liveness.period_ms;
+                if (probe_run(&r->liveness, in->ip, &err) == 0) {
+                    live_failures = 0;
+                } else if (++live_failures >= r->liveness.failure_threshold) {
+                    snprintf(r->fail_reason, sizeof(r->fail_reason), "liveness probe failed: %s",
+                             err.msg);
+                    log_info("instance %s: %s, killing it", in->id, r->fail_reason);
+                    /* the shim records the exit; finish() reports the reason */
+                    loom_err_clear(&err);
+                    if (runc_cmd(a, "kill", in->id, "KILL", &err) < 0)
+                        log_debug("instance %s: %s", in->id, err.msg);
+                }
+                loom_err_clear(&err);
+            }
+        }
         if (stop && term_at < 0) {
             term_at = loom_mono_ms();
             if (runc_cmd(a, "kill", in->id, "TERM", &err) < 0)
@@ -994,6 +1073,11 @@ static void teardown(struct run *r)
         loom_rm_rf(path, NULL);
     path_in(path, sizeof(path), in, "config.json");
     unlink(path);
+    /* the secrets written for the mounts go with the container */
+    path_in(path, sizeof(path), in, "mounts");
+    if (loom_rm_rf(path, &err) < 0)
+        log_warn("instance %s: %s", in->id, err.msg);
+    loom_err_clear(&err);
     gpus_release(a, in);
     if (in->img) {
         image_release(a->images, in->img);

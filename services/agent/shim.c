@@ -1,12 +1,12 @@
 /* The per-instance shim: `loom-agent shim --state-dir D --id ID`.
  *
- * Started by the agent (setsid, so it outlives an agent restart), it creates
- * the container with runc, holding the read ends of the container's stdout
- * and stderr pipes; starts it; writes the output to container.log in CRI
+ * Started by the agent (setsid, so it outlives an agent restart), it runs
+ * the container with `runc run --detach`, holding the read ends of the
+ * container's stdout and stderr pipes; writes the output to container.log in CRI
  * format; reaps the container init (it is reparented to us: we are a child
  * subreaper); enforces max_execution_seconds; reads the OOM kill count before
  * `runc delete`; and writes exit.json atomically. If fd 3 is open it is the
- * agent's status pipe: "ok <pid>\n" once `runc start` has returned, or
+ * agent's status pipe: "ok <pid> <ms>\n" once `runc run --detach` has returned, or
  * "err <message>\n". */
 #include <errno.h>
 #include <fcntl.h>
@@ -169,8 +169,10 @@ static int shim_run(struct shim *s)
         dup2(devnull, 0);
         dup2(outp[1], 1);
         dup2(errp[1], 2);
-        execl(s->runtime, s->runtime, "--root", s->root, "--log", logfile, "create", "--bundle",
-              bundle, "--pid-file", pidfile, s->id, (char *)NULL);
+        /* `run --detach` is create and start in one runtime process: one
+         * exec of the runtime fewer on every start (~10-20 ms here) */
+        execl(s->runtime, s->runtime, "--root", s->root, "--log", logfile, "run", "--detach",
+              "--bundle", bundle, "--pid-file", pidfile, s->id, (char *)NULL);
         _exit(127);
     }
     close(outp[1]);
@@ -191,7 +193,7 @@ static int shim_run(struct shim *s)
         if (nl)
             *nl = 0;
         char msg[600];
-        snprintf(msg, sizeof(msg), "could not create the container: %.400s", buf);
+        snprintf(msg, sizeof(msg), "could not start the container: %.400s", buf);
         status_msg("err %s\n", msg);
         struct loom_err e = LOOM_ERR_INIT;
         runc(s, "delete", "--force", s->id, &e);
@@ -204,14 +206,16 @@ static int shim_run(struct shim *s)
         return write_exit(s, -1, false, false, err.msg, NULL);
     }
     pid_t init = (pid_t)atoi(pidtext);
-    if (runc(s, "start", s->id, NULL, &err) < 0) {
-        status_msg("err could not start the container: %s\n", err.msg);
-        struct loom_err e = LOOM_ERR_INIT;
-        runc(s, "delete", "--force", s->id, &e);
-        return write_exit(s, -1, false, false, err.msg, NULL);
-    }
     status_msg("ok %d %" PRId64 "\n", (int)init, mono_ms() - t0);
 
+    /* Both pipes are read by this one poll loop, and lines are stamped in
+     * the order they are read. That order is exact for each stream and
+     * across streams whenever the writer pauses between writes longer than
+     * a loop turn; for a writer that alternates streams faster than that,
+     * one poll round can find both pipes readable and the kernel records
+     * no order between two pipes, so the cross-stream interleaving is only
+     * approximate. Exact order would need one pipe for both streams, which
+     * loses the stream of each line. */
     int fds[2] = {outp[0], errp[0]};
     bool exited = false, timed_out = false;
     int code = -1;

@@ -13,6 +13,9 @@
 . "$(dirname "$0")/../integration/lib.sh"
 
 starts=${BENCH_STARTS:-60}
+# Code Engine shapes only (0.125 vCPU : 256M is the smallest); 100 of them
+# need 12.5 vCPU and 25.6 GB of allocatable node: tools/loom-dev passes the
+# caller's environment on to the agent, so these size the bench node
 export LOOM_AGENT_CPU_MILLIS=64000 LOOM_AGENT_MEMORY=64G
 platform_up >&2
 image=$LOOM_REGISTRY/loom/busybox:latest
@@ -52,7 +55,7 @@ runc_p99=$(printf '%s\n' "${runc_ms[@]}" | pct 99)
 # --- 2. starts, image cached ------------------------------------------------------
 loom jobrun submit --name warm --image "$image" --cmd true >/dev/null
 wait_for 60 run_ended warm
-loom jobrun submit --name starts --image "$image" --cmd true --cpu 0.1 --memory 32M \
+loom jobrun submit --name starts --image "$image" --cmd true --cpu 0.125 --memory 256M \
 	--array-indices "0-$((starts - 1))" --parallelism 1 >/dev/null
 wait_for 600 run_ended starts
 mapfile -t lat < <(latencies starts)
@@ -65,7 +68,7 @@ part() {
 		sed -n "s|.*instance $id: process running.*$1 \([0-9]*\) ms.*|\1|p" "$alog"
 	done | pct 50
 }
-parts="image $(part '(image') ms, rootfs+bundle $(part 'rootfs+bundle') ms, network $(part 'network') ms, shim+runc $(part 'shim+runc create/start') ms, runc $(part 'of which runc') ms"
+parts="image $(part '(image') ms, rootfs+bundle $(part 'rootfs+bundle') ms, network $(part 'network') ms, shim+runc $(part 'shim+runc create/start') ms, runc $(part 'of which runc') ms, before setup $(part 'before setup') ms, reports $(part 'reports') ms"
 
 # --- 3. cold pull of a 50 MB image --------------------------------------------------
 mkdir -p "$tmp/big/data"
@@ -77,7 +80,7 @@ big_id=$(ids_of big | head -n1)
 pull_ms=$(sed -n "s/.*instance $big_id: process running.*(image \([0-9]*\) ms.*/\1/p" "$alog")
 
 # --- 4. 100 at once ---------------------------------------------------------------------
-loom jobrun submit --name hundred --image "$image" --cmd 'sleep 20' --cpu 0.01 --memory 16M \
+loom jobrun submit --name hundred --image "$image" --cmd 'sleep 20' --cpu 0.125 --memory 256M \
 	--array-indices 0-99 >/dev/null
 n_running() {
 	running=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN job_runs r

@@ -220,6 +220,46 @@ like "$logs" "reach $addr_a no" "... and not this project's"
 loom app delete web >/dev/null 2>&1
 LOOM_PROJECT=$other LOOM_KEY=$other_key loom app delete web >/dev/null 2>&1
 
+# --- secrets and config maps mounted read-only ----------------------------------------------
+out=$(loom secret create creds --from-literal password=hunter2 2>&1) || diag "$out"
+out=$(loom configmap create settings --from-literal mode=fast 2>&1) || diag "$out"
+mount_cmd='cat /etc/creds/password; echo; cat /etc/settings/mode; echo
+stat -c "perm %a" /etc/creds/password /etc/settings/mode
+if touch /etc/creds/x 2>/dev/null; then echo "creds writable"; else echo "creds read-only"; fi
+grep " /etc/creds " /proc/mounts | grep -q " ro," && echo "creds mount ro"'
+api POST "/v1/projects/$LOOM_PROJECT/job_runs" "$(jq -nc --arg img "$image" --arg c "$mount_cmd" 	'{name:"mounted",image_reference:$img,run_commands:["/bin/sh","-c",$c],scale_retry_limit:0,
+	  scale_cpu_limit:"0.125",scale_memory_limit:"256M",
+	  run_volume_mounts:[{type:"secret",reference:"creds",mount_path:"/etc/creds"},
+	                     {type:"config_map",reference:"settings",mount_path:"/etc/settings"}]}')"
+is "$http_status" 201 "a run with a secret and a config map mounted is created"
+wait_run mounted 60
+wait_logs mounted 'creds'
+like "$logs" "stdout hunter2" "the secret's key is a file in the container"
+like "$logs" "stdout fast" "and so is the config map's"
+like "$logs" "stdout creds read-only" "the mounted files cannot be written"
+like "$logs" "stdout creds mount ro" "the mount is read-only"
+mounted_id=$(psql "$LOOM_PG_DSN" -Atc "SELECT i.id FROM instances i JOIN job_runs r
+	ON r.id = i.job_run_id WHERE r.name = 'mounted'")
+mounts_gone() { [ -n "$mounted_id" ] && [ ! -e "$LOOM_HOME/agent/instances/$mounted_id/mounts" ]; }
+ok "the files written for the mounts go with the instance" wait_for 30 mounts_gone
+
+# --- probes: readiness gates RUNNING, a failing liveness probe kills --------------------------
+api POST "/v1/projects/$LOOM_PROJECT/apps" "$(jq -nc --arg img "$image" --arg c "$web_cmd" 	'{name:"unwell",image_reference:$img,run_commands:["/bin/sh","-c",$c],image_port:8080,
+	  scale_min_instances:1,scale_cpu_limit:"0.125",scale_memory_limit:"256M",
+	  probe_readiness:{type:"http",path:"/passwd",interval:1},
+	  probe_liveness:{type:"http",path:"/no-such-file",interval:1,failure_threshold:2}}')"
+is "$http_status" 201 "an app whose liveness probe fails is created"
+liveness_failed() {
+	n=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN apps a ON a.id = i.app_id
+		WHERE a.name = 'unwell' AND i.state = 'failed' AND i.reason LIKE 'liveness probe failed: %'")
+	[ "${n:-0}" -ge 1 ]
+}
+ok "a failing liveness probe kills the instance, reported as such" wait_for 60 liveness_failed
+was_running=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN apps a ON a.id = i.app_id
+	WHERE a.name = 'unwell' AND i.address IS NOT NULL AND i.address <> ''")
+like "$was_running" '^[1-9]' "it was RUNNING (readiness passed) before that"
+api DELETE "/v1/projects/$LOOM_PROJECT/apps/unwell"
+
 # --- kill -9 of the agent mid-run, then restart ----------------------------------------------
 submit survivor --cmd 'echo "start $(date +%s)"; sleep 8; echo "survivor done"'
 running() { [ "$(run_field survivor .status)" = running ]; }

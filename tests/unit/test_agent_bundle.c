@@ -219,12 +219,74 @@ static void test_user(void **state)
     assert_int_equal(bundle_resolve_user("-1", passwd, group, &u, &g, &err), -1);
 }
 
+/* secrets and config maps: read-only binds, where a container may have them */
+static void test_mounts(void **state)
+{
+    (void)state;
+    struct bundle_spec s = base_spec();
+    const struct bundle_bind binds[] = {{"/var/lib/loom/i/mounts/0", "/etc/secret"}};
+    s.binds = binds;
+    s.nbinds = 1;
+    json_t *cfg = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(bundle_config(&s, &cfg, &err), 0);
+    json_t *m, *found = NULL;
+    size_t i;
+    json_array_foreach(json_object_get(cfg, "mounts"), i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "destination")), "/etc/secret") == 0)
+            found = m;
+    }
+    assert_non_null(found);
+    assert_string_equal(json_string_value(json_object_get(found, "type")), "bind");
+    assert_string_equal(json_string_value(json_object_get(found, "source")),
+                        "/var/lib/loom/i/mounts/0");
+    bool ro = false;
+    json_t *o;
+    json_array_foreach(json_object_get(found, "options"), i, o)
+    {
+        if (strcmp(json_string_value(o), "ro") == 0)
+            ro = true;
+    }
+    assert_true(ro);
+    json_decref(cfg);
+
+    assert_true(bundle_mount_path_valid("/etc/secret"));
+    assert_true(bundle_mount_path_valid("/a/b.c/d"));
+    assert_true(bundle_mount_path_valid("/devices")); /* not /dev itself */
+    assert_false(bundle_mount_path_valid(""));
+    assert_false(bundle_mount_path_valid("/"));
+    assert_false(bundle_mount_path_valid("etc/secret"));
+    assert_false(bundle_mount_path_valid("/etc/secret/"));
+    assert_false(bundle_mount_path_valid("/etc//secret"));
+    assert_false(bundle_mount_path_valid("/etc/./secret"));
+    assert_false(bundle_mount_path_valid("/etc/../root"));
+    assert_false(bundle_mount_path_valid("/.."));
+    assert_false(bundle_mount_path_valid("/proc"));
+    assert_false(bundle_mount_path_valid("/proc/sys"));
+    assert_false(bundle_mount_path_valid("/sys/fs"));
+    assert_false(bundle_mount_path_valid("/dev"));
+    assert_false(bundle_mount_path_valid("/dev/shm"));
+    assert_false(bundle_mount_path_valid("/a,b"));
+    assert_false(bundle_mount_path_valid("/a\nb"));
+
+    assert_true(bundle_mount_file_name_valid("password"));
+    assert_true(bundle_mount_file_name_valid(".env"));
+    assert_true(bundle_mount_file_name_valid("tls.crt"));
+    assert_false(bundle_mount_file_name_valid(""));
+    assert_false(bundle_mount_file_name_valid("."));
+    assert_false(bundle_mount_file_name_valid(".."));
+    assert_false(bundle_mount_file_name_valid("a/b"));
+    assert_false(bundle_mount_file_name_valid("../x"));
+    assert_false(bundle_mount_file_name_valid("a b"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_process), cmocka_unit_test(test_linux),
         cmocka_unit_test(test_devices), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_user),
+        cmocka_unit_test(test_user),    cmocka_unit_test(test_mounts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
