@@ -1,5 +1,7 @@
 /* /v1/admin: operator endpoints (admin keys only): nodes and API keys. */
 #include <openssl/sha.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -238,4 +240,96 @@ static int key_revoke(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
 void api_admin_keys_revoke(struct loom_http_req *req)
 {
     api_write(req, false, key_revoke);
+}
+
+/* The quota reply: the project's row, or nulls (no limit) when it has none. */
+static int quota_reply(struct loom_db *db, const struct api_project *p, json_t **ret,
+                       struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, err,
+        "SELECT q.cpu_millis, q.memory_bytes, q.gpus, q.instances, " API_TS(
+            "q.updated_at") " FROM (SELECT 1) z LEFT JOIN project_quotas q ON q.project_id = $1",
+        p->id_str);
+    if (!res)
+        return -1;
+    json_t *o = json_object();
+    api_json_set_str(o, "project", p->name);
+    api_json_set_int(o, "cpu_millis", loom_db_val(res, 0, 0));
+    api_json_set_int(o, "memory_bytes", loom_db_val(res, 0, 1));
+    api_json_set_int(o, "gpus", loom_db_val(res, 0, 2));
+    api_json_set_int(o, "instances", loom_db_val(res, 0, 3));
+    api_json_set_str(o, "updated_at", loom_db_val(res, 0, 4));
+    *ret = o;
+    return 0;
+}
+
+/* GET /v1/admin/projects/{project}/quota */
+void api_admin_quota_get(struct loom_http_req *req)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db;
+    struct api_caller caller;
+    struct api_project project;
+    if (api_begin(req, true, &db, &caller, &project, &err) < 0 || need_admin(&caller, &err) < 0)
+        API_FAIL(req, &err);
+    json_t *out;
+    if (quota_reply(db, &project, &out, &err) < 0)
+        API_FAIL(req, &err);
+    loom_http_reply_json(req, 200, out);
+}
+
+/* One quota member: absent or null means no limit; otherwise an integer >= 0
+ * written as decimal text for the query (NULL stays NULL). */
+static int quota_field(json_t *body, const char *key, long long max, char buf[24], const char **ret,
+                       struct loom_err *err)
+{
+    json_t *v = json_object_get(body, key);
+    if (!v || json_is_null(v)) {
+        *ret = NULL;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"%s\": must be null or an integer from 0 to %lld", key, max);
+    snprintf(buf, 24, "%lld", (long long)json_integer_value(v));
+    *ret = buf;
+    return 0;
+}
+
+/* PUT /v1/admin/projects/{project}/quota {"cpu_millis","memory_bytes","gpus","instances"}:
+ * replaces the whole quota; a member absent or null is no limit. */
+static int quota_put(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
+{
+    if (need_admin(&ctx->caller, err) < 0)
+        return -1;
+    /* project and updated_at are read-only: allowed so that a GET reply can be PUT back */
+    static const char *const allowed[] = {"cpu_millis", "memory_bytes", "gpus", "instances",
+                                          "project",    "updated_at",   NULL};
+    char b[4][24];
+    const char *cpu, *mem, *gpus, *inst;
+    if (loom_json_check_fields(ctx->body, allowed, err) < 0 ||
+        quota_field(ctx->body, "cpu_millis", INT64_MAX, b[0], &cpu, err) < 0 ||
+        quota_field(ctx->body, "memory_bytes", INT64_MAX, b[1], &mem, err) < 0 ||
+        quota_field(ctx->body, "gpus", INT32_MAX, b[2], &gpus, err) < 0 ||
+        quota_field(ctx->body, "instances", INT32_MAX, b[3], &inst, err) < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        ctx->db, err,
+        "INSERT INTO project_quotas (project_id, cpu_millis, memory_bytes, gpus, instances) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project_id) DO UPDATE SET "
+        "cpu_millis = EXCLUDED.cpu_millis, memory_bytes = EXCLUDED.memory_bytes, "
+        "gpus = EXCLUDED.gpus, instances = EXCLUDED.instances, updated_at = now()",
+        ctx->project.id_str, cpu, mem, gpus, inst);
+    if (!res)
+        return -1;
+    /* A raised quota may let waiting work run now. */
+    ctx->wake_scheduler = true;
+    *ret_status = 200;
+    return quota_reply(ctx->db, &ctx->project, ret_body, err);
+}
+
+void api_admin_quota_put(struct loom_http_req *req)
+{
+    api_write(req, true, quota_put);
 }

@@ -256,5 +256,7 @@ void api_admin_nodes_action(struct loom_http_req *req);
 void api_admin_keys_list(struct loom_http_req *req);
 void api_admin_keys_create(struct loom_http_req *req);
 void api_admin_keys_revoke(struct loom_http_req *req);
+void api_admin_quota_get(struct loom_http_req *req);
+void api_admin_quota_put(struct loom_http_req *req);
 
 #endif

@@ -103,6 +103,11 @@ static const struct op ops[] = {
      "KeyCreate", 201, "Key"},
     {"delete", "/v1/admin/keys/{name}", "revokeKey", "Revoke an API key by its key id", NULL, 204,
      NULL},
+    {"get", "/v1/admin/projects/{project}/quota", "getQuota",
+     "A project's quota; null members are no limit (admin keys)", NULL, 200, "Quota"},
+    {"put", "/v1/admin/projects/{project}/quota", "replaceQuota",
+     "Replace a project's quota; absent or null members are no limit (admin keys)", "Quota", 200,
+     "Quota"},
 };
 
 /* Component schemas, one JSON text each (ISO C caps a literal at 4095). */
@@ -170,6 +175,12 @@ static const char *const schemas[][2] = {
      "\"cordoned\",\"draining\",\"lost\"]},\"address\":{\"type\":\"string\"},\"cpu_millis\":{"
      "\"type\":\"integer\"},\"memory_bytes\":{\"type\":\"integer\"},\"instances\":{\"type\":"
      "\"integer\"},\"last_heartbeat\":{\"type\":\"string\"}}}}}}"},
+    {"Quota", "{\"type\":\"object\",\"properties\":{\"project\":{\"type\":\"string\","
+              "\"readOnly\":true},\"cpu_millis\":{\"type\":[\"integer\",\"null\"],\"minimum\":0},"
+              "\"memory_bytes\":{\"type\":[\"integer\",\"null\"],\"minimum\":0},\"gpus\":{"
+              "\"type\":[\"integer\",\"null\"],\"minimum\":0},\"instances\":{\"type\":["
+              "\"integer\",\"null\"],\"minimum\":0},\"updated_at\":{\"type\":[\"string\","
+              "\"null\"],\"readOnly\":true}}}"},
     {"NodeState", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
                   "\"state\":{\"type\":\"string\"}}}"},
     {"KeyCreate", "{\"type\":\"object\",\"required\":[\"role\"],\"additionalProperties\":false,"

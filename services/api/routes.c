@@ -48,6 +48,8 @@ const struct loom_http_route api_routes[] = {
     {"GET", "/v1/admin/keys", api_admin_keys_list},
     {"POST", "/v1/admin/keys", api_admin_keys_create},
     {"DELETE", "/v1/admin/keys/{}", api_admin_keys_revoke},
+    {"GET", "/v1/admin/projects/{}/quota", api_admin_quota_get},
+    {"PUT", "/v1/admin/projects/{}/quota", api_admin_quota_put},
 };
 
 const size_t api_nroutes = sizeof(api_routes) / sizeof(api_routes[0]);

@@ -35,6 +35,9 @@ static void usage(FILE *out)
           "  keys create --admin | --project P --role read|write [--description D]\n"
           "  keys list | revoke KEY_ID\n"
           "  nodes list | cordon NAME | uncordon NAME | drain NAME\n"
+          "  quota get --project P\n"
+          "  quota set --project P [--cpu VCPU] [--memory 512G] [--gpus N] [--instances N]\n"
+          "                                    (\"none\" removes a limit; others are kept)\n"
           "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
           "\n"
           "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
@@ -449,7 +452,8 @@ static int cmd_keys(int argc, char **argv)
     return usage_error("%s", "usage: keys create ... | keys list | keys revoke KEY_ID");
 }
 
-/* Best effort: wake the scheduler so that a cordon or drain acts now. */
+/* Best effort: wake the scheduler so that a cordon or drain acts now ("nodes":
+ * it re-reads the nodes instead of placing from the ones it holds). */
 static void wake_scheduler(void)
 {
     if (!nats_url || !*nats_url)
@@ -457,7 +461,7 @@ static void wake_scheduler(void)
     struct loom_bus *bus = NULL;
     struct loom_err err = LOOM_ERR_INIT;
     if (loom_bus_connect(nats_url, "loom-admin", 2000, &bus, &err) == 0)
-        loom_bus_publish_raw(bus, LOOM_SUBJ_SCHED_WAKE, "", 0, &err);
+        loom_bus_publish_raw(bus, LOOM_SUBJ_SCHED_WAKE, "nodes", 5, &err);
     loom_bus_close(bus, 1000);
 }
 
@@ -583,6 +587,149 @@ static int cmd_status(int argc, char **argv)
     return bad ? 1 : 0;
 }
 
+/* ---- quota ------------------------------------------------------------- */
+
+/* "0.5" vCPU -> "500" millis; "none" -> NULL (no limit). */
+static int parse_cpu(const char *s, char buf[24], const char **ret)
+{
+    if (strcmp(s, "none") == 0) {
+        *ret = NULL;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || v < 0 || v > 1e9)
+        return -1;
+    snprintf(buf, 24, "%lld", (long long)(v * 1000 + 0.5));
+    *ret = buf;
+    return 0;
+}
+
+/* "512G", "256Mi", "1024" (bytes) -> bytes as text; "none" -> NULL. */
+static int parse_bytes(const char *s, char buf[24], const char **ret)
+{
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {{"", 1},           {"K", 1e3},           {"M", 1e6},
+                 {"G", 1e9},        {"T", 1e12},          {"Ki", 1024.0},
+                 {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0}};
+    if (strcmp(s, "none") == 0) {
+        *ret = NULL;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (strcmp(end, units[i].suffix) == 0) {
+            double b = v * units[i].mult;
+            if (b > 9e18)
+                return -1;
+            snprintf(buf, 24, "%lld", (long long)(b + 0.5));
+            *ret = buf;
+            return 0;
+        }
+    return -1;
+}
+
+/* A non-negative integer as text; "none" -> NULL. */
+static int parse_count(const char *s, char buf[24], const char **ret)
+{
+    if (strcmp(s, "none") == 0) {
+        *ret = NULL;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < 0 || v > INT32_MAX)
+        return -1;
+    snprintf(buf, 24, "%ld", v);
+    *ret = buf;
+    return 0;
+}
+
+static int cmd_quota(int argc, char **argv)
+{
+    static const char usage_q[] =
+        "usage: quota get --project P | quota set --project P [--cpu VCPU] [--memory BYTES]\n"
+        "       [--gpus N] [--instances N]   (a value \"none\" removes that limit)";
+    if (argc < 1 || (strcmp(argv[0], "get") != 0 && strcmp(argv[0], "set") != 0))
+        return usage_error("%s", usage_q);
+    bool set = strcmp(argv[0], "set") == 0;
+    const char *project = NULL;
+    /* Each value: given (text or NULL for "none"), or not given (keep). */
+    const char *val[4] = {NULL, NULL, NULL, NULL};
+    bool given[4] = {false, false, false, false};
+    char buf[4][24];
+    static const char *const names[4] = {"--cpu", "--memory", "--gpus", "--instances"};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--project") == 0 && i + 1 < argc) {
+            project = argv[++i];
+            continue;
+        }
+        int k = -1;
+        for (int j = 0; j < 4; j++)
+            if (strcmp(argv[i], names[j]) == 0)
+                k = j;
+        if (k < 0 || !set || i + 1 >= argc)
+            return usage_error("%s", usage_q);
+        const char *v = argv[++i];
+        int rc = k == 0   ? parse_cpu(v, buf[k], &val[k])
+                 : k == 1 ? parse_bytes(v, buf[k], &val[k])
+                          : parse_count(v, buf[k], &val[k]);
+        if (rc < 0)
+            return usage_error("invalid value \"%s\"", v);
+        given[k] = true;
+    }
+    if (!project)
+        return usage_error("%s", usage_q);
+    if (set) {
+        const char *p[] = {project,
+                           val[0],
+                           val[1],
+                           val[2],
+                           val[3],
+                           given[0] ? "t" : "f",
+                           given[1] ? "t" : "f",
+                           given[2] ? "t" : "f",
+                           given[3] ? "t" : "f"};
+        char done[128];
+        snprintf(done, sizeof(done), "quota of project %s set", project);
+        int rc = exec_one(
+            "INSERT INTO project_quotas AS q (project_id, cpu_millis, memory_bytes, gpus, "
+            "instances) "
+            "SELECT id, $2::bigint, $3::bigint, $4::integer, $5::integer FROM projects WHERE name "
+            "= $1 "
+            "ON CONFLICT (project_id) DO UPDATE SET "
+            "cpu_millis = CASE WHEN $6::boolean THEN EXCLUDED.cpu_millis ELSE q.cpu_millis END, "
+            "memory_bytes = CASE WHEN $7::boolean THEN EXCLUDED.memory_bytes ELSE q.memory_bytes "
+            "END, "
+            "gpus = CASE WHEN $8::boolean THEN EXCLUDED.gpus ELSE q.gpus END, "
+            "instances = CASE WHEN $9::boolean THEN EXCLUDED.instances ELSE q.instances END, "
+            "updated_at = now()",
+            9, p, "project not found", done);
+        if (rc != 0)
+            return rc;
+        /* A raised quota may let waiting work run now. */
+        wake_scheduler();
+    }
+    static const char *const h[] = {"PROJECT", "CPU",       "MEMORY_BYTES",
+                                    "GPUS",    "INSTANCES", "UPDATED"};
+    const char *p[] = {project};
+    return query_print(
+        "SELECT p.name, (q.cpu_millis / 1000.0)::numeric(12,3)::text, "
+        "q.memory_bytes, q.gpus, q.instances, " TS(
+            "q.updated_at") " "
+                            "FROM projects p LEFT JOIN project_quotas q ON q.project_id = p.id "
+                            "WHERE p.name = $1",
+        h, 1, p);
+}
+
 int main(int argc, char **argv)
 {
     pg_dsn = getenv("LOOM_PG_DSN");
@@ -622,5 +769,7 @@ int main(int argc, char **argv)
         return cmd_nodes(sub_argc, sub_argv);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(sub_argc, sub_argv);
+    if (strcmp(cmd, "quota") == 0)
+        return cmd_quota(sub_argc, sub_argv);
     return usage_error("unknown command \"%s\"", cmd);
 }

@@ -1,5 +1,8 @@
 /* loom: the user's CLI for the Loom REST API. */
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <sys/stat.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,31 +29,49 @@ enum {
 static const char usage_text[] =
     "usage: loom [--project P] [-o json] [--api URL] [--key KEY] NOUN VERB [ARGS]\n"
     "\n"
+    "  login --api URL --key KEY [--project P]   check the key, save them (0600 file)\n"
+    "  logout                                     remove the saved settings\n"
     "  project list | get NAME | create NAME | delete NAME (admin keys)\n"
     "  jobrun submit --name N (--image IMG | --job J) [--cmd 'SHELL' | --command X...]\n"
-    "         [--arg X...] [--env K=V...] [--array-indices SPEC] [--retrylimit N]\n"
-    "         [--maxexecutiontime S] [--cpu C] [--memory M] [--parallelism P]\n"
-    "         [--mode task|daemon] [--gpus N] [--gpu-model M] [--wait]\n"
+    "         [--arg X...] [--array-indices SPEC] [--retrylimit N] [--maxexecutiontime S]\n"
+    "         [--cpu C] [--memory M] [--ephemeral-storage S] [--parallelism P]\n"
+    "         [--mode task|daemon] [--gpus N] [--gpu-model M] [--nodes N] [--priority 0-100]\n"
+    "         [--node-selector LABEL=VALUE...] [--placement binpack|spread]\n"
+    "         [--gang-timeout S] [ENV AND MOUNTS] [--registry-secret S] [--wait]\n"
     "  jobrun get N | logs N [--index I] | list | delete N | cancel N\n"
     "  jobrun resubmit N [--array-indices SPEC] [--name NEW] [--wait]\n"
     "         (reruns N's failed indices, or SPEC, as a new run)\n"
     "  job create N --image IMG [same flags as jobrun submit] | update N [flags]\n"
     "  job get N | list | delete N\n"
     "  app create N --image IMG [--cmd CMD | --command X...] [--arg X...] [--port P]\n"
-    "         [--min-scale K] [--max-scale K] [--concurrency C] [--cpu C] [--memory M]\n"
-    "         [--env K=V...] [--no-wait] [--wait-timeout S]\n"
+    "         [--min-scale K] [--max-scale K] [--scale-initial-instances K]\n"
+    "         [--concurrency C] [--concurrency-target T] [--scale-down-delay S]\n"
+    "         [--request-timeout S] [--cpu C] [--memory M] [--ephemeral-storage S]\n"
+    "         [--probe-live LIST] [--probe-ready LIST] [--visibility public|private|project]\n"
+    "         [ENV AND MOUNTS] [--registry-secret S] [--no-wait] [--wait-timeout S]\n"
+    "         (probe LIST: type=http|tcp,path=/p,port=N,initial-delay=S,interval=S,\n"
+    "          timeout=S,failure-threshold=N; without --no-wait: progress lines until ready)\n"
     "  app update N [the same flags]   (a new generation; refused if changed meanwhile)\n"
     "  app get N | list | delete N | instances N | revisions N | logs N [-f] [--instance ID]\n"
-    "  secret create N --from-literal K=V... [--format generic|registry]\n"
-    "  secret update N --from-literal K=V... | get N | list | delete N\n"
-    "  configmap create|update N --from-literal K=V... | get N | list | delete N\n"
+    "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
+    "  secret get N | list | delete N\n"
+    "  configmap create|update N DATA | get N | list | delete N\n"
     "\n"
-    "Settings (flag, then environment, then ~/.config/loom/config lines \"key = value\"):\n"
+    "  ENV AND MOUNTS (repeatable): --env K=V, --env-from-secret S[:KEY[=ENV],...],\n"
+    "         --env-from-configmap C[:KEY[=ENV],...], --mount-secret /DIR=S,\n"
+    "         --mount-configmap /DIR=C\n"
+    "  DATA (repeatable): --from-literal K=V, --from-file K=PATH, --from-env-file PATH;\n"
+    "         registry: --server HOST --username U --password P [--email E];\n"
+    "         tls: --cert-chain-file PEM --private-key-file PEM\n"
+    "\n"
+    "Settings (flag, then environment, then the file $XDG_CONFIG_HOME/loom/config or\n"
+    "~/.config/loom/config, lines \"key = value\", written by loom login):\n"
     "  --api URL      LOOM_API      api = URL       the loom-api base URL\n"
     "  --key KEY      LOOM_KEY      key = KEY       API key (loom_<id>_<secret>)\n"
     "  --project P    LOOM_PROJECT  project = P     the project to work in\n"
-    "  -o json        print the API's JSON as it came\n"
+    "  -o json        print the API's JSON as it came (tables otherwise)\n"
     "\n"
+    "Errors print the API's problem detail and its request id on stderr.\n"
     "Exit status: 0 ok, 1 API error (invalid request, conflict, failed run),\n"
     "2 usage error, 3 not found, 4 authentication or permission, 5 server unavailable.\n";
 
@@ -169,11 +190,11 @@ static int api_call_if(const char *method, const char *path, json_t *body, const
                        struct reply *ret)
 {
     if (!cfg.api || !*cfg.api) {
-        fprintf(stderr, "loom: no API address: set LOOM_API or --api\n");
+        fprintf(stderr, "loom: no API address: run loom login, or set LOOM_API or --api\n");
         return EXIT_USAGE;
     }
     if (!cfg.key || !*cfg.key) {
-        fprintf(stderr, "loom: no API key: set LOOM_KEY or --key\n");
+        fprintf(stderr, "loom: no API key: run loom login, or set LOOM_KEY or --key\n");
         return EXIT_AUTH;
     }
     size_t n = strlen(cfg.api);
@@ -393,6 +414,60 @@ static int put_int(struct args *a, const char *flag, json_t *body, const char *k
     return 0;
 }
 
+/* --env-from-secret / --env-from-configmap (Code Engine's forms):
+ *   NAME                      every key, as an env variable of the same name
+ *   NAME:KEY[,KEY2...]        those keys, each as a variable named after it
+ *   NAME:KEY=ENV[,KEY2=ENV2]  those keys under other names
+ * kind: "secret" or "config_map". */
+static int put_env_ref(json_t *arr, const char *s, const char *kind, const char *flag)
+{
+    const char *colon = strchr(s, ':');
+    size_t nlen = colon ? (size_t)(colon - s) : strlen(s);
+    if (nlen == 0)
+        return usage_err("%s needs NAME, NAME:KEY,... or NAME:KEY=ENVNAME,...", flag);
+    char type[40];
+    if (!colon) {
+        snprintf(type, sizeof(type), "%s_full_reference", kind);
+        json_array_append_new(arr, json_pack("{s:s,s:s%}", "type", type, "reference", s, nlen));
+        return 0;
+    }
+    snprintf(type, sizeof(type), "%s_key_reference", kind);
+    _cleanup_free_ char *keys = strdup(colon + 1);
+    char *save = NULL;
+    size_t added = 0;
+    for (char *k = strtok_r(keys, ",", &save); k; k = strtok_r(NULL, ",", &save), added++) {
+        char *eq = strchr(k, '=');
+        const char *envname = k;
+        if (eq) {
+            *eq = '\0';
+            envname = eq + 1;
+        }
+        if (!*k || !*envname)
+            return usage_err("%s needs NAME, NAME:KEY,... or NAME:KEY=ENVNAME,...", flag);
+        json_array_append_new(arr, json_pack("{s:s,s:s%,s:s,s:s}", "type", type, "reference", s,
+                                             nlen, "key", k, "name", envname));
+    }
+    if (added == 0)
+        return usage_err("%s needs NAME, NAME:KEY,... or NAME:KEY=ENVNAME,...", flag);
+    return 0;
+}
+
+/* --mount-secret / --mount-configmap /abs/dir=NAME (repeatable). */
+static int put_mounts(json_t *arr, json_t *values, const char *type, const char *flag)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(values, i, v)
+    {
+        const char *s = json_string_value(v), *eq = strchr(s, '=');
+        if (s[0] != '/' || !eq || !eq[1])
+            return usage_err("%s needs /ABSOLUTE/PATH=NAME", flag);
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:s%}", "type", type, "reference", eq + 1,
+                                             "mount_path", s, (size_t)(eq - s)));
+    }
+    return 0;
+}
+
 /* The run fields apps and job runs share. */
 static int put_run_fields(struct args *a, json_t *body)
 {
@@ -410,7 +485,9 @@ static int put_run_fields(struct args *a, json_t *body)
     if (arg->values)
         json_object_set(body, "run_arguments", arg->values);
     struct flag *env = find_flag(a, "env");
-    if (env->values) {
+    struct flag *esec = find_flag(a, "env-from-secret");
+    struct flag *ecm = find_flag(a, "env-from-configmap");
+    if (env->values || esec->values || ecm->values) {
         json_t *arr = json_array();
         size_t i;
         json_t *v;
@@ -425,8 +502,37 @@ static int put_run_fields(struct args *a, json_t *body)
             json_array_append_new(arr, json_pack("{s:s,s:s%,s:s}", "type", "literal", "name", s,
                                                  (size_t)(eq - s), "value", eq + 1));
         }
+        json_array_foreach(esec->values, i, v)
+        {
+            if (put_env_ref(arr, json_string_value(v), "secret", "--env-from-secret")) {
+                json_decref(arr);
+                return EXIT_USAGE;
+            }
+        }
+        json_array_foreach(ecm->values, i, v)
+        {
+            if (put_env_ref(arr, json_string_value(v), "config_map", "--env-from-configmap")) {
+                json_decref(arr);
+                return EXIT_USAGE;
+            }
+        }
         json_object_set_new(body, "run_env_variables", arr);
     }
+    struct flag *msec = find_flag(a, "mount-secret"), *mcm = find_flag(a, "mount-configmap");
+    if (msec->values || mcm->values) {
+        json_t *arr = json_array();
+        if (put_mounts(arr, msec->values, "secret", "--mount-secret") ||
+            put_mounts(arr, mcm->values, "config_map", "--mount-configmap")) {
+            json_decref(arr);
+            return EXIT_USAGE;
+        }
+        json_object_set_new(body, "run_volume_mounts", arr);
+    }
+    if (fval(a, "registry-secret"))
+        json_object_set_new(body, "image_secret", json_string(fval(a, "registry-secret")));
+    if (fval(a, "ephemeral-storage"))
+        json_object_set_new(body, "scale_ephemeral_storage_limit",
+                            json_string(fval(a, "ephemeral-storage")));
     if (fval(a, "cpu"))
         json_object_set_new(body, "scale_cpu_limit", json_string(fval(a, "cpu")));
     if (fval(a, "memory"))
@@ -569,10 +675,17 @@ static int wait_run(const char *name, struct reply *last)
     }
 }
 
+/* Flags of every run spec (apps and jobs). */
+#define RUN_FLAGS                                                                                  \
+    RFLAG("env-from-secret"), RFLAG("env-from-configmap"), RFLAG("mount-secret"),                  \
+        RFLAG("mount-configmap"), VFLAG("registry-secret"), VFLAG("ephemeral-storage")
+
 #define JOB_FLAGS                                                                                  \
     VFLAG("name"), VFLAG("image"), VFLAG("cmd"), RFLAG("command"), RFLAG("arg"), RFLAG("env"),     \
         VFLAG("array-indices"), VFLAG("retrylimit"), VFLAG("maxexecutiontime"), VFLAG("cpu"),      \
-        VFLAG("memory"), VFLAG("parallelism"), VFLAG("mode"), VFLAG("gpus"), VFLAG("gpu-model")
+        VFLAG("memory"), VFLAG("parallelism"), VFLAG("mode"), VFLAG("gpus"), VFLAG("gpu-model"),   \
+        RUN_FLAGS, VFLAG("nodes"), VFLAG("priority"), RFLAG("node-selector"), VFLAG("placement"),  \
+        VFLAG("gang-timeout")
 
 /* The name: --name or the one positional argument. */
 static int take_name(struct args *a, const char *what, const char **ret)
@@ -596,7 +709,30 @@ static int put_job_fields(struct args *a, json_t *body)
         json_object_set_new(body, "scale_array_spec", json_string(fval(a, "array-indices")));
     if (fval(a, "mode"))
         json_object_set_new(body, "run_mode", json_string(fval(a, "mode")));
+    if (fval(a, "placement"))
+        json_object_set_new(body, "placement", json_string(fval(a, "placement")));
+    struct flag *sel = find_flag(a, "node-selector");
+    if (sel->values) {
+        json_t *o = json_object();
+        json_object_set_new(body, "node_selector", o);
+        size_t i;
+        json_t *v;
+        json_array_foreach(sel->values, i, v)
+        {
+            const char *kv = json_string_value(v), *eq = strchr(kv, '=');
+            if (!eq || eq == kv)
+                return usage_err("--node-selector \"%s\" is not LABEL=VALUE", kv);
+            _cleanup_free_ char *k = strndup(kv, (size_t)(eq - kv));
+            json_object_set_new(o, k, json_string(eq + 1));
+        }
+    }
     int rc = put_run_fields(a, body);
+    if (!rc)
+        rc = put_int(a, "nodes", body, "scale_nodes");
+    if (!rc)
+        rc = put_int(a, "priority", body, "priority");
+    if (!rc)
+        rc = put_int(a, "gang-timeout", body, "gang_timeout");
     if (!rc)
         rc = put_int(a, "retrylimit", body, "scale_retry_limit");
     if (!rc)
@@ -925,13 +1061,67 @@ static void print_app(json_t *app)
     printf("Created:     %s\n", jstr(app, "created_at"));
 }
 
+/* --probe-live / --probe-ready "type=http,path=/healthz,port=8080,initial_delay=1,
+ * interval=10,timeout=1,failure_threshold=3" (Code Engine's KEY=VALUE list;
+ * the keys are the spec's, "initial-delay" and "failure-threshold" also work). */
+static int put_probe(struct args *a, const char *flag, json_t *body, const char *key)
+{
+    const char *v = fval(a, flag);
+    if (!v)
+        return 0;
+    _cleanup_json_ json_t *o = json_object();
+    _cleanup_free_ char *text = strdup(v);
+    char *save = NULL;
+    for (char *kv = strtok_r(text, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            return usage_err("--probe-* item \"%s\" is not KEY=VALUE", kv);
+        *eq = '\0';
+        for (char *c = kv; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        const char *val = eq + 1;
+        if (strcmp(kv, "type") == 0 || strcmp(kv, "path") == 0) {
+            json_object_set_new(o, kv, json_string(val));
+            continue;
+        }
+        char *end;
+        long long n = strtoll(val, &end, 10);
+        if (!*val || *end)
+            return usage_err("--probe-* item \"%s\" needs an integer", kv);
+        json_object_set_new(o, kv, json_integer(n));
+    }
+    json_object_set(body, key, o);
+    return 0;
+}
+
 static int app_write(int argc, char **argv, bool create)
 {
     struct flag flags[] = {
-        VFLAG("name"),      VFLAG("image"),       VFLAG("cmd"),     RFLAG("command"),
-        RFLAG("arg"),       RFLAG("env"),         VFLAG("port"),    VFLAG("min-scale"),
-        VFLAG("max-scale"), VFLAG("concurrency"), VFLAG("cpu"),     VFLAG("memory"),
-        VFLAG("gpus"),      VFLAG("gpu-model"),   BFLAG("no-wait"), VFLAG("wait-timeout"),
+        VFLAG("name"),
+        VFLAG("image"),
+        VFLAG("cmd"),
+        RFLAG("command"),
+        RFLAG("arg"),
+        RFLAG("env"),
+        VFLAG("port"),
+        VFLAG("min-scale"),
+        VFLAG("max-scale"),
+        VFLAG("concurrency"),
+        VFLAG("cpu"),
+        VFLAG("memory"),
+        VFLAG("gpus"),
+        VFLAG("gpu-model"),
+        BFLAG("no-wait"),
+        VFLAG("wait-timeout"),
+        RUN_FLAGS,
+        VFLAG("concurrency-target"),
+        VFLAG("scale-down-delay"),
+        VFLAG("request-timeout"),
+        VFLAG("scale-initial-instances"),
+        VFLAG("probe-live"),
+        VFLAG("probe-ready"),
+        VFLAG("visibility"),
     };
     struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
     int rc = parse_args(&a, argc, argv);
@@ -954,6 +1144,20 @@ static int app_write(int argc, char **argv, bool create)
         rc = put_int(&a, "max-scale", body, "scale_max_instances");
     if (!rc)
         rc = put_int(&a, "concurrency", body, "scale_concurrency");
+    if (!rc)
+        rc = put_int(&a, "concurrency-target", body, "scale_concurrency_target");
+    if (!rc)
+        rc = put_int(&a, "scale-down-delay", body, "scale_down_delay");
+    if (!rc)
+        rc = put_int(&a, "request-timeout", body, "scale_request_timeout");
+    if (!rc)
+        rc = put_int(&a, "scale-initial-instances", body, "scale_initial_instances");
+    if (!rc && fval(&a, "visibility"))
+        json_object_set_new(body, "visibility", json_string(fval(&a, "visibility")));
+    if (!rc)
+        rc = put_probe(&a, "probe-live", body, "probe_liveness");
+    if (!rc)
+        rc = put_probe(&a, "probe-ready", body, "probe_readiness");
     if (!rc && !create && json_object_size(body) == 0)
         rc = usage_err("%s", "app update: nothing to change");
     bool wait = !fset(&a, "no-wait");
@@ -1138,12 +1342,98 @@ static int cmd_app(const char *verb, int argc, char **argv)
 /* ---- secret, configmap ----------------------------------------------------------- */
 
 /* loom secret|configmap create|update NAME --from-literal K=V... [--format F] */
+/* A whole file as a string (secrets and config maps: at most 1 MiB). */
+static int read_small_file(const char *path, char **ret)
+{
+    _cleanup_fclose_ FILE *f = fopen(path, "re");
+    if (!f) {
+        fprintf(stderr, "loom: could not open \"%s\": %s\n", path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    struct strbuf sb = STRBUF_INIT;
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+        strbuf_add(&sb, buf, n);
+        if (sb.len > 1024 * 1024) {
+            strbuf_release(&sb);
+            fprintf(stderr, "loom: \"%s\" is over 1 MiB\n", path);
+            return EXIT_USAGE;
+        }
+    }
+    *ret = strbuf_detach(&sb, NULL);
+    return 0;
+}
+
+/* Data from --from-file KEY=PATH, --from-env-file PATH (KEY=VALUE lines,
+ * # comments), registry --server/--username/--password[/--email] and tls
+ * --cert-chain-file/--private-key-file (keys tls_cert, tls_key). */
+static int put_kv_sources(struct args *a, json_t *data)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(find_flag(a, "from-file")->values, i, v)
+    {
+        const char *kv = json_string_value(v), *eq = strchr(kv, '=');
+        if (!eq || eq == kv || !eq[1])
+            return usage_err("--from-file \"%s\" is not KEY=PATH", kv);
+        _cleanup_free_ char *k = strndup(kv, (size_t)(eq - kv));
+        char *text;
+        int rc = read_small_file(eq + 1, &text);
+        if (rc)
+            return rc;
+        json_object_set_new(data, k, json_string(text));
+        free(text);
+    }
+    json_array_foreach(find_flag(a, "from-env-file")->values, i, v)
+    {
+        _cleanup_free_ char *text = NULL;
+        int rc = read_small_file(json_string_value(v), &text);
+        if (rc)
+            return rc;
+        char *save = NULL;
+        for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            trim(line);
+            if (!*line || line[0] == '#')
+                continue;
+            char *eq = strchr(line, '=');
+            if (!eq || eq == line)
+                return usage_err("--from-env-file: line \"%s\" is not KEY=VALUE", line);
+            *eq = '\0';
+            json_object_set_new(data, line, json_string(eq + 1));
+        }
+    }
+    static const char *const reg[][2] = {{"server", "server"},
+                                         {"username", "username"},
+                                         {"password", "password"},
+                                         {"email", "email"}};
+    for (size_t r = 0; r < LOOM_ARRAY_SIZE(reg); r++)
+        if (fval(a, reg[r][0]))
+            json_object_set_new(data, reg[r][1], json_string(fval(a, reg[r][0])));
+    static const char *const tls[][2] = {{"cert-chain-file", "tls_cert"},
+                                         {"private-key-file", "tls_key"}};
+    for (size_t t = 0; t < LOOM_ARRAY_SIZE(tls); t++) {
+        if (!fval(a, tls[t][0]))
+            continue;
+        char *text;
+        int rc = read_small_file(fval(a, tls[t][0]), &text);
+        if (rc)
+            return rc;
+        json_object_set_new(data, tls[t][1], json_string(text));
+        free(text);
+    }
+    return 0;
+}
+
 static int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv)
 {
     int rc = need_project();
     if (rc)
         return rc;
-    struct flag flags[] = {VFLAG("name"), RFLAG("from-literal"), VFLAG("format")};
+    struct flag flags[] = {
+        VFLAG("name"),   RFLAG("from-literal"),    RFLAG("from-file"),       RFLAG("from-env-file"),
+        VFLAG("format"), VFLAG("server"),          VFLAG("username"),        VFLAG("password"),
+        VFLAG("email"),  VFLAG("cert-chain-file"), VFLAG("private-key-file")};
     struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
     if ((rc = parse_args(&a, argc, argv)))
         return rc;
@@ -1156,8 +1446,13 @@ static int cmd_kv(const char *coll, const char *what, const char *verb, int argc
         json_object_set_new(body, "data", data);
         rc = take_name(&a, what, &name);
         struct flag *lit = find_flag(&a, "from-literal");
-        if (!rc && !lit->values)
-            rc = usage_err("%s", "give the data as --from-literal KEY=VALUE (repeatable)");
+        if (!rc)
+            rc = put_kv_sources(&a, data);
+        if (!rc && json_object_size(data) == 0 && !lit->values)
+            rc = usage_err("%s", "give the data as --from-literal KEY=VALUE, --from-file "
+                                 "KEY=PATH, --from-env-file PATH (repeatable), or --server "
+                                 "--username --password, or --cert-chain-file "
+                                 "--private-key-file");
         size_t i;
         json_t *v;
         json_array_foreach(lit->values, i, v)
@@ -1243,6 +1538,111 @@ static int cmd_kv(const char *coll, const char *what, const char *verb, int argc
     return EXIT_OK;
 }
 
+/* ---- login ---------------------------------------------------------------- */
+
+/* $XDG_CONFIG_HOME/loom (or ~/.config/loom) into buf; -1 when neither is set. */
+static int config_dir(char *buf, size_t size)
+{
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, size, "%s/loom", xdg);
+    else if (home && *home)
+        snprintf(buf, size, "%s/.config/loom", home);
+    else
+        return -1;
+    return 0;
+}
+
+/* mkdir -p with mode for the directories it creates. */
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+/* loom login --api URL --key KEY [--project P]: checks the key with a GET
+ * that needs it (and the project, when given, exists for it), then writes
+ * the config file (0600, in a 0700 directory) atomically. */
+static int cmd_login(void)
+{
+    if (!cfg.api || !*cfg.api || !cfg.key || !*cfg.key)
+        return usage_err("%s", "login needs --api URL and --key KEY");
+    struct reply r = {0};
+    int rc = api_call("GET", "/v1/projects?limit=1", NULL, &r);
+    if (rc)
+        return rc;
+    reply_release(&r);
+    if (cfg.project && *cfg.project) {
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v1/projects/%s", cfg.project) < 0)
+            abort();
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        reply_release(&r);
+    }
+    char dir[1024], file[1100], tmp[1100];
+    if (config_dir(dir, sizeof(dir)) < 0) {
+        fprintf(stderr, "loom: neither XDG_CONFIG_HOME nor HOME is set\n");
+        return EXIT_USAGE;
+    }
+    if (mkdir_p(dir, 0700) < 0 || chmod(dir, 0700) < 0) {
+        fprintf(stderr, "loom: could not create \"%s\": %s\n", dir, strerror(errno));
+        return EXIT_API;
+    }
+    snprintf(file, sizeof(file), "%s/config", dir);
+    snprintf(tmp, sizeof(tmp), "%s/config.tmp", dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    _cleanup_fclose_ FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        fprintf(stderr, "loom: could not write \"%s\": %s\n", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return EXIT_API;
+    }
+    fchmod(fd, 0600);
+    fprintf(f, "# written by loom login\napi = %s\nkey = %s\n", cfg.api, cfg.key);
+    if (cfg.project && *cfg.project)
+        fprintf(f, "project = %s\n", cfg.project);
+    if (fflush(f) != 0 || fsync(fd) < 0 || rename(tmp, file) < 0) {
+        fprintf(stderr, "loom: could not write \"%s\": %s\n", file, strerror(errno));
+        unlink(tmp);
+        return EXIT_API;
+    }
+    printf("logged in to %s%s%s; settings in %s\n", cfg.api, cfg.project ? ", project " : "",
+           cfg.project ? cfg.project : "", file);
+    return EXIT_OK;
+}
+
+/* loom logout: removes the config file (the key with it). */
+static int cmd_logout(void)
+{
+    char dir[1024], file[1100];
+    if (config_dir(dir, sizeof(dir)) < 0)
+        return EXIT_OK;
+    snprintf(file, sizeof(file), "%s/config", dir);
+    if (unlink(file) < 0) {
+        if (errno == ENOENT) {
+            printf("not logged in (no %s)\n", file);
+            return EXIT_OK;
+        }
+        fprintf(stderr, "loom: could not remove \"%s\": %s\n", file, strerror(errno));
+        return EXIT_API;
+    }
+    printf("logged out (removed %s)\n", file);
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     /* global options may appear anywhere; everything else goes on */
@@ -1284,6 +1684,17 @@ int main(int argc, char **argv)
     setting(&cfg.api, "LOOM_API");
     setting(&cfg.key, "LOOM_KEY");
     setting(&cfg.project, "LOOM_PROJECT");
+    if (nrest == 1 && (strcmp(rest[0], "login") == 0 || strcmp(rest[0], "logout") == 0)) {
+        /* login takes only flags and the environment, never the old file */
+        loom_httpc_global_init();
+        int rc = strcmp(rest[0], "login") == 0 ? cmd_login() : cmd_logout();
+        loom_httpc_global_cleanup();
+        free(rest);
+        free(cfg.api);
+        free(cfg.key);
+        free(cfg.project);
+        return rc;
+    }
     read_config_file();
     if (nrest < 2) {
         fputs(usage_text, stderr);
