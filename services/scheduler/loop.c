@@ -19,11 +19,13 @@
 static void on_wake(struct loom_bus *bus, natsMsg *msg, void *arg)
 {
     (void)bus;
-    (void)msg;
     struct sched *s = arg;
     if (sched_lease_current(s, NULL)) {
-        /* from a standby's report or registration, or new work from the API */
+        /* from a standby's report or registration, new work from the API, or
+         * loom-admin after it changed a node ("nodes") */
         atomic_store(&s->capacity_freed, true);
+        if (natsMsg_GetDataLength(msg) == 5 && memcmp(natsMsg_GetData(msg), "nodes", 5) == 0)
+            atomic_store(&s->nodes_changed, true);
         loom_service_wake(s->svc);
     }
 }

@@ -523,7 +523,8 @@ int sched_pool_get(struct sched *s, struct loom_db *db, struct sched_pool *pool,
                    struct loom_err *err)
 {
     int64_t age = loom_mono_ms() - pool->loaded_mono;
-    if (pool->loaded && age < SCHED_POOL_MAX_AGE_MS &&
+    bool changed = atomic_exchange(&s->nodes_changed, false);
+    if (!changed && pool->loaded && age < SCHED_POOL_MAX_AGE_MS &&
         !(pool->ran_short && age >= SCHED_POOL_MIN_AGE_MS && atomic_load(&s->capacity_freed)))
         return 0;
     atomic_store(&s->capacity_freed, false);

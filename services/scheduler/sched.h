@@ -168,6 +168,7 @@ struct sched {
     int64_t loop_epoch; /* epoch the loop last rebuilt for */
     struct sched_pool pool;
     atomic_bool capacity_freed; /* set by reports and registrations */
+    atomic_bool nodes_changed;  /* a cordon, drain or uncordon: reload the pool now */
     int64_t last_resend_mono;
     uint64_t rng;
 
