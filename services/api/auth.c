@@ -64,29 +64,12 @@ int api_key_parse(const char *key, char ret_key_id[13], const char **ret_secret,
     return 0;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* bytea in PostgreSQL's hex output format: "\x<64 hex>". */
 static int decode_sha(const char *s, unsigned char out[32])
 {
-    if (!s || strncmp(s, "\\x", 2) != 0 || strlen(s) != 2 + 64)
+    if (!s || strncmp(s, "\\x", 2) != 0)
         return -1;
-    for (int i = 0; i < 32; i++) {
-        int hi = hexval(s[2 + 2 * i]), lo = hexval(s[3 + 2 * i]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (unsigned char)(hi << 4 | lo);
-    }
-    return 0;
+    return loom_unhex(s + 2, out, 32);
 }
 
 static int lookup_key(struct loom_db *db, const char *key_id, struct cached_key *ret,
