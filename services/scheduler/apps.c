@@ -124,6 +124,12 @@ static int app_create(struct sched *s, struct loom_db *db, int64_t epoch, PGresu
     return 0;
 }
 
+/* An instance on a draining node counts as an old one: a replacement is
+ * placed elsewhere first and the instance is stopped once the replacements
+ * run, as in a rollover; cordoned nodes keep what they run. */
+#define ON_DRAINING                                                                                \
+    "EXISTS (SELECT 1 FROM nodes dn WHERE dn.name = node_name AND dn.state = 'draining')"
+
 struct stop_list {
     PGresult *res[64];
     size_t n;
@@ -143,7 +149,7 @@ static int app_stop(struct loom_db *db, const char *app_id, const char *generati
         "UPDATE instances SET desired = 'stop', reason = $5, updated_at = now() WHERE id IN ("
         "  SELECT id FROM instances WHERE app_id = $1::bigint AND desired = 'run' "
         "    AND state IN " SCHED_LIVE_STATES " "
-        "    AND (app_generation = $2::integer) = ($3 = 'cur') "
+        "    AND (app_generation = $2::integer AND NOT " ON_DRAINING ") = ($3 = 'cur') "
         "  ORDER BY state = 'running', created_at DESC LIMIT $4::bigint) "
         "RETURNING id, node_name",
         app_id, generation, which, lim, reason);
@@ -172,10 +178,12 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
         "  a.spec->>'scale_ephemeral_storage_limit' "
         "FROM apps a JOIN projects p ON p.id = a.project_id "
         "LEFT JOIN LATERAL (SELECT "
-        "    count(*) FILTER (WHERE i.app_generation = a.generation) AS live_cur, "
-        "    count(*) FILTER (WHERE i.app_generation = a.generation AND i.state = 'running') "
-        "      AS running_cur, "
-        "    count(*) FILTER (WHERE i.app_generation <> a.generation) AS live_old "
+        "    count(*) FILTER (WHERE i.app_generation = a.generation AND NOT " ON_DRAINING
+        ") AS live_cur, "
+        "    count(*) FILTER (WHERE i.app_generation = a.generation AND NOT " ON_DRAINING
+        "      AND i.state = 'running') AS running_cur, "
+        "    count(*) FILTER (WHERE i.app_generation <> a.generation OR " ON_DRAINING
+        ") AS live_old "
         "  FROM instances i WHERE i.app_id = a.id AND i.desired = 'run' "
         "    AND i.state IN " SCHED_LIVE_STATES ") l ON true "
         "LEFT JOIN LATERAL (SELECT count(*) AS nf, max(finished_at) AS lastf FROM instances i "
@@ -216,7 +224,9 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
             app_stop(db, id, gen, "cur", live - desired, "scaled down", &stops, err) < 0)
             goto fail;
         if (old > 0 && running >= desired &&
-            app_stop(db, id, gen, "old", old, "replaced by a newer generation", &stops, err) < 0)
+            app_stop(db, id, gen, "old", old,
+                     "replaced by a newer generation or moved off a draining node", &stops,
+                     err) < 0)
             goto fail;
     }
     if (loom_db_commit(db, err) < 0)

@@ -43,4 +43,34 @@ all_logs() {
 }
 ok "the logs of all six indices arrive (both logshippers)" wait_for 15 all_logs || diag "$logs"
 
+# --- drain: an app's instance moves to the other node without a gap -------------
+out=$(loom app create moving --image "$LOOM_REGISTRY/loom/busybox:latest" \
+	--cmd 'httpd -f -p 8080 -h /etc' --port 8080 --min-scale 1 --max-scale 1 --cpu 0.125 \
+	--memory 256M 2>&1)
+is "$?" 0 "app create moving (1 instance)" || diag "$out"
+sql() { psql "$LOOM_PG_DSN" -XAtq -F' ' -c "$1" 2>&1; }
+moving_on() {
+	from=$(sql "SELECT i.node_name FROM instances i JOIN apps a ON a.id = i.app_id
+		WHERE a.name = 'moving' AND i.state = 'running' AND i.desired = 'run'")
+	[ -n "$from" ] && { [ -z "${1:-}" ] || [ "$from" = "$1" ]; }
+}
+ok "moving: an instance runs" wait_for 60 moving_on
+first=$from
+other=$node2
+[ "$first" != "$node2" ] || other=$LOOM_NODE_NAME
+ok "loom-admin nodes drain $first" "$bin/loom-admin" nodes drain "$first"
+ok "moving: the instance now runs on $other" wait_for 60 moving_on "$other"
+left_drained() {
+	[ "$(sql "SELECT count(*) FROM instances i JOIN apps a ON a.id = i.app_id
+		WHERE a.name = 'moving' AND i.node_name = '$first'
+		AND i.state IN ('assigned','pulling','starting','running')")" = 0 ]
+}
+ok "moving: nothing of it is left on $first" wait_for 60 left_drained
+gapless=$(sql "SELECT (SELECT min(i.started_at) FROM instances i JOIN apps a ON a.id = i.app_id
+		WHERE a.name = 'moving' AND i.node_name = '$other')
+	<= (SELECT max(i.finished_at) FROM instances i JOIN apps a ON a.id = i.app_id
+		WHERE a.name = 'moving' AND i.node_name = '$first')")
+is "$gapless" t "moving: the replacement ran before the drained instance ended"
+ok "loom-admin nodes uncordon $first" "$bin/loom-admin" nodes uncordon "$first"
+
 finish
