@@ -12,7 +12,7 @@
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/../integration/lib.sh"
 
-starts=${BENCH_STARTS:-60}
+starts=${BENCH_STARTS:-200}
 # Code Engine shapes only (0.125 vCPU : 256M is the smallest); 100 of them
 # need 12.5 vCPU and 25.6 GB of allocatable node: tools/loom-dev passes the
 # caller's environment on to the agent, so these size the bench node
