@@ -7,7 +7,7 @@
 #   2. cold pull + unpack of a 50 MB image from the local registry (the
 #      agent's per-instance "image N ms" figure, fresh image cache)
 #   3. 100 small containers at once on one node, and the agent's own VmRSS
-# BENCH_STARTS (default 60) sets N. LOOM_AGENT_NETNS_POOL=0 and
+# BENCH_STARTS (default 200) sets N. LOOM_AGENT_NETNS_POOL=0 and
 # LOOM_AGENT_WARM_SHIM=0 turn off the start-path optimizations (the "before").
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/../integration/lib.sh"
