@@ -625,6 +625,21 @@ static void warm_shim_refill(struct agent *a)
     pthread_mutex_unlock(&g_warm.mu);
 }
 
+/* The shim pid is ours (a child, warm or just forked): watch it with a
+ * pidfd and record it for a restarted agent to find. */
+static void adopt_shim_child(struct instance *in, struct run *r, pid_t pid)
+{
+    in->shim_pid = pid;
+    in->shim_child = true;
+    r->pidfd = pidfd_open(pid, 0);
+    char path[4200], buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
+    path_in(path, sizeof(path), in, "shim.pid");
+    struct loom_err err = LOOM_ERR_INIT;
+    if (agent_write_file_nosync(path, buf, (size_t)n, &err) < 0)
+        log_warn("instance %s: %s", in->id, err.msg);
+}
+
 static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
 {
     struct agent *a = r->a;
@@ -644,15 +659,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
     pid_t wpid;
     int wstatus;
     if (warm_shim_take(in->id, &wpid, &wstatus)) {
-        in->shim_pid = wpid;
-        in->shim_child = true;
-        r->pidfd = pidfd_open(wpid, 0);
-        char buf[32];
-        int n = snprintf(buf, sizeof(buf), "%d\n", (int)wpid);
-        path_in(path, sizeof(path), in, "shim.pid");
-        struct loom_err e2 = LOOM_ERR_INIT;
-        if (agent_write_file_nosync(path, buf, (size_t)n, &e2) < 0)
-            log_warn("instance %s: %s", in->id, e2.msg);
+        adopt_shim_child(in, r, wpid);
         *ret_status = wstatus;
         return 0;
     }
@@ -688,15 +695,7 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
         _exit(127);
     }
     close(sp[1]);
-    in->shim_pid = pid;
-    in->shim_child = true;
-    r->pidfd = pidfd_open(pid, 0);
-    char buf[32];
-    int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
-    path_in(path, sizeof(path), in, "shim.pid");
-    struct loom_err e2 = LOOM_ERR_INIT;
-    if (agent_write_file_nosync(path, buf, (size_t)n, &e2) < 0)
-        log_warn("instance %s: %s", in->id, e2.msg);
+    adopt_shim_child(in, r, pid);
     *ret_status = sp[0];
     return 0;
 }

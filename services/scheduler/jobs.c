@@ -124,14 +124,7 @@ static int fail_gang_index(struct loom_db *db, const char *run_id, int32_t idx, 
         run_id, num, reason);
     if (!run)
         return -1;
-    _cleanup_pgres_ PGresult *done = loom_db_query(
-        db, err,
-        "UPDATE job_runs SET state = 'failed', finished_at = now(), updated_at = now(), "
-        "  waiting_reason = NULL "
-        "WHERE id = $1::bigint AND state IN ('pending', 'running') "
-        "  AND n_succeeded + n_failed >= array_size",
-        run_id);
-    return done ? 0 : -1;
+    return sched_run_finish_if_settled(db, run_id, err);
 }
 
 /* Places up to budget indices of one locked run (row r of runs). Appends the

@@ -51,6 +51,18 @@ struct report_effect {
 /* The index and run bookkeeping for a job instance that ended. Only the
  * instance that holds the index (instance_id, state running) settles it, so
  * a late report of an instance declared lost changes nothing. */
+int sched_run_finish_if_settled(struct loom_db *db, const char *run_id, struct loom_err *err)
+{
+    _cleanup_pgres_ PGresult *done = loom_db_query(
+        db, err,
+        "UPDATE job_runs SET state = CASE WHEN n_failed = 0 THEN 'completed' ELSE 'failed' END, "
+        "  finished_at = now(), updated_at = now(), waiting_reason = NULL "
+        "WHERE id = $1::bigint AND state IN ('pending', 'running') "
+        "  AND n_succeeded + n_failed >= array_size",
+        run_id);
+    return done ? 0 : -1;
+}
+
 static int settle_index(struct loom_db *db, int64_t backoff_ms, const char *run_id, const char *idx,
                         const char *instance_id, const char *state, bool permanent,
                         const char *exit_code, const char *reason, struct loom_err *err)
@@ -100,14 +112,7 @@ static int settle_index(struct loom_db *db, int64_t backoff_ms, const char *run_
         return -1;
     if (PQntuples(res) == 0)
         return 0;
-    _cleanup_pgres_ PGresult *done = loom_db_query(
-        db, err,
-        "UPDATE job_runs SET state = CASE WHEN n_failed = 0 THEN 'completed' ELSE 'failed' END, "
-        "  finished_at = now(), updated_at = now(), waiting_reason = NULL "
-        "WHERE id = $1::bigint AND state IN ('pending', 'running') "
-        "  AND n_succeeded + n_failed >= array_size",
-        run_id);
-    return done ? 0 : -1;
+    return sched_run_finish_if_settled(db, run_id, err);
 }
 
 /* The index bookkeeping for a job instance that ended (row 0 of cur is the

@@ -217,6 +217,9 @@ void sched_pool_release(struct sched_pool *pool);
 
 /* reports.c */
 int sched_reports_subscribe(struct sched *s, struct loom_err *err);
+/* Ends run_id (completed, or failed when an index failed) once every index
+ * has settled; in the caller's transaction. */
+int sched_run_finish_if_settled(struct loom_db *db, const char *run_id, struct loom_err *err);
 /* Wakes the leader's loop: locally when we lead, else on loom.sched.wake. */
 void sched_wake_leader(struct sched *s);
 /* Records instance_id as failed for good (no retry of its job index), as an
