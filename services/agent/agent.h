@@ -151,7 +151,12 @@ int cni_del(const char *cni_path, const char *conf, const char *id, const char *
 /* ---- cgroup.c ------------------------------------------------------------ */
 
 /* The directory of controller ("memory", "cpuacct", or "" for v2) for the
- * cgroup of pid (0 = self), plus suffix (may be NULL). */
+ * cgroup of pid (0 = self). With suffix (NULL or "" for none), the cgroup
+ * runc makes for that relative cgroupsPath when started by pid: below pid's
+ * own cgroup on v1 and on the unified mount of a hybrid host, below the
+ * parent of pid's own cgroup on pure v2 (there controller is ignored).
+ * LOOM_ENOTFOUND when pid has no such cgroup or its hierarchy is not
+ * mounted. The directory itself need not exist. */
 int cgroup_dir(pid_t pid, const char *controller, const char *suffix, char **ret,
                struct loom_err *err);
 /* Number of OOM kills recorded in the memory cgroup dir (v1 or v2). */
@@ -159,13 +164,20 @@ int cgroup_oom_kills(const char *memdir, uint64_t *ret);
 struct cgroup_usage {
     uint64_t cpu_ns, mem_bytes, mem_peak_bytes;
 };
-/* Usage of the container whose init is pid. */
+/* Usage of the container whose init is pid. Without a peak counter (v2
+ * before Linux 5.19) the peak is the current usage. A missing cpu or memory
+ * counter is an error. */
 int cgroup_usage_of_pid(pid_t pid, struct cgroup_usage *ret, struct loom_err *err);
-/* Usage of the cgroup suffix ("<parent>/<id>") below the caller's own. */
+/* Usage of the cgroup runc made for suffix ("<parent>/<id>"), found as
+ * cgroup_dir(0, ..., suffix) does. */
 int cgroup_usage_of_child(const char *suffix, struct cgroup_usage *ret, struct loom_err *err);
 /* Removes every cgroup dir named name (and its children, killing what runs
  * in them) under every hierarchy in /sys/fs/cgroup. Returns the count. */
 int cgroup_remove_named(const char *name);
+/* For tests: read cgroup_root instead of /sys/fs/cgroup and proc_root
+ * instead of /proc (NULL: the real one). Not thread-safe; call before the
+ * other cgroup functions run. */
+void cgroup_set_roots(const char *cgroup_root, const char *proc_root);
 
 /* ---- probe.c: readiness and liveness probes ---------------------------------- */
 
