@@ -62,6 +62,13 @@ const struct loom_opt agent_opts[] = {
      100, 3600000, "usage sample interval"},
     {"heartbeat-interval", "LOOM_AGENT_HEARTBEAT_INTERVAL", LOOM_OPT_DURATION, &g_agent.o.hb_ms,
      "1s", 100, 60000, "heartbeat interval"},
+    {"userns", "LOOM_AGENT_USERNS", LOOM_OPT_STRING, &g_agent.o.userns, "auto", 0, 0,
+     "user namespaces: auto (where the host can), on (required), off"},
+    {"userns-ranges", "LOOM_AGENT_USERNS_RANGES", LOOM_OPT_STRING, &g_agent.o.userns_ranges,
+     "/var/lib/loom/userns-ranges", 0, 0,
+     "file of the projects' host id ranges, shared by the agents of a host"},
+    {"userns-base", "LOOM_AGENT_USERNS_BASE", LOOM_OPT_INT, &g_agent.o.userns_base, "1048576",
+     65536, 4294836224LL, "first host id given to a project (a multiple of 65536)"},
     {"finished-retention", "LOOM_AGENT_FINISHED_RETENTION", LOOM_OPT_DURATION,
      &g_agent.o.retention_ms, "10m", 0, 0, "how long finished instance dirs (logs) are kept"},
 };
@@ -859,6 +866,68 @@ static void adopt_all(struct agent *a)
 
 /* ---- service hooks ------------------------------------------------------------ */
 
+/* Whether every directory above path lets others through (x for others):
+ * a container's root is nobody on the host. */
+static int walkable_to(const char *path, struct loom_err *err)
+{
+    _cleanup_free_ char *p = realpath(path, NULL);
+    if (!p)
+        return loom_err_sys(err, errno, "could not resolve \"%s\"", path);
+    for (char *slash = strrchr(p, '/'); slash; slash = strrchr(p, '/')) {
+        *slash = 0;
+        const char *dir = p[0] ? p : "/";
+        struct stat st;
+        if (stat(dir, &st) < 0)
+            return loom_err_sys(err, errno, "could not stat \"%s\"", dir);
+        if (!(st.st_mode & S_IXOTH))
+            return loom_err_set(err, LOOM_EUNAVAIL,
+                                "\"%s\" (above the state dir) is closed to other users "
+                                "(mode %o): a container's root could not reach its rootfs",
+                                dir, (unsigned)(st.st_mode & 07777));
+        if (!p[0])
+            break;
+    }
+    return 0;
+}
+
+/* Decides --userns: the probe runs on the layer cache's file system. Runc's
+ * init, as the container's root (an unmapped host id), must walk from / to
+ * the rootfs: the state dir and instances/ become 0711 (no listing). */
+static int setup_userns(struct agent *a, struct loom_err *err)
+{
+    const char *mode = a->o.userns;
+    if (strcmp(mode, "off") == 0)
+        return 0;
+    if (strcmp(mode, "auto") != 0 && strcmp(mode, "on") != 0)
+        return loom_err_set(err, LOOM_EINVAL, "--userns must be auto, on or off, not \"%s\"", mode);
+    if (a->o.userns_base % 65536 != 0)
+        return loom_err_set(err, LOOM_EINVAL, "--userns-base must be a multiple of 65536");
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/images/userns-probe", a->o.state_dir);
+    struct loom_err perr = LOOM_ERR_INIT;
+    if (walkable_to(a->o.state_dir, &perr) < 0 || userns_probe(dir, &perr) < 0) {
+        if (strcmp(mode, "on") == 0)
+            return loom_err_set(err, LOOM_EUNAVAIL,
+                                "user namespaces asked for (--userns on), but: %s", perr.msg);
+        log_warn("user namespaces off: %s", perr.msg);
+        return 0;
+    }
+    const char *dirs[] = {a->o.state_dir, "instances"};
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(dirs); i++) {
+        char p[4200];
+        if (i == 0)
+            snprintf(p, sizeof(p), "%s", dirs[i]);
+        else
+            snprintf(p, sizeof(p), "%s/%s", a->o.state_dir, dirs[i]);
+        if (chmod(p, 0711) < 0)
+            return loom_err_sys(err, errno, "could not open \"%s\" to user namespaces", p);
+    }
+    a->userns = true;
+    log_info("user namespaces on: each project's containers get 65536 host ids from %s",
+             a->o.userns_ranges);
+    return 0;
+}
+
 int agent_start(struct loom_service *svc, struct loom_err *err)
 {
     struct agent *a = &g_agent;
@@ -923,6 +992,8 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
         .dir = p, .max_bytes = a->o.image_cache_size, .insecure_hosts = a->o.insecure};
     if (image_store_open(&io, &a->images, err) < 0)
         return loom_err_wrap(err, "image store");
+    if (setup_userns(a, err) < 0)
+        return -1;
 
     static const double buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120};
     a->m_running = loom_metric_gauge("loom_agent_instances_running", NULL,

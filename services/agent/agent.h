@@ -68,6 +68,11 @@ struct bundle_spec {
     size_t ndevices;
     const struct bundle_bind *binds; /* read-only, nosuid, nodev, noexec */
     size_t nbinds;
+    /* user namespace: container ids 0..65535 are host ids userns_base + id;
+     * 0: no user namespace */
+    uint32_t userns_base;
+    /* NULL: a new sysfs; else /sys is a read-only bind of this directory */
+    const char *sysfs_source;
 };
 
 /* A mount path a container may have: absolute, normalised (no empty, "."
@@ -86,6 +91,37 @@ int bundle_config(const struct bundle_spec *spec, json_t **ret, struct loom_err 
 int bundle_resolve_user(const char *user, const char *passwd, const char *group, uint32_t *ret_uid,
                         uint32_t *ret_gid, struct loom_err *err);
 
+/* ---- userns.c: user namespaces ------------------------------------------- */
+
+/* The first host id of project's 65536 ids, from the ranges file at path
+ * (created when absent; shared by the agents of a host, under flock): the
+ * project's recorded range, or the lowest free one at or above first_base
+ * (a multiple of 65536) that overlaps no /etc/subuid or /etc/subgid range,
+ * recorded. */
+int userns_range(const char *path, uint32_t first_base, const char *project, uint32_t *ret_base,
+                 struct loom_err *err);
+/* A user namespace mapping ids 0..65535 to base..base+65535 (uid and gid):
+ * a descriptor the caller closes. */
+int userns_open(uint32_t base, int *ret_fd, struct loom_err *err);
+/* Same, one per base for this process's life: the caller must not close it. */
+int userns_open_cached(uint32_t base, int *ret_fd, struct loom_err *err);
+/* Mounts at dst (a directory) a read-only sysfs of the network namespace
+ * at netns_path, and lets every user of that namespace bind ports below
+ * 1024 (a container's root in a user namespace has no CAP_NET_BIND_SERVICE
+ * over a namespace the host made). */
+int userns_netns_sysfs(const char *netns_path, const char *dst, struct loom_err *err);
+/* Mounts a read-only (nosuid, nodev) copy of the mount of directory src on
+ * dst (created), its owners mapped through the user namespace userns_fd. */
+int userns_idmap_bind(const char *src, const char *dst, int userns_fd, struct loom_err *err);
+/* Unmounts and removes every entry (a directory) of dir, then dir. -1 if
+ * one stays. */
+int userns_unmount_dir(const char *dir);
+/* Whether this host can run containers in user namespaces over ID-mapped
+ * layers: makes an overlay of an ID-mapped directory in dir (a scratch
+ * directory on the layer cache's file system, removed after) and checks the
+ * owners it shows. The reason when not. */
+int userns_probe(const char *dir, struct loom_err *err);
+
 /* ---- proc.c: running helper programs ------------------------------------- */
 
 /* Runs argv (path in argv[0]) with env (NULL: inherit), feeding stdin_data
@@ -96,6 +132,17 @@ int agent_run(const char *const *argv, const char *const *env, const char *stdin
 
 /* True when pid is alive and its cmdline is `... shim ... --id <id>`. */
 bool agent_is_our_shim(pid_t pid, const char *id);
+
+/* A child process holding new namespaces: /proc/<pid>/ns/... are they until
+ * ns_child_end. */
+struct ns_child {
+    pid_t pid;
+    int release_fd;
+};
+/* Forks a child that unshares flags (CLONE_NEW*). */
+int ns_child_start(int flags, struct ns_child *ret, struct loom_err *err);
+/* Lets the child exit and reaps it. */
+void ns_child_end(struct ns_child *c);
 
 /* ---- cni.c: network namespaces and CNI plugins ----------------------------- */
 

@@ -46,6 +46,7 @@ struct instance {
     bool running, exited;
     char ip[64];
     uint64_t gpu_mask;
+    uint32_t uid_base; /* the project's first host id; 0: no user namespace */
     uint64_t usage_seq;
     /* stop request */
     bool stop_requested;
@@ -66,8 +67,9 @@ struct agent_gpu {
 struct agent {
     struct {
         char *node_name, *node_address, *state_dir, *subnet, *bridge, *cgroup_parent, *runtime,
-            *cni_path, *insecure, *labels, *gpus;
-        int64_t image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms, retention_ms;
+            *cni_path, *insecure, *labels, *gpus, *userns, *userns_ranges;
+        int64_t userns_base, image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms,
+            retention_ms;
     } o;
     struct loom_service *svc;
     pthread_mutex_t mu;
@@ -81,6 +83,7 @@ struct agent {
     struct agent_gpu gpus[AGENT_MAX_GPUS];
     int ngpus;
     uint64_t gpus_held;
+    bool userns; /* containers run in user namespaces (--userns) */
     char *cni_conf;
     struct image_store *images;
     volatile bool stopping, registered;

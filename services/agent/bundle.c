@@ -126,7 +126,12 @@ static json_t *mounts(const struct bundle_spec *s)
     json_array_append_new(m, mount_entry("/dev/pts", "devpts", "devpts", pts_o, 5));
     json_array_append_new(m, mount_entry("/dev/shm", "tmpfs", "shm", shm_o, 5));
     json_array_append_new(m, mount_entry("/dev/mqueue", "mqueue", "mqueue", mq_o, 3));
-    json_array_append_new(m, mount_entry("/sys", "sysfs", "sysfs", sys_o, 4));
+    if (s->sysfs_source) {
+        static const char *const sysb_o[] = {"bind", "ro", "nosuid", "noexec", "nodev"};
+        json_array_append_new(m, mount_entry("/sys", "bind", s->sysfs_source, sysb_o, 5));
+    } else {
+        json_array_append_new(m, mount_entry("/sys", "sysfs", "sysfs", sys_o, 4));
+    }
     json_array_append_new(m, mount_entry("/tmp", "tmpfs", "tmpfs", tmp_o, 3));
     static const char *const bind_o[] = {"rbind", "ro", "nosuid", "nodev", "noexec"};
     for (size_t i = 0; i < s->nbinds; i++)
@@ -262,6 +267,8 @@ int bundle_config(const struct bundle_spec *s, json_t **ret, struct loom_err *er
         json_array_append_new(ns, json_pack("{s:s}", "type", "network"));
     json_array_append_new(ns, json_pack("{s:s}", "type", "ipc"));
     json_array_append_new(ns, json_pack("{s:s}", "type", "uts"));
+    if (s->userns_base)
+        json_array_append_new(ns, json_pack("{s:s}", "type", "user"));
 
     json_t *devices = json_array();
     for (size_t i = 0; i < s->ndevices; i++)
@@ -277,6 +284,12 @@ int bundle_config(const struct bundle_spec *s, json_t **ret, struct loom_err *er
                   str_array(masked_paths, LOOM_ARRAY_SIZE(masked_paths)), "readonlyPaths",
                   str_array(readonly_paths, LOOM_ARRAY_SIZE(readonly_paths)), "seccomp", seccomp(),
                   "devices", devices);
+    if (linux_ && s->userns_base) {
+        json_t *map = json_pack("[{s:I,s:I,s:I}]", "containerID", (json_int_t)0, "hostID",
+                                (json_int_t)s->userns_base, "size", (json_int_t)65536);
+        json_object_set(linux_, "uidMappings", map);
+        json_object_set_new(linux_, "gidMappings", map);
+    }
 
     json_t *cfg =
         json_pack("{s:s,s:o,s:{s:s,s:b},s:s,s:o,s:o}", "ociVersion", "1.0.2", "process", process,

@@ -28,50 +28,18 @@ int netns_create(const char *path, struct loom_err *err)
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
     if (fd < 0)
         return loom_err_sys(err, errno, "could not create \"%s\"", path);
-    int p1[2], p2[2];
-    if (pipe2(p1, O_CLOEXEC) < 0)
-        return loom_err_sys(err, errno, "pipe");
-    if (pipe2(p2, O_CLOEXEC) < 0) {
-        close(p1[0]), close(p1[1]);
-        return loom_err_sys(err, errno, "pipe");
-    }
-    /* a child makes the namespace and holds it while we bind-mount it:
-     * unshare in a thread of this process would move that thread */
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(p1[0]), close(p1[1]), close(p2[0]), close(p2[1]);
-        return loom_err_sys(err, e, "fork");
-    }
-    if (pid == 0) {
-        close(p1[0]);
-        close(p2[1]);
-        char c = unshare(CLONE_NEWNET) == 0 ? 'y' : 'n';
-        if (write(p1[1], &c, 1) != 1)
-            _exit(1);
-        (void)!read(p2[0], &c, 1);
-        _exit(0);
-    }
-    close(p1[1]);
-    close(p2[0]);
-    char c = 0;
+    struct ns_child child;
     int rc = 0;
-    if (read(p1[0], &c, 1) != 1 || c != 'y') {
-        rc = loom_err_set(err, LOOM_EIO, "could not create a network namespace");
+    if (ns_child_start(CLONE_NEWNET, &child, err) < 0) {
+        rc = loom_err_wrap(err, "network namespace");
     } else {
         char src[64];
-        snprintf(src, sizeof(src), "/proc/%d/ns/net", (int)pid);
+        snprintf(src, sizeof(src), "/proc/%d/ns/net", (int)child.pid);
         if (mount(src, path, NULL, MS_BIND, NULL) < 0)
             rc = loom_err_sys(err, errno, "could not bind-mount the network namespace on \"%s\"",
                               path);
+        ns_child_end(&child);
     }
-    close(p1[0]);
-    /* lets the child exit (a byte, not EOF: a concurrent fork elsewhere in
-     * the agent may hold a copy of the write end) */
-    (void)!write(p2[1], "x", 1);
-    close(p2[1]);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
     if (rc < 0)
         unlink(path);
     return rc;

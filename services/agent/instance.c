@@ -64,6 +64,8 @@ struct run {
     bool have_liveness;
     struct probe liveness;
     int64_t running_at;
+    /* the project's user namespace (--userns), kept by userns_open_cached */
+    int userns_fd;
 };
 
 void instance_free(struct instance *in)
@@ -190,6 +192,26 @@ static void add_device(struct bundle_device *devs, size_t *n, const char *path)
 
 /* ---- setup ------------------------------------------------------------------------- */
 
+/* The project's host ids; the instance dir becomes reachable (not
+ * readable) by the container's root, which runc's init runs as when it
+ * mounts the rootfs inside. runc makes the container's user namespace (the
+ * same mapping); the agent's own of the range ID-maps the layers. */
+static int setup_userns(struct run *r, struct loom_err *err)
+{
+    struct agent *a = r->a;
+    struct instance *in = r->in;
+    uint32_t base;
+    if (userns_range(a->o.userns_ranges, (uint32_t)a->o.userns_base, in->assign->project, &base,
+                     err) < 0)
+        return loom_err_wrap(err, "user namespace");
+    if (userns_open_cached(base, &r->userns_fd, err) < 0)
+        return loom_err_wrap(err, "user namespace");
+    if (chown(in->dir, 0, base) < 0 || chmod(in->dir, 0710) < 0)
+        return loom_err_sys(err, errno, "could not set the owner of \"%s\"", in->dir);
+    in->uid_base = base;
+    return 0;
+}
+
 static int mount_rootfs(struct run *r, struct image *img, struct loom_err *err)
 {
     struct instance *in = r->in;
@@ -212,6 +234,11 @@ static int mount_rootfs(struct run *r, struct image *img, struct loom_err *err)
     if (loom_mkdir_p(upper, 0755, err) < 0 || loom_mkdir_p(work, 0700, err) < 0)
         return -1;
     struct strbuf o = STRBUF_INIT;
+    int userns_fd = in->uid_base ? r->userns_fd : -1;
+    /* the container's root owns the writable layer's root; what it copies
+     * up keeps the shifted owner the ID-mapped layers show */
+    if (in->uid_base && chown(upper, in->uid_base, in->uid_base) < 0)
+        return loom_err_sys(err, errno, "could not set the owner of \"%s\"", upper);
     strbuf_addstr(&o, "lowerdir=");
     if (img->nlayers == 0) {
         char empty[4300];
@@ -219,8 +246,24 @@ static int mount_rootfs(struct run *r, struct image *img, struct loom_err *err)
         loom_mkdir_p(empty, 0755, NULL);
         strbuf_addstr(&o, empty);
     }
-    for (size_t i = img->nlayers; i > 0; i--) /* top first */
-        strbuf_addf(&o, "%s%s", i == img->nlayers ? "" : ":", img->layer_dirs[i - 1]);
+    for (size_t i = img->nlayers; i > 0; i--) { /* top first */
+        const char *layer = img->layer_dirs[i - 1];
+        char mapped[4300];
+        if (userns_fd >= 0) {
+            /* <dir>/lower/<i>: the shared layer, ID-mapped for this project */
+            path_in(mapped, sizeof(mapped), in, "lower");
+            if (i == img->nlayers && mkdir(mapped, 0700) < 0 && errno != EEXIST)
+                return loom_err_sys(err, errno, "could not create \"%s\"", mapped);
+            size_t l = strlen(mapped);
+            snprintf(mapped + l, sizeof(mapped) - l, "/%zu", i - 1);
+            if (userns_idmap_bind(layer, mapped, userns_fd, err) < 0) {
+                strbuf_release(&o);
+                return -1;
+            }
+            layer = mapped;
+        }
+        strbuf_addf(&o, "%s%s", i == img->nlayers ? "" : ":", layer);
+    }
     strbuf_addf(&o, ",upperdir=%s,workdir=%s", upper, work);
     if (o.len >= 4096) {
         /* mount(2) takes one page of options; fsconfig's "lowerdir+" would
@@ -373,6 +416,11 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         if (bundle_resolve_user(img->config.user, passwd, group, &uid, &gid, err) < 0)
             return -1;
     }
+    if (in->uid_base && (uid > 65535 || gid > 65535))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "image user %" PRIu32 ":%" PRIu32
+                            " is outside the 65536 ids of the container's user namespace",
+                            uid, gid);
 
     if (as->n_mounts > 64)
         return loom_err_set(err, LOOM_EINVAL, "too many mounts (%zu, at most 64)", as->n_mounts);
@@ -380,7 +428,8 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
     char(*srcs)[4300] = calloc(as->n_mounts ? as->n_mounts : 1, sizeof(*srcs));
     if (!srcs)
         abort();
-    if (write_mounts(in, uid, gid, binds, srcs, err) < 0) {
+    /* the files' owner as the host sees the container's user */
+    if (write_mounts(in, in->uid_base + uid, in->uid_base + gid, binds, srcs, err) < 0) {
         free(srcs);
         return -1;
     }
@@ -408,8 +457,9 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
             abort();
         strbuf_release(&vis);
     }
-    char cgpath[512];
+    char cgpath[512], sysfs[4200];
     snprintf(cgpath, sizeof(cgpath), "%s/%s", a->o.cgroup_parent, in->id);
+    path_in(sysfs, sizeof(sysfs), in, "sys");
     struct bundle_spec spec = {
         .id = in->id,
         .hostname = in->id,
@@ -428,6 +478,8 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .ndevices = ndev,
         .binds = binds,
         .nbinds = as->n_mounts,
+        .userns_base = in->uid_base,
+        .sysfs_source = in->uid_base ? sysfs : NULL,
     };
     _cleanup_json_ json_t *cfg = NULL;
     int rc = bundle_config(&spec, &cfg, err);
@@ -502,6 +554,12 @@ static int setup_network(struct run *r, struct loom_err *err)
         return -1;
     if (cni_isolation_setup(a->o.bridge, a->o.subnet, err) < 0)
         return -1;
+    if (in->uid_base) {
+        char sys[4200];
+        path_in(sys, sizeof(sys), in, "sys");
+        if (userns_netns_sysfs(r->netns, sys, err) < 0)
+            return -1;
+    }
     r->admit_mark = mark;
     r->admit_err = (struct loom_err)LOOM_ERR_INIT;
     if (pthread_create(&r->admit, NULL, admit_main, r) == 0) {
@@ -839,6 +897,8 @@ static int setup(struct run *r, struct loom_err *err)
     t_reports += t1 - t_rep2;
     if (gpus_take(a, in, err) < 0)
         return -1;
+    if (a->userns && setup_userns(r, err) < 0)
+        return -1;
     if (mount_rootfs(r, in->img, err) < 0)
         return -1;
     int64_t t2 = loom_mono_ms();
@@ -1037,6 +1097,14 @@ static void teardown(struct run *r)
     bool rootfs_ok = umount2(path, MNT_DETACH) == 0 || errno == EINVAL || errno == ENOENT;
     if (rootfs_ok)
         rmdir(path);
+    /* user namespaces: the ID-mapped layers below it, the network's sysfs */
+    path_in(path, sizeof(path), in, "lower");
+    if (userns_unmount_dir(path) < 0)
+        log_warn("instance %s: could not unmount every layer in \"%s\"", in->id, path);
+    path_in(path, sizeof(path), in, "sys");
+    if ((umount2(path, MNT_DETACH) == 0 || errno == EINVAL || errno == ENOENT) && rmdir(path) < 0 &&
+        errno != ENOENT)
+        log_warn("instance %s: could not remove \"%s\"", in->id, path);
     snprintf(netns, sizeof(netns), "%s/netns/%s", a->o.state_dir, in->id);
     path_in(path, sizeof(path), in, "net.json");
     _cleanup_free_ char *nt = NULL;
@@ -1211,6 +1279,7 @@ void instance_spawn(struct agent *a, struct instance *in, bool adopt_it)
     r->in = in;
     r->adopt = adopt_it;
     r->pidfd = -1;
+    r->userns_fd = -1;
     in->thread_running = true;
     in->in_setup = !adopt_it;
     pthread_attr_t at;

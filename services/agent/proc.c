@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,4 +144,58 @@ bool agent_is_our_shim(pid_t pid, const char *id)
     }
     /* a zombie has an empty cmdline: treat as gone */
     return shim && idmatch;
+}
+
+int ns_child_start(int flags, struct ns_child *ret, struct loom_err *err)
+{
+    /* unshare in a thread of this process would move that thread: a child
+     * makes the namespace and holds it until ns_child_end */
+    int ready[2], hold[2];
+    if (pipe2(ready, O_CLOEXEC) < 0)
+        return loom_err_sys(err, errno, "pipe");
+    if (pipe2(hold, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(ready[0]), close(ready[1]);
+        return loom_err_sys(err, e, "pipe");
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c = unshare(flags) == 0 ? 'y' : 'n';
+        if (write(ready[1], &c, 1) != 1)
+            _exit(1);
+        (void)!read(hold[0], &c, 1);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    if (pid < 0) {
+        int e = errno;
+        close(ready[0]), close(hold[1]);
+        return loom_err_sys(err, e, "fork");
+    }
+    char c = 0;
+    ssize_t n;
+    while ((n = read(ready[0], &c, 1)) < 0 && errno == EINTR)
+        ;
+    close(ready[0]);
+    struct ns_child child = {.pid = pid, .release_fd = hold[1]};
+    if (n != 1 || c != 'y') {
+        ns_child_end(&child);
+        return loom_err_set(err, LOOM_EIO, "could not create a namespace");
+    }
+    *ret = child;
+    return 0;
+}
+
+void ns_child_end(struct ns_child *c)
+{
+    if (c->pid <= 0)
+        return;
+    /* a byte, not EOF: a concurrent fork elsewhere in the agent may hold a
+     * copy of the write end until it execs */
+    (void)!write(c->release_fd, "x", 1);
+    close(c->release_fd);
+    while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    c->pid = 0;
 }

@@ -8,7 +8,9 @@
 #      agent's per-instance "image N ms" figure, fresh image cache)
 #   3. 100 small containers at once on one node, and the agent's own VmRSS
 # BENCH_STARTS (default 200) sets N. LOOM_AGENT_NETNS_POOL=0 and
-# LOOM_AGENT_WARM_SHIM=0 turn off the start-path optimizations (the "before").
+# LOOM_AGENT_WARM_SHIM=0 turn off the start-path optimizations (the "before");
+# LOOM_AGENT_USERNS=off runs the containers without user namespaces, for the
+# cost of them (ID-mapped layer mounts, a network namespace per start).
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/../integration/lib.sh"
 
@@ -95,6 +97,9 @@ peak_running=$running
 wait_for 120 run_ended hundred
 hundred="$(run_field hundred .status_details.succeeded) succeeded, $(run_field hundred .status_details.failed) failed"
 
+userns=$(grep -o 'user namespaces o[nf]*' "$alog" | head -n1)
+userns=${userns#user namespaces }
+userns=${userns:-off}
 if [ "$peak_running" -lt 100 ]; then
 	# why not all at once: what the scheduler and the agent said
 	cp "$alog" "${BENCH_KEEP_LOG:-/dev/null}" 2>/dev/null
@@ -109,6 +114,7 @@ rm -rf --one-file-system "$LOOM_HOME"
 printf '\n%-58s %s\n' "figure (agent bench, $(nproc) cpus)" "result      issue target / anchor"
 printf '%-58s %s\n' "network namespace pool (LOOM_AGENT_NETNS_POOL)" "${LOOM_AGENT_NETNS_POOL:-4 (default)}"
 printf '%-58s %s\n' "warm shim (LOOM_AGENT_WARM_SHIM)" "${LOOM_AGENT_WARM_SHIM:-1 (default)}"
+printf '%-58s %s\n' "user namespaces (LOOM_AGENT_USERNS=${LOOM_AGENT_USERNS:-auto})" "$userns"
 printf '%-58s %s\n' "assign -> process running, cached image, p50 (n=${#lat[@]})" "${start_p50} ms       <= 60 ms"
 printf '%-58s %s\n' "assign -> process running, cached image, p99" "${start_p99} ms       <= 150 ms"
 printf '%-58s %s\n' "  median parts" "$parts"

@@ -260,6 +260,72 @@ was_running=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN ap
 like "$was_running" '^[1-9]' "it was RUNNING (readiness passed) before that"
 api DELETE "/v1/projects/$LOOM_PROJECT/apps/unwell"
 
+# --- user namespaces ------------------------------------------------------------------------
+# Each project's containers run as their own 65536 host ids, over ID-mapped
+# image layers (the agent's --userns auto turns this on where the host can).
+if grep -q '"user namespaces off: ' "$LOOM_HOME/logs/agent.log"; then
+	diag "user namespaces are off on this host: $(grep -o 'user namespaces off: [^"]*' "$LOOM_HOME/logs/agent.log" | head -1)"
+else
+	like "$(grep -o 'user namespaces on[^"]*' "$LOOM_HOME/logs/agent.log" | head -1)" 'user namespaces on' \
+		"the agent runs containers in user namespaces"
+	userns_cmd='cat /proc/self/uid_map; cat /proc/self/gid_map; echo "uid=$(id -u) gid=$(id -g)"
+stat -c "passwd-owner %u:%g" /etc/passwd
+echo "sys-net $(ls /sys/class/net | tr "\n" " ")"
+httpd -p 80 -h /etc && echo low-port-bound
+echo "nobody-was-here" >>/etc/passwd && echo image-file-written
+echo x >/userns-marker && echo marker-written
+i=0; while [ ! -e /go ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+echo done'
+	submit userns --cmd "$userns_cmd"
+	wait_logs userns 'marker-written'
+	uidmap=$(sed -n 's/^stdout  *0  *\([0-9][0-9]*\)  *65536$/\1/p' <<<"$logs" | head -1)
+	gidmap=$(sed -n 's/^stdout  *0  *\([0-9][0-9]*\)  *65536$/\1/p' <<<"$logs" | sed -n 2p)
+	diag "project $LOOM_PROJECT: container ids 0-65535 are host ids ${uidmap:-?}-"
+	ok "uid_map inside maps 0..65535 to a range above 1048575 (${uidmap:-none})" \
+		test "${uidmap:-0}" -ge 1048576 -a $((${uidmap:-1} % 65536)) -eq 0
+	is "$gidmap" "$uidmap" "gid_map maps the same range"
+	like "$logs" 'stdout uid=0 gid=0' "the process is root inside"
+	like "$logs" 'stdout passwd-owner 0:0' "the image's files are owned by root inside (ID-mapped layers)"
+	like "$logs" 'stdout image-file-written' "container root can change an image file"
+	# sysfs is the container's own (its network namespace belongs to the
+	# project's user namespace), not the host's
+	like "$logs" '^stdout sys-net (eth0 lo|lo eth0) ?$' "/sys shows the container's own interfaces"
+	like "$logs" '^stdout low-port-bound' "root inside can listen on port 80"
+	marker=$(find "$LOOM_HOME/agent/instances" -path '*/scratch/upper/userns-marker' 2>/dev/null | head -1)
+	ok "the written file is in the instance's upper layer on the host" test -n "$marker"
+	is "$(stat -c %u:%g "$marker" 2>/dev/null)" "$uidmap:$uidmap" \
+		"on the host it is owned by the project's root id, not by root"
+	passwd_up=$(dirname "$marker")/etc/passwd
+	is "$(stat -c %u:%g "$passwd_up" 2>/dev/null)" "$uidmap:$uidmap" "so is the copied-up image file"
+	userns_dir=${marker%/scratch/upper/userns-marker}
+	layers=$(awk '{ print $5 }' /proc/self/mountinfo | grep -cF "$userns_dir/lower/")
+	ok "the image layers are mounted ID-mapped for it ($layers)" test "$layers" -ge 1
+	# the test is done looking: the container may end
+	touch "$userns_dir/rootfs/go"
+	wait_run userns 60
+	is "$(run_field userns .status)" completed "the job completes"
+	no_mounts() { ! awk '{ print $5 }' /proc/self/mountinfo | grep -qF "$userns_dir/"; }
+	ok "nothing of the instance stays mounted once it is cleaned up" wait_for 30 no_mounts
+	ok "its lower/ directory is gone" wait_for 10 test ! -e "$userns_dir/lower"
+	# a second project gets another range
+	out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom jobrun submit --name userns-b --image "$image" \
+		--retrylimit 0 --cmd 'cat /proc/self/uid_map' 2>&1) || diag "$out"
+	other_map() {
+		api GET "/v1/projects/$other/job_runs/userns-b/logs" "" "$other_key"
+		other_base=$(jq -r '.lines[].line' <<<"$http_body" 2>/dev/null |
+			sed -n 's/^ *0  *\([0-9][0-9]*\)  *65536$/\1/p' | head -1)
+		[ -n "$other_base" ]
+	}
+	ok "the other project's job prints its uid_map" wait_for 60 other_map
+	diag "project $other: host ids ${other_base:-?}-"
+	ok "the two projects' ranges do not overlap (${uidmap:-?} vs ${other_base:-?})" \
+		test $(((${other_base:-0} - ${uidmap:-0}) / 65536)) -ne 0
+	# the same project keeps its range
+	submit userns-again --cmd 'cat /proc/self/uid_map'
+	wait_logs userns-again ' 65536'
+	like "$logs" "^stdout +0 +$uidmap +65536" "the project's next container gets the same range"
+fi
+
 # --- kill -9 of the agent mid-run, then restart ----------------------------------------------
 submit survivor --cmd 'echo "start $(date +%s)"; sleep 8; echo "survivor done"'
 running() { [ "$(run_field survivor .status)" = running ]; }

@@ -281,12 +281,63 @@ static void test_mounts(void **state)
     assert_false(bundle_mount_file_name_valid("a b"));
 }
 
+static void test_userns(void **state)
+{
+    (void)state;
+    struct bundle_spec s = base_spec();
+    json_t *cfg = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    /* without: no user namespace, no mappings */
+    assert_int_equal(bundle_config(&s, &cfg, &err), 0);
+    json_t *l = json_object_get(cfg, "linux");
+    assert_null(json_object_get(l, "uidMappings"));
+    json_decref(cfg);
+
+    s.userns_base = 3 * 65536;
+    s.sysfs_source = "/var/lib/loom/agent/instances/x/sys";
+    assert_int_equal(bundle_config(&s, &cfg, &err), 0);
+    l = json_object_get(cfg, "linux");
+    json_t *ns = json_object_get(l, "namespaces");
+    assert_int_equal(json_array_size(ns), 6);
+    json_t *u = json_array_get(ns, 5);
+    assert_string_equal(json_string_value(json_object_get(u, "type")), "user");
+    assert_null(json_object_get(u, "path"));
+    /* /sys: a read-only bind of the sysfs the agent mounted for the network */
+    json_t *mnts = json_object_get(cfg, "mounts");
+    json_t *sys = NULL;
+    for (size_t i = 0; i < json_array_size(mnts); i++)
+        if (strcmp(json_string_value(json_object_get(json_array_get(mnts, i), "destination")),
+                   "/sys") == 0)
+            sys = json_array_get(mnts, i);
+    assert_non_null(sys);
+    assert_string_equal(json_string_value(json_object_get(sys, "type")), "bind");
+    assert_string_equal(json_string_value(json_object_get(sys, "source")), s.sysfs_source);
+    json_t *o = json_object_get(sys, "options");
+    assert_true(array_has(o, "ro") && array_has(o, "nosuid") && array_has(o, "nodev") &&
+                array_has(o, "noexec"));
+    assert_false(array_has(o, "rbind"));
+    const char *maps[] = {"uidMappings", "gidMappings"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *m = json_object_get(l, maps[i]);
+        assert_int_equal(json_array_size(m), 1);
+        json_t *e = json_array_get(m, 0);
+        assert_int_equal(json_integer_value(json_object_get(e, "containerID")), 0);
+        assert_int_equal(json_integer_value(json_object_get(e, "hostID")), 196608);
+        assert_int_equal(json_integer_value(json_object_get(e, "size")), 65536);
+    }
+    /* the process's ids stay container ids */
+    json_t *user = json_object_get(json_object_get(cfg, "process"), "user");
+    assert_int_equal(json_integer_value(json_object_get(user, "uid")), 0);
+    json_decref(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_process), cmocka_unit_test(test_linux),
         cmocka_unit_test(test_devices), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_user),    cmocka_unit_test(test_mounts),
+        cmocka_unit_test(test_userns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
