@@ -573,6 +573,8 @@ fail:
 
 /* --- the client ------------------------------------------------------------------------- */
 
+#define REGISTRY_TOKEN_REFRESH_MS 60000
+
 struct registry_client {
     char *base;  /* "http://127.0.0.1:5000/v2/<repo>" */
     char *host;  /* for messages */
@@ -581,6 +583,7 @@ struct registry_client {
     char *basic; /* "Authorization: Basic ..." when credentials were given */
     char *authz; /* the header sent now: a bearer token, basic, or NULL */
     bool tried_token;
+    int64_t token_ms; /* when the token was fetched (monotonic) */
 };
 
 void registry_client_free(struct registry_client *c)
@@ -787,8 +790,12 @@ static int handle_unauthorized(struct registry_client *c, const char *www_authen
     struct challenge ch;
     parse_challenge(www_authenticate ? www_authenticate : "", &ch);
     int r;
-    if (strcasecmp(ch.scheme, "Bearer") == 0 && !c->tried_token) {
+    /* a token that worked can expire in a long pull (Docker Hub's last
+     * 300 s): a refused one older than a minute is fetched again */
+    if (strcasecmp(ch.scheme, "Bearer") == 0 &&
+        (!c->tried_token || loom_mono_ms() - c->token_ms > REGISTRY_TOKEN_REFRESH_MS)) {
         c->tried_token = true;
+        c->token_ms = loom_mono_ms();
         r = fetch_token(c, &ch, err);
     } else if (strcasecmp(ch.scheme, "Basic") == 0 && c->basic &&
                (!c->authz || strcmp(c->authz, c->basic) != 0)) {
