@@ -397,10 +397,12 @@ static void *netpool_main(void *arg)
         pthread_mutex_lock(&p->mu);
         while (p->nready + p->making >= p->size)
             pthread_cond_wait(&p->cond, &p->mu);
-        /* a start that just took an entry is still in runc: while entries
-         * are left, refill a little later instead of competing for the cpu */
+        /* a start that just took an entry is still in runc: while half the
+         * pool is left, refill a little later instead of competing for the
+         * cpu; below that, now, or a run of starts drains it and the next
+         * start pays for a whole CNI ADD */
         int64_t quiet = p->last_take_ms + NETPOOL_REFILL_DELAY_MS - loom_mono_ms();
-        if (p->nready > 0 && quiet > 0) {
+        if (p->nready * 2 >= p->size && quiet > 0) {
             pthread_mutex_unlock(&p->mu);
             usleep((useconds_t)quiet * 1000);
             continue;

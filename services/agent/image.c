@@ -482,8 +482,11 @@ static int do_pull(struct pull_ctx *ctx, struct resolved *ret, struct loom_err *
         if (ctx_client(ctx, &c, err) < 0 ||
             registry_get_manifest(c, ctx->ref->tag, &body, &len, &ct, &digest, err) < 0)
             return -1;
+        /* named by its digest: once there, it holds these bytes (a read by
+         * digest verifies them), and a cached start skips the write and
+         * its fsync */
         _cleanup_free_ char *path = path_of(s->blobs, digest + 7, "");
-        if (loom_write_file_atomic(path, body, len, err) < 0)
+        if (access(path, F_OK) < 0 && loom_write_file_atomic(path, body, len, err) < 0)
             return -1;
     }
     bool is_index = false;

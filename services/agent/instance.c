@@ -493,7 +493,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
 }
 
 /* The pool of ready network namespaces, opened on the first start (size from
- * LOOM_AGENT_NETNS_POOL, default 4; 0 turns it off). */
+ * LOOM_AGENT_NETNS_POOL, default 8; 0 turns it off). */
 static struct netpool *netpool_of(struct agent *a)
 {
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -503,7 +503,7 @@ static struct netpool *netpool_of(struct agent *a)
     if (!tried) {
         tried = true;
         const char *env = getenv("LOOM_AGENT_NETNS_POOL");
-        int size = env && *env ? atoi(env) : 4;
+        int size = env && *env ? atoi(env) : 8;
         struct loom_err err = LOOM_ERR_INIT;
         if (size > 0 &&
             netpool_open(a->o.state_dir, a->o.cni_path, a->cni_conf, size, &pool, &err) < 0)

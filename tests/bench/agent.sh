@@ -64,12 +64,17 @@ mapfile -t lat < <(latencies starts)
 start_p50=$(printf '%s\n' "${lat[@]}" | pct 50)
 start_p99=$(printf '%s\n' "${lat[@]}" | pct 99)
 # where the time goes: the median of each part the agent logs
-part() {
+part() { # PATTERN [PERCENTILE]
 	local id
 	for id in $(ids_of starts); do
 		sed -n "s|.*instance $id: process running.*$1 \([0-9]*\) ms.*|\1|p" "$alog"
-	done | pct 50
+	done | pct "${2:-50}"
 }
+parts99="image $(part '(image' 99) ms, rootfs+bundle $(part 'rootfs+bundle' 99) ms, network $(part 'network' 99) ms, shim+runc $(part 'shim+runc create/start' 99) ms, runc $(part 'of which runc' 99) ms"
+# the slowest start, part by part (what the tail is made of)
+slowest=$(for id in $(ids_of starts); do
+	sed -n "s|.*instance $id: process running \([0-9]*\) ms after assign (\(.*\))\".*|\1 ms: \2|p" "$alog"
+done | sort -n | tail -n 1)
 parts="image $(part '(image') ms, rootfs+bundle $(part 'rootfs+bundle') ms, network $(part 'network') ms, shim+runc $(part 'shim+runc create/start') ms, runc $(part 'of which runc') ms, before setup $(part 'before setup') ms, reports $(part 'reports') ms"
 
 # --- 3. cold pull of a 50 MB image --------------------------------------------------
@@ -112,12 +117,14 @@ trap - EXIT
 rm -rf --one-file-system "$LOOM_HOME"
 
 printf '\n%-58s %s\n' "figure (agent bench, $(nproc) cpus)" "result      issue target / anchor"
-printf '%-58s %s\n' "network namespace pool (LOOM_AGENT_NETNS_POOL)" "${LOOM_AGENT_NETNS_POOL:-4 (default)}"
+printf '%-58s %s\n' "network namespace pool (LOOM_AGENT_NETNS_POOL)" "${LOOM_AGENT_NETNS_POOL:-8 (default)}"
 printf '%-58s %s\n' "warm shim (LOOM_AGENT_WARM_SHIM)" "${LOOM_AGENT_WARM_SHIM:-1 (default)}"
 printf '%-58s %s\n' "user namespaces (LOOM_AGENT_USERNS=${LOOM_AGENT_USERNS:-auto})" "$userns"
 printf '%-58s %s\n' "assign -> process running, cached image, p50 (n=${#lat[@]})" "${start_p50} ms       <= 60 ms"
 printf '%-58s %s\n' "assign -> process running, cached image, p99" "${start_p99} ms       <= 150 ms"
 printf '%-58s %s\n' "  median parts" "$parts"
+printf '%-58s %s\n' "  p99 of each part" "$parts99"
+printf '%-58s %s\n' "  slowest start" "$slowest"
 printf '%-58s %s\n' "bare runc run busybox true, p50 (n=30)" "${runc_p50} ms       ~50 ms (machine notes: 56 ms)"
 printf '%-58s %s\n' "bare runc run busybox true, p99" "${runc_p99} ms"
 printf '%-58s %s\n' "anchors" "crun create+start+delete 153 ms, runc 352 ms (youki), Firecracker 125 ms"
