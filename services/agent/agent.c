@@ -1012,6 +1012,7 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
     pthread_mutex_lock(&a->mu);
     adopt_all(a);
     pthread_mutex_unlock(&a->mu);
+    instance_prepare(a);
 
     char subj[256];
     snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_ASSIGN_FMT, a->o.node_name);

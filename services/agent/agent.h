@@ -177,15 +177,25 @@ int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct 
 int cni_isolation_remove(const char *bridge, struct loom_err *err);
 /* A pool of network namespaces with CNI ADD already done, so that a start
  * does not wait for the plugins. Entries live as records
- * <state>/netpool/<cni_id>.json {"cni_id","ip","conf"} (".pending" while
+ * <state>/netpool/<cni_id>.json {"cni_id","ip","conf"[,"project"]} (".pending" while
  * being made); a background thread keeps size of them ready and, on open,
  * takes over what a previous agent left. */
 struct netpool;
 int netpool_open(const char *state_dir, const char *cni_path, const char *conf, int size,
                  struct netpool **ret, struct loom_err *err);
 /* Takes a ready entry, renaming its record to dest_path (the instance's
- * net.json); false when none is ready. */
-bool netpool_take(struct netpool *p, const char *dest_path, char ret_cni_id[48], char ret_ip[64]);
+ * net.json): one kept after an instance of project if there is one, else a
+ * fresh one; false when none is ready. */
+bool netpool_take(struct netpool *p, const char *project, const char *dest_path,
+                  char ret_cni_id[48], char ret_ip[64]);
+/* Keeps the namespace of the record at rec_path (an ended instance of
+ * project, its container gone) for the project's next start: no CNI DEL
+ * now, no ADD then. A namespace goes back only to its own project: a
+ * container keeps nothing in it (it has no CAP_NET_ADMIN over it) but the
+ * address, whose old flows may still be tracked. At most size are kept (the
+ * oldest of another project makes room). The record is moved into the
+ * pool; false (nothing changed) when it cannot be kept. */
+bool netpool_keep(struct netpool *p, const char *project, const char *rec_path);
 /* CNI DEL + namespace removal for a record ({"cni_id","conf"}; cni_id
  * defaults to fallback_id). A missing or unreadable record is a success. */
 int netpool_release_record(const char *cni_path, const char *state_dir, const char *rec_path,

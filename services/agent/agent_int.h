@@ -115,6 +115,9 @@ void agent_publish_usage(struct agent *a, struct instance *in, const struct cgro
 /* instance.c. Under a->mu: starts the instance's thread (adopt: after an
  * agent restart). */
 void instance_spawn(struct agent *a, struct instance *in, bool adopt);
+/* Fills the network namespace pool and starts a warm shim, ahead of the
+ * first start. */
+void instance_prepare(struct agent *a);
 void instance_free(struct instance *in);
 
 #endif

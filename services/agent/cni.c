@@ -274,6 +274,7 @@ int cni_isolation_remove(const char *bridge, struct loom_err *err)
 
 struct netpool_entry {
     char cni_id[48], ip[64];
+    char project[80]; /* "": fresh; else kept after one of project's instances */
     struct netpool_entry *next;
 };
 
@@ -282,8 +283,8 @@ struct netpool {
     int size, making;
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    struct netpool_entry *ready;
-    int nready;
+    struct netpool_entry *ready; /* fresh and kept entries, newest first */
+    int nready, nkept;           /* fresh ones (the refill target), kept ones */
     int64_t last_take_ms;
 };
 
@@ -354,6 +355,8 @@ fail:
     return -1;
 }
 
+static void *netpool_maker(void *arg);
+
 static void *netpool_main(void *arg)
 {
     struct netpool *p = arg;
@@ -373,7 +376,7 @@ static void *netpool_main(void *arg)
         } else if (n > 5 && strcmp(de->d_name + n - 5, ".json") == 0) {
             _cleanup_free_ char *text = NULL;
             _cleanup_json_ json_t *j = NULL;
-            const char *id = NULL, *ip = NULL;
+            const char *id = NULL, *ip = NULL, *proj = NULL;
             if (loom_read_file(path, &text, NULL, NULL) == 0 &&
                 (j = loom_json_parse_object(text, strlen(text), NULL)) &&
                 (id = json_string_value(json_object_get(j, "cni_id"))) &&
@@ -383,16 +386,37 @@ static void *netpool_main(void *arg)
                     abort();
                 snprintf(e->cni_id, sizeof(e->cni_id), "%s", id);
                 snprintf(e->ip, sizeof(e->ip), "%s", ip);
+                proj = json_string_value(json_object_get(j, "project"));
+                if (proj && strlen(proj) < sizeof(e->project))
+                    snprintf(e->project, sizeof(e->project), "%s", proj);
                 pthread_mutex_lock(&p->mu);
                 e->next = p->ready;
                 p->ready = e;
-                p->nready++;
+                if (e->project[0])
+                    p->nkept++;
+                else
+                    p->nready++;
                 pthread_mutex_unlock(&p->mu);
             }
         }
     }
     if (d)
         closedir(d);
+    /* a second maker: a CNI ADD (two plugin execs) takes about as long as
+     * a start, so one maker falls behind a run of starts */
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (p->size > 1)
+        pthread_create(&t, &attr, netpool_maker, p);
+    pthread_attr_destroy(&attr);
+    return netpool_maker(p);
+}
+
+static void *netpool_maker(void *arg)
+{
+    struct netpool *p = arg;
     for (;;) {
         pthread_mutex_lock(&p->mu);
         while (p->nready + p->making >= p->size)
@@ -460,16 +484,32 @@ int netpool_open(const char *state_dir, const char *cni_path, const char *conf, 
     return 0;
 }
 
-bool netpool_take(struct netpool *p, const char *dest_path, char ret_cni_id[48], char ret_ip[64])
+bool netpool_take(struct netpool *p, const char *project, const char *dest_path,
+                  char ret_cni_id[48], char ret_ip[64])
 {
     for (;;) {
+        /* one the project used before, else a fresh one: never another
+         * project's */
         pthread_mutex_lock(&p->mu);
-        struct netpool_entry *e = p->ready;
+        struct netpool_entry **pe = NULL, **fresh = NULL;
+        for (struct netpool_entry **q = &p->ready; *q && !pe; q = &(*q)->next) {
+            if ((*q)->project[0] && strcmp((*q)->project, project) == 0)
+                pe = q;
+            else if (!(*q)->project[0] && !fresh)
+                fresh = q;
+        }
+        if (!pe)
+            pe = fresh;
+        struct netpool_entry *e = pe ? *pe : NULL;
         if (e) {
-            p->ready = e->next;
-            p->nready--;
-            p->last_take_ms = loom_mono_ms();
-            pthread_cond_signal(&p->cond);
+            *pe = e->next;
+            if (e->project[0]) {
+                p->nkept--;
+            } else {
+                p->nready--;
+                p->last_take_ms = loom_mono_ms();
+                pthread_cond_signal(&p->cond);
+            }
         }
         pthread_mutex_unlock(&p->mu);
         if (!e)
@@ -487,4 +527,68 @@ bool netpool_take(struct netpool *p, const char *dest_path, char ret_cni_id[48],
         if (ok)
             return true;
     }
+}
+
+bool netpool_keep(struct netpool *p, const char *project, const char *rec_path)
+{
+    _cleanup_free_ char *text = NULL;
+    _cleanup_json_ json_t *j = NULL;
+    const char *id, *ip, *conf;
+    if (!project[0] || strlen(project) >= 80 || loom_read_file(rec_path, &text, NULL, NULL) < 0 ||
+        !(j = loom_json_parse_object(text, strlen(text), NULL)) ||
+        !(id = json_string_value(json_object_get(j, "cni_id"))) || strlen(id) >= 48 ||
+        !(ip = json_string_value(json_object_get(j, "ip"))) || strlen(ip) >= 64 ||
+        !(conf = json_string_value(json_object_get(j, "conf"))) || strcmp(conf, p->conf) != 0)
+        return false;
+    /* room for it: at most size kept; else the oldest kept of another
+     * project goes (its DEL runs here, in the caller's teardown) */
+    struct netpool_entry *evicted = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->nkept >= p->size) {
+        struct netpool_entry **oldest = NULL;
+        for (struct netpool_entry **q = &p->ready; *q; q = &(*q)->next)
+            if ((*q)->project[0] && strcmp((*q)->project, project) != 0)
+                oldest = q;
+        if (oldest) {
+            evicted = *oldest;
+            *oldest = evicted->next;
+            p->nkept--;
+        }
+    }
+    bool room = p->nkept < p->size;
+    pthread_mutex_unlock(&p->mu);
+    if (evicted) {
+        char netns[4200], rec[4200];
+        netpool_paths(p, evicted->cni_id, netns, sizeof(netns), rec, sizeof(rec), "json");
+        struct loom_err err = LOOM_ERR_INIT;
+        if (netpool_release_record(p->cni_path, p->state_dir, rec, NULL, &err) == 0)
+            unlink(rec);
+        free(evicted);
+    }
+    if (!room)
+        return false;
+    struct netpool_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        abort();
+    snprintf(e->cni_id, sizeof(e->cni_id), "%s", id);
+    snprintf(e->ip, sizeof(e->ip), "%s", ip);
+    snprintf(e->project, sizeof(e->project), "%s", project);
+    char netns[4200], rec[4200];
+    netpool_paths(p, e->cni_id, netns, sizeof(netns), rec, sizeof(rec), "json");
+    _cleanup_json_ json_t *kept =
+        json_pack("{s:s,s:s,s:s,s:s}", "cni_id", id, "conf", conf, "ip", ip, "project", project);
+    _cleanup_free_ char *out = json_dumps(kept, JSON_COMPACT);
+    /* written beside, then the instance's record goes: a crash between
+     * leaves two records of one namespace, and its DEL succeeds twice */
+    if (!out || agent_write_file_nosync(rec, out, strlen(out), NULL) < 0) {
+        free(e);
+        return false;
+    }
+    unlink(rec_path);
+    pthread_mutex_lock(&p->mu);
+    e->next = p->ready;
+    p->ready = e;
+    p->nkept++;
+    pthread_mutex_unlock(&p->mu);
+    return true;
 }

@@ -492,7 +492,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
     return agent_write_json_nosync(path, cfg, err);
 }
 
-/* The pool of ready network namespaces, opened on the first start (size from
+/* The pool of ready network namespaces, opened by instance_prepare (size from
  * LOOM_AGENT_NETNS_POOL, default 8; 0 turns it off). */
 static struct netpool *netpool_of(struct agent *a)
 {
@@ -528,7 +528,7 @@ static int setup_network(struct run *r, struct loom_err *err)
     path_in(netjson, sizeof(netjson), in, "net.json");
     struct netpool *pool = netpool_of(a);
     _cleanup_json_ json_t *j = NULL;
-    if (pool && netpool_take(pool, netjson, cni_id, ipbuf)) {
+    if (pool && netpool_take(pool, in->assign->project, netjson, cni_id, ipbuf)) {
         /* net.json is now the pool's record {"cni_id","conf","ip"} */
         snprintf(r->netns, sizeof(r->netns), "%s/netns/%s", a->o.state_dir, cni_id);
         j = json_pack("{s:s,s:s,s:s}", "ip", ipbuf, "cni_id", cni_id, "conf", a->cni_conf);
@@ -1093,6 +1093,9 @@ static void teardown(struct run *r)
     /* the shim deletes the container; this covers a shim that died */
     runc_cmd(a, "delete", in->id, NULL, &err);
     loom_err_clear(&err);
+    /* runc's state of it is gone only once nothing of it runs */
+    snprintf(path, sizeof(path), "%s/runc/%s", a->o.state_dir, in->id);
+    bool deleted = access(path, F_OK) < 0 && errno == ENOENT;
     path_in(path, sizeof(path), in, "rootfs");
     bool rootfs_ok = umount2(path, MNT_DETACH) == 0 || errno == EINVAL || errno == ENOENT;
     if (rootfs_ok)
@@ -1119,8 +1122,12 @@ static void teardown(struct run *r)
         loom_err_clear(&err);
         pooled = json_object_get(nj, "cni_id") != NULL;
     }
-    /* a namespace taken from the pool is DELeted under the pool's id */
-    if (pooled && netpool_release_record(a->o.cni_path, a->o.state_dir, path, NULL, &err) < 0)
+    /* a namespace taken from the pool goes back to it for the project's
+     * next start when the container is surely gone, else it is DELeted
+     * under the pool's id */
+    struct netpool *pool = pooled && deleted ? netpool_of(a) : NULL;
+    if (pooled && !(pool && netpool_keep(pool, in->assign->project, path)) &&
+        netpool_release_record(a->o.cni_path, a->o.state_dir, path, NULL, &err) < 0)
         log_warn("instance %s: %s", in->id, err.msg);
     loom_err_clear(&err);
     path_in(path, sizeof(path), in, "cni.json");
@@ -1268,6 +1275,14 @@ static void *instance_main(void *arg)
     pthread_mutex_unlock(&a->mu);
     free(r);
     return NULL;
+}
+
+void instance_prepare(struct agent *a)
+{
+    /* the first starts after the agent's would otherwise find an empty
+     * pool, and pay for a CNI ADD and an exec of the shim */
+    netpool_of(a);
+    warm_shim_refill(a);
 }
 
 void instance_spawn(struct agent *a, struct instance *in, bool adopt_it)

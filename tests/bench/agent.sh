@@ -105,9 +105,10 @@ hundred="$(run_field hundred .status_details.succeeded) succeeded, $(run_field h
 userns=$(grep -o 'user namespaces o[nf]*' "$alog" | head -n1)
 userns=${userns#user namespaces }
 userns=${userns:-off}
+# BENCH_KEEP_LOG=FILE keeps the agent's log (every start's parts) there
+[ -z "${BENCH_KEEP_LOG:-}" ] || cp "$alog" "$BENCH_KEEP_LOG"
 if [ "$peak_running" -lt 100 ]; then
 	# why not all at once: what the scheduler and the agent said
-	cp "$alog" "${BENCH_KEEP_LOG:-/dev/null}" 2>/dev/null
 	grep -h '"level":"\(warn\|error\)"' "$LOOM_HOME"/logs/scheduler.log "$alog" | cut -c1-300 |
 		sort | uniq -c | sort -rn | head -n 8 >&2
 fi

@@ -220,6 +220,35 @@ like "$logs" "reach $addr_a no" "... and not this project's"
 loom app delete web >/dev/null 2>&1
 LOOM_PROJECT=$other LOOM_KEY=$other_key loom app delete web >/dev/null 2>&1
 
+# a network namespace kept after a container goes back to its own project only
+ip_cmd='ifconfig eth0 | sed -n "s/.*inet addr:\([0-9.]*\).*/ip \1/p"'
+instance_of() {
+	psql "$LOOM_PG_DSN" -Atc "SELECT i.id FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+		WHERE r.name = '$1'" 2>/dev/null | head -1
+}
+cleaned_up() { local id; id=$(instance_of "$1") && [ -n "$id" ] && [ -e "$LOOM_HOME/agent/instances/$id/done" ]; }
+ip_of_run() { sed -n 's/^stdout ip \([0-9.]*\)$/\1/p' <<<"$logs" | head -1; }
+submit ip-a1 --cmd "$ip_cmd"
+wait_run ip-a1 60
+wait_logs ip-a1 '^stdout ip '
+ip_a1=$(ip_of_run)
+ok "the first container has been cleaned up" wait_for 30 cleaned_up ip-a1
+out=$(LOOM_PROJECT=$other LOOM_KEY=$other_key loom jobrun submit --name ip-b --image "$image" \
+	--retrylimit 0 --cmd "$ip_cmd" 2>&1) || diag "$out"
+ip_b_logs() {
+	api GET "/v1/projects/$other/job_runs/ip-b/logs" "" "$other_key"
+	ip_b=$(jq -r '.lines[].line' <<<"$http_body" 2>/dev/null | sed -n 's/^ip \([0-9.]*\)$/\1/p' | head -1)
+	[ -n "$ip_b" ]
+}
+ok "the other project's container prints its address" wait_for 60 ip_b_logs
+submit ip-a2 --cmd "$ip_cmd"
+wait_run ip-a2 60
+wait_logs ip-a2 '^stdout ip '
+ip_a2=$(ip_of_run)
+diag "addresses: ${ip_a1:-?} (project $LOOM_PROJECT), then ${ip_b:-?} ($other), then ${ip_a2:-?}"
+is "$ip_a2" "$ip_a1" "the project's next container reuses its kept network namespace"
+ok "another project's container never gets it (${ip_b:-?})" test -n "$ip_b" -a "$ip_b" != "$ip_a1"
+
 # --- secrets and config maps mounted read-only ----------------------------------------------
 out=$(loom secret create creds --from-literal password=hunter2 2>&1) || diag "$out"
 out=$(loom configmap create settings --from-literal mode=fast 2>&1) || diag "$out"
