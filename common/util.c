@@ -131,6 +131,21 @@ void loom_format_time_ms(int64_t unix_ms, char out[32])
     snprintf(out, 32, "%s.%03dZ", date, ms);
 }
 
+bool loom_next_line(const char **cursor, char *buf, size_t bufsz)
+{
+    while (*cursor && **cursor) {
+        const char *start = *cursor, *eol = strchr(start, '\n');
+        size_t len = eol ? (size_t)(eol - start) : strlen(start);
+        *cursor = eol ? eol + 1 : start + len;
+        if (len < bufsz) {
+            memcpy(buf, start, len);
+            buf[len] = 0;
+            return true;
+        }
+    }
+    return false;
+}
+
 bool loom_is_dns_label(const char *s)
 {
     size_t n = strlen(s);

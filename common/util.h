@@ -31,6 +31,11 @@ void loom_format_time_ms(int64_t unix_ms, char out[32]);
  * not ending with '-'. */
 bool loom_is_dns_label(const char *s);
 
+/* The next line of the text at *cursor, copied into buf without its '\n'
+ * (lines that do not fit in bufsz are skipped), *cursor moved past it.
+ * False at the end of the text. */
+bool loom_next_line(const char **cursor, char *buf, size_t bufsz);
+
 /* Reads a whole file (NUL-terminated; *ret_len may be NULL). */
 int loom_read_file(const char *path, char **ret, size_t *ret_len, struct loom_err *err);
 /* Writes data to path atomically (temp file in the same directory, fsync, rename). */

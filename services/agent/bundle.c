@@ -9,6 +9,7 @@
 #include "agent.h"
 #include "cleanup.h"
 #include "json.h"
+#include "util.h"
 
 /* Podman's default capability set (containers.conf); Docker adds MKNOD,
  * NET_RAW and AUDIT_WRITE, which serverless workloads do not need. */
@@ -305,38 +306,25 @@ int bundle_config(const struct bundle_spec *s, json_t **ret, struct loom_err *er
 static int lookup_id(const char *file, const char *name, int idx, bool by_id, uint32_t id_in,
                      uint32_t *ret)
 {
-    if (!file)
-        return -1;
-    const char *p = file;
-    while (*p) {
-        const char *eol = strchr(p, '\n');
-        size_t len = eol ? (size_t)(eol - p) : strlen(p);
-        char line[1024];
-        if (len < sizeof(line)) {
-            memcpy(line, p, len);
-            line[len] = 0;
-            char *fields[7] = {0};
-            int n = 0;
-            char *save = line;
-            for (char *f; n < 7 && (f = strsep(&save, ":"));)
-                fields[n++] = f;
-            if (n > idx && n > 2) {
-                char *end;
-                errno = 0;
-                unsigned long uid = strtoul(fields[2], &end, 10);
-                bool match = by_id ? (!*end && uid == id_in) : strcmp(fields[0], name) == 0;
-                if (match) {
-                    unsigned long v = strtoul(fields[idx], &end, 10);
-                    if (*end || v > UINT32_MAX)
-                        return -1;
-                    *ret = (uint32_t)v;
-                    return 0;
-                }
-            }
+    char line[1024];
+    for (const char *p = file; loom_next_line(&p, line, sizeof(line));) {
+        char *fields[7] = {0};
+        int n = 0;
+        char *save = line;
+        for (char *f; n < 7 && (f = strsep(&save, ":"));)
+            fields[n++] = f;
+        if (n <= idx || n <= 2)
+            continue;
+        char *end;
+        unsigned long uid = strtoul(fields[2], &end, 10);
+        bool match = by_id ? (!*end && uid == id_in) : strcmp(fields[0], name) == 0;
+        if (match) {
+            unsigned long v = strtoul(fields[idx], &end, 10);
+            if (*end || v > UINT32_MAX)
+                return -1;
+            *ret = (uint32_t)v;
+            return 0;
         }
-        if (!eol)
-            break;
-        p = eol + 1;
     }
     return -1;
 }

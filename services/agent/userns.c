@@ -45,32 +45,21 @@
  * ("name:start:count" lines): those ids belong to the host's users. */
 static bool overlaps_subids(const char *text, uint64_t base)
 {
-    if (!text)
-        return false;
-    for (const char *p = text; *p;) {
-        const char *eol = strchr(p, '\n');
-        size_t len = eol ? (size_t)(eol - p) : strlen(p);
-        char line[512];
-        if (len < sizeof(line)) {
-            memcpy(line, p, len);
-            line[len] = 0;
-            char *c1 = strchr(line, ':');
-            char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-            if (c2) {
-                uint64_t start = strtoull(c1 + 1, NULL, 10), count = strtoull(c2 + 1, NULL, 10);
-                if (start < base + RANGE_SIZE && base < start + count)
-                    return true;
-            }
-        }
-        if (!eol)
-            break;
-        p = eol + 1;
+    char line[512];
+    for (const char *p = text; loom_next_line(&p, line, sizeof(line));) {
+        char *c1 = strchr(line, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        uint64_t start = strtoull(c1 + 1, NULL, 10), count = strtoull(c2 + 1, NULL, 10);
+        if (start < base + RANGE_SIZE && base < start + count)
+            return true;
     }
     return false;
 }
 
-int userns_range(const char *path, uint32_t first_base, const char *project, uint32_t *ret_base,
-                 struct loom_err *err)
+static int range_from_file(const char *path, uint32_t first_base, const char *project,
+                           uint32_t *ret_base, struct loom_err *err)
 {
     /* it names a line of the file: the characters of a safe file name */
     if (strlen(project) > 128 || !bundle_mount_file_name_valid(project))
@@ -155,6 +144,43 @@ int userns_range(const char *path, uint32_t first_base, const char *project, uin
     if (lseek(fd, 0, SEEK_END) < 0 || write(fd, line, (size_t)len) != len || fsync(fd) < 0)
         return loom_err_sys(err, errno, "could not write \"%s\"", path);
     *ret_base = (uint32_t)pick;
+    return 0;
+}
+
+int userns_range(const char *path, uint32_t first_base, const char *project, uint32_t *ret_base,
+                 struct loom_err *err)
+{
+    /* a recorded range never changes: once known, a start reads no file */
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static struct known {
+        char *key; /* "<path>\n<project>" */
+        uint32_t base;
+    } * known;
+    static size_t nknown, capknown;
+    _cleanup_free_ char *key = NULL;
+    if (asprintf(&key, "%s\n%s", path, project) < 0)
+        abort();
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < nknown; i++)
+        if (strcmp(known[i].key, key) == 0) {
+            *ret_base = known[i].base;
+            pthread_mutex_unlock(&mu);
+            return 0;
+        }
+    pthread_mutex_unlock(&mu);
+    uint32_t base;
+    if (range_from_file(path, first_base, project, &base, err) < 0)
+        return -1;
+    pthread_mutex_lock(&mu);
+    if (nknown == capknown) {
+        capknown = capknown ? capknown * 2 : 16;
+        known = realloc(known, capknown * sizeof(*known));
+        if (!known)
+            abort();
+    }
+    known[nknown++] = (struct known){.key = TAKE_PTR(key), .base = base};
+    pthread_mutex_unlock(&mu);
+    *ret_base = base;
     return 0;
 }
 

@@ -145,12 +145,33 @@ static void test_random(void **state)
     assert_memory_not_equal(a, zero, sizeof(a));
 }
 
+static void test_next_line(void **state)
+{
+    (void)state;
+    char buf[8];
+    const char *p = "a:1\n\ntoo-long-line\nlast";
+    assert_true(loom_next_line(&p, buf, sizeof(buf)));
+    assert_string_equal(buf, "a:1");
+    assert_true(loom_next_line(&p, buf, sizeof(buf)));
+    assert_string_equal(buf, ""); /* an empty line is a line */
+    assert_true(loom_next_line(&p, buf, sizeof(buf)));
+    assert_string_equal(buf, "last"); /* the long one is skipped */
+    assert_false(loom_next_line(&p, buf, sizeof(buf)));
+    const char *none = NULL;
+    assert_false(loom_next_line(&none, buf, sizeof(buf)));
+    p = "x\n";
+    assert_true(loom_next_line(&p, buf, sizeof(buf)));
+    assert_string_equal(buf, "x");
+    assert_false(loom_next_line(&p, buf, sizeof(buf)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uuid),       cmocka_unit_test(test_dns_label),
         cmocka_unit_test(test_hex_sha256), cmocka_unit_test(test_files),
         cmocka_unit_test(test_time),       cmocka_unit_test(test_random),
+        cmocka_unit_test(test_next_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
