@@ -414,6 +414,19 @@ static int put_int(struct args *a, const char *flag, json_t *body, const char *k
     return 0;
 }
 
+/* Integer flags and the body members they set. */
+struct int_flag {
+    const char *flag, *key;
+};
+
+static int put_ints(struct args *a, json_t *body, const struct int_flag *t, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = put_int(a, t[i].flag, body, t[i].key);
+    return rc;
+}
+
 /* --env-from-secret / --env-from-configmap (Code Engine's forms):
  *   NAME                      every key, as an env variable of the same name
  *   NAME:KEY[,KEY2...]        those keys, each as a variable named after it
@@ -726,19 +739,17 @@ static int put_job_fields(struct args *a, json_t *body)
             json_object_set_new(o, k, json_string(eq + 1));
         }
     }
+    static const struct int_flag ints[] = {
+        {"nodes", "scale_nodes"},
+        {"priority", "priority"},
+        {"gang-timeout", "gang_timeout"},
+        {"retrylimit", "scale_retry_limit"},
+        {"maxexecutiontime", "scale_max_execution_time"},
+        {"parallelism", "parallelism"},
+    };
     int rc = put_run_fields(a, body);
     if (!rc)
-        rc = put_int(a, "nodes", body, "scale_nodes");
-    if (!rc)
-        rc = put_int(a, "priority", body, "priority");
-    if (!rc)
-        rc = put_int(a, "gang-timeout", body, "gang_timeout");
-    if (!rc)
-        rc = put_int(a, "retrylimit", body, "scale_retry_limit");
-    if (!rc)
-        rc = put_int(a, "maxexecutiontime", body, "scale_max_execution_time");
-    if (!rc)
-        rc = put_int(a, "parallelism", body, "parallelism");
+        rc = put_ints(a, body, ints, LOOM_ARRAY_SIZE(ints));
     return rc;
 }
 
@@ -1136,22 +1147,18 @@ static int app_write(int argc, char **argv, bool create)
             json_object_set_new(body, "name", json_string(name));
         rc = put_run_fields(&a, body);
     }
+    static const struct int_flag ints[] = {
+        {"port", "image_port"},
+        {"min-scale", "scale_min_instances"},
+        {"max-scale", "scale_max_instances"},
+        {"concurrency", "scale_concurrency"},
+        {"concurrency-target", "scale_concurrency_target"},
+        {"scale-down-delay", "scale_down_delay"},
+        {"request-timeout", "scale_request_timeout"},
+        {"scale-initial-instances", "scale_initial_instances"},
+    };
     if (!rc)
-        rc = put_int(&a, "port", body, "image_port");
-    if (!rc)
-        rc = put_int(&a, "min-scale", body, "scale_min_instances");
-    if (!rc)
-        rc = put_int(&a, "max-scale", body, "scale_max_instances");
-    if (!rc)
-        rc = put_int(&a, "concurrency", body, "scale_concurrency");
-    if (!rc)
-        rc = put_int(&a, "concurrency-target", body, "scale_concurrency_target");
-    if (!rc)
-        rc = put_int(&a, "scale-down-delay", body, "scale_down_delay");
-    if (!rc)
-        rc = put_int(&a, "request-timeout", body, "scale_request_timeout");
-    if (!rc)
-        rc = put_int(&a, "scale-initial-instances", body, "scale_initial_instances");
+        rc = put_ints(&a, body, ints, LOOM_ARRAY_SIZE(ints));
     if (!rc && fval(&a, "visibility"))
         json_object_set_new(body, "visibility", json_string(fval(&a, "visibility")));
     if (!rc)
