@@ -429,23 +429,34 @@ static void app_refresh_now(const char *project, const char *name, bool create)
     pthread_mutex_unlock(&mu);
 }
 
+/* subj is <prefix><project>.<rest>: the project (non-empty, shorter than
+ * ACT_NAME_MAX) into project, and where rest starts. */
+static bool subject_project(const char *subj, const char *prefix, char project[ACT_NAME_MAX],
+                            const char **ret_rest)
+{
+    size_t pl = strlen(prefix);
+    if (strncmp(subj, prefix, pl) != 0)
+        return false;
+    const char *p = subj + pl, *dot = strchr(p, '.');
+    if (!dot || dot == p || (size_t)(dot - p) >= ACT_NAME_MAX)
+        return false;
+    memcpy(project, p, (size_t)(dot - p));
+    project[dot - p] = '\0';
+    *ret_rest = dot + 1;
+    return true;
+}
+
 /* loom.events.<project>.app, CloudEvents from the API: an app was created,
  * updated or deleted. A new revision may want its initial instances now,
  * before any request comes. */
 static void on_app_event(struct loom_bus *bus, natsMsg *msg, void *arg)
 {
     (void)bus, (void)arg;
-    const char *subj = natsMsg_GetSubject(msg);
-    static const char prefix[] = "loom.events.";
-    if (strncmp(subj, prefix, sizeof(prefix) - 1) != 0)
-        return;
-    const char *p = subj + sizeof(prefix) - 1;
-    const char *dot = strchr(p, '.');
-    if (!dot || dot == p || (size_t)(dot - p) >= ACT_NAME_MAX || strcmp(dot, ".app") != 0)
-        return;
     char project[ACT_NAME_MAX];
-    memcpy(project, p, (size_t)(dot - p));
-    project[dot - p] = '\0';
+    const char *rest;
+    if (!subject_project(natsMsg_GetSubject(msg), "loom.events.", project, &rest) ||
+        strcmp(rest, "app") != 0)
+        return;
     json_error_t jerr;
     _cleanup_json_ json_t *ev =
         json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, &jerr);
@@ -464,19 +475,13 @@ static void on_app_event(struct loom_bus *bus, natsMsg *msg, void *arg)
 static void on_app_changed(struct loom_bus *bus, natsMsg *msg, void *arg)
 {
     (void)bus, (void)arg;
-    const char *subj = natsMsg_GetSubject(msg);
-    static const char prefix[] = "loom.app.";
-    if (strncmp(subj, prefix, sizeof(prefix) - 1) != 0)
-        return;
-    const char *p = subj + sizeof(prefix) - 1;
-    const char *dot = strchr(p, '.');
-    if (!dot || (size_t)(dot - p) >= ACT_NAME_MAX || strlen(dot + 1) >= ACT_NAME_MAX)
-        return;
     char project[ACT_NAME_MAX];
-    memcpy(project, p, (size_t)(dot - p));
-    project[dot - p] = '\0';
+    const char *app;
+    if (!subject_project(natsMsg_GetSubject(msg), "loom.app.", project, &app) ||
+        strlen(app) >= ACT_NAME_MAX)
+        return;
     pthread_mutex_lock(&mu);
-    struct app *a = app_find(project, dot + 1);
+    struct app *a = app_find(project, app);
     if (a) {
         a->fetched_ms = 0;
         pthread_cond_broadcast(&a->cond);
