@@ -70,30 +70,37 @@ size_t sched_quota_room(const struct sched_quota *q, const struct sched_request 
     return (size_t)room;
 }
 
+/* A project's quota (-1: no limit) and what its live instances hold, in the
+ * order quota_from_row reads; the caller adds WHERE and GROUP BY
+ * q.project_id. */
+#define QUOTA_USAGE_SQL                                                                            \
+    "SELECT q.project_id, coalesce(q.cpu_millis, -1), coalesce(q.memory_bytes, -1), "              \
+    "  coalesce(q.gpus, -1), coalesce(q.instances, -1), "                                          \
+    "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "                         \
+    "  coalesce(sum(i.gpus), 0), count(i.id) "                                                     \
+    "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "                  \
+    "  AND i.state IN " SCHED_LIVE_STATES " "
+
+static void quota_from_row(PGresult *res, int row, struct sched_quota *ret)
+{
+    int64_t *f[] = {&ret->project_id, &ret->cpu,      &ret->mem,       &ret->gpus,     &ret->inst,
+                    &ret->cpu_used,   &ret->mem_used, &ret->gpus_used, &ret->inst_used};
+    for (int c = 0; c < 9; c++)
+        *f[c] = strtoll(PQgetvalue(res, row, c), NULL, 10);
+}
+
 int sched_quota_load(struct loom_db *db, const char *project_id, struct sched_quota *ret,
                      bool *ret_found, struct loom_err *err)
 {
     _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err,
-        "SELECT q.project_id, coalesce(q.cpu_millis, -1), coalesce(q.memory_bytes, -1), "
-        "  coalesce(q.gpus, -1), coalesce(q.instances, -1), "
-        "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "
-        "  coalesce(sum(i.gpus), 0), count(i.id) "
-        "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "
-        "  AND i.state IN " SCHED_LIVE_STATES " "
-        "WHERE q.project_id = $1::bigint GROUP BY q.project_id",
+        db, err, QUOTA_USAGE_SQL "WHERE q.project_id = $1::bigint GROUP BY q.project_id",
         project_id);
     if (!res)
         return -1;
     *ret_found = PQntuples(res) > 0;
     if (!*ret_found)
         return 0;
-    struct sched_quota q;
-    int64_t *f[] = {&q.project_id, &q.cpu,      &q.mem,       &q.gpus,     &q.inst,
-                    &q.cpu_used,   &q.mem_used, &q.gpus_used, &q.inst_used};
-    for (int c = 0; c < 9; c++)
-        *f[c] = strtoll(PQgetvalue(res, 0, c), NULL, 10);
-    *ret = q;
+    quota_from_row(res, 0, ret);
     return 0;
 }
 
@@ -459,31 +466,20 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
     if (!runs)
         goto fail;
     /* quotas of the projects with runs to place, and what they hold now */
-    quotas = loom_db_exec(
-        db,
-        "SELECT q.project_id, coalesce(q.cpu_millis, -1), coalesce(q.memory_bytes, -1), "
-        "  coalesce(q.gpus, -1), coalesce(q.instances, -1), "
-        "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "
-        "  coalesce(sum(i.gpus), 0), count(i.id) "
-        "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "
-        "  AND i.state IN " SCHED_LIVE_STATES " "
-        "WHERE q.project_id IN (SELECT project_id FROM job_runs "
-        "  WHERE state IN ('pending', 'running') AND NOT isempty(pending)) "
-        "GROUP BY q.project_id",
-        0, NULL, err);
+    quotas = loom_db_exec(db,
+                          QUOTA_USAGE_SQL
+                          "WHERE q.project_id IN (SELECT project_id FROM job_runs "
+                          "  WHERE state IN ('pending', 'running') AND NOT isempty(pending)) "
+                          "GROUP BY q.project_id",
+                          0, NULL, err);
     if (!quotas)
         goto fail;
     nq = (size_t)PQntuples(quotas);
     qs = calloc(nq ? nq : 1, sizeof(*qs));
     if (!qs)
         abort();
-    for (size_t k = 0; k < nq; k++) {
-        int64_t *f[] = {&qs[k].project_id, &qs[k].cpu,       &qs[k].mem,
-                        &qs[k].gpus,       &qs[k].inst,      &qs[k].cpu_used,
-                        &qs[k].mem_used,   &qs[k].gpus_used, &qs[k].inst_used};
-        for (int c = 0; c < 9; c++)
-            *f[c] = strtoll(PQgetvalue(quotas, (int)k, c), NULL, 10);
-    }
+    for (size_t k = 0; k < nq; k++)
+        quota_from_row(quotas, (int)k, &qs[k]);
     for (int r = 0; r < PQntuples(runs) && placed < (size_t)s->batch_max; r++) {
         int64_t project = strtoll(PQgetvalue(runs, r, 1), NULL, 10);
         struct sched_quota *q = NULL;
