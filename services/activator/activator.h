@@ -99,11 +99,6 @@ uint32_t act_kpa_bump(struct act_kpa *kpa, uint32_t want, bool panic, int64_t no
  * not shrink the app). Returns the desired count. */
 uint32_t act_kpa_revision(struct act_kpa *kpa, uint32_t initial, int64_t now_ms);
 
-/* The per-instance target: target when > 0 (at most concurrency), else
- * concurrency itself (scale_concurrency_target defaults to
- * scale_concurrency); concurrency <= 0 means the default, 100. */
-double act_kpa_target(int64_t concurrency, int64_t target);
-
 /* --- the service (ingress.c, proxy.c) ---------------------------------------- */
 
 struct act_config {
