@@ -12,6 +12,9 @@
 int loom_random_bytes(void *buf, size_t n, struct loom_err *err);
 /* A random RFC 4122 version 4 UUID, lowercase, 36 characters + NUL. */
 void loom_uuid4(char out[37]);
+/* True when s is a UUID in its canonical text form: 8-4-4-4-12 hex digits
+ * (either case). False for NULL. */
+bool loom_is_uuid(const char *s);
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void loom_hex(const void *data, size_t n, char *out);
 /* Exactly 2n hex characters (either case) into n bytes; -1 otherwise. */

@@ -31,7 +31,7 @@ static void on_reply(struct loom_bus *bus, natsMsg *msg, void *arg)
     if (strncmp(subj, s->inbox, plen) != 0 || subj[plen] != '.')
         return;
     const char *kind = subj + plen + 1; /* "a.<id>" or "s.<id>" */
-    if ((kind[0] != 'a' && kind[0] != 's') || kind[1] != '.' || !sched_valid_uuid(kind + 2))
+    if ((kind[0] != 'a' && kind[0] != 's') || kind[1] != '.' || !loom_is_uuid(kind + 2))
         return;
     Loom__V1__Ack *ack = (Loom__V1__Ack *)loom_bus_unpack(msg, &loom__v1__ack__descriptor, NULL);
     if (!ack)

@@ -184,7 +184,7 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     }
     struct strbuf ids = STRBUF_INIT;
     for (size_t i = 0; i < m->n_instance_ids; i++)
-        if (sched_valid_uuid(m->instance_ids[i]))
+        if (loom_is_uuid(m->instance_ids[i]))
             sched_pg_array_add(&ids, m->instance_ids[i]);
     sched_pg_array_end(&ids);
     char *node = strdup(m->node);

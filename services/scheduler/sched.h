@@ -107,8 +107,6 @@ void sched_describe_request(const struct sched_request *r, char *buf, size_t len
 /* True for a node name we accept: 1-253 of [a-zA-Z0-9_-], starting with an
  * alphanumeric (it is one token of NATS subjects, so no dots). */
 bool sched_valid_node_name(const char *s);
-/* True for a canonical lowercase or uppercase UUID string. */
-bool sched_valid_uuid(const char *s);
 
 /* The nodes the leader places on, loaded on first use and again once older
  * than SCHED_POOL_MAX_AGE_MS; placements take capacity from it in memory.

@@ -32,6 +32,27 @@ static void test_uuid(void **state)
     assert_non_null(strchr("89ab", a[19])); /* RFC 4122 variant */
 }
 
+static void test_is_uuid(void **state)
+{
+    (void)state;
+    char fresh[37];
+    loom_uuid4(fresh);
+    assert_true(loom_is_uuid(fresh));
+    assert_true(loom_is_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755d"));
+    assert_true(loom_is_uuid("9ABF38FA-EBB7-407A-97BE-5B4A8F43755D"));
+    const char *bad[] = {"",
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755",   /* short */
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755d0", /* long */
+                         "9abf38fa+ebb7-407a-97be-5b4a8f43755d",  /* not a dash */
+                         "9abf38faebb7-407a-97be-5b4a8f43755d0",  /* dash moved */
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755g",  /* not hex */
+                         "../../etc/passwd-ebb7-407a-97be-5b4a8f"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (loom_is_uuid(bad[i]))
+            fail_msg("accepted \"%s\"", bad[i]);
+    assert_false(loom_is_uuid(NULL));
+}
+
 static void test_dns_label(void **state)
 {
     (void)state;
@@ -168,10 +189,10 @@ static void test_next_line(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid),       cmocka_unit_test(test_dns_label),
-        cmocka_unit_test(test_hex_sha256), cmocka_unit_test(test_files),
-        cmocka_unit_test(test_time),       cmocka_unit_test(test_random),
-        cmocka_unit_test(test_next_line),
+        cmocka_unit_test(test_uuid),      cmocka_unit_test(test_is_uuid),
+        cmocka_unit_test(test_dns_label), cmocka_unit_test(test_hex_sha256),
+        cmocka_unit_test(test_files),     cmocka_unit_test(test_time),
+        cmocka_unit_test(test_random),    cmocka_unit_test(test_next_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
