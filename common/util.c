@@ -67,6 +67,15 @@ void loom_hex(const void *data, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+char *loom_hex_alloc(const void *data, size_t n)
+{
+    char *h = malloc(n * 2 + 1);
+    if (!h)
+        abort();
+    loom_hex(data, n, h);
+    return h;
+}
+
 void loom_sha256_hex(const void *data, size_t n, char out[65])
 {
     unsigned char md[32];
@@ -376,5 +385,21 @@ int loom_unhex(const char *s, void *out, size_t n)
             return -1;
         o[i] = (unsigned char)(hi << 4 | lo);
     }
+    return 0;
+}
+
+int loom_unhex_alloc(const char *s, uint8_t **ret, size_t *ret_len)
+{
+    size_t len = s ? strlen(s) : 1;
+    if (len % 2)
+        return -1;
+    /* one byte more: an empty string is not malloc(0) */
+    _cleanup_free_ uint8_t *b = malloc(len / 2 + 1);
+    if (!b)
+        abort();
+    if (loom_unhex(s, b, len / 2) < 0)
+        return -1;
+    *ret = TAKE_PTR(b);
+    *ret_len = len / 2;
     return 0;
 }

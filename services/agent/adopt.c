@@ -36,7 +36,7 @@ void agent_adopt_all(struct agent *a)
         if (loom_read_file(p, &text, NULL, &err) < 0 ||
             !(j = loom_json_parse_object(text, strlen(text), &err)) ||
             !(hex = json_string_value(json_object_get(j, "assign"))) ||
-            !(pb = agent_unhex(hex, &len)) || !(in = agent_instance_new(a, pb, len))) {
+            loom_unhex_alloc(hex, &pb, &len) < 0 || !(in = agent_instance_new(a, pb, len))) {
             /* a directory without a usable instance.json was never acked:
              * nothing was started for it */
             log_warn("instance dir %s is unusable, removing it", dir);
@@ -66,8 +66,8 @@ void agent_adopt_all(struct agent *a)
             struct report **t = &in->outbox;
             for (size_t i = 0; i < json_array_size(pend); i++) {
                 size_t rl;
-                uint8_t *rd = agent_unhex(json_string_value(json_array_get(pend, i)), &rl);
-                if (!rd)
+                uint8_t *rd;
+                if (loom_unhex_alloc(json_string_value(json_array_get(pend, i)), &rd, &rl) < 0)
                     continue;
                 struct report *r = calloc(1, sizeof(*r));
                 if (!r)

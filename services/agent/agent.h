@@ -287,7 +287,5 @@ int agent_write_json(const char *path, json_t *j, struct loom_err *err);
  * containers exist (an agent crash keeps it, a machine crash ends them). */
 int agent_write_file_nosync(const char *path, const char *data, size_t len, struct loom_err *err);
 int agent_write_json_nosync(const char *path, json_t *j, struct loom_err *err);
-char *agent_hex(const uint8_t *data, size_t len);
-uint8_t *agent_unhex(const char *hex, size_t *ret_len);
 
 #endif

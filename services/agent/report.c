@@ -21,7 +21,7 @@ int agent_persist_reports(struct agent *a, struct instance *in)
     (void)a;
     _cleanup_json_ json_t *pending = json_array();
     for (struct report *r = in->outbox; r; r = r->next) {
-        _cleanup_free_ char *h = agent_hex(r->data, r->len);
+        _cleanup_free_ char *h = loom_hex_alloc(r->data, r->len);
         json_array_append_new(pending, json_string(h));
     }
     _cleanup_json_ json_t *j = json_pack("{s:I,s:b,s:O}", "seq", (json_int_t)in->seq, "terminal",

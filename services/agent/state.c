@@ -63,35 +63,6 @@ int agent_write_json_nosync(const char *path, json_t *j, struct loom_err *err)
     return agent_write_file_nosync(path, s, strlen(s), err);
 }
 
-char *agent_hex(const uint8_t *data, size_t len)
-{
-    char *h = malloc(len * 2 + 1);
-    if (!h)
-        abort();
-    loom_hex(data, len, h);
-    return h;
-}
-
-uint8_t *agent_unhex(const char *hex, size_t *ret_len)
-{
-    size_t n = strlen(hex);
-    if (n % 2)
-        return NULL;
-    uint8_t *b = malloc(n / 2 + 1);
-    if (!b)
-        abort();
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
-            free(b);
-            return NULL;
-        }
-        b[i] = (uint8_t)v;
-    }
-    *ret_len = n / 2;
-    return b;
-}
-
 bool agent_valid_id(const char *id)
 {
     /* instance ids are UUIDs; they become paths and runc ids */
@@ -109,7 +80,7 @@ int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_
 {
     (void)a;
     Loom__V1__InstanceAssign *as = in->assign;
-    _cleanup_free_ char *hex = agent_hex(in->assign_pb, in->assign_len);
+    _cleanup_free_ char *hex = loom_hex_alloc(in->assign_pb, in->assign_len);
     _cleanup_json_ json_t *j =
         json_pack("{s:s,s:s,s:s,s:s?,s:i,s:s?,s:s,s:s}", "id", in->id, "project", as->project,
                   "kind", as->kind == KIND_APP ? "app" : "job", "job_run",

@@ -85,6 +85,43 @@ static void test_hex_sha256(void **state)
     assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
+/* Hex both ways, in place and allocated: what loom_hex writes, loom_unhex
+ * and loom_unhex_alloc read back; anything but whole hex pairs is refused. */
+static void test_unhex(void **state)
+{
+    (void)state;
+    const unsigned char bytes[] = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xff};
+    char *hex = loom_hex_alloc(bytes, sizeof(bytes));
+    assert_string_equal(hex, "00017f80abff");
+    unsigned char back[sizeof(bytes)];
+    assert_int_equal(loom_unhex(hex, back, sizeof(back)), 0);
+    assert_memory_equal(back, bytes, sizeof(bytes));
+    assert_int_equal(loom_unhex(hex, back, sizeof(back) - 1), -1); /* not 2n characters */
+
+    uint8_t *b = NULL;
+    size_t n = 99;
+    assert_int_equal(loom_unhex_alloc(hex, &b, &n), 0);
+    assert_int_equal(n, sizeof(bytes));
+    assert_memory_equal(b, bytes, sizeof(bytes));
+    free(b);
+    free(hex);
+    assert_int_equal(loom_unhex_alloc("00017F80ABFF", &b, &n), 0); /* upper case */
+    assert_int_equal(b[5], 0xff);
+    free(b);
+    assert_int_equal(loom_unhex_alloc("", &b, &n), 0);
+    assert_int_equal(n, 0);
+    free(b);
+
+    const char *bad[] = {"0", "abc", "0g", " a", "+a", "-1", "a\n", "0x1f"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        b = NULL;
+        if (loom_unhex_alloc(bad[i], &b, &n) == 0)
+            fail_msg("accepted \"%s\"", bad[i]);
+        assert_null(b); /* nothing handed out on failure */
+    }
+    assert_int_equal(loom_unhex_alloc(NULL, &b, &n), -1);
+}
+
 static void test_files(void **state)
 {
     (void)state;
@@ -191,8 +228,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uuid),      cmocka_unit_test(test_is_uuid),
         cmocka_unit_test(test_dns_label), cmocka_unit_test(test_hex_sha256),
-        cmocka_unit_test(test_files),     cmocka_unit_test(test_time),
-        cmocka_unit_test(test_random),    cmocka_unit_test(test_next_line),
+        cmocka_unit_test(test_unhex),     cmocka_unit_test(test_files),
+        cmocka_unit_test(test_time),      cmocka_unit_test(test_random),
+        cmocka_unit_test(test_next_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
