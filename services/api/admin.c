@@ -7,6 +7,7 @@
 
 #include "api.h"
 #include "cleanup.h"
+#include "instance_state.h"
 #include "json.h"
 #include "util.h"
 
@@ -36,7 +37,7 @@ void api_admin_nodes_list(struct loom_http_req *req)
         "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes, n.labels::text, "
         "n.gpus::text, n.simulated, " API_TS("n.last_heartbeat") ", " API_TS(
             "n.registered_at") ", (SELECT count(*) FROM instances i WHERE i.node_name = n.name "
-                               "AND i.state IN ('assigned', 'pulling', 'starting', 'running')) "
+                               "AND i.state IN " LOOM_LIVE_STATES_SQL ") "
                                "FROM nodes n WHERE n.name > $1 ORDER BY n.name",
         "");
     if (!res)

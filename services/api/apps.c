@@ -6,6 +6,7 @@
 #include "api.h"
 #include "cleanup.h"
 #include "config.h"
+#include "instance_state.h"
 #include "json.h"
 
 #define APP_COLS                                                                                   \
@@ -314,7 +315,7 @@ static int app_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
         ctx->db, err,
         "UPDATE instances SET desired = 'stop', updated_at = CASE desired WHEN 'stop' "
         "THEN updated_at ELSE now() END WHERE app_id = $1 "
-        "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
+        "AND state IN " LOOM_LIVE_STATES_SQL " RETURNING id",
         id);
     if (!live)
         return -1;

@@ -645,7 +645,7 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
                       "UPDATE instances SET updated_at = now() WHERE id IN ("
                       "  SELECT i.id FROM instances i JOIN nodes n ON n.name = i.node_name "
                       "  WHERE i.desired = 'stop' AND n.state <> 'lost' "
-                      "    AND (i.state IN " SCHED_LIVE_STATES " OR i.state = 'lost') "
+                      "    AND (i.state IN " LOOM_LIVE_STATES_SQL " OR i.state = 'lost') "
                       "    AND i.updated_at < now() - make_interval(secs => $1::bigint / 1000.0) "
                       "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason",
                       period);

@@ -157,7 +157,7 @@ static int settle_job(struct loom_db *db, int64_t backoff_ms, PGresult *cur,
             "UPDATE instances SET desired = 'stop', reason = 'gang member ' || $2 || ' ended', "
             "  updated_at = now() - interval '1 hour' "
             "WHERE gang = $1::uuid AND id <> $2::uuid AND desired = 'run' "
-            "  AND state IN " SCHED_LIVE_STATES,
+            "  AND state IN " LOOM_LIVE_STATES_SQL,
             gang, m->instance_id);
         if (!st)
             return -1;

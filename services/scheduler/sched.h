@@ -17,6 +17,7 @@
 
 #include "arrayspec.h"
 #include "err.h"
+#include "instance_state.h"
 #include "metrics.h"
 #include "service.h"
 #include "strbuf.h"
@@ -33,9 +34,6 @@
 #define SCHED_GANG_MAX 1000
 /* The port rank 0 of a gang is told to listen on (MASTER_PORT). */
 #define SCHED_GANG_MASTER_PORT 29500
-
-/* Instance states that hold capacity on a node. */
-#define SCHED_LIVE_STATES "('assigned','pulling','starting','running')"
 
 /* --- resources and choices (place.c): pure functions ------------------------ */
 

@@ -16,6 +16,7 @@
 #include "db.h"
 #include "err.h"
 #include "httpc.h"
+#include "instance_state.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -472,10 +473,9 @@ static int cmd_nodes(int argc, char **argv)
                                         "MEMORY_MIB", "INSTANCES", "LAST_HEARTBEAT"};
         return query_print(
             "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes / 1048576, "
-            "(SELECT count(*) FROM instances i WHERE i.node_name = n.name AND i.state IN "
-            "('assigned', 'pulling', 'starting', 'running')), " TS(
-                "n.last_heartbeat") " "
-                                    "FROM nodes n ORDER BY n.name",
+            "(SELECT count(*) FROM instances i WHERE i.node_name = n.name "
+            "AND i.state IN " LOOM_LIVE_STATES_SQL
+            "), " TS("n.last_heartbeat") " FROM nodes n ORDER BY n.name",
             h, 0, NULL);
     }
     if (argc == 2) {
