@@ -1,5 +1,6 @@
 #include "util.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +44,18 @@ void loom_uuid4(char out[37])
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
 }
 
+bool loom_is_uuid(const char *s)
+{
+    if (!s || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
 void loom_hex(const void *data, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
@@ -52,6 +65,15 @@ void loom_hex(const void *data, size_t n, char *out)
         out[2 * i + 1] = digits[p[i] & 15];
     }
     out[2 * n] = '\0';
+}
+
+char *loom_hex_alloc(const void *data, size_t n)
+{
+    char *h = malloc(n * 2 + 1);
+    if (!h)
+        abort();
+    loom_hex(data, n, h);
+    return h;
 }
 
 void loom_sha256_hex(const void *data, size_t n, char out[65])
@@ -363,5 +385,21 @@ int loom_unhex(const char *s, void *out, size_t n)
             return -1;
         o[i] = (unsigned char)(hi << 4 | lo);
     }
+    return 0;
+}
+
+int loom_unhex_alloc(const char *s, uint8_t **ret, size_t *ret_len)
+{
+    size_t len = s ? strlen(s) : 1;
+    if (len % 2)
+        return -1;
+    /* one byte more: an empty string is not malloc(0) */
+    _cleanup_free_ uint8_t *b = malloc(len / 2 + 1);
+    if (!b)
+        abort();
+    if (loom_unhex(s, b, len / 2) < 0)
+        return -1;
+    *ret = TAKE_PTR(b);
+    *ret_len = len / 2;
     return 0;
 }

@@ -12,10 +12,18 @@
 int loom_random_bytes(void *buf, size_t n, struct loom_err *err);
 /* A random RFC 4122 version 4 UUID, lowercase, 36 characters + NUL. */
 void loom_uuid4(char out[37]);
+/* True when s is a UUID in its canonical text form: 8-4-4-4-12 hex digits
+ * (either case). False for NULL. */
+bool loom_is_uuid(const char *s);
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void loom_hex(const void *data, size_t n, char *out);
+/* The same, allocated (free it). */
+char *loom_hex_alloc(const void *data, size_t n);
 /* Exactly 2n hex characters (either case) into n bytes; -1 otherwise. */
 int loom_unhex(const char *s, void *out, size_t n);
+/* A string of hex pairs (either case) into a new buffer of *ret_len bytes
+ * (free it); -1 for NULL, an odd length or a non-hex character. */
+int loom_unhex_alloc(const char *s, uint8_t **ret, size_t *ret_len);
 /* sha256 of data as 64 hex characters + NUL. */
 void loom_sha256_hex(const void *data, size_t n, char out[65]);
 /* sha256 of a whole file; -1 with err if it cannot be read. */

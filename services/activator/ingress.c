@@ -51,7 +51,6 @@
 #include "util.h"
 #include "loom/v1/scale.pb-c.h"
 
-#define TICK_MS 2000
 #define HOLD_RECHECK_MS 100
 #define COLD_REPUBLISH_MS 1000
 #define APP_IDLE_FORGET_MS (10 * 60 * 1000)
@@ -948,7 +947,7 @@ void act_tick(struct loom_service *svc)
         sweep_apps(svc);
     }
     struct act_kpa_config cfg = {
-        .tick_ms = TICK_MS,
+        .tick_ms = svc->tick_ms, /* --tick: the windows count in ticks */
         .stable_window_ms = act_cfg.stable_window_ms,
         .panic_window_ms = act_cfg.panic_window_ms,
         .panic_threshold = 2.0,

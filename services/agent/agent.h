@@ -260,12 +260,13 @@ int probe_run(const struct probe *p, const char *ip, struct loom_err *err);
 /* `loom-agent shim --state-dir D --id ID`: see instance.c. */
 int shim_main(int argc, char **argv);
 
-/* ---- cleanup.c ------------------------------------------------------------- */
+/* ---- sweep.c ------------------------------------------------------------- */
 
-/* `loom-agent cleanup --state-dir D [--bridge B] [--cgroup-parent P]` */
-int cleanup_main(int argc, char **argv);
+/* `loom-agent cleanup --state-dir D [--bridge B] [--cgroup-parent P]`: sweeps
+ * away everything the state dir accounts for. */
+int sweep_main(int argc, char **argv);
 
-/* ---- agent.c / instance.c ------------------------------------------------- */
+/* ---- agent.c, state.c, instance.c ------------------------------------------ */
 
 struct loom_service;
 struct agent;
@@ -279,14 +280,12 @@ bool agent_ready(struct loom_service *svc);
 extern const struct loom_opt agent_opts[];
 extern const size_t agent_nopts;
 
-/* Helpers shared between agent.c and instance.c. */
+/* state.c: the state directory's files. */
 char *agent_instance_dir(const char *state_dir, const char *id);
 int agent_write_json(const char *path, json_t *j, struct loom_err *err);
 /* tmp + rename without fsync: for state that matters only while this boot's
  * containers exist (an agent crash keeps it, a machine crash ends them). */
 int agent_write_file_nosync(const char *path, const char *data, size_t len, struct loom_err *err);
 int agent_write_json_nosync(const char *path, json_t *j, struct loom_err *err);
-char *agent_hex(const uint8_t *data, size_t len);
-uint8_t *agent_unhex(const char *hex, size_t *ret_len);
 
 #endif

@@ -1,4 +1,6 @@
-/* Shared state of agent.c and instance.c. */
+/* Shared state of the agent's files: agent.c (options, start, stop),
+ * state.c, commands.c, report.c, node.c, usage.c, inventory.c, adopt.c and
+ * instance.c. */
 #ifndef LOOM_AGENT_AGENT_INT_H
 #define LOOM_AGENT_AGENT_INT_H
 
@@ -101,6 +103,25 @@ struct report_extra {
     bool oom_killed, timed_out, permanent;
 };
 
+/* ---- state.c ---------------------------------------------------------------- */
+
+/* Instance ids are UUIDs; they become paths and runc ids. */
+bool agent_valid_id(const char *id);
+/* A new instance for a packed InstanceAssign (copied); NULL when it does not
+ * unpack. */
+struct instance *agent_instance_new(struct agent *a, const uint8_t *pb, size_t len);
+/* The instance's instance.json (identity and the assign, to re-adopt). */
+int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_err *err);
+
+/* ---- commands.c --------------------------------------------------------------- */
+
+/* Subscribes to this node's assign, stop and register-again subjects. */
+int agent_subscribe_commands(struct agent *a, struct loom_err *err);
+
+/* ---- report.c ----------------------------------------------------------------- */
+
+/* The reporter thread: sends the head of every outbox. */
+void *agent_reporter_main(void *arg);
 /* Queues a report (persisted) and wakes the reporter. Not under a->mu. */
 void agent_report(struct agent *a, struct instance *in, Loom__V1__InstanceState state,
                   const struct report_extra *x);
@@ -109,10 +130,24 @@ int agent_persist_reports(struct agent *a, struct instance *in);
 void agent_kick_reporter(struct agent *a);
 struct instance *agent_find(struct agent *a, const char *id);
 
+/* ---- node.c, usage.c, inventory.c, adopt.c -------------------------------------- */
+
+/* The housekeeping thread: registers, starts the heartbeat thread, then runs
+ * usage rounds and retention until a->stopping. */
+void *agent_housekeeping_main(void *arg);
+/* One usage round: a sample of every running instance. */
+void agent_sample_usage(struct agent *a);
 /* Publishes a UsageSample of in with u (JetStream, waits for the ack). */
 void agent_publish_usage(struct agent *a, struct instance *in, const struct cgroup_usage *u);
 
-/* instance.c. Under a->mu: starts the instance's thread (adopt: after an
+/* Fills in cpu, memory, disk and GPUs where the options leave them to detect. */
+void agent_detect_inventory(struct agent *a);
+/* Under a->mu: takes over the instances of the state directory. */
+void agent_adopt_all(struct agent *a);
+
+/* ---- instance.c ------------------------------------------------------------------ */
+
+/* Under a->mu: starts the instance's thread (adopt: after an
  * agent restart). */
 void instance_spawn(struct agent *a, struct instance *in, bool adopt);
 /* Fills the network namespace pool and starts a warm shim, ahead of the

@@ -53,7 +53,7 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "shim") == 0)
         return shim_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "cleanup") == 0)
-        return cleanup_main(argc, argv);
+        return sweep_main(argc, argv);
     struct loom_service_def d = def;
     bool simulate = sim_requested(argc, argv);
     struct loom_opt *opts = all_opts(simulate, &d.nopts);

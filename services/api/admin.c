@@ -1,12 +1,13 @@
 /* /v1/admin: operator endpoints (admin keys only): nodes and API keys. */
-#include <openssl/sha.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
+#include "apikey.h"
 #include "cleanup.h"
+#include "instance_state.h"
 #include "json.h"
 #include "util.h"
 
@@ -36,7 +37,7 @@ void api_admin_nodes_list(struct loom_http_req *req)
         "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes, n.labels::text, "
         "n.gpus::text, n.simulated, " API_TS("n.last_heartbeat") ", " API_TS(
             "n.registered_at") ", (SELECT count(*) FROM instances i WHERE i.node_name = n.name "
-                               "AND i.state IN ('assigned', 'pulling', 'starting', 'running')) "
+                               "AND i.state IN " LOOM_LIVE_STATES_SQL ") "
                                "FROM nodes n WHERE n.name > $1 ORDER BY n.name",
         "");
     if (!res)
@@ -138,26 +139,6 @@ void api_admin_keys_list(struct loom_http_req *req)
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
 
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        if (i + 1 < n)
-            out[o++] = tbl[(v >> 6) & 63];
-        if (i + 2 < n)
-            out[o++] = tbl[v & 63];
-    }
-    out[o] = '\0';
-}
-
 /* POST /v1/admin/keys {"role":"admin"|"read"|"write","project"?,"description"?}:
  * the reply carries the key, the only time it is shown. */
 static int key_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
@@ -178,34 +159,24 @@ static int key_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
         return loom_err_set(err, LOOM_EINVAL,
                             "field \"project\": required for read and write keys, refused for "
                             "admin keys");
-    unsigned char id_raw[6], secret_raw[32], sha[32];
-    char key_id[13], secret[45], sha_hex[65];
-    if (loom_random_bytes(id_raw, sizeof(id_raw), err) < 0 ||
-        loom_random_bytes(secret_raw, sizeof(secret_raw), err) < 0)
+    _cleanup_(loom_apikey_release) struct loom_apikey k = {0};
+    if (loom_apikey_mint(&k, err) < 0)
         return -1;
-    loom_hex(id_raw, sizeof(id_raw), key_id);
-    b64url(secret_raw, sizeof(secret_raw), secret);
-    SHA256((const unsigned char *)secret, strlen(secret), sha);
-    loom_hex(sha, sizeof(sha), sha_hex);
     _cleanup_pgres_ PGresult *res = loom_db_query(
         ctx->db, err,
         "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
         "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
         "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL "
         "RETURNING " API_TS("created_at"),
-        key_id, sha_hex, project, role, desc);
+        k.key_id, k.secret_sha256_hex, project, role, desc);
     if (!res)
         return -1;
     if (PQntuples(res) == 0)
         return loom_err_set(err, LOOM_EINVAL, "field \"project\": project \"%s\" not found",
                             project);
-    char key[80];
-    snprintf(key, sizeof(key), "loom_%s_%s", key_id, secret);
-    explicit_bzero(secret, sizeof(secret));
     *ret_body =
-        json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s}", "key_id", key_id, "role", role, "project", project,
-                  "description", desc, "created_at", PQgetvalue(res, 0, 0), "key", key);
-    explicit_bzero(key, sizeof(key));
+        json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s}", "key_id", k.key_id, "role", role, "project",
+                  project, "description", desc, "created_at", PQgetvalue(res, 0, 0), "key", k.key);
     ctx->redact = "key";
     *ret_status = 201;
     return 0;

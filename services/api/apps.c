@@ -7,6 +7,7 @@
 #include "api.h"
 #include "cleanup.h"
 #include "config.h"
+#include "instance_state.h"
 #include "json.h"
 #include "strbuf.h"
 
@@ -176,28 +177,6 @@ void api_apps_create(struct loom_http_req *req)
     api_write(req, true, app_create);
 }
 
-int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
-                       const char *generation, struct loom_err *err)
-{
-    const char *h = loom_http_header(req, "If-Match");
-    if (!h || strcmp(h, "*") == 0)
-        return 0;
-    /* a list of entity tags, weak or strong, is accepted */
-    char want[40];
-    snprintf(want, sizeof(want), "\"%s\"", generation);
-    const char *p = h;
-    while ((p = strstr(p, want)) != NULL) {
-        char after = p[strlen(want)];
-        if (after == '\0' || after == ',' || after == ' ')
-            return 0;
-        p++;
-    }
-    return loom_err_set(err, LOOM_EPRECOND,
-                        "%s \"%s\" has changed (its entity tag is now \"%s\"): read it again "
-                        "and retry",
-                        what, name, generation);
-}
-
 /* PATCH .../apps/{name}: the given fields replace the current ones; a real
  * change makes a new generation (and revision). */
 static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
@@ -308,7 +287,7 @@ static int app_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
         ctx->db, err,
         "UPDATE instances SET desired = 'stop', updated_at = CASE desired WHEN 'stop' "
         "THEN updated_at ELSE now() END WHERE app_id = $1 "
-        "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
+        "AND state IN " LOOM_LIVE_STATES_SQL " RETURNING id",
         id);
     if (!live)
         return -1;

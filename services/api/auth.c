@@ -3,12 +3,12 @@
  * busy client does not cost a query per request; a revocation therefore
  * takes effect within AUTH_CACHE_MS. */
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
+#include "apikey.h"
 #include "cleanup.h"
 #include "util.h"
 
@@ -189,7 +189,7 @@ int api_auth(struct loom_http_req *req, struct loom_db *db, struct api_caller *r
     if (lookup_key(db, key_id, &k, err) < 0)
         return -1;
     unsigned char sha[32];
-    SHA256((const unsigned char *)secret, strlen(secret), sha);
+    loom_apikey_secret_sha256(secret, sha);
     if (CRYPTO_memcmp(sha, k.sha, 32) != 0)
         return loom_err_set(err, LOOM_EUNAUTH, "wrong secret for API key %s", key_id);
     if (rate_check(req, key_id, err) < 0)

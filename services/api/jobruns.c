@@ -8,6 +8,7 @@
 #include "arrayspec.h"
 #include "cleanup.h"
 #include "config.h"
+#include "instance_state.h"
 #include "json.h"
 #include "util.h"
 
@@ -308,7 +309,7 @@ static int stop_run_instances(struct api_ctx *ctx, const char *run_id, int *ret_
     _cleanup_pgres_ PGresult *live = loom_db_query(
         ctx->db, err,
         "UPDATE instances SET desired = 'stop', updated_at = now() WHERE job_run_id = $1 "
-        "AND state IN ('assigned', 'pulling', 'starting', 'running') RETURNING id",
+        "AND state IN " LOOM_LIVE_STATES_SQL " RETURNING id",
         run_id);
     if (!live)
         return -1;

@@ -3,6 +3,7 @@
 
 #include "api.h"
 #include "cleanup.h"
+#include "instance_state.h"
 #include "json.h"
 
 #define PROJECT_COLS "id, name, " API_TS("created_at")
@@ -87,7 +88,7 @@ static int project_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_bod
     _cleanup_pgres_ PGresult *live =
         lock ? loom_db_query(ctx->db, err,
                              "SELECT count(*) FROM instances WHERE project_id = $1 "
-                             "AND state IN ('assigned', 'pulling', 'starting', 'running')",
+                             "AND state IN " LOOM_LIVE_STATES_SQL,
                              ctx->project.id_str)
              : NULL;
     if (!live)

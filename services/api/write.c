@@ -263,6 +263,28 @@ int api_outbox_publish(struct loom_db *db, struct loom_err *err)
     return sent;
 }
 
+int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
+                       const char *generation, struct loom_err *err)
+{
+    const char *h = loom_http_header(req, "If-Match");
+    if (!h || strcmp(h, "*") == 0)
+        return 0;
+    /* a list of entity tags, weak or strong, is accepted */
+    char want[40];
+    snprintf(want, sizeof(want), "\"%s\"", generation);
+    const char *p = h;
+    while ((p = strstr(p, want)) != NULL) {
+        char after = p[strlen(want)];
+        if (after == '\0' || after == ',' || after == ' ')
+            return 0;
+        p++;
+    }
+    return loom_err_set(err, LOOM_EPRECOND,
+                        "%s \"%s\" has changed (its entity tag is now \"%s\"): read it again "
+                        "and retry",
+                        what, name, generation);
+}
+
 int api_patch_spec(struct api_ctx *ctx, enum loom_kind kind, const char *sql_lock,
                    struct api_patch *ret, struct loom_err *err)
 {

@@ -8,7 +8,6 @@
  * shipped; a trailing partial line waits for its newline. */
 #include "logshipper.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -56,21 +55,6 @@ static struct tracked *tracked;
 static char *chunk;
 static int64_t last_retention_ms;
 static struct loom_metric *m_lines, *m_bytes, *m_bad, *m_deleted;
-
-static bool is_uuid(const char *s)
-{
-    if (strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i])) {
-            return false;
-        }
-    }
-    return true;
-}
 
 static void tracked_free(struct tracked *t)
 {
@@ -127,7 +111,7 @@ static int start_tracking(struct loom_service *svc, const char *dir, const char 
     t->dir = strdup(dir);
     if (!t->dir)
         abort();
-    snprintf(t->id, sizeof(t->id), "%s", id);
+    snprintf(t->id, sizeof(t->id), "%.36s", id); /* a UUID (scan_dir) */
     snprintf(t->project, sizeof(t->project), "%s", project);
     t->skip_upto = max ? strtoll(max, NULL, 10) : -1;
     t->pos = max ? t->skip_upto : 0;
@@ -358,7 +342,7 @@ static void scan_dir(struct loom_service *svc, const char *state_dir)
         return; /* the agent has not made it yet */
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (!is_uuid(de->d_name))
+        if (!loom_is_uuid(de->d_name))
             continue;
         _cleanup_free_ char *idir = NULL;
         if (asprintf(&idir, "%s/%s", path, de->d_name) < 0)

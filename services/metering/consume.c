@@ -3,7 +3,6 @@
  * between redelivers, and the primary key makes the second insert a no-op. */
 #include "metering.h"
 
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include "metrics.h"
 #include "service.h"
 #include "subjects.h"
+#include "util.h"
 
 #define FETCH_BATCH 256
 #define FETCH_TIMEOUT_MS 500
@@ -24,24 +24,9 @@ static natsSubscription *sub;
 static struct loom_metric *m_stored, *m_dup, *m_bad, *m_fail;
 static bool last_fetch_failed;
 
-static bool is_uuid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!isxdigit((unsigned char)s[i])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 int meter_sample_check(const Loom__V1__UsageSample *s, struct loom_err *err)
 {
-    if (!is_uuid(s->instance_id))
+    if (!loom_is_uuid(s->instance_id))
         return loom_err_set(err, LOOM_EINVAL, "instance_id \"%.40s\" is not a uuid",
                             s->instance_id ? s->instance_id : "");
     if (!s->node || !*s->node || strlen(s->node) > 253)

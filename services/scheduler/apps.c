@@ -149,7 +149,7 @@ static int app_stop(struct loom_db *db, const char *app_id, const char *generati
         db, err,
         "UPDATE instances SET desired = 'stop', reason = $5, updated_at = now() WHERE id IN ("
         "  SELECT id FROM instances WHERE app_id = $1::bigint AND desired = 'run' "
-        "    AND state IN " SCHED_LIVE_STATES " "
+        "    AND state IN " LOOM_LIVE_STATES_SQL " "
         "    AND (app_generation = $2::integer AND NOT " ON_DRAINING ") = ($3 = 'cur') "
         "  ORDER BY state = 'running', created_at DESC LIMIT $4::bigint) "
         "RETURNING id, node_name",
@@ -184,7 +184,7 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
         "    count(*) FILTER (WHERE i.app_generation <> a.generation OR " ON_DRAINING
         ") AS live_old "
         "  FROM instances i WHERE i.app_id = a.id AND i.desired = 'run' "
-        "    AND i.state IN " SCHED_LIVE_STATES ") l ON true "
+        "    AND i.state IN " LOOM_LIVE_STATES_SQL ") l ON true "
         "LEFT JOIN LATERAL (SELECT count(*) AS nf, max(finished_at) AS lastf FROM instances i "
         "  WHERE i.app_id = a.id AND i.state = 'failed' "
         "    AND i.finished_at > now() - interval '5 minutes') f ON true "

@@ -32,7 +32,7 @@ static void on_reply(struct loom_bus *bus, natsMsg *msg, void *arg)
     if (strncmp(subj, s->inbox, plen) != 0 || subj[plen] != '.')
         return;
     const char *kind = subj + plen + 1; /* "a.<id>" or "s.<id>" */
-    if ((kind[0] != 'a' && kind[0] != 's') || kind[1] != '.' || !sched_valid_uuid(kind + 2))
+    if ((kind[0] != 'a' && kind[0] != 's') || kind[1] != '.' || !loom_is_uuid(kind + 2))
         return;
     Loom__V1__Ack *ack = (Loom__V1__Ack *)loom_bus_unpack(msg, &loom__v1__ack__descriptor, NULL);
     if (!ack)
@@ -497,7 +497,7 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
                       "UPDATE instances SET updated_at = now() WHERE id IN ("
                       "  SELECT i.id FROM instances i JOIN nodes n ON n.name = i.node_name "
                       "  WHERE i.desired = 'stop' AND n.state <> 'lost' "
-                      "    AND (i.state IN " SCHED_LIVE_STATES " OR i.state = 'lost') "
+                      "    AND (i.state IN " LOOM_LIVE_STATES_SQL " OR i.state = 'lost') "
                       "    AND i.updated_at < now() - make_interval(secs => $1::bigint / 1000.0) "
                       "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason",
                       period);

@@ -51,7 +51,7 @@ size_t sched_quota_room(const struct sched_quota *q, const struct sched_request 
     "  coalesce(sum(i.cpu_millis), 0), coalesce(sum(i.memory_bytes), 0), "                         \
     "  coalesce(sum(i.gpus), 0), count(i.id) "                                                     \
     "FROM project_quotas q LEFT JOIN instances i ON i.project_id = q.project_id "                  \
-    "  AND i.state IN " SCHED_LIVE_STATES " "
+    "  AND i.state IN " LOOM_LIVE_STATES_SQL " "
 
 static void quota_from_row(PGresult *res, int row, struct sched_quota *ret)
 {
@@ -441,7 +441,7 @@ int sched_jobs_stop_cancelled(struct sched *s, struct loom_db *db, int64_t epoch
         loom_db_exec(db,
                      "UPDATE instances i SET desired = 'stop', updated_at = now() FROM job_runs r "
                      "WHERE r.id = i.job_run_id AND r.state = 'cancelled' AND i.desired = 'run' "
-                     "  AND i.state IN " SCHED_LIVE_STATES " RETURNING i.id, i.node_name",
+                     "  AND i.state IN " LOOM_LIVE_STATES_SQL " RETURNING i.id, i.node_name",
                      0, NULL, err);
     if (!res)
         goto fail;

@@ -31,7 +31,7 @@ static PGresult *lose_instances(struct loom_db *db, const char *nodes, const cha
         "WITH li AS ("
         "  UPDATE instances SET state = 'lost', finished_at = now(), updated_at = now(), "
         "    reason = $4 "
-        "  WHERE node_name = ANY($1::text[]) AND state IN " SCHED_LIVE_STATES " "
+        "  WHERE node_name = ANY($1::text[]) AND state IN " LOOM_LIVE_STATES_SQL " "
         "    AND id <> ALL($2::uuid[]) "
         "    AND ($3::timestamptz IS NULL OR created_at < $3::timestamptz) "
         "  RETURNING id, kind, job_run_id, array_index, app_id, gang), "
@@ -48,7 +48,7 @@ static PGresult *lose_instances(struct loom_db *db, const char *nodes, const cha
         "    updated_at = now() - interval '1 hour' "
         "  FROM li WHERE li.gang IS NOT NULL AND g.gang = li.gang "
         "    AND g.node_name <> ALL($1::text[]) AND g.desired = 'run' "
-        "    AND g.state IN " SCHED_LIVE_STATES " RETURNING g.id), "
+        "    AND g.state IN " LOOM_LIVE_STATES_SQL " RETURNING g.id), "
         "jr AS ("
         "  UPDATE job_runs r SET n_running = r.n_running - g.n, "
         "    pending = r.pending + g.m, updated_at = now() "
@@ -184,7 +184,7 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     }
     struct strbuf ids = STRBUF_INIT;
     for (size_t i = 0; i < m->n_instance_ids; i++)
-        if (sched_valid_uuid(m->instance_ids[i]))
+        if (loom_is_uuid(m->instance_ids[i]))
             sched_pg_array_add(&ids, m->instance_ids[i]);
     sched_pg_array_end(&ids);
     char *node = strdup(m->node);
@@ -392,7 +392,7 @@ int sched_nodes_check_liveness(struct sched *s, struct loom_db *db, int64_t epoc
                       "  AND last_heartbeat < now() - make_interval(secs => $1::bigint / 1000.0)) "
                       "OR ($2::boolean AND EXISTS (SELECT 1 FROM nodes n WHERE n.state = 'lost' "
                       "  AND EXISTS (SELECT 1 FROM instances i WHERE i.node_name = n.name "
-                      "    AND i.state IN " SCHED_LIVE_STATES ")))",
+                      "    AND i.state IN " LOOM_LIVE_STATES_SQL ")))",
                       timeout, sweep ? "true" : "false");
     if (!probe)
         return -1;
@@ -415,7 +415,7 @@ int sched_nodes_check_liveness(struct sched *s, struct loom_db *db, int64_t epoc
     holding = loom_db_exec(db,
                            "SELECT n.name FROM nodes n WHERE n.state = 'lost' "
                            "AND EXISTS (SELECT 1 FROM instances i WHERE i.node_name = n.name "
-                           "  AND i.state IN " SCHED_LIVE_STATES ")",
+                           "  AND i.state IN " LOOM_LIVE_STATES_SQL ")",
                            0, NULL, err);
     if (!holding)
         goto fail;
@@ -470,7 +470,8 @@ int sched_nodes_load(struct sched *s, struct loom_db *db, struct sched_node **re
         db,
         "SELECT node_name, sum(cpu_millis), sum(memory_bytes), sum(gpus), sum(ephemeral_bytes) "
         "FROM instances "
-        "WHERE state IN " SCHED_LIVE_STATES " GROUP BY node_name ORDER BY node_name COLLATE \"C\"",
+        "WHERE state IN " LOOM_LIVE_STATES_SQL
+        " GROUP BY node_name ORDER BY node_name COLLATE \"C\"",
         0, NULL, err);
     if (!use)
         return -1;

@@ -204,21 +204,6 @@ bool sched_valid_node_name(const char *s)
     return n <= 253;
 }
 
-bool sched_valid_uuid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!isxdigit((unsigned char)s[i])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Takes r's resources on node k (give: gives them back). */
 static void take(struct sched_node *n, const struct sched_request *r, int sign)
 {

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "loom/v1/instance.pb-c.h"
 #include "subjects.h"
+#include "util.h"
 
 static const char *state_name(Loom__V1__InstanceState st)
 {
@@ -156,7 +157,7 @@ static int settle_job(struct loom_db *db, int64_t backoff_ms, PGresult *cur,
             "UPDATE instances SET desired = 'stop', reason = 'gang member ' || $2 || ' ended', "
             "  updated_at = now() - interval '1 hour' "
             "WHERE gang = $1::uuid AND id <> $2::uuid AND desired = 'run' "
-            "  AND state IN " SCHED_LIVE_STATES,
+            "  AND state IN " LOOM_LIVE_STATES_SQL,
             gang, m->instance_id);
         if (!st)
             return -1;
@@ -172,7 +173,7 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
     const char *reported = state_name(m->state);
     if (!reported)
         return loom_err_set(err, LOOM_EINVAL, "invalid instance state %d", (int)m->state);
-    if (!sched_valid_uuid(m->instance_id))
+    if (!loom_is_uuid(m->instance_id))
         return loom_err_set(err, LOOM_EINVAL, "invalid instance id");
     if (strlen(m->reason) > 4096 || strlen(m->address) > 255)
         return loom_err_set(err, LOOM_EINVAL, "reason or address too long");

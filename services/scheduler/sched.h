@@ -17,6 +17,7 @@
 
 #include "arrayspec.h"
 #include "err.h"
+#include "instance_state.h"
 #include "metrics.h"
 #include "service.h"
 #include "spec.h"
@@ -34,9 +35,6 @@
 #define SCHED_GANG_MAX 1000
 /* The port rank 0 of a gang is told to listen on (MASTER_PORT). */
 #define SCHED_GANG_MASTER_PORT 29500
-
-/* Instance states that hold capacity on a node. */
-#define SCHED_LIVE_STATES "('assigned','pulling','starting','running')"
 
 /* --- resources and choices (place.c): pure functions ------------------------ */
 
@@ -98,8 +96,6 @@ void sched_describe_request(const struct sched_request *r, char *buf, size_t len
 /* True for a node name we accept: 1-253 of [a-zA-Z0-9_-], starting with an
  * alphanumeric (it is one token of NATS subjects, so no dots). */
 bool sched_valid_node_name(const char *s);
-/* True for a canonical lowercase or uppercase UUID string. */
-bool sched_valid_uuid(const char *s);
 
 /* The nodes the leader places on, loaded on first use and again once older
  * than SCHED_POOL_MAX_AGE_MS; placements take capacity from it in memory.

@@ -29,6 +29,7 @@ pids=()
 free_port pg_port
 free_port nats_port
 free_port act_port
+free_port act2_port
 free_port up1_port
 free_port up2_port
 free_port dead_port
@@ -173,6 +174,22 @@ is "$ports" "$(printf '%s\n' "$up1_port" "$up2_port" | sort -u | paste -sd,)" "r
 is "$(jq -r .max_conc "$tmp"/c?.out | sort -u | paste -sd,)" 1 "no instance got more than its concurrency"
 is "$(grep -c '"port"' "$tmp"/c?.out | awk -F: '{ s += $2 } END { print s }')" 6 "every request was served"
 like "$(curl -s "$act/metrics")" 'loom_activator_requests_total\{code="503"\} 1' "metrics count requests by code"
+
+# the autoscaler's windows count in ticks of the configured length: with
+# --tick 200ms, an idle app keeps its instance for the whole 2 s stable
+# window (not one 200 ms tick, as when the tick length was a constant 2 s)
+psql_q -c "INSERT INTO apps (project_id, name, spec, desired_instances)
+	SELECT id, 'idle', '{\"image_reference\":\"x\"}', 1 FROM projects WHERE name = 'p'"
+start act2 "$bin/loom-activator" --http-addr "127.0.0.1:$act2_port" --tick 200ms \
+	--stable-window 2s --panic-window 2s
+wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$act2_port/readyz)\" = 200 ]" ||
+	bail_out "the second activator did not become ready: $(tail -5 "$tmp/act2.log")"
+t0=$(now_ms)
+wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
+idle_ms=$(($(now_ms) - t0))
+ok "an idle app scales to zero after the stable window, not after one tick ($(seconds $idle_ms) s)" \
+	test $idle_ms -ge 1000 -a $idle_ms -lt 8000
+kill "$act2_pid" 2>/dev/null
 
 # --- the logshipper -----------------------------------------------------------------
 id=22222222-2222-4222-8222-222222222222

@@ -14,6 +14,7 @@
 #include "arrayspec.h"
 #include "services/scheduler/sched.h"
 #include "spec.h"
+#include "util.h"
 
 /* The request of a run: its row's integers, the rest from its decoded spec. */
 static void test_request_from_spec(void **state)
@@ -212,10 +213,10 @@ static void test_names(void **state)
     assert_false(sched_valid_node_name("a*"));
     assert_false(sched_valid_node_name("a>"));
     assert_false(sched_valid_node_name(NULL));
-    assert_true(sched_valid_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755d"));
-    assert_false(sched_valid_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755"));
-    assert_false(sched_valid_uuid("9abf38fa+ebb7-407a-97be-5b4a8f43755d"));
-    assert_false(sched_valid_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755g"));
+    assert_true(loom_is_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755d"));
+    assert_false(loom_is_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755"));
+    assert_false(loom_is_uuid("9abf38fa+ebb7-407a-97be-5b4a8f43755d"));
+    assert_false(loom_is_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755g"));
 }
 
 static void test_fits_labels_and_disk(void **state)

@@ -32,6 +32,27 @@ static void test_uuid(void **state)
     assert_non_null(strchr("89ab", a[19])); /* RFC 4122 variant */
 }
 
+static void test_is_uuid(void **state)
+{
+    (void)state;
+    char fresh[37];
+    loom_uuid4(fresh);
+    assert_true(loom_is_uuid(fresh));
+    assert_true(loom_is_uuid("9abf38fa-ebb7-407a-97be-5b4a8f43755d"));
+    assert_true(loom_is_uuid("9ABF38FA-EBB7-407A-97BE-5B4A8F43755D"));
+    const char *bad[] = {"",
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755",   /* short */
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755d0", /* long */
+                         "9abf38fa+ebb7-407a-97be-5b4a8f43755d",  /* not a dash */
+                         "9abf38faebb7-407a-97be-5b4a8f43755d0",  /* dash moved */
+                         "9abf38fa-ebb7-407a-97be-5b4a8f43755g",  /* not hex */
+                         "../../etc/passwd-ebb7-407a-97be-5b4a8f"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (loom_is_uuid(bad[i]))
+            fail_msg("accepted \"%s\"", bad[i]);
+    assert_false(loom_is_uuid(NULL));
+}
+
 static void test_dns_label(void **state)
 {
     (void)state;
@@ -62,6 +83,43 @@ static void test_hex_sha256(void **state)
     assert_string_equal(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     loom_sha256_hex("abc", 3, out);
     assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+/* Hex both ways, in place and allocated: what loom_hex writes, loom_unhex
+ * and loom_unhex_alloc read back; anything but whole hex pairs is refused. */
+static void test_unhex(void **state)
+{
+    (void)state;
+    const unsigned char bytes[] = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xff};
+    char *hex = loom_hex_alloc(bytes, sizeof(bytes));
+    assert_string_equal(hex, "00017f80abff");
+    unsigned char back[sizeof(bytes)];
+    assert_int_equal(loom_unhex(hex, back, sizeof(back)), 0);
+    assert_memory_equal(back, bytes, sizeof(bytes));
+    assert_int_equal(loom_unhex(hex, back, sizeof(back) - 1), -1); /* not 2n characters */
+
+    uint8_t *b = NULL;
+    size_t n = 99;
+    assert_int_equal(loom_unhex_alloc(hex, &b, &n), 0);
+    assert_int_equal(n, sizeof(bytes));
+    assert_memory_equal(b, bytes, sizeof(bytes));
+    free(b);
+    free(hex);
+    assert_int_equal(loom_unhex_alloc("00017F80ABFF", &b, &n), 0); /* upper case */
+    assert_int_equal(b[5], 0xff);
+    free(b);
+    assert_int_equal(loom_unhex_alloc("", &b, &n), 0);
+    assert_int_equal(n, 0);
+    free(b);
+
+    const char *bad[] = {"0", "abc", "0g", " a", "+a", "-1", "a\n", "0x1f"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        b = NULL;
+        if (loom_unhex_alloc(bad[i], &b, &n) == 0)
+            fail_msg("accepted \"%s\"", bad[i]);
+        assert_null(b); /* nothing handed out on failure */
+    }
+    assert_int_equal(loom_unhex_alloc(NULL, &b, &n), -1);
 }
 
 static void test_files(void **state)
@@ -168,9 +226,10 @@ static void test_next_line(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid),       cmocka_unit_test(test_dns_label),
-        cmocka_unit_test(test_hex_sha256), cmocka_unit_test(test_files),
-        cmocka_unit_test(test_time),       cmocka_unit_test(test_random),
+        cmocka_unit_test(test_uuid),      cmocka_unit_test(test_is_uuid),
+        cmocka_unit_test(test_dns_label), cmocka_unit_test(test_hex_sha256),
+        cmocka_unit_test(test_unhex),     cmocka_unit_test(test_files),
+        cmocka_unit_test(test_time),      cmocka_unit_test(test_random),
         cmocka_unit_test(test_next_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

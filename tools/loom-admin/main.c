@@ -4,18 +4,19 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libpq-fe.h>
-#include <openssl/sha.h>
 #include <regex.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "apikey.h"
 #include "bus.h"
 #include "cleanup.h"
 #include "db.h"
 #include "err.h"
 #include "httpc.h"
+#include "instance_state.h"
 #include "quantity.h"
 #include "subjects.h"
 #include "util.h"
@@ -325,26 +326,6 @@ static int cmd_projects(int argc, char **argv)
 }
 
 /* base64url without padding of n bytes into out (4 * ceil(n / 3) + 1 bytes). */
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        if (i + 1 < n)
-            out[o++] = tbl[(v >> 6) & 63];
-        if (i + 2 < n)
-            out[o++] = tbl[v & 63];
-    }
-    out[o] = '\0';
-}
-
 static int keys_create(int argc, char **argv)
 {
     bool admin = false;
@@ -384,21 +365,15 @@ static int keys_create(int argc, char **argv)
         return usage_error("%s", "--role must be read or write");
 
     struct loom_err err = LOOM_ERR_INIT;
-    unsigned char id_raw[6], secret_raw[32], sha[32];
-    char key_id[13], secret[45], sha_hex[65];
-    if (loom_random_bytes(id_raw, sizeof(id_raw), &err) < 0 ||
-        loom_random_bytes(secret_raw, sizeof(secret_raw), &err) < 0)
+    _cleanup_(loom_apikey_release) struct loom_apikey k = {0};
+    if (loom_apikey_mint(&k, &err) < 0)
         return fail(&err);
-    loom_hex(id_raw, sizeof(id_raw), key_id);
-    b64url(secret_raw, sizeof(secret_raw), secret);
-    /* the API hashes the secret as it appears in the key (its base64url text) */
-    SHA256((const unsigned char *)secret, strlen(secret), sha);
-    loom_hex(sha, sizeof(sha), sha_hex);
 
     struct loom_db *db = NULL;
     if (open_db(&db, &err) < 0)
         return fail(&err);
-    const char *params[] = {key_id, sha_hex, admin ? NULL : project, admin ? "admin" : role, desc};
+    const char *params[] = {k.key_id, k.secret_sha256_hex, admin ? NULL : project,
+                            admin ? "admin" : role, desc};
     PGresult *res = loom_db_exec(
         db,
         "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
@@ -415,8 +390,8 @@ static int keys_create(int argc, char **argv)
         return 1;
     }
     /* the only time the secret is shown */
-    printf("loom_%s_%s\n", key_id, secret);
-    fprintf(stderr, "key id %s (%s%s%s): store it now, it cannot be shown again\n", key_id,
+    printf("%s\n", k.key);
+    fprintf(stderr, "key id %s (%s%s%s): store it now, it cannot be shown again\n", k.key_id,
             admin ? "admin" : role, admin ? "" : " on ", admin ? "" : project);
     return 0;
 }
@@ -473,10 +448,9 @@ static int cmd_nodes(int argc, char **argv)
                                         "MEMORY_MIB", "INSTANCES", "LAST_HEARTBEAT"};
         return query_print(
             "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes / 1048576, "
-            "(SELECT count(*) FROM instances i WHERE i.node_name = n.name AND i.state IN "
-            "('assigned', 'pulling', 'starting', 'running')), " TS(
-                "n.last_heartbeat") " "
-                                    "FROM nodes n ORDER BY n.name",
+            "(SELECT count(*) FROM instances i WHERE i.node_name = n.name "
+            "AND i.state IN " LOOM_LIVE_STATES_SQL
+            "), " TS("n.last_heartbeat") " FROM nodes n ORDER BY n.name",
             h, 0, NULL);
     }
     if (argc == 2) {

@@ -117,7 +117,7 @@ static void remove_masquerade(const char *bridge)
     free(chains);
 }
 
-int cleanup_main(int argc, char **argv)
+int sweep_main(int argc, char **argv)
 {
     const char *state = NULL, *bridge = NULL, *cgparent = NULL, *cni_path = "/usr/lib/cni",
                *runtime = NULL;

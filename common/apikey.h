@@ -1,0 +1,35 @@
+/* API keys: "loom_<key_id>_<secret>", the key id 12 lowercase hex digits,
+ * the secret 43 base64url characters (32 random bytes). PostgreSQL keeps
+ * only the sha256 of the secret's text (api_keys.secret_sha256); the key is
+ * shown once, when it is made. */
+#ifndef LOOM_APIKEY_H
+#define LOOM_APIKEY_H
+
+#include <stdint.h>
+
+#include "err.h"
+
+#define LOOM_APIKEY_ID_LEN 12
+#define LOOM_APIKEY_SECRET_LEN 43
+#define LOOM_APIKEY_LEN (5 + LOOM_APIKEY_ID_LEN + 1 + LOOM_APIKEY_SECRET_LEN)
+
+struct loom_apikey {
+    char key_id[LOOM_APIKEY_ID_LEN + 1];
+    char key[LOOM_APIKEY_LEN + 1]; /* the whole key, secret included */
+    char secret_sha256_hex[65];    /* what api_keys.secret_sha256 holds, in hex */
+};
+
+/* A new key from fresh random bytes. Release it (it holds the secret) with
+ * loom_apikey_release, best as _cleanup_(loom_apikey_release). */
+int loom_apikey_mint(struct loom_apikey *ret, struct loom_err *err);
+/* The key made of these bytes: what loom_apikey_mint does once it has them.
+ * The caller zeroes secret_raw. */
+void loom_apikey_format(const uint8_t id_raw[6], const uint8_t secret_raw[32],
+                        struct loom_apikey *ret);
+/* Zeroes k (the compiler may not drop it). Accepts NULL. */
+void loom_apikey_release(struct loom_apikey *k);
+
+/* The sha256 of a secret's text, as minting stores it and a check compares it. */
+void loom_apikey_secret_sha256(const char *secret, unsigned char ret[32]);
+
+#endif

@@ -1,0 +1,189 @@
+/* loom: calls to the API, their replies, problems and exit codes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cleanup.h"
+#include "err.h"
+#include "httpc.h"
+#include "json.h"
+#include "strbuf.h"
+#include "util.h"
+#include "cli.h"
+
+void reply_release(struct reply *r)
+{
+    free(r->raw);
+    if (r->json)
+        json_decref(r->json);
+    memset(r, 0, sizeof(*r));
+}
+
+static int exit_for_status(long status)
+{
+    if (status < 300)
+        return EXIT_OK;
+    if (status == 401 || status == 403)
+        return EXIT_AUTH;
+    if (status == 404)
+        return EXIT_NOTFOUND;
+    if (status >= 500)
+        return EXIT_UNAVAIL;
+    return EXIT_API;
+}
+
+static void print_problem(const struct reply *r)
+{
+    const char *detail = r->json ? json_string_value(json_object_get(r->json, "detail")) : NULL;
+    const char *title = r->json ? json_string_value(json_object_get(r->json, "title")) : NULL;
+    const char *rid = r->json ? json_string_value(json_object_get(r->json, "request_id")) : NULL;
+    fprintf(stderr, "loom: %s (HTTP %ld%s%s)\n",
+            detail  ? detail
+            : title ? title
+                    : (r->raw && *r->raw ? r->raw : "error"),
+            r->status, title ? " " : "", title ? title : "");
+    if (rid)
+        fprintf(stderr, "request id: %s\n", rid);
+}
+
+/* Calls the API. Returns an exit code: EXIT_OK for 2xx (then *ret holds the
+ * reply), else prints the problem to stderr. */
+int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
+                struct reply *ret)
+{
+    if (!cfg.api || !*cfg.api) {
+        fprintf(stderr, "loom: no API address: run loom login, or set LOOM_API or --api\n");
+        return EXIT_USAGE;
+    }
+    if (!cfg.key || !*cfg.key) {
+        fprintf(stderr, "loom: no API key: run loom login, or set LOOM_KEY or --key\n");
+        return EXIT_AUTH;
+    }
+    size_t n = strlen(cfg.api);
+    while (n && cfg.api[n - 1] == '/')
+        n--;
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%.*s%s", (int)n, cfg.api, path) < 0)
+        abort();
+    _cleanup_free_ char *auth = NULL;
+    if (asprintf(&auth, "Authorization: Bearer %s", cfg.key) < 0)
+        abort();
+    char idem[64] = "";
+    if (strcmp(method, "POST") == 0) {
+        char uuid[37];
+        loom_uuid4(uuid);
+        snprintf(idem, sizeof(idem), "Idempotency-Key: \"%s\"", uuid);
+    }
+    char ifm[96] = "";
+    if (if_match)
+        snprintf(ifm, sizeof(ifm), "If-Match: \"%.64s\"", if_match);
+    const char *headers[6] = {auth, "Accept: application/json", "Content-Type: application/json"};
+    int nh = 3;
+    if (idem[0])
+        headers[nh++] = idem;
+    if (ifm[0])
+        headers[nh++] = ifm;
+    _cleanup_free_ char *text = body ? loom_json_dumps(body) : NULL;
+    struct loom_httpc_req req = {
+        .method = method,
+        .url = url,
+        .headers = headers,
+        .body = text,
+        .body_len = text ? strlen(text) : 0,
+        .timeout_ms = 30000,
+    };
+    struct loom_httpc_resp resp = {.body = STRBUF_INIT};
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_httpc_do(&req, &resp, &err) < 0) {
+        fprintf(stderr, "loom: could not reach the API at %s: %s\n", cfg.api, err.msg);
+        loom_httpc_resp_release(&resp);
+        return EXIT_UNAVAIL;
+    }
+    struct reply r = {.status = resp.status};
+    r.raw = strbuf_detach(&resp.body, NULL);
+    loom_httpc_resp_release(&resp);
+    if (r.raw && *r.raw)
+        r.json = json_loads(r.raw, 0, NULL);
+    int rc = exit_for_status(r.status);
+    if (rc != EXIT_OK) {
+        print_problem(&r);
+        reply_release(&r);
+        return rc;
+    }
+    *ret = r;
+    return EXIT_OK;
+}
+
+int api_call(const char *method, const char *path, json_t *body, struct reply *ret)
+{
+    return api_call_if(method, path, body, NULL, ret);
+}
+
+int need_project(void)
+{
+    if (!cfg.project || !*cfg.project) {
+        fprintf(stderr, "loom: no project: set LOOM_PROJECT or --project\n");
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* "/v1/projects/<p>/<coll>[/<name>][<suffix>]" */
+char *ppath(const char *coll, const char *name, const char *suffix)
+{
+    char *p;
+    if (asprintf(&p, "/v1/projects/%s/%s%s%s%s", cfg.project, coll, name ? "/" : "",
+                 name ? name : "", suffix ? suffix : "") < 0)
+        abort();
+    return p;
+}
+
+/* PATCH with If-Match: reads the resource's entity tag first, so a change
+ * made by someone else in between is refused (412) instead of lost. */
+int patch_current(const char *coll, const char *name, json_t *body, const char *method,
+                  struct reply *ret)
+{
+    _cleanup_free_ char *path = ppath(coll, name, NULL);
+    struct reply cur = {0};
+    int rc = api_call("GET", path, NULL, &cur);
+    if (rc)
+        return rc;
+    _cleanup_free_ char *etag = strdup(jstr(cur.json, "entity_tag"));
+    reply_release(&cur);
+    return api_call_if(method, path, body, etag, ret);
+}
+
+/* DELETE that may answer 202 (instances still stopping): retries until the
+ * row is gone. */
+int delete_with_retry(const char *coll, const char *name, const char *what)
+{
+    _cleanup_free_ char *path = ppath(coll, name, NULL);
+    for (int tries = 0;; tries++) {
+        struct reply r = {0};
+        int rc = api_call("DELETE", path, NULL, &r);
+        if (rc == EXIT_NOTFOUND && tries > 0)
+            rc = EXIT_OK;
+        if (rc)
+            return rc;
+        long st = r.status;
+        reply_release(&r);
+        if (st != 202)
+            break;
+        if (tries == 0)
+            printf("stopping the instances of %s %s...\n", what, name);
+        if (tries >= 60) {
+            fprintf(stderr, "loom: %s %s is still stopping; delete it again later\n", what, name);
+            return EXIT_API;
+        }
+        sleep_ms(1000);
+    }
+    printf("%s %s deleted\n", what, name);
+    return EXIT_OK;
+}
+
+void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}

@@ -1,0 +1,303 @@
+/* loom app: create, update, get, list, delete, instances, revisions, logs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "json.h"
+#include "util.h"
+#include "cli.h"
+
+static void print_app(json_t *app)
+{
+    json_t *d = json_object_get(app, "status_details");
+    printf("Name:        %s\n", jstr(app, "name"));
+    printf("Status:      %s\n", jstr(app, "status"));
+    printf("URL:         %s\n", jstr(app, "endpoint"));
+    printf("Image:       %s\n", jstr(app, "image_reference"));
+    printf("Port:        %lld\n", jint(app, "image_port"));
+    printf("Generation:  %lld\n", jint(app, "generation"));
+    printf("Scale:       min %lld, max %lld, concurrency %lld\n", jint(app, "scale_min_instances"),
+           jint(app, "scale_max_instances"), jint(app, "scale_concurrency"));
+    printf("Resources:   cpu %s, memory %s\n", jstr(app, "scale_cpu_limit"),
+           jstr(app, "scale_memory_limit"));
+    printf("Instances:   %lld running, %lld desired\n", jint(d, "instances_running"),
+           jint(d, "instances_desired"));
+    if (json_is_string(json_object_get(d, "waiting_reason")))
+        printf("Waiting:     %s\n", jstr(d, "waiting_reason"));
+    printf("Created:     %s\n", jstr(app, "created_at"));
+}
+
+/* --probe-live / --probe-ready "type=http,path=/healthz,port=8080,initial_delay=1,
+ * interval=10,timeout=1,failure_threshold=3" (Code Engine's KEY=VALUE list;
+ * the keys are the spec's, "initial-delay" and "failure-threshold" also work). */
+static int put_probe(struct args *a, const char *flag, json_t *body, const char *key)
+{
+    const char *v = fval(a, flag);
+    if (!v)
+        return 0;
+    _cleanup_json_ json_t *o = json_object();
+    _cleanup_free_ char *text = strdup(v);
+    char *save = NULL;
+    for (char *kv = strtok_r(text, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            return usage_err("--probe-* item \"%s\" is not KEY=VALUE", kv);
+        *eq = '\0';
+        for (char *c = kv; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        const char *val = eq + 1;
+        if (strcmp(kv, "type") == 0 || strcmp(kv, "path") == 0) {
+            json_object_set_new(o, kv, json_string(val));
+            continue;
+        }
+        char *end;
+        long long n = strtoll(val, &end, 10);
+        if (!*val || *end)
+            return usage_err("--probe-* item \"%s\" needs an integer", kv);
+        json_object_set_new(o, kv, json_integer(n));
+    }
+    json_object_set(body, key, o);
+    return 0;
+}
+
+static int app_write(int argc, char **argv, bool create)
+{
+    struct flag flags[] = {
+        VFLAG("name"),
+        VFLAG("image"),
+        VFLAG("cmd"),
+        RFLAG("command"),
+        RFLAG("arg"),
+        RFLAG("env"),
+        VFLAG("port"),
+        VFLAG("min-scale"),
+        VFLAG("max-scale"),
+        VFLAG("concurrency"),
+        VFLAG("cpu"),
+        VFLAG("memory"),
+        VFLAG("gpus"),
+        VFLAG("gpu-model"),
+        BFLAG("no-wait"),
+        VFLAG("wait-timeout"),
+        RUN_FLAGS,
+        VFLAG("concurrency-target"),
+        VFLAG("scale-down-delay"),
+        VFLAG("request-timeout"),
+        VFLAG("scale-initial-instances"),
+        VFLAG("probe-live"),
+        VFLAG("probe-ready"),
+        VFLAG("visibility"),
+    };
+    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    int rc = parse_args(&a, argc, argv);
+    _cleanup_json_ json_t *body = json_object();
+    const char *name = NULL;
+    if (!rc)
+        rc = take_name(&a, create ? "app create" : "app update", &name);
+    if (!rc && create && !fval(&a, "image"))
+        rc = usage_err("%s", "app create needs --image");
+    if (!rc) {
+        if (create)
+            json_object_set_new(body, "name", json_string(name));
+        rc = put_run_fields(&a, body);
+    }
+    static const struct int_flag ints[] = {
+        {"port", "image_port"},
+        {"min-scale", "scale_min_instances"},
+        {"max-scale", "scale_max_instances"},
+        {"concurrency", "scale_concurrency"},
+        {"concurrency-target", "scale_concurrency_target"},
+        {"scale-down-delay", "scale_down_delay"},
+        {"request-timeout", "scale_request_timeout"},
+        {"scale-initial-instances", "scale_initial_instances"},
+    };
+    if (!rc)
+        rc = put_ints(&a, body, ints, LOOM_ARRAY_SIZE(ints));
+    if (!rc && fval(&a, "visibility"))
+        json_object_set_new(body, "visibility", json_string(fval(&a, "visibility")));
+    if (!rc)
+        rc = put_probe(&a, "probe-live", body, "probe_liveness");
+    if (!rc)
+        rc = put_probe(&a, "probe-ready", body, "probe_readiness");
+    if (!rc && !create && json_object_size(body) == 0)
+        rc = usage_err("%s", "app update: nothing to change");
+    bool wait = !fset(&a, "no-wait");
+    long timeout_s = fval(&a, "wait-timeout") ? atol(fval(&a, "wait-timeout")) : 300;
+    args_release(&a);
+    if (rc)
+        return rc;
+    _cleanup_free_ char *coll = ppath("apps", NULL, NULL);
+    struct reply r = {0};
+    rc = create ? api_call("POST", coll, body, &r) : patch_current("apps", name, body, "PATCH", &r);
+    if (rc)
+        return rc;
+    if (!cfg.json)
+        printf("app %s %s (generation %lld)\n", name, create ? "created" : "updated",
+               jint(r.json, "generation"));
+    _cleanup_free_ char *path = ppath("apps", name, NULL);
+    char prev[128] = "";
+    for (long waited = 0; wait && strcmp(jstr(r.json, "status"), "ready") != 0; waited++) {
+        if (waited >= timeout_s) {
+            fprintf(stderr, "loom: app %s is not ready after %ld s (still %s)\n", name, timeout_s,
+                    jstr(r.json, "status"));
+            reply_release(&r);
+            return EXIT_API;
+        }
+        json_t *d = json_object_get(r.json, "status_details");
+        char line[128];
+        snprintf(line, sizeof(line), "%s: %lld of %lld instances running%s%s",
+                 jstr(r.json, "status"), jint(d, "instances_running"), jint(d, "instances_desired"),
+                 *jstr(d, "waiting_reason") ? " - " : "", jstr(d, "waiting_reason"));
+        if (strcmp(line, prev) != 0 && !cfg.json) {
+            printf("%s\n", line);
+            fflush(stdout);
+            snprintf(prev, sizeof(prev), "%s", line);
+        }
+        sleep_ms(1000);
+        reply_release(&r);
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+    }
+    if (cfg.json)
+        print_raw(&r);
+    else
+        printf("%s\n", jstr(r.json, "endpoint"));
+    reply_release(&r);
+    return EXIT_OK;
+}
+
+/* loom app logs N [-f] [--instance ID]: in time order; -f keeps polling. */
+static int app_logs(int argc, char **argv)
+{
+    struct flag flags[] = {BFLAG("follow"), VFLAG("instance")};
+    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    bool follow = false;
+    /* -f is the usual spelling */
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "-f") == 0)
+            argv[i] = (char *)"--follow";
+    int rc = parse_args(&a, argc, argv);
+    if (!rc && a.npos != 1)
+        rc = usage_err("%s", "usage: app logs NAME [-f] [--instance ID]");
+    if (rc) {
+        args_release(&a);
+        return rc;
+    }
+    follow = fset(&a, "follow");
+    _cleanup_free_ char *base = ppath("apps", a.pos[0], "/logs?limit=1000");
+    _cleanup_free_ char *inst = fval(&a, "instance") ? strdup(fval(&a, "instance")) : NULL;
+    args_release(&a);
+    _cleanup_free_ char *after = NULL;
+    for (;;) {
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "%s%s%s%s%s", base, inst ? "&instance=" : "", inst ? inst : "",
+                     after && *after ? "&after=" : "", after && *after ? after : "") < 0)
+            abort();
+        struct reply r = {0};
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        json_t *lines = json_object_get(r.json, "lines");
+        size_t i;
+        json_t *x;
+        if (cfg.json) {
+            json_array_foreach(lines, i, x)
+            {
+                _cleanup_free_ char *t = json_dumps(x, JSON_COMPACT);
+                printf("%s\n", t);
+            }
+        } else {
+            json_array_foreach(lines, i, x)
+                printf("[%.8s] %s\n", jstr(x, "instance"), jstr(x, "line"));
+        }
+        fflush(stdout);
+        free(after);
+        after = strdup(jstr(r.json, "next"));
+        size_t n = json_array_size(lines);
+        reply_release(&r);
+        if (n == 1000)
+            continue;
+        if (!follow)
+            return EXIT_OK;
+        sleep_ms(1000);
+    }
+}
+
+int cmd_app(const char *verb, int argc, char **argv)
+{
+    int rc = need_project();
+    if (rc)
+        return rc;
+    if (strcmp(verb, "create") == 0 || strcmp(verb, "update") == 0)
+        return app_write(argc, argv, verb[0] == 'c');
+    if (strcmp(verb, "logs") == 0)
+        return app_logs(argc, argv);
+    struct args a = {.nflags = 0};
+    if ((rc = parse_args(&a, argc, argv)))
+        return rc;
+    struct reply r = {0};
+    if (strcmp(verb, "list") == 0 && a.npos == 0) {
+        _cleanup_free_ char *path = ppath("apps", NULL, "?limit=1000");
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json) {
+            print_raw(&r);
+        } else {
+            printf("%-28s %-10s %-9s %s\n", "NAME", "STATUS", "INSTANCES", "URL");
+            size_t i;
+            json_t *x;
+            json_array_foreach(json_object_get(r.json, "apps"), i, x)
+            {
+                json_t *d = json_object_get(x, "status_details");
+                char inst[32];
+                snprintf(inst, sizeof(inst), "%lld/%lld", jint(d, "instances_running"),
+                         jint(d, "instances_desired"));
+                printf("%-28s %-10s %-9s %s\n", jstr(x, "name"), jstr(x, "status"), inst,
+                       jstr(x, "endpoint"));
+            }
+        }
+    } else if (strcmp(verb, "get") == 0 && a.npos == 1) {
+        _cleanup_free_ char *path = ppath("apps", a.pos[0], NULL);
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json)
+            print_raw(&r);
+        else
+            print_app(r.json);
+    } else if (strcmp(verb, "instances") == 0 && a.npos == 1) {
+        _cleanup_free_ char *path = ppath("apps", a.pos[0], "/instances");
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json) {
+            print_raw(&r);
+        } else {
+            printf("%-36s %-9s %-16s %-21s %s\n", "ID", "STATUS", "NODE", "ADDRESS", "CREATED");
+            size_t i;
+            json_t *x;
+            json_array_foreach(json_object_get(r.json, "instances"), i, x)
+                printf("%-36s %-9s %-16s %-21s %s\n", jstr(x, "id"), jstr(x, "status"),
+                       jstr(x, "node"), jstr(x, "address"), jstr(x, "created_at"));
+        }
+    } else if (strcmp(verb, "revisions") == 0 && a.npos == 1) {
+        _cleanup_free_ char *path = ppath("apps", a.pos[0], "/revisions");
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json) {
+            print_raw(&r);
+        } else {
+            printf("%-32s %-10s %-40s %s\n", "NAME", "GENERATION", "IMAGE", "CREATED");
+            size_t i;
+            json_t *x;
+            json_array_foreach(json_object_get(r.json, "revisions"), i, x)
+                printf("%-32s %-10lld %-40s %s\n", jstr(x, "name"), jint(x, "generation"),
+                       jstr(x, "image_reference"), jstr(x, "created_at"));
+        }
+    } else if (strcmp(verb, "delete") == 0 && a.npos == 1) {
+        return delete_with_retry("apps", a.pos[0], "app");
+    } else {
+        return usage_err("unknown or incomplete app command \"%s\"", verb);
+    }
+    reply_release(&r);
+    return EXIT_OK;
+}

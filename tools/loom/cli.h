@@ -1,0 +1,130 @@
+/* loom, the user's CLI: what its files share. main.c reads the settings and
+ * dispatches the nouns; args.c parses a verb's flags into a request body;
+ * api.c calls the API and maps replies to exit codes; output.c prints; one
+ * file per noun (project.c, job.c, jobrun.c, app.c, kv.c). */
+#ifndef LOOM_CLI_H
+#define LOOM_CLI_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+enum {
+    EXIT_OK = 0,
+    EXIT_API = 1,
+    EXIT_USAGE = 2,
+    EXIT_NOTFOUND = 3,
+    EXIT_AUTH = 4,
+    EXIT_UNAVAIL = 5,
+};
+
+/* The settings: flag, then environment, then the config file. */
+struct cli_config {
+    char *api;
+    char *key;
+    char *project;
+    bool json;
+};
+extern struct cli_config cfg;
+
+/* Strips leading and trailing blanks in place. */
+void trim(char *s);
+
+/* ---- args.c: verb flags ------------------------------------------------------ */
+
+/* Verb flags: each either takes a value (kept, repeatable ones appended to a
+ * JSON array) or is boolean. Positionals are collected in order. */
+struct flag {
+    const char *name;
+    bool has_value;
+    bool repeat;
+    const char *value; /* last value */
+    json_t *values;    /* all values, for repeatable flags */
+    bool set;
+};
+
+#define VFLAG(n)                                                                                   \
+    {                                                                                              \
+        .name = (n), .has_value = true                                                             \
+    }
+#define RFLAG(n)                                                                                   \
+    {                                                                                              \
+        .name = (n), .has_value = true, .repeat = true                                             \
+    }
+#define BFLAG(n)                                                                                   \
+    {                                                                                              \
+        .name = (n)                                                                                \
+    }
+
+struct args {
+    struct flag *flags;
+    size_t nflags;
+    const char *pos[8];
+    int npos;
+};
+
+/* Integer flags and the body members they set. */
+struct int_flag {
+    const char *flag, *key;
+};
+
+/* Flags of every run spec (apps and jobs). */
+#define RUN_FLAGS                                                                                  \
+    RFLAG("env-from-secret"), RFLAG("env-from-configmap"), RFLAG("mount-secret"),                  \
+        RFLAG("mount-configmap"), VFLAG("registry-secret"), VFLAG("ephemeral-storage")
+
+#define JOB_FLAGS                                                                                  \
+    VFLAG("name"), VFLAG("image"), VFLAG("cmd"), RFLAG("command"), RFLAG("arg"), RFLAG("env"),     \
+        VFLAG("array-indices"), VFLAG("retrylimit"), VFLAG("maxexecutiontime"), VFLAG("cpu"),      \
+        VFLAG("memory"), VFLAG("parallelism"), VFLAG("mode"), VFLAG("gpus"), VFLAG("gpu-model"),   \
+        RUN_FLAGS, VFLAG("nodes"), VFLAG("priority"), RFLAG("node-selector"), VFLAG("placement"),  \
+        VFLAG("gang-timeout")
+
+/* Prints "loom: " msg (a format with one %s for arg) and a hint; EXIT_USAGE. */
+int usage_err(const char *msg, const char *arg);
+struct flag *find_flag(struct args *a, const char *name);
+int parse_args(struct args *a, int argc, char **argv);
+void args_release(struct args *a);
+const char *fval(struct args *a, const char *name);
+bool fset(struct args *a, const char *name);
+int put_int(struct args *a, const char *flag, json_t *body, const char *key);
+int put_ints(struct args *a, json_t *body, const struct int_flag *t, size_t n);
+int take_name(struct args *a, const char *what, const char **ret);
+int put_run_fields(struct args *a, json_t *body);
+
+/* ---- api.c: calls and replies ------------------------------------------------ */
+
+struct reply {
+    long status;
+    char *raw;    /* body text */
+    json_t *json; /* parsed body, or NULL */
+};
+
+void reply_release(struct reply *r);
+int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
+                struct reply *ret);
+int api_call(const char *method, const char *path, json_t *body, struct reply *ret);
+int need_project(void);
+char *ppath(const char *coll, const char *name, const char *suffix);
+int patch_current(const char *coll, const char *name, json_t *body, const char *method,
+                  struct reply *ret);
+int delete_with_retry(const char *coll, const char *name, const char *what);
+void sleep_ms(long ms);
+
+/* ---- output.c ---------------------------------------------------------------- */
+
+/* A string member, "" when absent. */
+const char *jstr(json_t *o, const char *k);
+long long jint(json_t *o, const char *k);
+void print_raw(const struct reply *r);
+
+/* ---- the nouns ----------------------------------------------------------------- */
+
+int cmd_project(const char *verb, int argc, char **argv);
+int put_job_fields(struct args *a, json_t *body);
+int cmd_job(const char *verb, int argc, char **argv);
+int cmd_jobrun(const char *verb, int argc, char **argv);
+int cmd_app(const char *verb, int argc, char **argv);
+int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv);
+
+#endif

@@ -1,0 +1,135 @@
+/* loom job: create, update, get, list, delete. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "json.h"
+#include "util.h"
+#include "cli.h"
+
+int put_job_fields(struct args *a, json_t *body)
+{
+    if (fval(a, "array-indices"))
+        json_object_set_new(body, "scale_array_spec", json_string(fval(a, "array-indices")));
+    if (fval(a, "mode"))
+        json_object_set_new(body, "run_mode", json_string(fval(a, "mode")));
+    if (fval(a, "placement"))
+        json_object_set_new(body, "placement", json_string(fval(a, "placement")));
+    struct flag *sel = find_flag(a, "node-selector");
+    if (sel->values) {
+        json_t *o = json_object();
+        json_object_set_new(body, "node_selector", o);
+        size_t i;
+        json_t *v;
+        json_array_foreach(sel->values, i, v)
+        {
+            const char *kv = json_string_value(v), *eq = strchr(kv, '=');
+            if (!eq || eq == kv)
+                return usage_err("--node-selector \"%s\" is not LABEL=VALUE", kv);
+            _cleanup_free_ char *k = strndup(kv, (size_t)(eq - kv));
+            json_object_set_new(o, k, json_string(eq + 1));
+        }
+    }
+    static const struct int_flag ints[] = {
+        {"nodes", "scale_nodes"},
+        {"priority", "priority"},
+        {"gang-timeout", "gang_timeout"},
+        {"retrylimit", "scale_retry_limit"},
+        {"maxexecutiontime", "scale_max_execution_time"},
+        {"parallelism", "parallelism"},
+    };
+    int rc = put_run_fields(a, body);
+    if (!rc)
+        rc = put_ints(a, body, ints, LOOM_ARRAY_SIZE(ints));
+    return rc;
+}
+
+static void print_job(json_t *job)
+{
+    printf("Name:        %s\n", jstr(job, "name"));
+    printf("Image:       %s\n", jstr(job, "image_reference"));
+    printf("Array:       %s\n", jstr(job, "scale_array_spec"));
+    printf("Mode:        %s\n", jstr(job, "run_mode"));
+    printf("Retries:     %lld\n", jint(job, "scale_retry_limit"));
+    printf("Max time:    %lld s\n", jint(job, "scale_max_execution_time"));
+    printf("Parallelism: %lld\n", jint(job, "parallelism"));
+    printf("Resources:   cpu %s, memory %s\n", jstr(job, "scale_cpu_limit"),
+           jstr(job, "scale_memory_limit"));
+    printf("Generation:  %lld\n", jint(job, "generation"));
+    printf("Created:     %s\n", jstr(job, "created_at"));
+}
+
+int cmd_job(const char *verb, int argc, char **argv)
+{
+    int rc = need_project();
+    if (rc)
+        return rc;
+    struct flag flags[] = {JOB_FLAGS};
+    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    if ((rc = parse_args(&a, argc, argv)))
+        return rc;
+    struct reply r = {0};
+    _cleanup_json_ json_t *body = json_object();
+    bool create = strcmp(verb, "create") == 0;
+    if (create || strcmp(verb, "update") == 0) {
+        const char *name = NULL;
+        rc = take_name(&a, create ? "job create" : "job update", &name);
+        if (!rc && create && !fval(&a, "image"))
+            rc = usage_err("%s", "job create needs --image");
+        if (!rc && create)
+            json_object_set_new(body, "name", json_string(name));
+        if (!rc)
+            rc = put_job_fields(&a, body);
+        if (!rc && !create && json_object_size(body) == 0)
+            rc = usage_err("%s", "job update: nothing to change");
+        if (!rc) {
+            _cleanup_free_ char *coll = ppath("jobs", NULL, NULL);
+            rc = create ? api_call("POST", coll, body, &r)
+                        : patch_current("jobs", name, body, "PATCH", &r);
+        }
+        args_release(&a);
+        if (rc)
+            return rc;
+        if (cfg.json)
+            print_raw(&r);
+        else
+            printf("job %s %s (generation %lld)\n", name, create ? "created" : "updated",
+                   jint(r.json, "generation"));
+    } else if (strcmp(verb, "get") == 0 && a.npos == 1) {
+        _cleanup_free_ char *path = ppath("jobs", a.pos[0], NULL);
+        args_release(&a);
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json)
+            print_raw(&r);
+        else
+            print_job(r.json);
+    } else if (strcmp(verb, "list") == 0 && a.npos == 0) {
+        args_release(&a);
+        _cleanup_free_ char *path = ppath("jobs", NULL, "?limit=1000");
+        if ((rc = api_call("GET", path, NULL, &r)))
+            return rc;
+        if (cfg.json) {
+            print_raw(&r);
+        } else {
+            printf("%-32s %-14s %-40s %s\n", "NAME", "ARRAY", "IMAGE", "CREATED");
+            size_t i;
+            json_t *x;
+            json_array_foreach(json_object_get(r.json, "jobs"), i, x)
+                printf("%-32s %-14s %-40s %s\n", jstr(x, "name"), jstr(x, "scale_array_spec"),
+                       jstr(x, "image_reference"), jstr(x, "created_at"));
+        }
+    } else if (strcmp(verb, "delete") == 0 && a.npos == 1) {
+        _cleanup_free_ char *path = ppath("jobs", a.pos[0], NULL);
+        const char *name = a.pos[0];
+        args_release(&a);
+        if ((rc = api_call("DELETE", path, NULL, &r)))
+            return rc;
+        printf("job %s deleted\n", name);
+    } else {
+        args_release(&a);
+        return usage_err("unknown or incomplete job command \"%s\"", verb);
+    }
+    reply_release(&r);
+    return EXIT_OK;
+}
