@@ -73,7 +73,7 @@ const struct loom_field loom_spec_table[] = {
      .check = loom_spec_check_mounts,
      .offset = O(mounts),
      .flag = "mount-secret",
-     .metavar = "DIR=SECRET",
+     .metavar = "/DIR=SECRET",
      .help = "secrets and config maps mounted as read-only directories of files",
      .schema = "{'type':'array','maxItems':20,'items':{'$ref':'#/components/schemas/"
                "VolumeMount'}}"},
