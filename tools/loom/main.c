@@ -40,6 +40,12 @@ static const char usage_text[] =
     "          timeout=S,failure-threshold=N; without --no-wait: progress lines until ready)\n"
     "  app update N [the same flags]   (a new generation; refused if changed meanwhile)\n"
     "  app get N | list | delete N | instances N | revisions N | logs N [-f] [--instance ID]\n"
+    "  fn create N --runtime R (--inline-code FILE | --code-bundle DIR|TGZ) [--main F]\n"
+    "         [--env K=V...] [--cpu C] [--memory M] [--concurrency N] [--timeout S]\n"
+    "         [--scale-down-delay S] [--visibility public|private|project]\n"
+    "  fn update N [the same flags] | get N | list | delete N | runtimes\n"
+    "  fn invoke N [--data JSON | --data-file F] [--header K:V...]   (prints the answer)\n"
+    "  fn logs N [-f] | activations N\n"
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
@@ -290,6 +296,8 @@ int main(int argc, char **argv)
         rc = cmd_app(verb, nrest - 2, rest + 2);
     else if (strcmp(noun, "job") == 0)
         rc = cmd_job(verb, nrest - 2, rest + 2);
+    else if (strcmp(noun, "fn") == 0 || strcmp(noun, "function") == 0)
+        rc = cmd_fn(verb, nrest - 2, rest + 2);
     else if (strcmp(noun, "secret") == 0)
         rc = cmd_kv("secrets", "secret", verb, nrest - 2, rest + 2);
     else if (strcmp(noun, "configmap") == 0 || strcmp(noun, "cm") == 0)
