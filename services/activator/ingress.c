@@ -855,36 +855,6 @@ static void append_query(struct strbuf *up, struct loom_http_req *req)
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, add_query_arg, &q);
 }
 
-static bool service_ready(void)
-{
-    struct loom_service *svc = loom_service_current();
-    return !shutting_down() && loom_bus_connected(svc->bus);
-}
-
-/* The catch-all route hides the server's own /livez, /readyz and /metrics:
- * answer them here for requests that are not for an app. */
-static bool serve_builtin(struct loom_http_req *req)
-{
-    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
-        return false;
-    if (strcmp(req->path, "/livez") == 0) {
-        loom_http_reply(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
-    } else if (strcmp(req->path, "/readyz") == 0) {
-        if (service_ready())
-            loom_http_reply(req, 200, "text/plain; charset=utf-8", "ready\n", 6);
-        else
-            loom_http_reply_problem(req, 503, "not ready");
-    } else if (strcmp(req->path, "/metrics") == 0) {
-        struct strbuf sb = STRBUF_INIT;
-        loom_metrics_render(&sb);
-        loom_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", sb.buf, sb.len);
-        strbuf_release(&sb);
-    } else {
-        return false;
-    }
-    return true;
-}
-
 void act_handle(struct loom_http_req *req)
 {
     char project[ACT_NAME_MAX], name[ACT_NAME_MAX];
@@ -900,7 +870,9 @@ void act_handle(struct loom_http_req *req)
         strbuf_addch(&up, '/');
         act_add_url_raw(&up, rest);
     } else {
-        if (serve_builtin(req))
+        /* the catch-all route hides the server's own endpoints: they answer
+         * what is for no app */
+        if (loom_http_serve_builtin(req))
             return;
         loom_http_reply_problem(req, 404,
                                 "no app here: use /apps/<project>/<app>/ or the host "
@@ -1016,6 +988,14 @@ void act_tick(struct loom_service *svc)
     pthread_mutex_unlock(&mu);
 }
 
+/* /readyz on the internal listener: the service's readiness */
+static bool internal_ready(void *arg)
+{
+    (void)arg;
+    struct loom_service *svc = loom_service_current();
+    return svc && loom_service_ready(svc);
+}
+
 int act_start(struct loom_service *svc, struct loom_err *err)
 {
     if (act_proxy_global_init(err) < 0)
@@ -1042,6 +1022,7 @@ int act_start(struct loom_service *svc, struct loom_err *err)
             .routes = internal_routes,
             .nroutes = LOOM_ARRAY_SIZE(internal_routes),
             .arg = &internal_tag,
+            .ready = internal_ready,
             .service = "activator-internal",
         };
         if (loom_http_server_start(&o, &internal_http, err) < 0)

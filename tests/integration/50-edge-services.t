@@ -129,6 +129,8 @@ get -H "Host: a.p.loom.localhost:$act_port" "$act/deep/path?k=v"
 is "$http_status/$(jq_body .path)" "200//deep/path?k=v" "Host form: the full path goes upstream"
 get -H "Host: a.p.loom.localhost" "$act/apps/p/cold/"
 is "$(jq_body .path)" "/apps/p/cold/" "Host form wins over the path form"
+get -H "Host: a.p.loom.localhost" "$act/metrics?x=1"
+is "$http_status/$(jq_body .path)" "200//metrics?x=1" "Host form: the app's own /metrics is the app's"
 
 get "$act/apps/p/nope/"
 is "$http_status/$http_type" "404/application/problem+json" "an unknown app is a 404 problem"
