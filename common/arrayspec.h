@@ -27,6 +27,7 @@ struct loom_arrayspec {
 int loom_arrayspec_parse(const char *s, int64_t max_count, struct loom_arrayspec *ret,
                          struct loom_err *err);
 void loom_arrayspec_release(struct loom_arrayspec *spec);
+#define _cleanup_arrayspec_ __attribute__((cleanup(loom_arrayspec_release)))
 
 /* "0-9,20,30-39" (canonical form), allocated. */
 char *loom_arrayspec_format(const struct loom_arrayspec *spec);

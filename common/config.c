@@ -1,4 +1,5 @@
 #include "config.h"
+#include "quantity.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -89,36 +90,9 @@ static const char *parse_duration_reason(const char *s, int64_t *ret)
 
 static const char *parse_size_reason(const char *s, int64_t *ret)
 {
-    int64_t v;
-    const char *unit;
-    if (!parse_number_prefix(s, &v, &unit))
-        return *s && isdigit((unsigned char)*s) ? "out of range"
-                                                : "not a size (like 512, 64K, 512Mi, 4G)";
-    static const struct {
-        const char *suffix;
-        int64_t mul;
-    } units[] = {
-        {"", 1},
-        {"B", 1},
-        {"K", 1000},
-        {"k", 1000},
-        {"M", 1000 * 1000},
-        {"G", 1000 * 1000 * 1000},
-        {"T", 1000LL * 1000 * 1000 * 1000},
-        {"Ki", 1024},
-        {"Mi", 1024 * 1024},
-        {"Gi", 1024 * 1024 * 1024},
-        {"Ti", 1024LL * 1024 * 1024 * 1024},
-    };
-    for (size_t i = 0; i < LOOM_ARRAY_SIZE(units); i++) {
-        if (strcmp(unit, units[i].suffix) == 0) {
-            if (v > INT64_MAX / units[i].mul)
-                return "out of range";
-            *ret = v * units[i].mul;
-            return NULL;
-        }
-    }
-    return "not a size (like 512, 64K, 512Mi, 4G)";
+    if (loom_size_parse(s, LOOM_SIZE_ANY, ret, NULL) < 0)
+        return "not a size (like 512, 64K, 512Mi, 0.5G, 4G)";
+    return NULL;
 }
 
 static const char *parse_hostport_reason(const char *s, char **ret_host, uint16_t *ret_port)
@@ -171,11 +145,6 @@ int loom_parse_bool(const char *s, bool *ret)
 int loom_parse_duration_ms(const char *s, int64_t *ret)
 {
     return parse_duration_reason(s, ret) ? -1 : 0;
-}
-
-int loom_parse_size(const char *s, int64_t *ret)
-{
-    return parse_size_reason(s, ret) ? -1 : 0;
 }
 
 int loom_parse_hostport(const char *s, char **ret_host, uint16_t *ret_port)

@@ -18,8 +18,8 @@ enum loom_opt_type {
     LOOM_OPT_INT,      /* dst: int64_t *, bounded by min and max */
     LOOM_OPT_BOOL,     /* dst: bool *; "1/0/true/false/yes/no/on/off"; a bare flag is true */
     LOOM_OPT_DURATION, /* dst: int64_t * in milliseconds; "250ms", "5s", "2m", "1h", bare = s */
-    LOOM_OPT_SIZE,     /* dst: int64_t * in bytes; "512", "64K", "512Mi", "4G", "1Gi" */
-    LOOM_OPT_ADDR,     /* dst: char **; "host:port" or ":port" (host defaults to 127.0.0.1) */
+    LOOM_OPT_SIZE, /* dst: int64_t * in bytes; "512", "64K", "512Mi", "4G" (common/quantity.h) */
+    LOOM_OPT_ADDR, /* dst: char **; "host:port" or ":port" (host defaults to 127.0.0.1) */
 };
 
 struct loom_opt {
@@ -48,7 +48,6 @@ void loom_config_usage(FILE *out, const char *prog, const struct loom_opt *opts,
 int loom_parse_int(const char *s, int64_t min, int64_t max, int64_t *ret);
 int loom_parse_bool(const char *s, bool *ret);
 int loom_parse_duration_ms(const char *s, int64_t *ret);
-int loom_parse_size(const char *s, int64_t *ret);
 /* host is allocated; an empty host becomes "127.0.0.1". */
 int loom_parse_hostport(const char *s, char **ret_host, uint16_t *ret_port);
 

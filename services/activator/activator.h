@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "spec.h"
 #include "strbuf.h"
 
 struct loom_service;
@@ -99,17 +100,7 @@ uint32_t act_kpa_bump(struct act_kpa *kpa, uint32_t want, bool panic, int64_t no
  * not shrink the app). Returns the desired count. */
 uint32_t act_kpa_revision(struct act_kpa *kpa, uint32_t initial, int64_t now_ms);
 
-/* The per-instance target: target when > 0 (at most concurrency), else
- * concurrency itself (scale_concurrency_target defaults to
- * scale_concurrency); concurrency <= 0 means the default, 100. */
-double act_kpa_target(int64_t concurrency, int64_t target);
-
 /* --- a request's next step (plan.c): pure -------------------------------------- */
-
-/* Who may reach an app: "public" apps answer on both listeners; "private"
- * ones only on the internal listener; "project" ones only there and only to
- * callers that are running instances of the same project. */
-enum act_visibility { ACT_VIS_PUBLIC, ACT_VIS_PRIVATE, ACT_VIS_PROJECT };
 
 /* A ready instance of an app, as the activator tracks it. */
 struct act_inst {
@@ -124,7 +115,10 @@ struct act_plan_app {
     bool exists;     /* the app row exists */
     bool refreshing; /* another request is reading it now */
     int64_t fetched_ms;
-    enum act_visibility visibility;
+    /* "public" apps answer on both listeners; "private" ones only on the
+     * internal listener; "project" ones only there and only to callers that
+     * are running instances of the same project */
+    enum loom_visibility visibility;
     int64_t concurrency; /* per-instance limit */
     double target;       /* per-instance autoscaler target */
     const struct act_inst *insts;

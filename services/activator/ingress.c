@@ -45,6 +45,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "service.h"
+#include "spec.h"
 #include "subjects.h"
 #include "util.h"
 #include "loom/v1/scale.pb-c.h"
@@ -55,7 +56,6 @@
 #define SWEEP_EVERY_MS 10000
 #define NBUCKETS 256
 #define DB_POOL 4
-#define DEFAULT_CONCURRENCY 100
 #define MAX_CONNECT_RETRIES 3
 #define INSTANCE_DOWN_MS 2000
 
@@ -74,7 +74,7 @@ struct app {
     double target;       /* per-instance autoscaler target */
     int64_t scale_down_delay_ms;
     int64_t request_timeout_ms; /* one proxied exchange at most */
-    enum act_visibility visibility;
+    enum loom_visibility visibility;
     int64_t rev_generation; /* the generation whose start the autoscaler saw (0: none) */
     struct act_inst *insts;
     size_t ninsts;
@@ -141,10 +141,11 @@ static struct app *app_get(const char *project, const char *name, uint32_t desir
         abort();
     snprintf(a->project, sizeof(a->project), "%s", project);
     snprintf(a->name, sizeof(a->name), "%s", name);
-    a->concurrency = DEFAULT_CONCURRENCY;
-    a->target = act_kpa_target(DEFAULT_CONCURRENCY, 0);
+    /* until it is read: an app with every default */
+    a->concurrency = 100;
+    a->target = 100;
     a->request_timeout_ms = act_cfg.upstream_timeout_ms;
-    a->visibility = ACT_VIS_PUBLIC;
+    a->visibility = LOOM_VIS_PUBLIC;
     int64_t now = loom_mono_ms();
     a->area_since_ms = a->tick_start_ms = a->last_used_ms = now;
     act_kpa_init(&a->kpa, desired);
@@ -213,29 +214,8 @@ static void pool_put(struct loom_db *db)
     pthread_mutex_unlock(&pool_mu);
 }
 
-static int64_t parse_int_or(const char *s, int64_t def, int64_t min, int64_t max)
-{
-    if (!s || !*s)
-        return def;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < min || v > max)
-        return def;
-    return v;
-}
-
 static void note_revision(struct app *a, int64_t generation, int64_t initial, bool young,
                           int64_t now);
-
-static enum act_visibility parse_visibility(const char *v)
-{
-    if (v && strcmp(v, "private") == 0)
-        return ACT_VIS_PRIVATE;
-    if (v && strcmp(v, "project") == 0)
-        return ACT_VIS_PROJECT;
-    return ACT_VIS_PUBLIC;
-}
 
 /* "is the current revision younger than the stable window" in SQL, by the
  * database clock; $3 is the window in seconds */
@@ -247,14 +227,16 @@ enum {
     RC_GENERATION,
     RC_CONCURRENCY,
     RC_TARGET,
-    RC_DOWN_DELAY,
-    RC_TIMEOUT,
-    RC_INITIAL,
-    RC_VISIBILITY,
+    RC_SPEC,
     RC_YOUNG,
     RC_DESIRED,
     RC_ADDRESS,
 };
+
+static int64_t col(PGresult *res, int c)
+{
+    return strtoll(PQgetvalue(res, 0, c), NULL, 10);
+}
 
 /* Reads the app and its ready instances, then installs them into a (taking
  * mu). Keeps the in-flight counts of instances that are still there. */
@@ -267,10 +249,8 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
     snprintf(window, sizeof(window), "%.3f", (double)act_cfg.stable_window_ms / 1000.0);
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, err,
-        "SELECT a.generation, a.spec->>'scale_concurrency', "
-        "a.spec->>'scale_concurrency_target', a.spec->>'scale_down_delay', "
-        "a.spec->>'scale_request_timeout', a.spec->>'scale_initial_instances', "
-        "a.spec->>'visibility', " SQL_REVISION_YOUNG ", a.desired_instances, i.address "
+        "SELECT a.generation, a.concurrency, a.target, a.spec::text, " SQL_REVISION_YOUNG
+        ", a.desired_instances, i.address "
         "FROM apps a JOIN projects p ON p.id = a.project_id "
         "LEFT JOIN instances i ON i.app_id = a.id AND i.state = 'running' "
         "AND i.desired = 'run' AND i.address IS NOT NULL "
@@ -280,6 +260,9 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
     if (!res)
         return -1;
     int n = PQntuples(res);
+    _cleanup_spec_ struct loom_spec spec = {0};
+    if (n > 0 && loom_spec_decode_text(LOOM_KIND_APP, PQgetvalue(res, 0, RC_SPEC), &spec, err) < 0)
+        return -1;
     struct act_inst *insts = n > 0 ? calloc((size_t)n, sizeof(*insts)) : NULL;
     if (n > 0 && !insts)
         abort();
@@ -296,26 +279,20 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
     a->exists = n > 0;
     a->fetched_ms = loom_mono_ms();
     if (n > 0) {
-        a->generation = parse_int_or(loom_db_val(res, 0, RC_GENERATION), 0, 0, INT64_MAX);
-        a->concurrency =
-            parse_int_or(loom_db_val(res, 0, RC_CONCURRENCY), DEFAULT_CONCURRENCY, 1, 1000000);
-        int64_t target = parse_int_or(loom_db_val(res, 0, RC_TARGET), 0, 0, 1000000);
-        a->target = act_kpa_target(a->concurrency, target);
-        a->scale_down_delay_ms =
-            parse_int_or(loom_db_val(res, 0, RC_DOWN_DELAY), 0, 0, 3600) * 1000;
-        a->request_timeout_ms = parse_int_or(loom_db_val(res, 0, RC_TIMEOUT), 0, 1, 3600) * 1000;
-        if (a->request_timeout_ms == 0)
-            a->request_timeout_ms = act_cfg.upstream_timeout_ms;
-        a->visibility = parse_visibility(loom_db_val(res, 0, RC_VISIBILITY));
+        a->generation = col(res, RC_GENERATION);
+        a->concurrency = col(res, RC_CONCURRENCY);
+        a->target = (double)col(res, RC_TARGET);
+        a->scale_down_delay_ms = spec.scale_down_delay * 1000;
+        a->request_timeout_ms = spec.request_timeout * 1000;
+        a->visibility = (enum loom_visibility)spec.visibility;
         if (first && a->kpa.desired == 0 && a->kpa.nbuckets == 0) {
             /* start from the scale the app has, as after an activator restart */
-            uint32_t d = (uint32_t)parse_int_or(loom_db_val(res, 0, RC_DESIRED), 0, 0, 1000000);
+            uint32_t d = (uint32_t)col(res, RC_DESIRED);
             a->kpa.desired = d;
             a->published = d;
         }
-        const char *young = loom_db_val(res, 0, RC_YOUNG);
-        note_revision(a, a->generation, parse_int_or(loom_db_val(res, 0, RC_INITIAL), 0, 0, 1000),
-                      young && strcmp(young, "t") == 0, loom_mono_ms());
+        note_revision(a, a->generation, spec.initial_instances,
+                      strcmp(PQgetvalue(res, 0, RC_YOUNG), "t") == 0, loom_mono_ms());
     }
     for (size_t i = 0; i < ninsts; i++)
         for (size_t j = 0; j < a->ninsts; j++)
@@ -872,16 +849,12 @@ static void sweep_apps(struct loom_service *svc)
     const char *params[] = {window};
     _cleanup_pgres_ PGresult *res = loom_db_exec(
         svc->db,
-        "SELECT p.name, a.name, a.desired_instances, a.generation, "
-        "  CASE WHEN jsonb_typeof(a.spec->'scale_initial_instances') = 'number' "
-        "    THEN (a.spec->>'scale_initial_instances')::numeric ELSE 0 END AS initial, "
+        "SELECT p.name, a.name, a.desired_instances, a.generation, a.spec::text, "
         "  coalesce(r.created_at > now() - make_interval(secs => $1::double precision), false) "
         "FROM apps a JOIN projects p ON p.id = a.project_id "
         "LEFT JOIN app_revisions r ON r.app_id = a.id AND r.generation = a.generation "
-        "WHERE a.desired_instances > 0 OR (r.created_at > now() - "
-        "  make_interval(secs => $1::double precision) "
-        "  AND jsonb_typeof(a.spec->'scale_initial_instances') = 'number' "
-        "  AND (a.spec->>'scale_initial_instances')::numeric > 0)",
+        "WHERE a.desired_instances > 0 "
+        "  OR r.created_at > now() - make_interval(secs => $1::double precision)",
         1, params, &err);
     if (!res) {
         log_warn("could not list scaled apps: %s", err.msg);
@@ -891,13 +864,16 @@ static void sweep_apps(struct loom_service *svc)
     int64_t now = loom_mono_ms();
     for (int r = 0; r < PQntuples(res); r++) {
         const char *p = PQgetvalue(res, r, 0), *n = PQgetvalue(res, r, 1);
-        if (strlen(p) >= ACT_NAME_MAX || strlen(n) >= ACT_NAME_MAX)
+        int64_t desired = strtoll(PQgetvalue(res, r, 2), NULL, 10);
+        _cleanup_spec_ struct loom_spec spec = {0};
+        if (strlen(p) >= ACT_NAME_MAX || strlen(n) >= ACT_NAME_MAX ||
+            loom_spec_decode_text(LOOM_KIND_APP, PQgetvalue(res, r, 4), &spec, &err) < 0 ||
+            (desired == 0 && spec.initial_instances == 0))
             continue;
         struct app *a = app_find(p, n);
         if (!a)
-            a = app_get(p, n, (uint32_t)parse_int_or(PQgetvalue(res, r, 2), 0, 0, 1000000));
-        note_revision(a, parse_int_or(PQgetvalue(res, r, 3), 0, 0, INT64_MAX),
-                      parse_int_or(PQgetvalue(res, r, 4), 0, 0, 1000),
+            a = app_get(p, n, (uint32_t)desired);
+        note_revision(a, strtoll(PQgetvalue(res, r, 3), NULL, 10), spec.initial_instances,
                       strcmp(PQgetvalue(res, r, 5), "t") == 0, now);
     }
     pthread_mutex_unlock(&mu);

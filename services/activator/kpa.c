@@ -9,16 +9,6 @@ void act_kpa_init(struct act_kpa *kpa, uint32_t desired)
     kpa->desired = desired;
 }
 
-double act_kpa_target(int64_t concurrency, int64_t target)
-{
-    if (concurrency <= 0)
-        concurrency = 100;
-    /* the API keeps target <= concurrency; an older spec may lack it */
-    if (target > 0 && target < concurrency)
-        return (double)target;
-    return (double)concurrency;
-}
-
 /* Records what a tick (or a bump) wanted, for the scale-down delay. */
 static void want_push(struct act_kpa *kpa, uint32_t want, int64_t now_ms)
 {

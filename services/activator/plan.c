@@ -32,12 +32,12 @@ static void reply(struct act_plan *p, enum act_reply why, int status, int retry_
 static void admit(const struct act_plan_app *app, const struct act_plan_req *req,
                   struct act_plan *ret)
 {
-    enum act_visibility vis = app->visibility;
-    if (vis == ACT_VIS_PUBLIC || (req->internal && vis == ACT_VIS_PRIVATE)) {
+    enum loom_visibility vis = app->visibility;
+    if (vis == LOOM_VIS_PUBLIC || (req->internal && vis == LOOM_VIS_PRIVATE)) {
         ret->step = ACT_STEP_ADMIT;
         return;
     }
-    if (!req->internal || vis != ACT_VIS_PROJECT) {
+    if (!req->internal || vis != LOOM_VIS_PROJECT) {
         /* exactly as if it did not exist */
         reply(ret, ACT_REPLY_NOT_FOUND, 404, 0, NULL);
         return;

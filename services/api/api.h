@@ -11,6 +11,8 @@
 #include "db.h"
 #include "err.h"
 #include "http.h"
+#include "spec.h"
+#include "strbuf.h"
 
 /* Service-wide settings (from the options). */
 struct api_config {
@@ -91,17 +93,16 @@ int api_event(struct api_ctx *ctx, const char *kind, const char *action, const c
 int api_outbox_publish(struct loom_db *db, struct loom_err *err);
 
 /* A PATCH of a resource with a spec (apps, jobs): the body validated as a
- * patch, the row locked with sql_lock ($1 project id, $2 the name in
+ * patch of kind, the row locked with sql_lock ($1 project id, $2 the name in
  * params[1]; columns id, generation, spec text), If-Match checked, the
- * merge (api_spec_merge) validated whole. ret->row is the locked row. */
-typedef int (*api_spec_fn)(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
+ * merge (loom_spec_merge) validated whole. ret->row is the locked row. */
 struct api_patch {
     PGresult *row; /* id, generation, spec */
     json_t *spec;  /* the whole new spec */
     bool changed;  /* it differs from the stored one */
 };
-int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
-                   api_spec_fn validate, struct api_patch *ret, struct loom_err *err);
+int api_patch_spec(struct api_ctx *ctx, enum loom_kind kind, const char *sql_lock,
+                   struct api_patch *ret, struct loom_err *err);
 void api_patch_release(struct api_patch *p);
 #define _cleanup_api_patch_ __attribute__((cleanup(api_patch_release)))
 
@@ -144,43 +145,51 @@ int api_page_token_decode(const char *token, char *out, size_t outsz);
 void api_json_set_str(json_t *obj, const char *key, const char *s);
 void api_json_set_int(json_t *obj, const char *key, const char *s); /* s NULL -> null */
 
-/* ---- spec.c: request body validation (pure, unit tested) -------------- */
+/* ---- resource.c: list and get, one descriptor per kind ------------------ */
 
-/* Validates a job run body (POST .../job_runs). When the body names
- * job_name, job_spec is that job's spec and the body's fields override it;
- * otherwise job_spec is NULL and image_reference is required. On success
- * *ret_spec is a new object: the complete spec with defaults filled in and a
- * canonical scale_array_spec (without name and job_name). */
-int api_jobrun_spec(json_t *body, const json_t *job_spec, json_t **ret_spec, struct loom_err *err);
-/* Validates a job body (POST .../jobs; PATCH with partial = true checks only
- * what is present and fills no defaults). */
-int api_job_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
-/* The members each body may have (NULL-terminated), for the OpenAPI check. */
-extern const char *const api_app_fields[];
-extern const char *const api_job_fields[];
-extern const char *const api_jobrun_fields[];
-/* Validates an app body; same conventions as api_job_spec. */
-int api_app_spec(json_t *body, bool partial, json_t **ret_spec, struct loom_err *err);
-/* A stored spec with a validated PATCH applied (a new object, to validate
- * whole again). raw is the request body: a member that is null there is
- * removed (as in a JSON merge patch, at the top level only), so that it takes its default again or
- * goes (a probe, image_secret). A field whose value was the default taken from another
- * (scale_concurrency_target from scale_concurrency, scale_initial_instances from
- * scale_min_instances) follows that field when only it changes, and a patch of only one of
- * scale_cpu_limit and scale_memory_limit drops the other, so that it gets the 1:4 partner. */
-json_t *api_spec_merge(const json_t *old, const json_t *patch, const json_t *raw);
+/* How list and get read one kind of resource: apps, jobs, job runs, secrets
+ * and config maps share the handlers, and differ in their queries and in
+ * how a row becomes JSON. */
+struct api_resource {
+    const char *what;     /* "app", for messages */
+    const char *list_key; /* "apps", the list's member */
+    const char *sql_get;  /* $1 project id, $2 name */
+    const char *sql_list; /* $1 project id, $2 after, $3 limit, $4 the filter (or NULL) */
+    const char *filter;   /* the query parameter sql_list takes as $4, or NULL */
+    int name_col;         /* the name's column in both queries */
+    bool etag;            /* a get answers ETag: "<generation>" */
+    /* One row as JSON; details: the get of one resource (a list says less). */
+    int (*to_json)(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                   PGresult *res, int r, bool details, json_t **ret, struct loom_err *err);
+    const void *arg; /* for to_json */
+};
+/* One resource by name (404 naming it when absent). */
+int api_resource_load(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                      const char *name, json_t **ret, struct loom_err *err);
+void api_resource_list(struct loom_http_req *req, const struct api_resource *k);
+void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
+/* ETag: "<generation>" of a resource's JSON. */
+void api_set_etag(struct loom_http_req *req, json_t *item);
 
-/* Parses an array spec into its canonical text, its PostgreSQL multirange
- * literal and its index count (all allocated / written only on success). */
-int api_array_spec(const char *spec, char **ret_canonical, char **ret_multirange,
-                   int64_t *ret_count, struct loom_err *err);
+/* The normalised columns of kind k (common/spec.h) for SQL built once: ", c1,
+ * c2" into names, ", $first::bigint, $first+1::bigint" into params and ",
+ * c1 = $first::bigint, ..." into sets (each may be NULL). Returns how many. */
+size_t api_columns_sql(enum loom_kind k, int first, struct strbuf *names, struct strbuf *params,
+                       struct strbuf *sets);
+/* The stored spec's JSON text and its column values, as parameters after
+ * the fixed ones: params[n_fixed] is the text, the columns follow. Returns
+ * the number of parameters. spec must be complete (loom_spec_validate). */
+struct api_spec_params {
+    char *text;
+    const char *params[LOOM_SPEC_MAX_COLUMNS + 8];
+    char values[LOOM_SPEC_MAX_COLUMNS][24];
+};
+int api_spec_params(enum loom_kind k, json_t *spec, const char *const *fixed, size_t n_fixed,
+                    struct api_spec_params *ret, struct loom_err *err);
+void api_spec_params_release(struct api_spec_params *p);
+#define _cleanup_spec_params_ __attribute__((cleanup(api_spec_params_release)))
 
-/* "0.5" vCPU -> 500 millicores; -1 when not a positive decimal with at
- * most 3 fractional digits ("250m" too), or over 64 vCPU. The validators
- * further allow only Code Engine's sizes (0.125 to 12) and, with
- * scale_memory_limit, its cpu:memory combinations (1:2, 1:4, 1:8 GB, at
- * most 48G). */
-int api_parse_cpu(const char *s, int64_t *ret_millis);
+/* ---- data.c: names and the data of secrets and config maps --------------- */
 
 /* The name in a body: required DNS label. */
 int api_body_name(json_t *body, const char **ret, struct loom_err *err);
@@ -194,8 +203,6 @@ int api_data_map(json_t *body, json_t **ret, struct loom_err *err);
  * nothing else) or "tls" (tls_cert and tls_key, both PEM). The message
  * names the field (format, data.<key>) and the reason. */
 int api_secret_data(const char *format, json_t *data, struct loom_err *err);
-
-/* ---- secrets.c ---------------------------------------------------------- */
 
 /* PostgreSQL multirange text -> compact spec ("" when empty), allocated. */
 char *api_multirange_to_spec(const char *multirange);

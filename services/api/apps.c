@@ -1,5 +1,6 @@
 /* /v1/projects/{project}/apps: an app row holds the current spec and
  * generation; app_revisions keeps every generation. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,7 @@
 #include "config.h"
 #include "instance_state.h"
 #include "json.h"
+#include "strbuf.h"
 
 #define APP_COLS                                                                                   \
     "a.id, a.name, a.generation, a.spec::text, a.min_instances, a.max_instances, "                 \
@@ -34,8 +36,11 @@ static int64_t ival(PGresult *res, int r, int c)
     return strtoll(PQgetvalue(res, r, c), NULL, 10);
 }
 
-static int app_json(const char *project, PGresult *res, int r, json_t **ret, struct loom_err *err)
+static int app_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                    PGresult *res, int r, bool details, json_t **ret, struct loom_err *err)
 {
+    (void)k, (void)db, (void)details;
+    const char *project = p->name;
     _cleanup_json_ json_t *o = json_object();
     const char *name = PQgetvalue(res, r, C_NAME);
     api_json_set_str(o, "name", name);
@@ -73,47 +78,91 @@ static int app_json(const char *project, PGresult *res, int r, json_t **ret, str
     return 0;
 }
 
-static int load_app(struct loom_db *db, const struct api_project *proj, const char *name,
-                    json_t **ret, struct loom_err *err)
+static const struct api_resource app_resource = {
+    .what = "app",
+    .list_key = "apps",
+    .sql_get = "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name = $2",
+    .sql_list = "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name > $2 "
+                "ORDER BY a.name LIMIT $3",
+    .name_col = C_NAME,
+    .etag = true,
+    .to_json = app_json,
+};
+
+/* The statements that write an app's spec with its normalised columns. */
+static char *sql_insert, *sql_update, *sql_revision;
+static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
+
+static void build_sql(void)
 {
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name = $2",
-        proj->id_str, name);
-    if (!res)
+    struct strbuf a = STRBUF_INIT, b = STRBUF_INIT, c = STRBUF_INIT, names = STRBUF_INIT,
+                  params = STRBUF_INIT, sets = STRBUF_INIT;
+    /* $1 project, $2 name, $3 desired instances, $4 spec, the columns */
+    api_columns_sql(LOOM_KIND_APP, 5, &names, &params, NULL);
+    strbuf_addf(&a,
+                "INSERT INTO apps (project_id, name, desired_instances, spec%s) "
+                "VALUES ($1, $2, $3, $4::jsonb%s) RETURNING id",
+                names.buf, params.buf);
+    /* $1 id, $2 spec, the columns */
+    api_columns_sql(LOOM_KIND_APP, 3, NULL, NULL, &sets);
+    strbuf_addf(&b,
+                "UPDATE apps SET generation = generation + 1, spec = $2::jsonb, "
+                "updated_at = now()%s WHERE id = $1 RETURNING generation",
+                sets.buf);
+    /* $1 app id, $2 generation, $3 spec, the columns */
+    strbuf_reset(&names);
+    strbuf_reset(&params);
+    api_columns_sql(LOOM_KIND_APP, 4, &names, &params, NULL);
+    strbuf_addf(&c,
+                "INSERT INTO app_revisions (app_id, generation, spec%s) "
+                "VALUES ($1, $2, $3::jsonb%s)",
+                names.buf, params.buf);
+    sql_insert = strbuf_detach(&a, NULL);
+    sql_update = strbuf_detach(&b, NULL);
+    sql_revision = strbuf_detach(&c, NULL);
+    strbuf_release(&names);
+    strbuf_release(&params);
+    strbuf_release(&sets);
+}
+
+/* Records generation gen of app id with spec, as a revision. */
+static int insert_revision(struct api_ctx *ctx, const char *id, const char *gen, json_t *spec,
+                           struct loom_err *err)
+{
+    const char *fixed[] = {id, gen};
+    _cleanup_spec_params_ struct api_spec_params sp = {0};
+    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 2, &sp, err);
+    if (n < 0)
         return -1;
-    if (PQntuples(res) == 0)
-        return loom_err_set(err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
-    return app_json(proj->name, res, 0, ret, err);
+    _cleanup_pgres_ PGresult *rev = loom_db_exec(ctx->db, sql_revision, n, sp.params, err);
+    return rev ? 0 : -1;
 }
 
 static int app_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
+    pthread_once(&sql_once, build_sql);
     const char *name;
     _cleanup_json_ json_t *spec = NULL;
-    if (api_body_name(ctx->body, &name, err) < 0 || api_app_spec(ctx->body, false, &spec, err) < 0)
+    if (api_body_name(ctx->body, &name, err) < 0 ||
+        loom_spec_validate(LOOM_KIND_APP, ctx->body, false, &spec, err) < 0)
         return -1;
-    _cleanup_free_ char *text = loom_json_dumps(spec);
-    char mn[24], mx[24];
-    snprintf(mn, sizeof(mn), "%lld",
+    char desired[24];
+    snprintf(desired, sizeof(desired), "%lld",
              (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
-    snprintf(mx, sizeof(mx), "%lld",
-             (long long)json_integer_value(json_object_get(spec, "scale_max_instances")));
-    _cleanup_pgres_ PGresult *ins =
-        loom_db_query(ctx->db, err,
-                      "INSERT INTO apps (project_id, name, spec, min_instances, max_instances, "
-                      "desired_instances) VALUES ($1, $2, $3::jsonb, $4, $5, $4) RETURNING id",
-                      ctx->project.id_str, name, text, mn, mx);
+    const char *fixed[] = {ctx->project.id_str, name, desired};
+    _cleanup_spec_params_ struct api_spec_params sp = {0};
+    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 3, &sp, err);
+    if (n < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *ins = loom_db_exec(ctx->db, sql_insert, n, sp.params, err);
     if (!ins) {
         if (err->code == LOOM_ECONFLICT)
             loom_err_set(err, LOOM_ECONFLICT, "app \"%s\" already exists", name);
         return -1;
     }
-    _cleanup_pgres_ PGresult *rev = loom_db_query(
-        ctx->db, err,
-        "INSERT INTO app_revisions (app_id, generation, spec) VALUES ($1, 1, $2::jsonb)",
-        PQgetvalue(ins, 0, 0), text);
     _cleanup_json_ json_t *out = NULL;
-    if (!rev || load_app(ctx->db, &ctx->project, name, &out, err) < 0 ||
+    if (insert_revision(ctx, PQgetvalue(ins, 0, 0), "1", spec, err) < 0 ||
+        api_resource_load(&app_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "app", "created", name, out, err) < 0)
         return -1;
     ctx->wake_scheduler = true;
@@ -132,47 +181,31 @@ void api_apps_create(struct loom_http_req *req)
  * change makes a new generation (and revision). */
 static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
+    pthread_once(&sql_once, build_sql);
     const char *name = ctx->req->params[1];
     _cleanup_api_patch_ struct api_patch p = {0};
-    if (api_patch_spec(ctx, "app",
+    if (api_patch_spec(ctx, LOOM_KIND_APP,
                        "SELECT id, generation, spec::text FROM apps WHERE project_id = $1 AND "
                        "name = $2 FOR UPDATE",
-                       api_app_spec, &p, err) < 0)
+                       &p, err) < 0)
         return -1;
-    json_t *spec = p.spec;
-    PGresult *cur = p.row;
     if (p.changed) {
-        _cleanup_free_ char *text = loom_json_dumps(spec);
-        char mn[24], mx[24];
-        snprintf(mn, sizeof(mn), "%lld",
-                 (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
-        snprintf(mx, sizeof(mx), "%lld",
-                 (long long)json_integer_value(json_object_get(spec, "scale_max_instances")));
-        _cleanup_pgres_ PGresult *upd = loom_db_query(
-            ctx->db, err,
-            "UPDATE apps SET generation = generation + 1, spec = $2::jsonb, min_instances = $3, "
-            "max_instances = $4, updated_at = now() WHERE id = $1 RETURNING generation",
-            PQgetvalue(cur, 0, 0), text, mn, mx);
-        if (!upd)
+        const char *id = PQgetvalue(p.row, 0, 0);
+        _cleanup_spec_params_ struct api_spec_params sp = {0};
+        int n = api_spec_params(LOOM_KIND_APP, p.spec, &id, 1, &sp, err);
+        if (n < 0)
             return -1;
-        _cleanup_pgres_ PGresult *rev =
-            loom_db_query(ctx->db, err,
-                          "INSERT INTO app_revisions (app_id, generation, spec) "
-                          "VALUES ($1, $2, $3::jsonb)",
-                          PQgetvalue(cur, 0, 0), PQgetvalue(upd, 0, 0), text);
-        if (!rev)
+        _cleanup_pgres_ PGresult *upd = loom_db_exec(ctx->db, sql_update, n, sp.params, err);
+        if (!upd || insert_revision(ctx, id, PQgetvalue(upd, 0, 0), p.spec, err) < 0)
             return -1;
         ctx->wake_scheduler = true;
     }
     _cleanup_json_ json_t *out = NULL;
-    if (load_app(ctx->db, &ctx->project, name, &out, err) < 0)
+    if (api_resource_load(&app_resource, ctx->db, &ctx->project, name, &out, err) < 0)
         return -1;
     if (ctx->wake_scheduler && api_event(ctx, "app", "updated", name, out, err) < 0)
         return -1;
-    char etag[40];
-    snprintf(etag, sizeof(etag), "\"%lld\"",
-             (long long)json_integer_value(json_object_get(out, "generation")));
-    loom_http_set_header(ctx->req, "ETag", etag);
+    api_set_etag(ctx->req, out);
     *ret_status = 200;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -229,51 +262,12 @@ void api_apps_revisions(struct loom_http_req *req)
 
 void api_apps_list(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    struct api_page page;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
-        API_FAIL(req, &err);
-    char limit[24];
-    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, &err,
-                      "SELECT " APP_COLS " FROM apps a WHERE a.project_id = $1 AND a.name > $2 "
-                      "ORDER BY a.name LIMIT $3",
-                      proj.id_str, page.after, limit);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *items = json_array();
-    json_object_set_new(out, "apps", items);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o;
-        if (app_json(proj.name, res, r, &o, &err) < 0)
-            API_FAIL(req, &err);
-        json_array_append_new(items, o);
-    }
-    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, C_NAME) : NULL);
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
+    api_resource_list(req, &app_resource);
 }
 
 void api_apps_get(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    json_t *out = NULL;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
-        load_app(db, &proj, req->params[1], &out, &err) < 0)
-        API_FAIL(req, &err);
-    char etag[40];
-    snprintf(etag, sizeof(etag), "\"%lld\"",
-             (long long)json_integer_value(json_object_get(out, "generation")));
-    loom_http_set_header(req, "ETag", etag);
-    loom_http_reply_json(req, 200, out);
+    api_resource_get(req, &app_resource);
 }
 
 /* Like a job run: live instances keep the row (scaled to 0/0) until they are

@@ -1,9 +1,11 @@
 /* /v1/projects/{project}/job_runs: a run is one row whatever its array size;
  * the scheduler places its pending indices. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
+#include "arrayspec.h"
 #include "cleanup.h"
 #include "config.h"
 #include "instance_state.h"
@@ -94,9 +96,11 @@ static int add_index_details(struct loom_db *db, const char *run_id, json_t *det
     return 0;
 }
 
-static int run_json(struct loom_db *db, const char *project, PGresult *res, int r, bool details,
-                    json_t **ret, struct loom_err *err)
+static int run_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                    PGresult *res, int r, bool details, json_t **ret, struct loom_err *err)
 {
+    (void)k;
+    const char *project = p->name;
     _cleanup_json_ json_t *o = json_object();
     api_json_set_str(o, "name", PQgetvalue(res, r, C_NAME));
     api_json_set_int(o, "id", PQgetvalue(res, r, C_ID));
@@ -130,50 +134,69 @@ static int run_json(struct loom_db *db, const char *project, PGresult *res, int 
     return 0;
 }
 
-static int load_run(struct loom_db *db, const struct api_project *proj, const char *name,
-                    json_t **ret, struct loom_err *err)
+static const struct api_resource run_resource = {
+    .what = "job run",
+    .list_key = "job_runs",
+    .sql_get = "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name = $2",
+    .sql_list = "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name > $2 "
+                "AND ($4::text IS NULL OR j.name = $4) ORDER BY r.name LIMIT $3",
+    .filter = "job_name",
+    .name_col = C_NAME,
+    .to_json = run_json,
+};
+
+static char *sql_insert;
+static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
+
+static void build_sql(void)
 {
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name = $2",
-        proj->id_str, name);
-    if (!res)
-        return -1;
-    if (PQntuples(res) == 0)
-        return loom_err_set(err, LOOM_ENOTFOUND, "job run \"%s\" not found", name);
-    return run_json(db, proj->name, res, 0, true, ret, err);
+    struct strbuf sb = STRBUF_INIT, names = STRBUF_INIT, params = STRBUF_INIT;
+    /* $1-$9 as below, $10 the spec, then the spec's columns */
+    api_columns_sql(LOOM_KIND_JOBRUN, 11, &names, &params, NULL);
+    strbuf_addf(&sb,
+                "INSERT INTO job_runs (project_id, name, job_id, array_spec, array_size, pending, "
+                "parallelism, retry_limit, max_execution_seconds, spec%s) "
+                "VALUES ($1, $2, $3, $4, $5, $6::int4multirange, $7, $8, $9, $10::jsonb%s) "
+                "RETURNING id",
+                names.buf, params.buf);
+    sql_insert = strbuf_detach(&sb, NULL);
+    strbuf_release(&names);
+    strbuf_release(&params);
 }
 
-/* Inserts a run with a validated spec and returns its JSON. */
+/* Inserts a run with a complete spec over indices and returns its JSON. */
 static int insert_run(struct api_ctx *ctx, const char *name, const char *job_id, json_t *spec,
-                      json_t **ret, struct loom_err *err)
+                      const struct loom_arrayspec *indices, json_t **ret, struct loom_err *err)
 {
-    _cleanup_free_ char *canon = NULL, *multirange = NULL;
-    int64_t count;
-    if (api_array_spec(json_string_value(json_object_get(spec, "scale_array_spec")), &canon,
-                       &multirange, &count, err) < 0)
-        return -1;
+    pthread_once(&sql_once, build_sql);
+    _cleanup_free_ char *canon = loom_arrayspec_format(indices);
+    _cleanup_free_ char *multirange = loom_arrayspec_to_multirange(indices);
+    if (!canon || !multirange)
+        return loom_err_set(err, LOOM_EINTERNAL, "could not format the array spec");
+    /* the indices live in their columns; the spec says how each one runs */
+    json_object_del(spec, "scale_array_spec");
     char size[24], par[24], retry[24], maxexec[24];
-    snprintf(size, sizeof(size), "%lld", (long long)count);
+    snprintf(size, sizeof(size), "%lld", (long long)indices->count);
     snprintf(par, sizeof(par), "%lld",
              (long long)json_integer_value(json_object_get(spec, "parallelism")));
     snprintf(retry, sizeof(retry), "%lld",
              (long long)json_integer_value(json_object_get(spec, "scale_retry_limit")));
     snprintf(maxexec, sizeof(maxexec), "%lld",
              (long long)json_integer_value(json_object_get(spec, "scale_max_execution_time")));
-    _cleanup_free_ char *spec_text = loom_json_dumps(spec);
-    _cleanup_pgres_ PGresult *ins = loom_db_query(
-        ctx->db, err,
-        "INSERT INTO job_runs (project_id, name, job_id, spec, array_spec, array_size, pending, "
-        "parallelism, retry_limit, max_execution_seconds) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7::int4multirange, $8, $9, $10) RETURNING id",
-        ctx->project.id_str, name, job_id, spec_text, canon, size, multirange, par, retry, maxexec);
+    const char *fixed[] = {ctx->project.id_str, name, job_id, canon,  size,
+                           multirange,          par,  retry,  maxexec};
+    _cleanup_spec_params_ struct api_spec_params sp = {0};
+    int n = api_spec_params(LOOM_KIND_JOBRUN, spec, fixed, LOOM_ARRAY_SIZE(fixed), &sp, err);
+    if (n < 0)
+        return -1;
+    _cleanup_pgres_ PGresult *ins = loom_db_exec(ctx->db, sql_insert, n, sp.params, err);
     if (!ins) {
         if (err->code == LOOM_ECONFLICT)
             loom_err_set(err, LOOM_ECONFLICT, "job run \"%s\" already exists", name);
         return -1;
     }
     _cleanup_json_ json_t *out = NULL;
-    if (load_run(ctx->db, &ctx->project, name, &out, err) < 0 ||
+    if (api_resource_load(&run_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "job_run", "created", name, out, err) < 0)
         return -1;
     ctx->wake_scheduler = true;
@@ -209,8 +232,9 @@ static int jobrun_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body
             return -1;
     }
     _cleanup_json_ json_t *spec = NULL;
-    if (api_jobrun_spec(ctx->body, job_spec, &spec, err) < 0 ||
-        insert_run(ctx, name, job_id, spec, ret_body, err) < 0)
+    _cleanup_arrayspec_ struct loom_arrayspec indices = {0};
+    if (loom_spec_jobrun(job_spec, ctx->body, &spec, &indices, err) < 0 ||
+        insert_run(ctx, name, job_id, spec, &indices, ret_body, err) < 0)
         return -1;
     *ret_status = 201;
     return 0;
@@ -254,10 +278,9 @@ static int jobrun_resubmit(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
         loom_json_parse_object(PQgetvalue(run, 0, 0), strlen(PQgetvalue(run, 0, 0)), err);
     if (!spec)
         return -1;
-    _cleanup_free_ char *canon = NULL;
-    if (api_array_spec(indices ? indices : failed, &canon, NULL, NULL, err) < 0)
-        return -1;
-    json_object_set_new(spec, "scale_array_spec", json_string(canon));
+    _cleanup_arrayspec_ struct loom_arrayspec as = {0};
+    if (loom_arrayspec_parse(indices ? indices : failed, LOOM_ARRAY_MAX_COUNT, &as, err) < 0)
+        return loom_err_wrap(err, "field \"scale_array_spec\"");
     char gen[64];
     if (!name) {
         unsigned char rnd[3];
@@ -268,7 +291,7 @@ static int jobrun_resubmit(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
         snprintf(gen, sizeof(gen), "%.48s-%s", old, hex);
         name = gen;
     }
-    if (insert_run(ctx, name, loom_db_val(run, 0, 1), spec, ret_body, err) < 0)
+    if (insert_run(ctx, name, loom_db_val(run, 0, 1), spec, &as, ret_body, err) < 0)
         return -1;
     *ret_status = 201;
     return 0;
@@ -333,7 +356,7 @@ static int jobrun_cancel(struct api_ctx *ctx, int *ret_status, json_t **ret_body
     if (!upd)
         return -1;
     _cleanup_json_ json_t *out = NULL;
-    if (load_run(ctx->db, &ctx->project, name, &out, err) < 0 ||
+    if (api_resource_load(&run_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "job_run", "cancelled", name, NULL, err) < 0)
         return -1;
     *ret_status = 200;
@@ -348,48 +371,12 @@ void api_jobruns_cancel(struct loom_http_req *req)
 
 void api_jobruns_list(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    struct api_page page;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
-        API_FAIL(req, &err);
-    char limit[24];
-    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
-    const char *job = loom_http_query(req, "job_name");
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, &err,
-                      "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name > $2 "
-                      "AND ($4::text IS NULL OR j.name = $4) ORDER BY r.name LIMIT $3",
-                      proj.id_str, page.after, limit, job);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *items = json_array();
-    json_object_set_new(out, "job_runs", items);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o;
-        if (run_json(db, proj.name, res, r, false, &o, &err) < 0)
-            API_FAIL(req, &err);
-        json_array_append_new(items, o);
-    }
-    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, C_NAME) : NULL);
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
+    api_resource_list(req, &run_resource);
 }
 
 void api_jobruns_get(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    json_t *out = NULL;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
-        load_run(db, &proj, req->params[1], &out, &err) < 0)
-        API_FAIL(req, &err);
-    loom_http_reply_json(req, 200, out);
+    api_resource_get(req, &run_resource);
 }
 
 /* A run whose instances still live cannot lose its row yet (the scheduler

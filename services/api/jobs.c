@@ -9,8 +9,11 @@
 
 #define JOB_COLS "id, name, generation, spec::text, " API_TS("created_at") ", " API_TS("updated_at")
 
-static int job_json(const char *project, PGresult *res, int r, json_t **ret, struct loom_err *err)
+static int job_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                    PGresult *res, int r, bool details, json_t **ret, struct loom_err *err)
 {
+    (void)k, (void)db, (void)details;
+    const char *project = p->name;
     _cleanup_json_ json_t *o = json_object();
     const char *name = PQgetvalue(res, r, 1);
     api_json_set_str(o, "name", name);
@@ -29,32 +32,23 @@ static int job_json(const char *project, PGresult *res, int r, json_t **ret, str
     return 0;
 }
 
-static int load_job(struct loom_db *db, const struct api_project *proj, const char *name,
-                    json_t **ret, struct loom_err *err)
-{
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, err, "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name = $2",
-                      proj->id_str, name);
-    if (!res)
-        return -1;
-    if (PQntuples(res) == 0)
-        return loom_err_set(err, LOOM_ENOTFOUND, "job \"%s\" not found", name);
-    return job_json(proj->name, res, 0, ret, err);
-}
-
-static void set_etag(struct loom_http_req *req, json_t *job)
-{
-    char etag[40];
-    snprintf(etag, sizeof(etag), "\"%lld\"",
-             (long long)json_integer_value(json_object_get(job, "generation")));
-    loom_http_set_header(req, "ETag", etag);
-}
+static const struct api_resource job_resource = {
+    .what = "job",
+    .list_key = "jobs",
+    .sql_get = "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name = $2",
+    .sql_list = "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name > $2 "
+                "ORDER BY name LIMIT $3",
+    .name_col = 1,
+    .etag = true,
+    .to_json = job_json,
+};
 
 static int job_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
     const char *name;
     _cleanup_json_ json_t *spec = NULL;
-    if (api_body_name(ctx->body, &name, err) < 0 || api_job_spec(ctx->body, false, &spec, err) < 0)
+    if (api_body_name(ctx->body, &name, err) < 0 ||
+        loom_spec_validate(LOOM_KIND_JOB, ctx->body, false, &spec, err) < 0)
         return -1;
     _cleanup_free_ char *text = loom_json_dumps(spec);
     _cleanup_pgres_ PGresult *ins = loom_db_query(
@@ -66,10 +60,10 @@ static int job_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
         return -1;
     }
     _cleanup_json_ json_t *out = NULL;
-    if (load_job(ctx->db, &ctx->project, name, &out, err) < 0 ||
+    if (api_resource_load(&job_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "job", "created", name, out, err) < 0)
         return -1;
-    set_etag(ctx->req, out);
+    api_set_etag(ctx->req, out);
     *ret_status = 201;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -82,58 +76,22 @@ void api_jobs_create(struct loom_http_req *req)
 
 void api_jobs_list(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    struct api_page page;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
-        API_FAIL(req, &err);
-    char limit[24];
-    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, &err,
-                      "SELECT " JOB_COLS " FROM jobs WHERE project_id = $1 AND name > $2 "
-                      "ORDER BY name LIMIT $3",
-                      proj.id_str, page.after, limit);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *items = json_array();
-    json_object_set_new(out, "jobs", items);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o;
-        if (job_json(proj.name, res, r, &o, &err) < 0)
-            API_FAIL(req, &err);
-        json_array_append_new(items, o);
-    }
-    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, 1) : NULL);
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
+    api_resource_list(req, &job_resource);
 }
 
 void api_jobs_get(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    json_t *out = NULL;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
-        load_job(db, &proj, req->params[1], &out, &err) < 0)
-        API_FAIL(req, &err);
-    set_etag(req, out);
-    loom_http_reply_json(req, 200, out);
+    api_resource_get(req, &job_resource);
 }
 
 static int job_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
     const char *name = ctx->req->params[1];
     _cleanup_api_patch_ struct api_patch p = {0};
-    if (api_patch_spec(ctx, "job",
+    if (api_patch_spec(ctx, LOOM_KIND_JOB,
                        "SELECT id, generation, spec::text FROM jobs WHERE project_id = $1 AND "
                        "name = $2 FOR UPDATE",
-                       api_job_spec, &p, err) < 0)
+                       &p, err) < 0)
         return -1;
     json_t *spec = p.spec;
     PGresult *cur = p.row;
@@ -149,10 +107,10 @@ static int job_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
             return -1;
     }
     _cleanup_json_ json_t *out = NULL;
-    if (load_job(ctx->db, &ctx->project, name, &out, err) < 0 ||
+    if (api_resource_load(&job_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         (changed && api_event(ctx, "job", "updated", name, out, err) < 0))
         return -1;
-    set_etag(ctx->req, out);
+    api_set_etag(ctx->req, out);
     *ret_status = 200;
     *ret_body = TAKE_PTR(out);
     return 0;

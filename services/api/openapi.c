@@ -274,44 +274,6 @@ static const char *const schemas_sq[][2] = {
      "ame'},'mount_path':{'type':'string','maxLength':256,'description':'absolute and normaliz"
      "ed, not / and not under /proc, /sys or /dev; unique in the list'},'name':{'$ref':'#/comp"
      "onents/schemas/Name'}}}"},
-    {"RunFields",
-     "{'type':'object','properties':{ 'image_reference':{'type':'string','maxLength':512,'desc"
-     "ription':'host:port/repo:tag or ...@sha256:<hex>'}, 'image_secret':{'$ref':'#/components"
-     "/schemas/Name','description':'a secret of format registry used to pull the image when it"
-     "s server is the image host (need not exist at create time)'}, 'run_commands':{'type':'ar"
-     "ray','maxItems':64,'items':{'type':'string','maxLength':4096},'description':'replaces th"
-     "e entrypoint of the image'}, 'run_arguments':{'type':'array','maxItems':64,'items':{'typ"
-     "e':'string','maxLength':4096},'description':'replaces the cmd of the image'}, 'run_env_v"
-     "ariables':{'type':'array','maxItems':100,'default':[],'items':{'$ref':'#/components/sche"
-     "mas/EnvVar'}}, 'run_volume_mounts':{'type':'array','maxItems':20,'default':[],'items':{'"
-     "$ref':'#/components/schemas/VolumeMount'}}, 'scale_cpu_limit':{'enum':['0.125','0.25','0"
-     ".5','1','2','4','6','8','10','12'],'default':'1','description':'vCPU (also written as 12"
-     "5m or .125; stored in this form). With scale_memory_limit one of the Code Engine combina"
-     "tions: 2, 4 or 8 GB per vCPU, at most 48G. Given alone, memory is 4 GB per vCPU.'}, 'sca"
-     "le_memory_limit':{'type':'string','pattern':'^[0-9]+(\\\\.[0-9]{1,3})?(M|G|Mi|Gi)$','def"
-     "ault':'4G','description':'2, 4 or 8 GB per vCPU; equal in decimal (0.25G = 250M) or bina"
-     "ry (256M = 256Mi = 0.25Gi) units. Given alone, the vCPU is a quarter of it (else a half,"
-     " else an eighth).'}, 'scale_ephemeral_storage_limit':{'type':'string','default':'400M','"
-     "description':'writable container storage, M/G/Mi/Gi, at most 48G'}, 'scale_gpus':{'type'"
-     ":'integer','minimum':0,'maximum':64,'default':0}, 'scale_gpu_model':{'type':'string','ma"
-     "xLength':64,'pattern':'^[-._a-zA-Z0-9]*$'}}}"},
-    {"JobFields",
-     "{'type':'object','properties':{ 'scale_array_spec':{'type':'string','default':'0','descr"
-     "iption':'indices such as 0-9,20 (0 to 9999999); stored in canonical form'}, 'scale_retry"
-     "_limit':{'type':'integer','minimum':0,'maximum':5,'default':3}, 'scale_max_execution_tim"
-     "e':{'type':'integer','minimum':1,'maximum':86400,'default':7200,'description':'seconds p"
-     "er index attempt'}, 'parallelism':{'type':'integer','minimum':0,'default':0,'description"
-     "':'indices running at once; 0 = unlimited'}, 'run_mode':{'enum':['task','daemon'],'defau"
-     "lt':'task','description':'daemon: restarted whenever it ends; takes no retry limit or ex"
-     "ecution time'}, 'scale_nodes':{'type':'integer','minimum':1,'maximum':1000,'description'"
-     ":'more than 1: each index is a gang of this many instances placed all together'}, 'prior"
-     "ity':{'type':'integer','minimum':0,'maximum':100,'description':'higher runs are placed f"
-     "irst'}, 'node_selector':{'type':'object','maxProperties':32,'default':{},'additionalProp"
-     "erties':{'type':'string','pattern':'^[-._a-zA-Z0-9]{0,63}$'},'description':'label: value"
-     " pairs that every chosen node must have'}, 'placement':{'enum':['binpack','spread'],'def"
-     "ault':'binpack'}, 'gang_timeout':{'type':'integer','minimum':1,'maximum':86400,'default'"
-     ":300,'description':'seconds a gang may wait to be placed whole before the index fails wi"
-     "th that reason'}}}"},
     {"Probe",
      "{'type':'object','additionalProperties':false,'properties':{'type':{'enum':['tcp','http'"
      "],'default':'tcp'},'path':{'type':'string','maxLength':256,'description':'http only; def"
@@ -320,31 +282,6 @@ static const char *const schemas_sq[][2] = {
      "erval':{'type':'integer','minimum':1,'maximum':3600,'default':10},'timeout':{'type':'int"
      "eger','minimum':1,'maximum':3600,'default':1},'failure_threshold':{'type':'integer','min"
      "imum':1,'maximum':10,'default':3}}}"},
-    {"AppFields",
-     "{'type':'object','properties':{ 'image_port':{'type':'integer','minimum':1,'maximum':655"
-     "35,'default':8080}, 'scale_min_instances':{'type':'integer','minimum':0,'maximum':1000,'"
-     "default':0}, 'scale_max_instances':{'type':'integer','minimum':1,'maximum':1000,'default"
-     "':10}, 'scale_initial_instances':{'type':'integer','minimum':0,'maximum':1000,'descripti"
-     "on':'instances a new revision (create, or an update that makes a new generation) starts "
-     "with and keeps for the autoscaler stable window before it scales on load; at most scale_"
-     "max_instances; default scale_min_instances'}, 'scale_concurrency':{'type':'integer','mini"
-     "mum':1,'maximum':1000,'default':100,'description':'hard limit of requests in flight per i"
-     "nstance; more wait at the activator (boundedly, then 503) and make the app scale up'}, 's"
-     "cale_concurrency_target':{'type':'integer','minimum':1,'maximum':1000,'description':'wha"
-     "t the autoscaler aims for: it runs ceil(concurrent requests / target) instances; at most"
-     " scale_concurrency; default scale_concurrency'}, 'scale_down_delay':{'type':'integer','m"
-     "inimum':0,'maximum':3600,'default':0,'description':'seconds the autoscaler keeps a highe"
-     "r instance count after the load that justified it has gone (on top of its averaging win"
-     "dow)'}, 'scale_request_timeout':{'type':'integer','minimum':1,'maximum':600,'default':30"
-     "0,'description':'seconds one request may take at an instance; a longer one gets 504 and"
-     " its connection to the instance is closed'}, 'probe_readiness':{'$ref':'#/components/sch"
-     "emas/Probe'}, 'probe_liveness':{'$ref':'#/components/schemas/Probe'}, 'visibility':{'enu"
-     "m':['public','private','project'],'default':'public','description':'public: the URL answ"
-     "ers on the activator public listener (path and host name) and on its internal one. priva"
-     "te: only on the internal listener (LOOM_ACTIVATOR_INTERNAL_ADDR, reachable from the plat"
-     "form network, e.g. from containers at their bridge gateway), 404 on the public one. proj"
-     "ect: only on the internal listener and only to callers whose source address is a runnin"
-     "g app instance of the same project, 404 to anyone else'}}}"},
     {"Secret",
      "{'type':'object','required':['data'],'description':'Values are encrypted at rest (AES-25"
      "6-GCM) and never returned: every read, whatever the role of the key, shows data_keys onl"
@@ -485,6 +422,10 @@ static void build_doc(void)
             abort();
         json_object_set_new(sch, schemas_sq[i][0], s);
     }
+    /* the spec fields, from the one table in common/spec.c */
+    json_object_set_new(sch, "RunFields", loom_spec_schema(LOOM_K_RUNS, 0));
+    json_object_set_new(sch, "JobFields", loom_spec_schema(LOOM_K_JOB, LOOM_K_APP));
+    json_object_set_new(sch, "AppFields", loom_spec_schema(LOOM_K_APP, LOOM_K_JOBS));
     json_object_set_new(doc, "components", components);
     doc_text = json_dumps(doc, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
 }

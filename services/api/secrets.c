@@ -22,23 +22,24 @@ struct kv_kind {
     const char *list_key; /* "secrets" */
     bool secret;
     const char *sql_select; /* $1 project, $2 name */
-    const char *sql_list;   /* $1 project, $2 after, $3 limit */
     const char *sql_insert; /* $1 project, $2 name, $3 format, $4 keys, $5 payload */
     const char *sql_update; /* $1 id, $2 format, $3 keys, $4 payload */
     const char *sql_delete; /* $1 project, $2 name */
 };
 
-/* columns: id, name, format, generation, created, updated, payload (hex or json) */
+/* columns: id, name, format, generation, created, updated, payload (keys or json) */
+#define SECRET_SELECT                                                                              \
+    "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(                      \
+        "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
+#define CONFIGMAP_SELECT                                                                           \
+    "SELECT id, name, 'generic', generation, " API_TS("created_at") ", " API_TS(                   \
+        "updated_at") ", data::text FROM config_maps WHERE project_id = $1 AND "
+
 static const struct kv_kind secret_kind = {
     "secret",
     "secrets",
     true,
-    "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
-        "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
-                      "name = $2",
-    "SELECT id, name, format, generation, " API_TS("created_at") ", " API_TS(
-        "updated_at") ", array_to_json(data_keys)::text FROM secrets WHERE project_id = $1 AND "
-                      "name > $2 ORDER BY name LIMIT $3",
+    SECRET_SELECT "name = $2",
     "INSERT INTO secrets (project_id, name, format, data_keys, data_enc) "
     "VALUES ($1, $2, $3, $4::text[], decode($5, 'hex'))",
     "UPDATE secrets SET format = $2, data_keys = $3::text[], data_enc = decode($4, 'hex'), "
@@ -50,11 +51,7 @@ static const struct kv_kind configmap_kind = {
     "config map",
     "config_maps",
     false,
-    "SELECT id, name, 'generic', generation, " API_TS("created_at") ", " API_TS(
-        "updated_at") ", data::text FROM config_maps WHERE project_id = $1 AND name = $2",
-    "SELECT id, name, 'generic', generation, " API_TS("created_at") ", " API_TS(
-        "updated_at") ", data::text FROM config_maps WHERE project_id = $1 AND name > $2 "
-                      "ORDER BY name LIMIT $3",
+    CONFIGMAP_SELECT "name = $2",
     "INSERT INTO config_maps (project_id, name, data) "
     "SELECT $1, $2, $5::jsonb WHERE $3::text IS NOT NULL AND $4::text IS NOT NULL",
     "UPDATE config_maps SET data = $4::jsonb, generation = generation + 1, updated_at = now() "
@@ -126,15 +123,41 @@ static int kv_json(const struct kv_kind *k, const struct api_project *p, PGresul
     return 0;
 }
 
+static int kv_row_json(const struct api_resource *res_kind, struct loom_db *db,
+                       const struct api_project *p, PGresult *res, int r, bool details,
+                       json_t **ret, struct loom_err *err)
+{
+    (void)db, (void)details;
+    return kv_json(res_kind->arg, p, res, r, ret, err);
+}
+
+static const struct api_resource secret_resource = {
+    .what = "secret",
+    .list_key = "secrets",
+    .sql_get = SECRET_SELECT "name = $2",
+    .sql_list = SECRET_SELECT "name > $2 ORDER BY name LIMIT $3",
+    .name_col = 1,
+    .etag = true,
+    .to_json = kv_row_json,
+    .arg = &secret_kind,
+};
+
+static const struct api_resource configmap_resource = {
+    .what = "config map",
+    .list_key = "config_maps",
+    .sql_get = CONFIGMAP_SELECT "name = $2",
+    .sql_list = CONFIGMAP_SELECT "name > $2 ORDER BY name LIMIT $3",
+    .name_col = 1,
+    .etag = true,
+    .to_json = kv_row_json,
+    .arg = &configmap_kind,
+};
+
 static int kv_load(const struct kv_kind *k, struct loom_db *db, const struct api_project *p,
                    const char *name, json_t **ret, struct loom_err *err)
 {
-    _cleanup_pgres_ PGresult *res = loom_db_query(db, err, k->sql_select, p->id_str, name);
-    if (!res)
-        return -1;
-    if (PQntuples(res) == 0)
-        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", k->what, name);
-    return kv_json(k, p, res, 0, ret, err);
+    return api_resource_load(k->secret ? &secret_resource : &configmap_resource, db, p, name, ret,
+                             err);
 }
 
 /* Validates a create (name required) or replace body into format and the
@@ -180,14 +203,6 @@ static int kv_body(const struct kv_kind *k, struct api_ctx *ctx, const char *nam
     return 0;
 }
 
-static void kv_set_etag(struct loom_http_req *req, json_t *item)
-{
-    char etag[40];
-    snprintf(etag, sizeof(etag), "\"%lld\"",
-             (long long)json_integer_value(json_object_get(item, "generation")));
-    loom_http_set_header(req, "ETag", etag);
-}
-
 static int kv_create(const struct kv_kind *k, struct api_ctx *ctx, int *ret_status,
                      json_t **ret_body, struct loom_err *err)
 {
@@ -210,7 +225,7 @@ static int kv_create(const struct kv_kind *k, struct api_ctx *ctx, int *ret_stat
         json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
     if (api_event(ctx, kind_event(k), "created", name, ev, err) < 0)
         return -1;
-    kv_set_etag(ctx->req, out);
+    api_set_etag(ctx->req, out);
     *ret_status = 201;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -248,7 +263,7 @@ static int kv_replace(const struct kv_kind *k, struct api_ctx *ctx, int *ret_sta
         json_pack("{s:s,s:O}", "name", name, "data_keys", json_object_get(out, "data_keys"));
     if (api_event(ctx, kind_event(k), "updated", name, ev, err) < 0)
         return -1;
-    kv_set_etag(ctx->req, out);
+    api_set_etag(ctx->req, out);
     *ret_status = 200;
     *ret_body = TAKE_PTR(out);
     return 0;
@@ -268,49 +283,6 @@ static int kv_delete(const struct kv_kind *k, struct api_ctx *ctx, int *ret_stat
         return -1;
     *ret_status = 204;
     return 0;
-}
-
-static void kv_list(const struct kv_kind *k, struct loom_http_req *req)
-{
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    struct api_page page;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 || api_page_parse(req, &page, &err) < 0)
-        API_FAIL(req, &err);
-    char limit[24];
-    snprintf(limit, sizeof(limit), "%lld", (long long)page.limit);
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, &err, k->sql_list, proj.id_str, page.after, limit);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *items = json_array();
-    json_object_set_new(out, k->list_key, items);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o;
-        if (kv_json(k, &proj, res, r, &o, &err) < 0)
-            API_FAIL(req, &err);
-        json_array_append_new(items, o);
-    }
-    api_page_finish(out, &page, (size_t)n, n ? PQgetvalue(res, n - 1, 1) : NULL);
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
-}
-
-static void kv_get(const struct kv_kind *k, struct loom_http_req *req)
-{
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    json_t *out = NULL;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0 ||
-        kv_load(k, db, &proj, req->params[1], &out, &err) < 0)
-        API_FAIL(req, &err);
-    kv_set_etag(req, out);
-    loom_http_reply_json(req, 200, out);
 }
 
 /* ---- the routes ---------------------------------------------------------- */
@@ -356,11 +328,11 @@ void api_secrets_delete(struct loom_http_req *req)
 }
 void api_secrets_list(struct loom_http_req *req)
 {
-    kv_list(&secret_kind, req);
+    api_resource_list(req, &secret_resource);
 }
 void api_secrets_get(struct loom_http_req *req)
 {
-    kv_get(&secret_kind, req);
+    api_resource_get(req, &secret_resource);
 }
 void api_configmaps_create(struct loom_http_req *req)
 {
@@ -376,9 +348,9 @@ void api_configmaps_delete(struct loom_http_req *req)
 }
 void api_configmaps_list(struct loom_http_req *req)
 {
-    kv_list(&configmap_kind, req);
+    api_resource_list(req, &configmap_resource);
 }
 void api_configmaps_get(struct loom_http_req *req)
 {
-    kv_get(&configmap_kind, req);
+    api_resource_get(req, &configmap_resource);
 }

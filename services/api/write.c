@@ -285,9 +285,10 @@ int api_check_if_match(struct loom_http_req *req, const char *what, const char *
                         what, name, generation);
 }
 
-int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
-                   api_spec_fn validate, struct api_patch *ret, struct loom_err *err)
+int api_patch_spec(struct api_ctx *ctx, enum loom_kind kind, const char *sql_lock,
+                   struct api_patch *ret, struct loom_err *err)
 {
+    const char *what = loom_kind_what(kind);
     const char *name = ctx->req->params[1], *given = NULL;
     if (loom_json_get_string(ctx->body, "name", false, 63, &given, err) < 0)
         return -1;
@@ -295,7 +296,7 @@ int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
         return loom_err_set(err, LOOM_EINVAL, "field \"name\": %s \"%s\" cannot be renamed", what,
                             name);
     _cleanup_json_ json_t *patch = NULL;
-    if (validate(ctx->body, true, &patch, err) < 0)
+    if (loom_spec_validate(kind, ctx->body, true, &patch, err) < 0)
         return -1;
     _cleanup_pgres_ PGresult *cur =
         loom_db_query(ctx->db, err, sql_lock, ctx->project.id_str, name);
@@ -309,10 +310,9 @@ int api_patch_spec(struct api_ctx *ctx, const char *what, const char *sql_lock,
     _cleanup_json_ json_t *old = loom_json_parse_object(text, strlen(text), err);
     if (!old)
         return loom_err_wrap(err, "stored spec of %s %s", what, name);
-    _cleanup_json_ json_t *merged = api_spec_merge(old, patch, ctx->body);
-    json_object_set_new(merged, "name", json_string(name));
+    _cleanup_json_ json_t *merged = loom_spec_merge(old, patch, ctx->body);
     json_t *spec = NULL;
-    if (validate(merged, false, &spec, err) < 0)
+    if (loom_spec_validate(kind, merged, false, &spec, err) < 0)
         return -1;
     ret->changed = !json_equal(spec, old);
     ret->spec = spec;

@@ -11,6 +11,7 @@
 #include "cleanup.h"
 #include "db.h"
 #include "log.h"
+#include "spec.h"
 #include "loom/v1/scale.pb-c.h"
 #include "subjects.h"
 #include "util.h"
@@ -25,13 +26,13 @@ enum {
     COL_CPU,
     COL_MEM,
     COL_GPUS,
-    COL_GPU_MODEL,
+    COL_EPHEMERAL,
     COL_LIVE_CUR,
     COL_RUNNING_CUR,
     COL_LIVE_OLD,
     COL_BACKOFF,
     COL_REASON,
-    COL_EPHEMERAL,
+    COL_SPEC,
 };
 
 /* Creates n instances of app row r; appends their ids. */
@@ -42,16 +43,16 @@ static int app_create(struct sched *s, struct loom_db *db, int64_t epoch, PGresu
     char why[256] = "";
     struct sched_request req;
     int64_t placed = 0;
-    if (sched_request_from_columns(loom_db_val(apps, r, COL_CPU), loom_db_val(apps, r, COL_MEM),
-                                   loom_db_val(apps, r, COL_GPUS),
-                                   loom_db_val(apps, r, COL_GPU_MODEL), &req, why,
-                                   sizeof(why)) == 0) {
-        const char *eph = loom_db_val(apps, r, COL_EPHEMERAL);
-        req.ephemeral_bytes = SCHED_EPHEMERAL_DEFAULT;
-        if (eph && sched_parse_memory(eph, &req.ephemeral_bytes) < 0) {
-            snprintf(why, sizeof(why), "invalid scale_ephemeral_storage_limit \"%.64s\"", eph);
-            n = 0;
-        }
+    _cleanup_spec_ struct loom_spec spec = {0};
+    struct loom_err serr = LOOM_ERR_INIT;
+    if (loom_spec_decode_text(LOOM_KIND_APP, PQgetvalue(apps, r, COL_SPEC), &spec, &serr) < 0) {
+        snprintf(why, sizeof(why), "%.255s", serr.msg);
+        n = 0;
+    } else {
+        sched_request_init(&req, &spec, strtoll(PQgetvalue(apps, r, COL_CPU), NULL, 10),
+                           strtoll(PQgetvalue(apps, r, COL_MEM), NULL, 10),
+                           strtoll(PQgetvalue(apps, r, COL_EPHEMERAL), NULL, 10),
+                           strtoll(PQgetvalue(apps, r, COL_GPUS), NULL, 10));
         /* the project's quota bounds apps as it bounds jobs */
         struct sched_quota q;
         bool has_quota = false;
@@ -170,12 +171,10 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
         db,
         "SELECT a.id, a.project_id, p.name, a.name, a.generation, "
         "  greatest(a.min_instances, least(a.desired_instances, a.max_instances)), "
-        "  a.spec->>'scale_cpu_limit', a.spec->>'scale_memory_limit', a.spec->>'scale_gpus', "
-        "  a.spec->>'scale_gpu_model', coalesce(l.live_cur, 0), coalesce(l.running_cur, 0), "
-        "  coalesce(l.live_old, 0), "
+        "  a.cpu_millis, a.memory_bytes, a.gpus, a.ephemeral_bytes, "
+        "  coalesce(l.live_cur, 0), coalesce(l.running_cur, 0), coalesce(l.live_old, 0), "
         "  coalesce(f.nf > 0 AND f.lastf > now() - make_interval(secs => "
-        "    least(power(2, least(f.nf, 10) - 1), 60)), false), a.waiting_reason, "
-        "  a.spec->>'scale_ephemeral_storage_limit' "
+        "    least(power(2, least(f.nf, 10) - 1), 60)), false), a.waiting_reason, a.spec::text "
         "FROM apps a JOIN projects p ON p.id = a.project_id "
         "LEFT JOIN LATERAL (SELECT "
         "    count(*) FILTER (WHERE i.app_generation = a.generation AND NOT " ON_DRAINING

@@ -17,6 +17,7 @@
 #include "loom/v1/common.pb-c.h"
 #include "loom/v1/instance.pb-c.h"
 #include "secretbox.h"
+#include "spec.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -129,68 +130,12 @@ void sched_send_stop(struct sched *s, const char *node, const char *instance_id,
     publish_request(s, subj, 's', instance_id, &stop.base);
 }
 
-/* Strings out of a JSON array of strings (pointers into the array). */
-static size_t json_strings(json_t *arr, char ***ret)
-{
-    *ret = NULL;
-    if (!json_is_array(arr) || json_array_size(arr) == 0)
-        return 0;
-    size_t n = json_array_size(arr), w = 0;
-    char **v = calloc(n, sizeof(char *));
-    if (!v)
-        abort();
-    for (size_t i = 0; i < n; i++) {
-        const char *x = json_string_value(json_array_get(arr, i));
-        if (x)
-            v[w++] = (char *)x;
-    }
-    *ret = v;
-    return w;
-}
-
-struct env_list {
-    Loom__V1__EnvVar *vars;
-    Loom__V1__EnvVar **ptrs;
-    char **owned;
-    size_t n, cap, nowned;
-};
-
-static void env_add(struct env_list *e, const char *name, const char *value)
-{
-    if (e->n == e->cap)
-        return;
-    loom__v1__env_var__init(&e->vars[e->n]);
-    e->vars[e->n].name = (char *)name;
-    e->vars[e->n].value = (char *)value;
-    e->ptrs[e->n] = &e->vars[e->n];
-    e->n++;
-}
-
-static void env_addf(struct env_list *e, const char *name, const char *fmt, long long v)
-{
-    char *s = NULL;
-    if (asprintf(&s, fmt, v) < 0)
-        abort();
-    e->owned[e->nowned++] = s;
-    env_add(e, name, s);
-}
-
-/* What a spec's references resolve to, read once per run or app in one
- * sched_send_assigns call (never kept longer: secrets and config maps change
- * under us). */
-struct assign_refs {
-    json_t *env;    /* [[name, value], ...] in the spec's order */
-    json_t *mounts; /* [{"path": P, "files": {name: data}}, ...] */
-    char *auth;     /* "user:password" or NULL */
-    char why[512];  /* set: the instance cannot run, for this reason */
-};
-
-static void assign_refs_release(struct assign_refs *r)
+void sched_assign_refs_release(struct sched_assign_refs *r)
 {
     json_decref(r->env);
     json_decref(r->mounts);
     free(r->auth);
-    *r = (struct assign_refs){0};
+    *r = (struct sched_assign_refs){0};
 }
 
 /* Loads a secret's data. 1 with why filled when it is missing or does not
@@ -278,13 +223,13 @@ static void env_pair(json_t *env, const char *name, const char *value)
 
 /* Resolves the env references, volume mounts and image secret of spec.
  * -1 on a database error; a missing reference fills ret->why. */
-static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec,
-                        struct assign_refs *ret, struct loom_err *err)
+static int resolve_refs(struct loom_db *db, const char *project_id, const struct loom_spec *spec,
+                        struct sched_assign_refs *ret, struct loom_err *err)
 {
-    struct assign_refs r = {.env = json_array(), .mounts = json_array()};
+    struct sched_assign_refs r = {.env = json_array(), .mounts = json_array()};
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(spec, "run_env_variables"), i, v)
+    json_array_foreach(spec->env, i, v)
     {
         const char *type = json_string_value(json_object_get(v, "type"));
         const char *name = json_string_value(json_object_get(v, "name"));
@@ -307,7 +252,7 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
         _cleanup_json_ json_t *data = NULL;
         int rc = load_ref(db, project_id, secret, ref, &data, r.why, sizeof(r.why), err);
         if (rc < 0) {
-            assign_refs_release(&r);
+            sched_assign_refs_release(&r);
             return -1;
         }
         if (rc > 0)
@@ -335,7 +280,7 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
             env_pair(r.env, name, value);
         }
     }
-    json_array_foreach(r.why[0] ? NULL : json_object_get(spec, "run_volume_mounts"), i, v)
+    json_array_foreach(r.why[0] ? NULL : spec->mounts, i, v)
     {
         const char *type = json_string_value(json_object_get(v, "type"));
         const char *ref = json_string_value(json_object_get(v, "reference"));
@@ -349,7 +294,7 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
         int rc = load_ref(db, project_id, strcmp(type, "secret") == 0, ref, &data, r.why,
                           sizeof(r.why), err);
         if (rc < 0) {
-            assign_refs_release(&r);
+            sched_assign_refs_release(&r);
             return -1;
         }
         if (rc > 0)
@@ -357,20 +302,20 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
         json_array_append_new(r.mounts, json_pack("{s:s,s:o,s:b}", "path", path, "files", data,
                                                   "secret", strcmp(type, "secret") == 0));
     }
-    const char *isecret = json_string_value(json_object_get(spec, "image_secret"));
+    const char *isecret = spec->image_secret;
     if (!r.why[0] && isecret && isecret[0]) {
         _cleanup_json_ json_t *data = NULL;
         char format[32] = "";
         int rc = load_secret(db, project_id, isecret, &data, format, sizeof(format), r.why,
                              sizeof(r.why), err);
         if (rc < 0) {
-            assign_refs_release(&r);
+            sched_assign_refs_release(&r);
             return -1;
         }
         const char *server = json_string_value(json_object_get(data, "server"));
         const char *user = json_string_value(json_object_get(data, "username"));
         const char *pass = json_string_value(json_object_get(data, "password"));
-        const char *image = json_string_value(json_object_get(spec, "image_reference"));
+        const char *image = spec->image;
         if (rc == 0 && (strcmp(format, "registry") != 0 || !server || !user || !pass)) {
             snprintf(r.why, sizeof(r.why),
                      "image_secret \"%.200s\" is not a registry secret (server, username, "
@@ -388,174 +333,85 @@ static int resolve_refs(struct loom_db *db, const char *project_id, json_t *spec
     return 0;
 }
 
-/* Probe from a spec's probe_readiness / probe_liveness; NULL when absent. */
-static Loom__V1__Probe *probe_from_spec(json_t *p, Loom__V1__Probe *out)
+/* The columns of the assign query. */
+enum {
+    AS_ID,
+    AS_NODE,
+    AS_KIND,
+    AS_PROJECT,
+    AS_CPU,
+    AS_MEMORY,
+    AS_GPUS,
+    AS_EPHEMERAL,
+    AS_RETRY,
+    AS_INDEX,
+    AS_RUN,
+    AS_ARRAY_SIZE,
+    AS_RETRY_LIMIT,
+    AS_APP,
+    AS_GENERATION,
+    AS_SPEC,
+    AS_OWNER, /* the run (> 0) or app (< 0) whose spec the row has */
+    AS_RANK,
+    AS_MASTER,
+    AS_PROJECT_ID,
+};
+
+static int64_t num(PGresult *res, int r, int c)
 {
-    if (!json_is_object(p))
-        return NULL;
-    loom__v1__probe__init(out);
-    const char *type = json_string_value(json_object_get(p, "type"));
-    const char *path = json_string_value(json_object_get(p, "path"));
-    out->type = (char *)(type ? type : "tcp");
-    out->path = (char *)(path ? path : "");
-#define PROBE_U32(field, key)                                                                      \
-    do {                                                                                           \
-        json_int_t x = json_integer_value(json_object_get(p, key));                                \
-        out->field = x > 0 && x <= 65535 ? (uint32_t)x : 0;                                        \
-    } while (0)
-    PROBE_U32(port, "port");
-    PROBE_U32(initial_delay_seconds, "initial_delay");
-    PROBE_U32(period_seconds, "interval");
-    PROBE_U32(timeout_seconds, "timeout");
-    PROBE_U32(failure_threshold, "failure_threshold");
-#undef PROBE_U32
-    return out;
+    const char *v = loom_db_val(res, r, c);
+    return v ? strtoll(v, NULL, 10) : 0;
 }
 
-/* One row of the assign query (see sched_send_assigns) as an InstanceAssign. */
-static void send_assign_row(struct sched *s, PGresult *res, int r, json_t *spec,
-                            const struct assign_refs *refs, int64_t epoch)
+static struct sched_assign_row assign_row(PGresult *res, int r)
 {
-    const char *id = PQgetvalue(res, r, 0);
-    const char *node = PQgetvalue(res, r, 1);
-    bool job = strcmp(PQgetvalue(res, r, 2), "job") == 0;
-    const char *project = PQgetvalue(res, r, 3);
+    return (struct sched_assign_row){
+        .id = PQgetvalue(res, r, AS_ID),
+        .node = PQgetvalue(res, r, AS_NODE),
+        .project = PQgetvalue(res, r, AS_PROJECT),
+        .job = strcmp(PQgetvalue(res, r, AS_KIND), "job") == 0,
+        .cpu_millis = num(res, r, AS_CPU),
+        .memory_bytes = num(res, r, AS_MEMORY),
+        .ephemeral_bytes = num(res, r, AS_EPHEMERAL),
+        .gpus = num(res, r, AS_GPUS),
+        .retry = (int32_t)num(res, r, AS_RETRY),
+        .job_run = loom_db_val(res, r, AS_RUN),
+        .array_index = (int32_t)num(res, r, AS_INDEX),
+        .array_size = num(res, r, AS_ARRAY_SIZE),
+        .retry_limit = num(res, r, AS_RETRY_LIMIT),
+        .rank = loom_db_val(res, r, AS_RANK),
+        .master = loom_db_val(res, r, AS_MASTER),
+        .app = loom_db_val(res, r, AS_APP),
+        .generation = num(res, r, AS_GENERATION),
+    };
+}
 
-    Loom__V1__InstanceAssign a;
-    loom__v1__instance_assign__init(&a);
-    a.instance_id = (char *)id;
-    a.epoch = epoch;
-    a.project = (char *)project;
-    a.kind = job ? LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_JOB
-                 : LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP;
-    const char *image = json_string_value(json_object_get(spec, "image_reference"));
-    a.image = (char *)(image ? image : "");
-    _cleanup_free_ char **cmd = NULL, **args = NULL;
-    a.n_command = json_strings(json_object_get(spec, "run_commands"), &cmd);
-    a.command = cmd;
-    a.n_args = json_strings(json_object_get(spec, "run_arguments"), &args);
-    a.args = args;
-    a.cpu_millis = strtoll(PQgetvalue(res, r, 4), NULL, 10);
-    a.memory_bytes = strtoll(PQgetvalue(res, r, 5), NULL, 10);
-    a.gpus = (uint32_t)strtoul(PQgetvalue(res, r, 6), NULL, 10);
-    a.retry = (int32_t)strtol(PQgetvalue(res, r, 7), NULL, 10);
-    a.ephemeral_bytes = sched_spec_ephemeral(spec);
-    a.registry_auth = refs->auth ? refs->auth : (char *)"";
-
-    size_t nmounts = json_array_size(refs->mounts);
-    _cleanup_free_ Loom__V1__Mount *mounts = calloc(nmounts ? nmounts : 1, sizeof(*mounts));
-    _cleanup_free_ Loom__V1__Mount **mount_ptrs =
-        calloc(nmounts ? nmounts : 1, sizeof(*mount_ptrs));
-    if (!mounts || !mount_ptrs)
-        abort();
-    for (size_t k = 0; k < nmounts; k++) {
-        json_t *m = json_array_get(refs->mounts, k);
-        json_t *files = json_object_get(m, "files");
-        loom__v1__mount__init(&mounts[k]);
-        mounts[k].path = (char *)json_string_value(json_object_get(m, "path"));
-        mounts[k].secret = json_is_true(json_object_get(m, "secret"));
-        size_t nf = json_object_size(files), w = 0;
-        mounts[k].files = calloc(nf ? nf : 1, sizeof(Loom__V1__MountFile *));
-        if (!mounts[k].files)
-            abort();
-        const char *key;
-        json_t *val;
-        json_object_foreach(files, key, val)
-        {
-            if (!json_is_string(val))
-                continue;
-            Loom__V1__MountFile *f = malloc(sizeof(*f));
-            if (!f)
-                abort();
-            loom__v1__mount_file__init(f);
-            f->name = (char *)key;
-            f->data.data = (uint8_t *)json_string_value(val);
-            f->data.len = json_string_length(val);
-            mounts[k].files[w++] = f;
-        }
-        mounts[k].n_files = w;
-        mount_ptrs[k] = &mounts[k];
-    }
-    a.n_mounts = nmounts;
-    a.mounts = mount_ptrs;
-    Loom__V1__Probe readiness, liveness;
-    if (!job) {
-        a.readiness = probe_from_spec(json_object_get(spec, "probe_readiness"), &readiness);
-        a.liveness = probe_from_spec(json_object_get(spec, "probe_liveness"), &liveness);
-    }
-
-    size_t cap = 20 + json_array_size(refs->env);
-    struct env_list e = {.cap = cap};
-    e.vars = calloc(cap, sizeof(*e.vars));
-    e.ptrs = calloc(cap, sizeof(*e.ptrs));
-    e.owned = calloc(cap, sizeof(*e.owned));
-    if (!e.vars || !e.ptrs || !e.owned)
-        abort();
-    /* the user's variables first: ours win when a name repeats (last wins) */
-    size_t i;
-    json_t *v;
-    json_array_foreach(refs->env, i, v) env_add(&e, json_string_value(json_array_get(v, 0)),
-                                                json_string_value(json_array_get(v, 1)));
-    char krev[320];
-    if (job) {
-        a.job_run = PQgetvalue(res, r, 9);
-        a.array_index = (int32_t)strtol(PQgetvalue(res, r, 8), NULL, 10);
-        const char *mode = json_string_value(json_object_get(spec, "run_mode"));
-        bool daemon = mode && strcmp(mode, "daemon") == 0;
-        /* the spec's value when it has one, else the run's column */
-        json_int_t limit = json_integer_value(json_object_get(spec, "scale_max_execution_time"));
-        if (limit <= 0)
-            limit = strtoll(PQgetvalue(res, r, 12), NULL, 10);
-        a.max_execution_seconds = daemon ? 0 : limit;
-        env_addf(&e, "JOB_INDEX", "%lld", a.array_index);
-        env_addf(&e, "JOB_ARRAY_SIZE", "%lld", strtoll(PQgetvalue(res, r, 10), NULL, 10));
-        env_addf(&e, "JOB_INDEX_RETRY_COUNT", "%lld", a.retry);
-        env_addf(&e, "JOB_RETRY_LIMIT", "%lld", strtoll(PQgetvalue(res, r, 11), NULL, 10));
-        env_add(&e, "JOB_MODE", daemon ? "daemon" : "task");
-        env_add(&e, "LOOM_JOBRUN", a.job_run);
-        const char *rank = loom_db_val(res, r, 17);
-        if (rank) {
-            /* a gang member: torchrun's names and ours */
-            const char *master = loom_db_val(res, r, 18);
-            json_int_t world = json_integer_value(json_object_get(spec, "scale_nodes"));
-            static const char *const names[][4] = {
-                {"LOOM_RANK", "LOOM_WORLD_SIZE", "LOOM_MASTER_ADDR", "LOOM_MASTER_PORT"},
-                {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"},
-            };
-            for (size_t k = 0; k < 2; k++) {
-                env_addf(&e, names[k][0], "%lld", strtoll(rank, NULL, 10));
-                env_addf(&e, names[k][1], "%lld", (long long)world);
-                env_add(&e, names[k][2], master ? master : "");
-                env_addf(&e, names[k][3], "%lld", SCHED_GANG_MASTER_PORT);
-            }
-        }
-    } else {
-        a.app = PQgetvalue(res, r, 13);
-        json_int_t port = json_integer_value(json_object_get(spec, "image_port"));
-        a.port = port > 0 && port < 65536 ? (uint32_t)port : 8080;
-        env_addf(&e, "PORT", "%lld", a.port);
-        env_add(&e, "LOOM_APP", a.app);
-        env_add(&e, "K_SERVICE", a.app);
-        snprintf(krev, sizeof(krev), "%s-%05ld", a.app, strtol(PQgetvalue(res, r, 14), NULL, 10));
-        env_add(&e, "K_REVISION", krev);
-    }
-    env_add(&e, "LOOM_PROJECT", project);
-    a.n_env = e.n;
-    a.env = e.ptrs;
-
+static void send_assign(struct sched *s, const struct sched_assign_row *row,
+                        const struct loom_spec *spec, const struct sched_assign_refs *refs,
+                        int64_t epoch)
+{
+    struct sched_assign a;
+    sched_assign_build(row, spec, refs, epoch, &a);
     char subj[320];
-    snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_ASSIGN_FMT, node);
-    publish_request(s, subj, 'a', id, &a.base);
-    for (size_t k = 0; k < e.nowned; k++)
-        free(e.owned[k]);
-    for (size_t k = 0; k < nmounts; k++) {
-        for (size_t f = 0; f < mounts[k].n_files; f++)
-            free(mounts[k].files[f]);
-        free(mounts[k].files);
+    snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_ASSIGN_FMT, row->node);
+    publish_request(s, subj, 'a', row->id, &a.msg->base);
+    sched_assign_release(&a);
+}
+
+/* Decodes and resolves the spec a row shares with the rows of its run or
+ * app; a spec that does not decode fails the instance like a missing
+ * reference (refs->why). -1 on a database error. */
+static int load_spec(struct loom_db *db, PGresult *res, int r, struct loom_spec *spec,
+                     struct sched_assign_refs *refs, struct loom_err *err)
+{
+    enum loom_kind kind = num(res, r, AS_OWNER) > 0 ? LOOM_KIND_JOBRUN : LOOM_KIND_APP;
+    struct loom_err serr = LOOM_ERR_INIT;
+    *refs = (struct sched_assign_refs){0};
+    if (loom_spec_decode_text(kind, PQgetvalue(res, r, AS_SPEC), spec, &serr) < 0) {
+        snprintf(refs->why, sizeof(refs->why), "%s", serr.msg);
+        return 0;
     }
-    free(e.owned);
-    free(e.ptrs);
-    free(e.vars);
+    return resolve_refs(db, PQgetvalue(res, r, AS_PROJECT_ID), spec, refs, err);
 }
 
 void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, const char *ids_array)
@@ -564,9 +420,9 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, &err,
         "SELECT i.id, i.node_name, i.kind, p.name, i.cpu_millis, i.memory_bytes, i.gpus, "
-        "  i.retry, i.array_index, r.name, r.array_size, r.retry_limit, "
-        "  r.max_execution_seconds, a.name, i.app_generation, "
-        "  coalesce(r.spec, ar.spec, a.spec), coalesce(i.job_run_id, -i.app_id), i.rank, "
+        "  i.ephemeral_bytes, i.retry, i.array_index, r.name, r.array_size, r.retry_limit, "
+        "  a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
+        "  coalesce(i.job_run_id, -i.app_id), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
         "   WHERE g.id = i.gang), i.project_id "
         "FROM instances i JOIN projects p ON p.id = i.project_id "
@@ -580,38 +436,34 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         log_warn("could not read instances to assign: %s", err.msg);
         return;
     }
-    /* rows of one run or app share the spec: parse and resolve it once */
-    _cleanup_json_ json_t *spec = NULL;
-    struct assign_refs refs = {0};
+    /* rows of one run or app share the spec: decode and resolve it once */
+    _cleanup_spec_ struct loom_spec spec = {0};
+    struct sched_assign_refs refs = {0};
     bool refs_ok = false;
     const char *spec_owner = NULL;
     for (int r = 0; r < PQntuples(res); r++) {
-        const char *owner = PQgetvalue(res, r, 16);
+        const char *owner = PQgetvalue(res, r, AS_OWNER);
         if (!spec_owner || strcmp(owner, spec_owner) != 0) {
-            if (spec)
-                json_decref(spec);
-            const char *text = PQgetvalue(res, r, 15);
-            spec = loom_json_parse_object(text, strlen(text), NULL);
-            if (!spec)
-                spec = json_object();
+            loom_spec_release(&spec);
+            sched_assign_refs_release(&refs);
             spec_owner = owner;
-            assign_refs_release(&refs);
-            refs_ok = resolve_refs(db, PQgetvalue(res, r, 19), spec, &refs, &err) == 0;
+            refs_ok = load_spec(db, res, r, &spec, &refs, &err) == 0;
             if (!refs_ok)
-                log_warn("could not resolve the references of %s: %s", PQgetvalue(res, r, 0),
+                log_warn("could not resolve the references of %s: %s", PQgetvalue(res, r, AS_ID),
                          err.msg);
         }
         if (!refs_ok)
             continue; /* sent again once the database answers */
         if (refs.why[0]) {
             /* called after the placement committed: no transaction is open */
-            if (sched_fail_instance(s, db, PQgetvalue(res, r, 0), refs.why, &err) < 0)
-                log_warn("could not fail instance %s: %s", PQgetvalue(res, r, 0), err.msg);
+            if (sched_fail_instance(s, db, PQgetvalue(res, r, AS_ID), refs.why, &err) < 0)
+                log_warn("could not fail instance %s: %s", PQgetvalue(res, r, AS_ID), err.msg);
             continue;
         }
-        send_assign_row(s, res, r, spec, &refs, epoch);
+        struct sched_assign_row row = assign_row(res, r);
+        send_assign(s, &row, &spec, &refs, epoch);
     }
-    assign_refs_release(&refs);
+    sched_assign_refs_release(&refs);
 }
 
 int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom_err *err)

@@ -10,37 +10,9 @@
 #include "cleanup.h"
 #include "db.h"
 #include "json.h"
+#include "spec.h"
 #include "log.h"
 #include "util.h"
-
-/* The resources one instance of a spec asks for; NULL columns take the
- * defaults (1 vCPU, 4G as in Code Engine's default profile). */
-int sched_request_from_columns(const char *cpu, const char *mem, const char *gpus,
-                               const char *gpu_model, struct sched_request *ret, char *why,
-                               size_t why_len)
-{
-    struct sched_request r = {
-        .cpu_millis = 1000, .memory_bytes = 4000000000LL, .gpu_model = gpu_model};
-    if (cpu && sched_parse_cpu(cpu, &r.cpu_millis) < 0) {
-        snprintf(why, why_len, "invalid scale_cpu_limit \"%.64s\"", cpu);
-        return -1;
-    }
-    if (mem && sched_parse_memory(mem, &r.memory_bytes) < 0) {
-        snprintf(why, why_len, "invalid scale_memory_limit \"%.64s\"", mem);
-        return -1;
-    }
-    if (gpus) {
-        char *end;
-        long g = strtol(gpus, &end, 10);
-        if (*end || g < 0 || g > 64) {
-            snprintf(why, why_len, "invalid scale_gpus \"%.64s\"", gpus);
-            return -1;
-        }
-        r.gpus = (int32_t)g;
-    }
-    *ret = r;
-    return 0;
-}
 
 size_t sched_quota_room(const struct sched_quota *q, const struct sched_request *req, char *why,
                         size_t why_len)
@@ -134,265 +106,217 @@ static int fail_gang_index(struct loom_db *db, const char *run_id, int32_t idx, 
     return sched_run_finish_if_settled(db, run_id, err);
 }
 
-/* Places up to budget indices of one locked run (row r of runs). Appends the
- * new instance ids to ids. q is the run's project quota, or NULL. */
-static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresult *runs, int r,
-                     struct sched_node *nodes, size_t nnodes, size_t budget, struct sched_quota *q,
-                     struct strbuf *ids, size_t *ret_placed, struct loom_err *err)
+/* The columns of the placer's query (sched_jobs_place). */
+enum {
+    RUN_ID,
+    RUN_PROJECT,
+    RUN_PENDING,
+    RUN_PARALLELISM,
+    RUN_N_RUNNING,
+    RUN_WAITING,
+    RUN_CPU,
+    RUN_MEMORY,
+    RUN_EPHEMERAL,
+    RUN_GPUS,
+    RUN_GANG_WAITED, /* seconds since gang_waiting_since, or NULL */
+    RUN_SPEC,
+};
+
+/* Reads one run's row; a spec that does not decode fills why (the run waits
+ * with that reason) and returns 1. */
+static int read_run(PGresult *runs, int r, struct sched_run *ret, struct loom_spec *spec, char *why,
+                    size_t why_len, struct loom_err *err)
 {
-    const char *run_id = PQgetvalue(runs, r, 0);
-    const char *project_id = PQgetvalue(runs, r, 1);
-    int64_t parallelism = strtoll(PQgetvalue(runs, r, 3), NULL, 10);
-    int64_t n_running = strtoll(PQgetvalue(runs, r, 4), NULL, 10);
-    const char *old_reason = loom_db_val(runs, r, 9);
-    /* a gang run places each index as `members` instances on distinct nodes */
-    long members = loom_db_val(runs, r, 10) ? strtol(PQgetvalue(runs, r, 10), NULL, 10) : 1;
-    if (members < 1 || members > SCHED_GANG_MAX)
-        members = 1;
-    char why[256] = "";
-    size_t want = budget / (size_t)members;
-    if (want == 0)
-        want = 1; /* one gang may exceed a batch */
-    if (parallelism > 0) {
-        int64_t room = parallelism - n_running;
-        if (room <= 0)
-            return 0;
-        if ((size_t)room < want)
-            want = (size_t)room;
+    struct loom_err serr = LOOM_ERR_INIT;
+    if (loom_spec_decode_text(LOOM_KIND_JOBRUN, PQgetvalue(runs, r, RUN_SPEC), spec, &serr) < 0) {
+        snprintf(why, why_len, "%.255s", serr.msg);
+        return 1;
     }
-    struct sched_request req;
-    struct loom_arrayspec pending = {0};
-    _cleanup_free_ int32_t *idx = NULL;
-    _cleanup_free_ long *chosen = NULL;
-    size_t got = 0, placed = 0;
-    _cleanup_json_ json_t *selector = NULL;
-    if (sched_request_from_columns(loom_db_val(runs, r, 5), loom_db_val(runs, r, 6),
-                                   loom_db_val(runs, r, 7), loom_db_val(runs, r, 8), &req, why,
-                                   sizeof(why)) < 0)
-        goto reason;
-    const char *eph = loom_db_val(runs, r, 11);
-    req.ephemeral_bytes = SCHED_EPHEMERAL_DEFAULT;
-    if (eph && sched_parse_memory(eph, &req.ephemeral_bytes) < 0) {
-        snprintf(why, sizeof(why), "invalid scale_ephemeral_storage_limit \"%.64s\"", eph);
-        goto reason;
-    }
-    const char *sel = loom_db_val(runs, r, 12);
-    if (sel) {
-        selector = loom_json_parse_object(sel, strlen(sel), NULL);
-        req.selector = selector;
-    }
-    const char *placement = loom_db_val(runs, r, 13);
-    req.spread = placement && strcmp(placement, "spread") == 0;
-    bool gang_expired = strcmp(PQgetvalue(runs, r, 15), "t") == 0;
-    if (q) {
-        size_t room = sched_quota_room(q, &req, why, sizeof(why)) / (size_t)members;
-        if (room == 0) {
-            if (!why[0])
-                snprintf(why, sizeof(why), "quota: no room for all %ld members of a gang", members);
-            goto reason;
-        }
-        if (room < want)
-            want = room;
-    }
-    if (loom_arrayspec_from_multirange(PQgetvalue(runs, r, 2), &pending, err) < 0)
+    struct sched_run run = {
+        .parallelism = strtoll(PQgetvalue(runs, r, RUN_PARALLELISM), NULL, 10),
+        .n_running = strtoll(PQgetvalue(runs, r, RUN_N_RUNNING), NULL, 10),
+        .members = spec->nodes,
+    };
+    sched_request_init(&run.req, spec, strtoll(PQgetvalue(runs, r, RUN_CPU), NULL, 10),
+                       strtoll(PQgetvalue(runs, r, RUN_MEMORY), NULL, 10),
+                       strtoll(PQgetvalue(runs, r, RUN_EPHEMERAL), NULL, 10),
+                       strtoll(PQgetvalue(runs, r, RUN_GPUS), NULL, 10));
+    const char *waited = loom_db_val(runs, r, RUN_GANG_WAITED);
+    run.gang_expired = waited && strtod(waited, NULL) > (double)spec->gang_timeout;
+    if (loom_arrayspec_from_multirange(PQgetvalue(runs, r, RUN_PENDING), &run.pending, err) < 0)
         return -1;
-    int64_t pending_count = pending.count;
-    if ((int64_t)want > pending.count)
-        want = (size_t)pending.count;
-    idx = calloc(want ? want : 1, sizeof(*idx));
-    chosen = calloc((want ? want : 1) * (size_t)members, sizeof(*chosen));
-    if (!idx || !chosen)
-        abort();
-    got = sched_take_indices(&pending, want, idx);
-    loom_arrayspec_release(&pending);
-    size_t sample = sched_sample_size(nnodes);
-    for (; placed < got; placed++) {
-        long *mine = &chosen[placed * (size_t)members];
-        long m = 0;
-        for (; m < members; m++) {
-            long n = sched_choose_node(nodes, nnodes, &req, sample, &s->rng);
-            if (n < 0)
-                break;
-            mine[m] = n;
-            nodes[n].cpu_used += req.cpu_millis;
-            nodes[n].mem_used += req.memory_bytes;
-            nodes[n].gpus_used += req.gpus;
-            nodes[n].disk_used += req.ephemeral_bytes;
-            /* distinct nodes: a chosen node takes no second member (its
-             * total is hidden until the gang is decided) */
-            if (members > 1) {
-                int64_t t = nodes[n].cpu_total;
-                nodes[n].cpu_total = -1 - t;
-            }
+    *ret = run;
+    return 0;
+}
+
+/* Writes a plan of the locked run r: its index rows, instances and counts,
+ * or why it waits. Appends the new instance ids to ids; *ret_placed counts
+ * them; q (the run's project quota, or NULL) takes what they hold. */
+static int apply_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresult *runs, int r,
+                     const struct sched_run *run, const struct sched_run_plan *plan,
+                     struct sched_node *nodes, struct sched_quota *q, struct strbuf *ids,
+                     size_t *ret_placed, struct loom_err *err)
+{
+    const char *run_id = PQgetvalue(runs, r, RUN_ID);
+    const char *old_reason = loom_db_val(runs, r, RUN_WAITING);
+    size_t members = (size_t)run->members;
+    if (plan->n < plan->wanted)
+        s->pool.ran_short = true;
+    if (plan->n == 0) {
+        if (plan->gang_failed) {
+            char timeout[24];
+            snprintf(timeout, sizeof(timeout), "%lld", (long long)run->gang_timeout_s);
+            return fail_gang_index(db, run_id, plan->idx[0], timeout, plan->why, err);
         }
-        if (members > 1)
-            for (long k = 0; k < m; k++)
-                nodes[mine[k]].cpu_total = -1 - nodes[mine[k]].cpu_total;
-        if (m < members) {
-            /* all or none: give back what this gang took */
-            for (long k = 0; k < m; k++) {
-                nodes[mine[k]].cpu_used -= req.cpu_millis;
-                nodes[mine[k]].mem_used -= req.memory_bytes;
-                nodes[mine[k]].gpus_used -= req.gpus;
-                nodes[mine[k]].disk_used -= req.ephemeral_bytes;
-            }
-            sched_describe_request(&req, why, sizeof(why));
-            if (members > 1) {
-                size_t l = strlen(why);
-                snprintf(why + l, sizeof(why) - l, " for all %ld members of a gang", members);
-            }
-            s->pool.ran_short = true;
-            break;
-        }
-    }
-    if (placed > 0) {
-        struct strbuf a_idx = STRBUF_INIT, a_id = STRBUF_INIT, taken = STRBUF_INIT;
-        for (size_t i = 0; i < placed; i++) {
-            char num[16], uuid[37];
-            snprintf(num, sizeof(num), "%d", idx[i]);
-            loom_uuid4(uuid);
-            sched_pg_array_add(&a_idx, num);
-            sched_pg_array_add(&a_id, uuid);
-        }
-        sched_pg_array_end(&a_idx);
-        sched_pg_array_end(&a_id);
-        sched_indices_multirange(idx, placed, &taken);
-        /* indices still pending wait for running ones to end */
-        bool capped = parallelism > 0 && n_running + (int64_t)placed >= parallelism &&
-                      pending_count > (int64_t)placed;
-        char ep[32], cpu[32], mem[32], gpus[16], ephb[32];
-        snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
-        snprintf(ephb, sizeof(ephb), "%lld", (long long)req.ephemeral_bytes);
-        snprintf(cpu, sizeof(cpu), "%lld", (long long)req.cpu_millis);
-        snprintf(mem, sizeof(mem), "%lld", (long long)req.memory_bytes);
-        snprintf(gpus, sizeof(gpus), "%d", req.gpus);
-        /* index rows first: they keep their retry count, which the instance
-         * carries; an index that is somehow not pending is skipped */
-        _cleanup_pgres_ PGresult *up = loom_db_query(
-            db, err,
-            "INSERT INTO job_run_indices AS j (run_id, idx, state, retries, instance_id, "
-            "  started_at) "
-            "SELECT $1::bigint, x.idx, 'running', 0, x.id, now() "
-            "FROM unnest($2::int[], $3::uuid[]) AS x(idx, id) "
-            "ON CONFLICT (run_id, idx) DO UPDATE SET state = 'running', "
-            "  instance_id = EXCLUDED.instance_id, started_at = now(), finished_at = NULL, "
-            "  exit_code = NULL, reason = NULL "
-            "WHERE j.state = 'pending' RETURNING instance_id, idx, retries",
-            run_id, a_idx.buf, a_id.buf);
-        strbuf_release(&a_idx);
-        strbuf_release(&a_id);
-        if (!up) {
-            strbuf_release(&taken);
-            return -1;
-        }
-        /* the rows that came back, with their nodes (idx is ascending, so a
-         * binary search finds each one's place) */
-        struct strbuf b_id = STRBUF_INIT, b_idx = STRBUF_INIT, b_retry = STRBUF_INIT,
-                      b_node = STRBUF_INIT, b_rank = STRBUF_INIT, b_gang = STRBUF_INIT;
-        int n_idx = 0;
-        for (int i = 0; i < PQntuples(up); i++) {
-            int32_t x = (int32_t)strtol(PQgetvalue(up, i, 1), NULL, 10);
-            size_t lo = 0, hi = placed;
-            while (lo < hi) {
-                size_t mid = (lo + hi) / 2;
-                if (idx[mid] < x)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            if (lo >= placed || idx[lo] != x)
-                continue;
-            n_idx++;
-            for (long m = 0; m < members; m++) {
-                char uuid[37], rank[16];
-                if (m == 0)
-                    snprintf(uuid, sizeof(uuid), "%s", PQgetvalue(up, i, 0));
-                else
-                    loom_uuid4(uuid);
-                snprintf(rank, sizeof(rank), "%ld", m);
-                sched_pg_array_add(&b_id, uuid);
-                sched_pg_array_add(&b_idx, PQgetvalue(up, i, 1));
-                sched_pg_array_add(&b_retry, PQgetvalue(up, i, 2));
-                sched_pg_array_add(&b_node, nodes[chosen[lo * (size_t)members + (size_t)m]].name);
-                if (members > 1) {
-                    sched_pg_array_add(&b_rank, rank);
-                    sched_pg_array_add(&b_gang, PQgetvalue(up, i, 0));
-                } else {
-                    sched_pg_array_add_null(&b_rank);
-                    sched_pg_array_add_null(&b_gang);
-                }
-            }
-        }
-        sched_pg_array_end(&b_id);
-        sched_pg_array_end(&b_idx);
-        sched_pg_array_end(&b_retry);
-        sched_pg_array_end(&b_node);
-        sched_pg_array_end(&b_rank);
-        sched_pg_array_end(&b_gang);
-        _cleanup_pgres_ PGresult *ins = loom_db_query(
-            db, err,
-            "INSERT INTO instances (id, project_id, kind, job_run_id, array_index, retry, "
-            "  node_name, epoch, cpu_millis, memory_bytes, gpus, rank, gang, ephemeral_bytes) "
-            "SELECT x.id, $2::bigint, 'job', $1::bigint, x.idx, x.retry, x.node, $3::bigint, "
-            "  $4::bigint, $5::bigint, $6::integer, x.rank, x.gang, $13::bigint "
-            "FROM unnest($7::uuid[], $8::int[], $9::int[], $10::text[], $11::int[], $12::uuid[]) "
-            "  AS x(id, idx, retry, node, rank, gang) RETURNING id",
-            run_id, project_id, ep, cpu, mem, gpus, b_id.buf, b_idx.buf, b_retry.buf, b_node.buf,
-            b_rank.buf, b_gang.buf, ephb);
-        strbuf_release(&b_id);
-        strbuf_release(&b_idx);
-        strbuf_release(&b_retry);
-        strbuf_release(&b_node);
-        strbuf_release(&b_rank);
-        strbuf_release(&b_gang);
-        if (!ins) {
-            strbuf_release(&taken);
-            return -1;
-        }
-        char n_ins[16];
-        snprintf(n_ins, sizeof(n_ins), "%d", n_idx); /* indices: a gang counts once */
-        for (int i = 0; i < PQntuples(ins); i++)
-            sched_pg_array_add(ids, PQgetvalue(ins, i, 0));
-        _cleanup_pgres_ PGresult *upd =
-            loom_db_query(db, err,
-                          "UPDATE job_runs SET pending = pending - $2::int4multirange, "
-                          "  n_running = n_running + $3::integer, state = 'running', "
-                          "  waiting_reason = nullif($4, ''), updated_at = now(), "
-                          "  gang_waiting_since = CASE WHEN $5::boolean "
-                          "    THEN coalesce(gang_waiting_since, now()) END WHERE id = $1::bigint",
-                          run_id, taken.buf, n_ins,
-                          placed < got ? why
-                          : capped     ? "parallelism"
-                                       : "",
-                          members > 1 && placed < got ? "true" : "false");
-        strbuf_release(&taken);
-        if (!upd)
-            return -1;
-        *ret_placed += (size_t)PQntuples(ins);
-        if (q) {
-            int64_t k = PQntuples(ins);
-            q->inst_used += k;
-            q->cpu_used += k * req.cpu_millis;
-            q->mem_used += k * req.memory_bytes;
-            q->gpus_used += k * req.gpus;
-        }
-        return 0;
-    }
-    if (members > 1 && got > 0 && gang_expired)
-        return fail_gang_index(db, run_id, idx[0], PQgetvalue(runs, r, 14), why, err);
-reason:
-    if (why[0] && (!old_reason || strcmp(old_reason, why) != 0 || members > 1)) {
+        if (!plan->why[0] || (old_reason && strcmp(old_reason, plan->why) == 0 && members == 1))
+            return 0;
         /* a gang that waits starts its gang_timeout clock here */
         _cleanup_pgres_ PGresult *w =
             loom_db_query(db, err,
                           "UPDATE job_runs SET waiting_reason = $2, gang_waiting_since = CASE "
                           "  WHEN $3::integer > 1 THEN coalesce(gang_waiting_since, now()) END "
                           "WHERE id = $1::bigint",
-                          run_id, why, members > 1 ? "2" : "1");
-        if (!w)
-            return -1;
+                          run_id, plan->why, members > 1 ? "2" : "1");
+        return w ? 0 : -1;
+    }
+    _cleanup_strbuf_ struct strbuf a_idx = STRBUF_INIT, a_id = STRBUF_INIT, taken = STRBUF_INIT;
+    for (size_t i = 0; i < plan->n; i++) {
+        char num[16], uuid[37];
+        snprintf(num, sizeof(num), "%d", plan->idx[i]);
+        loom_uuid4(uuid);
+        sched_pg_array_add(&a_idx, num);
+        sched_pg_array_add(&a_id, uuid);
+    }
+    sched_pg_array_end(&a_idx);
+    sched_pg_array_end(&a_id);
+    sched_indices_multirange(plan->idx, plan->n, &taken);
+    /* index rows first: they keep their retry count, which the instance
+     * carries; an index that is somehow not pending is skipped */
+    _cleanup_pgres_ PGresult *up = loom_db_query(
+        db, err,
+        "INSERT INTO job_run_indices AS j (run_id, idx, state, retries, instance_id, "
+        "  started_at) "
+        "SELECT $1::bigint, x.idx, 'running', 0, x.id, now() "
+        "FROM unnest($2::int[], $3::uuid[]) AS x(idx, id) "
+        "ON CONFLICT (run_id, idx) DO UPDATE SET state = 'running', "
+        "  instance_id = EXCLUDED.instance_id, started_at = now(), finished_at = NULL, "
+        "  exit_code = NULL, reason = NULL "
+        "WHERE j.state = 'pending' RETURNING instance_id, idx, retries",
+        run_id, a_idx.buf, a_id.buf);
+    if (!up)
+        return -1;
+    /* the rows that came back, with their nodes (idx is ascending, so a
+     * binary search finds each one's place) */
+    _cleanup_strbuf_ struct strbuf b_id = STRBUF_INIT, b_idx = STRBUF_INIT, b_retry = STRBUF_INIT,
+                                   b_node = STRBUF_INIT, b_rank = STRBUF_INIT, b_gang = STRBUF_INIT;
+    int n_idx = 0;
+    for (int i = 0; i < PQntuples(up); i++) {
+        int32_t x = (int32_t)strtol(PQgetvalue(up, i, 1), NULL, 10);
+        size_t lo = 0, hi = plan->n;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (plan->idx[mid] < x)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo >= plan->n || plan->idx[lo] != x)
+            continue;
+        n_idx++;
+        for (size_t m = 0; m < members; m++) {
+            char uuid[37], rank[24];
+            if (m == 0)
+                snprintf(uuid, sizeof(uuid), "%s", PQgetvalue(up, i, 0));
+            else
+                loom_uuid4(uuid);
+            snprintf(rank, sizeof(rank), "%zu", m);
+            sched_pg_array_add(&b_id, uuid);
+            sched_pg_array_add(&b_idx, PQgetvalue(up, i, 1));
+            sched_pg_array_add(&b_retry, PQgetvalue(up, i, 2));
+            sched_pg_array_add(&b_node, nodes[plan->nodes[lo * members + m]].name);
+            if (members > 1) {
+                sched_pg_array_add(&b_rank, rank);
+                sched_pg_array_add(&b_gang, PQgetvalue(up, i, 0));
+            } else {
+                sched_pg_array_add_null(&b_rank);
+                sched_pg_array_add_null(&b_gang);
+            }
+        }
+    }
+    sched_pg_array_end(&b_id);
+    sched_pg_array_end(&b_idx);
+    sched_pg_array_end(&b_retry);
+    sched_pg_array_end(&b_node);
+    sched_pg_array_end(&b_rank);
+    sched_pg_array_end(&b_gang);
+    const struct sched_request *req = &run->req;
+    char ep[32], cpu[32], mem[32], gpus[16], ephb[32];
+    snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
+    snprintf(ephb, sizeof(ephb), "%lld", (long long)req->ephemeral_bytes);
+    snprintf(cpu, sizeof(cpu), "%lld", (long long)req->cpu_millis);
+    snprintf(mem, sizeof(mem), "%lld", (long long)req->memory_bytes);
+    snprintf(gpus, sizeof(gpus), "%d", req->gpus);
+    _cleanup_pgres_ PGresult *ins = loom_db_query(
+        db, err,
+        "INSERT INTO instances (id, project_id, kind, job_run_id, array_index, retry, "
+        "  node_name, epoch, cpu_millis, memory_bytes, gpus, rank, gang, ephemeral_bytes) "
+        "SELECT x.id, $2::bigint, 'job', $1::bigint, x.idx, x.retry, x.node, $3::bigint, "
+        "  $4::bigint, $5::bigint, $6::integer, x.rank, x.gang, $13::bigint "
+        "FROM unnest($7::uuid[], $8::int[], $9::int[], $10::text[], $11::int[], $12::uuid[]) "
+        "  AS x(id, idx, retry, node, rank, gang) RETURNING id",
+        run_id, PQgetvalue(runs, r, RUN_PROJECT), ep, cpu, mem, gpus, b_id.buf, b_idx.buf,
+        b_retry.buf, b_node.buf, b_rank.buf, b_gang.buf, ephb);
+    if (!ins)
+        return -1;
+    char n_ins[16];
+    snprintf(n_ins, sizeof(n_ins), "%d", n_idx); /* indices: a gang counts once */
+    for (int i = 0; i < PQntuples(ins); i++)
+        sched_pg_array_add(ids, PQgetvalue(ins, i, 0));
+    bool short_of = plan->n < plan->wanted;
+    _cleanup_pgres_ PGresult *upd =
+        loom_db_query(db, err,
+                      "UPDATE job_runs SET pending = pending - $2::int4multirange, "
+                      "  n_running = n_running + $3::integer, state = 'running', "
+                      "  waiting_reason = nullif($4, ''), updated_at = now(), "
+                      "  gang_waiting_since = CASE WHEN $5::boolean "
+                      "    THEN coalesce(gang_waiting_since, now()) END WHERE id = $1::bigint",
+                      run_id, taken.buf, n_ins,
+                      short_of       ? plan->why
+                      : plan->capped ? "parallelism"
+                                     : "",
+                      members > 1 && short_of ? "true" : "false");
+    if (!upd)
+        return -1;
+    *ret_placed += (size_t)PQntuples(ins);
+    if (q) {
+        int64_t k = PQntuples(ins);
+        q->inst_used += k;
+        q->cpu_used += k * req->cpu_millis;
+        q->mem_used += k * req->memory_bytes;
+        q->gpus_used += k * req->gpus;
     }
     return 0;
+}
+
+/* Plans and writes one locked run (row r of runs). */
+static int place_run(struct sched *s, struct loom_db *db, int64_t epoch, PGresult *runs, int r,
+                     struct sched_pool *pool, size_t budget, struct sched_quota *q,
+                     struct strbuf *ids, size_t *ret_placed, struct loom_err *err)
+{
+    _cleanup_spec_ struct loom_spec spec = {0};
+    struct sched_run run = {0};
+    struct sched_run_plan plan = {0};
+    int rc = read_run(runs, r, &run, &spec, plan.why, sizeof(plan.why), err);
+    if (rc == 0) {
+        run.gang_timeout_s = spec.gang_timeout;
+        sched_plan_run(&run, pool->nodes, pool->n, budget, q, &s->rng, &plan);
+        rc = apply_run(s, db, epoch, runs, r, &run, &plan, pool->nodes, q, ids, ret_placed, err);
+    } else if (rc > 0) {
+        rc = apply_run(s, db, epoch, runs, r, &run, &plan, pool->nodes, q, ids, ret_placed, err);
+    }
+    loom_arrayspec_release(&run.pending);
+    sched_run_plan_release(&plan);
+    return rc;
 }
 
 int sched_jobs_promote_backoffs(struct loom_db *db, size_t *ret_moved, struct loom_err *err)
@@ -449,19 +373,12 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
      * until we commit, so pending and n_running cannot move under us */
     runs = loom_db_exec(
         db,
-        "SELECT id, project_id, pending::text, parallelism, n_running, "
-        "  spec->>'scale_cpu_limit', spec->>'scale_memory_limit', spec->>'scale_gpus', "
-        "  spec->>'scale_gpu_model', waiting_reason, spec->>'scale_nodes', "
-        "  spec->>'scale_ephemeral_storage_limit', nullif(spec->'node_selector', '{}')::text, "
-        "  spec->>'placement', "
-        "  CASE WHEN jsonb_typeof(spec->'gang_timeout') = 'number' "
-        "    THEN (spec->>'gang_timeout')::numeric ELSE 300 END, "
-        "  coalesce(gang_waiting_since < now() - make_interval(secs => "
-        "    CASE WHEN jsonb_typeof(spec->'gang_timeout') = 'number' "
-        "      THEN (spec->>'gang_timeout')::float8 ELSE 300 END), false) "
+        "SELECT id, project_id, pending::text, parallelism, n_running, waiting_reason, "
+        "  cpu_millis, memory_bytes, ephemeral_bytes, gpus, "
+        "  extract(epoch FROM now() - gang_waiting_since), spec::text "
         "FROM job_runs WHERE state IN ('pending', 'running') AND NOT isempty(pending) "
         "  AND (parallelism = 0 OR n_running < parallelism) "
-        "ORDER BY coalesce((spec->>'priority')::integer, 50) DESC, id LIMIT 200 FOR UPDATE",
+        "ORDER BY priority DESC, id LIMIT 200 FOR UPDATE",
         0, NULL, err);
     if (!runs)
         goto fail;
@@ -481,13 +398,13 @@ int sched_jobs_place(struct sched *s, struct loom_db *db, int64_t epoch, struct 
     for (size_t k = 0; k < nq; k++)
         quota_from_row(quotas, (int)k, &qs[k]);
     for (int r = 0; r < PQntuples(runs) && placed < (size_t)s->batch_max; r++) {
-        int64_t project = strtoll(PQgetvalue(runs, r, 1), NULL, 10);
+        int64_t project = strtoll(PQgetvalue(runs, r, RUN_PROJECT), NULL, 10);
         struct sched_quota *q = NULL;
         for (size_t k = 0; k < nq && !q; k++)
             if (qs[k].project_id == project)
                 q = &qs[k];
-        if (place_run(s, db, epoch, runs, r, pool->nodes, pool->n, (size_t)s->batch_max - placed, q,
-                      &ids, &placed, err) < 0)
+        if (place_run(s, db, epoch, runs, r, pool, (size_t)s->batch_max - placed, q, &ids, &placed,
+                      err) < 0)
             goto fail;
     }
     if (loom_db_commit(db, err) < 0) {

@@ -1,87 +1,13 @@
 #include "sched.h"
 
 #include <ctype.h>
-#include <errno.h>
 #include <jansson.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Parses a non-negative decimal ("0.5", "12") into *ret; *end points past it. */
-static int parse_decimal(const char *s, double *ret, const char **end)
-{
-    if (!s || !isdigit((unsigned char)*s))
-        return -1;
-    errno = 0;
-    char *e;
-    double v = strtod(s, &e);
-    if (errno || e == s || !isfinite(v) || v < 0)
-        return -1;
-    /* strtod accepts hex and exponents; we do not */
-    for (const char *p = s; p < e; p++)
-        if (!isdigit((unsigned char)*p) && *p != '.')
-            return -1;
-    *ret = v;
-    *end = e;
-    return 0;
-}
-
-int sched_parse_cpu(const char *s, int64_t *ret)
-{
-    double v;
-    const char *end;
-    if (parse_decimal(s, &v, &end) < 0)
-        return -1;
-    double millis;
-    if (*end == '\0')
-        millis = v * 1000.0;
-    else if (strcmp(end, "m") == 0)
-        millis = v;
-    else
-        return -1;
-    if (millis < 1 || millis > 1e9)
-        return -1;
-    *ret = (int64_t)llround(millis);
-    return 0;
-}
-
-int sched_parse_memory(const char *s, int64_t *ret)
-{
-    static const struct {
-        const char *suffix;
-        double mult;
-    } units[] = {
-        {"", 1},
-        {"K", 1e3},
-        {"M", 1e6},
-        {"G", 1e9},
-        {"T", 1e12},
-        {"k", 1e3},
-        {"Ki", 1024.0},
-        {"Mi", 1024.0 * 1024},
-        {"Gi", 1024.0 * 1024 * 1024},
-        {"Ti", 1024.0 * 1024 * 1024 * 1024},
-        {"KB", 1e3},
-        {"MB", 1e6},
-        {"GB", 1e9},
-        {"TB", 1e12},
-    };
-    double v;
-    const char *end;
-    if (parse_decimal(s, &v, &end) < 0)
-        return -1;
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcmp(end, units[i].suffix) == 0) {
-            double b = v * units[i].mult;
-            if (b < 1 || b > 9.0e18)
-                return -1;
-            *ret = (int64_t)llround(b);
-            return 0;
-        }
-    }
-    return -1;
-}
+#include "quantity.h"
+#include "spec.h"
 
 bool sched_node_fits(const struct sched_node *n, const struct sched_request *r)
 {
@@ -118,13 +44,9 @@ bool sched_labels_match(const struct json_t *labels, const struct json_t *select
     return true;
 }
 
-int64_t sched_spec_ephemeral(const struct json_t *spec)
+static bool excluded(const struct sched_request *r, size_t i)
 {
-    const char *s = json_string_value(json_object_get(spec, "scale_ephemeral_storage_limit"));
-    int64_t b;
-    if (!s || sched_parse_memory(s, &b) < 0)
-        return SCHED_EPHEMERAL_DEFAULT;
-    return b;
+    return r->exclude && r->exclude[i];
 }
 
 static uint64_t xorshift(uint64_t *state)
@@ -169,7 +91,7 @@ long sched_choose_node(const struct sched_node *nodes, size_t n, const struct sc
     double best_score = -1e300;
     if (sample >= n) {
         for (size_t i = 0; i < n; i++) {
-            if (!sched_node_fits(&nodes[i], r))
+            if (excluded(r, i) || !sched_node_fits(&nodes[i], r))
                 continue;
             double sc = pack_score(&nodes[i], r);
             if (sc > best_score) {
@@ -181,7 +103,7 @@ long sched_choose_node(const struct sched_node *nodes, size_t n, const struct sc
     }
     for (size_t k = 0; k < sample; k++) {
         size_t i = (size_t)(xorshift(rng) % n);
-        if (!sched_node_fits(&nodes[i], r))
+        if (excluded(r, i) || !sched_node_fits(&nodes[i], r))
             continue;
         double sc = pack_score(&nodes[i], r);
         if (sc > best_score) {
@@ -195,7 +117,7 @@ long sched_choose_node(const struct sched_node *nodes, size_t n, const struct sc
     size_t start = (size_t)(xorshift(rng) % n);
     for (size_t k = 0; k < n; k++) {
         size_t i = (start + k) % n;
-        if (sched_node_fits(&nodes[i], r))
+        if (!excluded(r, i) && sched_node_fits(&nodes[i], r))
             return (long)i;
     }
     return -1;
@@ -251,31 +173,17 @@ void sched_pg_array_end(struct strbuf *sb)
     strbuf_addch(sb, '}');
 }
 
-static void format_bytes(int64_t b, char *buf, size_t len)
-{
-    if (b % 1000000000 == 0)
-        snprintf(buf, len, "%lldG", (long long)(b / 1000000000));
-    else if (b % (1024LL * 1024 * 1024) == 0)
-        snprintf(buf, len, "%lldGi", (long long)(b / (1024LL * 1024 * 1024)));
-    else if (b % 1000000 == 0)
-        snprintf(buf, len, "%lldM", (long long)(b / 1000000));
-    else if (b % (1024 * 1024) == 0)
-        snprintf(buf, len, "%lldMi", (long long)(b / (1024 * 1024)));
-    else
-        snprintf(buf, len, "%lld", (long long)b);
-}
-
 void sched_describe_request(const struct sched_request *r, char *buf, size_t len)
 {
     char mem[32];
-    format_bytes(r->memory_bytes, mem, sizeof(mem));
+    loom_size_format(r->memory_bytes, mem, sizeof(mem));
     int w = snprintf(buf, len, "no node fits cpu=%lldm memory=%s", (long long)r->cpu_millis, mem);
     if (r->gpus > 0 && w > 0 && (size_t)w < len)
         w += snprintf(buf + w, len - (size_t)w, " gpus=%d%s%s", r->gpus,
                       r->gpu_model && r->gpu_model[0] ? " model=" : "",
                       r->gpu_model && r->gpu_model[0] ? r->gpu_model : "");
     if (r->ephemeral_bytes > 0 && w > 0 && (size_t)w < len) {
-        format_bytes(r->ephemeral_bytes, mem, sizeof(mem));
+        loom_size_format(r->ephemeral_bytes, mem, sizeof(mem));
         w += snprintf(buf + w, len - (size_t)w, " ephemeral=%s", mem);
     }
     if (r->selector && w > 0 && (size_t)w < len) {
@@ -294,4 +202,101 @@ bool sched_valid_node_name(const char *s)
         if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
             return false;
     return n <= 253;
+}
+
+/* Takes r's resources on node k (give: gives them back). */
+static void take(struct sched_node *n, const struct sched_request *r, int sign)
+{
+    n->cpu_used += sign * r->cpu_millis;
+    n->mem_used += sign * r->memory_bytes;
+    n->gpus_used += sign * r->gpus;
+    n->disk_used += sign * r->ephemeral_bytes;
+}
+
+void sched_plan_run(const struct sched_run *run, struct sched_node *nodes, size_t nnodes,
+                    size_t budget, const struct sched_quota *q, uint64_t *rng,
+                    struct sched_run_plan *ret)
+{
+    struct sched_run_plan p = {0};
+    size_t members = run->members > 1 ? (size_t)run->members : 1;
+    size_t want = budget / members;
+    if (want == 0)
+        want = 1; /* one gang may exceed a batch */
+    if (run->parallelism > 0) {
+        int64_t room = run->parallelism - run->n_running;
+        want = room <= 0 ? 0 : (size_t)room < want ? (size_t)room : want;
+    }
+    if (want > 0 && q) {
+        size_t room = sched_quota_room(q, &run->req, p.why, sizeof(p.why)) / members;
+        if (room == 0 && !p.why[0])
+            snprintf(p.why, sizeof(p.why), "quota: no room for all %zu members of a gang", members);
+        if (room < want)
+            want = room;
+    }
+    if ((int64_t)want > run->pending.count)
+        want = (size_t)run->pending.count;
+    p.idx = calloc(want ? want : 1, sizeof(*p.idx));
+    p.nodes = calloc((want ? want : 1) * members, sizeof(*p.nodes));
+    uint8_t *exclude = members > 1 ? calloc(nnodes ? nnodes : 1, 1) : NULL;
+    if (!p.idx || !p.nodes || (members > 1 && !exclude))
+        abort();
+    p.wanted = sched_take_indices(&run->pending, want, p.idx);
+    struct sched_request req = run->req;
+    req.exclude = exclude; /* a gang's members go to distinct nodes */
+    size_t sample = sched_sample_size(nnodes);
+    for (; p.n < p.wanted; p.n++) {
+        long *mine = &p.nodes[p.n * members];
+        size_t m = 0;
+        for (; m < members; m++) {
+            long k = sched_choose_node(nodes, nnodes, &req, sample, rng);
+            if (k < 0)
+                break;
+            mine[m] = k;
+            take(&nodes[k], &req, 1);
+            if (exclude)
+                exclude[k] = 1;
+        }
+        for (size_t k = 0; exclude && k < m; k++)
+            exclude[mine[k]] = 0;
+        if (m < members) {
+            /* all or none: give back what this gang took */
+            for (size_t k = 0; k < m; k++)
+                take(&nodes[mine[k]], &req, -1);
+            sched_describe_request(&run->req, p.why, sizeof(p.why));
+            if (members > 1) {
+                size_t l = strlen(p.why);
+                snprintf(p.why + l, sizeof(p.why) - l, " for all %zu members of a gang", members);
+            }
+            break;
+        }
+    }
+    free(exclude);
+    /* indices still pending wait for running ones to end */
+    p.capped = run->parallelism > 0 && run->n_running + (int64_t)p.n >= run->parallelism &&
+               run->pending.count > (int64_t)p.n;
+    p.gang_failed = members > 1 && p.n == 0 && p.wanted > 0 && run->gang_expired;
+    *ret = p;
+}
+
+void sched_run_plan_release(struct sched_run_plan *p)
+{
+    if (!p)
+        return;
+    free(p->idx);
+    free(p->nodes);
+    *p = (struct sched_run_plan){0};
+}
+
+void sched_request_init(struct sched_request *r, const struct loom_spec *spec, int64_t cpu_millis,
+                        int64_t memory_bytes, int64_t ephemeral_bytes, int64_t gpus)
+{
+    *r = (struct sched_request){
+        .cpu_millis = cpu_millis,
+        .memory_bytes = memory_bytes,
+        .ephemeral_bytes = ephemeral_bytes,
+        .gpus = (int32_t)gpus,
+        .gpu_model = spec->gpu_model,
+        .selector = json_object_size(spec->node_selector) ? spec->node_selector : NULL,
+        .spread = spec->placement == LOOM_PLACE_SPREAD,
+    };
 }

@@ -20,6 +20,7 @@
 #include "instance_state.h"
 #include "metrics.h"
 #include "service.h"
+#include "spec.h"
 #include "strbuf.h"
 
 /* scheduler -> agent <node>, publish (empty): the scheduler does not know the
@@ -36,12 +37,6 @@
 #define SCHED_GANG_MASTER_PORT 29500
 
 /* --- resources and choices (place.c): pure functions ------------------------ */
-
-/* "1", "0.5", "250m" vCPU -> millicpu (> 0). */
-int sched_parse_cpu(const char *s, int64_t *ret);
-/* "4G" (10^9), "512M", "64K", "1Gi", "512Mi", "1024" bytes, decimals allowed
- * ("0.5G") -> bytes (> 0). */
-int sched_parse_memory(const char *s, int64_t *ret);
 
 struct json_t;
 
@@ -64,16 +59,12 @@ struct sched_request {
     int64_t ephemeral_bytes;       /* 0: none */
     const struct json_t *selector; /* node_selector {"k": "v"}: every pair must match, or NULL */
     bool spread;                   /* placement "spread": least allocated node first */
+    const uint8_t *exclude;        /* a byte per node: 1 skips it (a gang's own), or NULL */
 };
-
-/* Default scale_ephemeral_storage_limit (Code Engine's 400M). */
-#define SCHED_EPHEMERAL_DEFAULT 400000000LL
 
 bool sched_node_fits(const struct sched_node *n, const struct sched_request *r);
 /* Whether the node's labels hold every pair of selector (NULL: yes). */
 bool sched_labels_match(const struct json_t *labels, const struct json_t *selector);
-/* scale_ephemeral_storage_limit of a spec object in bytes (default 400M). */
-int64_t sched_spec_ephemeral(const struct json_t *spec);
 
 /* Picks a node for r: looks at `sample` random candidates (at least 2) and
  * takes the fitting one that is most allocated (bin packing; with r->spread
@@ -224,6 +215,51 @@ void sched_wake_leader(struct sched *s);
 int sched_fail_instance(struct sched *s, struct loom_db *db, const char *instance_id,
                         const char *reason, struct loom_err *err);
 
+/* assign.c: the InstanceAssign of one instance, built without I/O */
+
+/* What a spec's references resolve to, read once per run or app in one
+ * sched_send_assigns call (never kept longer: secrets and config maps change
+ * under us). */
+struct sched_assign_refs {
+    struct json_t *env;    /* [[name, value], ...] in the spec's order */
+    struct json_t *mounts; /* [{"path": P, "files": {name: data}, "secret": b}, ...] */
+    char *auth;            /* "user:password" or NULL */
+    char why[512];         /* set: the instance cannot run, for this reason */
+};
+void sched_assign_refs_release(struct sched_assign_refs *r);
+
+/* One instance to assign, as the assign query reads it. */
+struct sched_assign_row {
+    const char *id, *node, *project;
+    bool job;
+    int64_t cpu_millis, memory_bytes, ephemeral_bytes, gpus;
+    int32_t retry;
+    /* jobs */
+    const char *job_run;
+    int32_t array_index;
+    int64_t array_size, retry_limit;
+    const char *rank;   /* a gang member's rank, or NULL */
+    const char *master; /* the address of rank 0's node, or NULL */
+    /* apps */
+    const char *app;
+    int64_t generation;
+};
+
+/* The message and the storage it points into. */
+struct sched_assign {
+    struct Loom__V1__InstanceAssign *msg;
+    void *storage; /* owned */
+};
+/* Builds the InstanceAssign of row (pure): the image, command and limits of
+ * spec, the resolved env and mounts of refs (every variable the user gave,
+ * then Loom's: JOB_INDEX..., PORT..., which win when a name repeats), and
+ * the probes. The message points into row, spec and refs, which must
+ * outlive it. */
+void sched_assign_build(const struct sched_assign_row *row, const struct loom_spec *spec,
+                        const struct sched_assign_refs *refs, int64_t epoch,
+                        struct sched_assign *ret);
+void sched_assign_release(struct sched_assign *a);
+
 /* dispatch.c: telling agents */
 int sched_dispatch_init(struct sched *s, struct loom_err *err);
 /* Sends InstanceAssign for instance ids (rows already committed). */
@@ -236,12 +272,11 @@ void sched_flush_acks(struct sched *s, struct loom_db *db);
 int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom_err *err);
 
 /* jobs.c */
-/* The resources one instance asks for, from the spec's scale_cpu_limit,
- * scale_memory_limit, scale_gpus and scale_gpu_model (NULL: 1 vCPU, 4G, no
- * GPU). A bad value fills why. */
-int sched_request_from_columns(const char *cpu, const char *mem, const char *gpus,
-                               const char *gpu_model, struct sched_request *ret, char *why,
-                               size_t why_len);
+/* The resources one instance asks for: the integers from the row's
+ * normalised columns (cpu_millis, memory_bytes, ephemeral_bytes, gpus), the
+ * GPU model, node selector and placement from its decoded spec. */
+void sched_request_init(struct sched_request *r, const struct loom_spec *spec, int64_t cpu_millis,
+                        int64_t memory_bytes, int64_t ephemeral_bytes, int64_t gpus);
 /* A project's quota and what its live instances hold (-1: no limit). */
 struct sched_quota {
     int64_t project_id;
@@ -252,6 +287,34 @@ struct sched_quota {
  * exhausted resource in why ("quota: ...") when none. */
 size_t sched_quota_room(const struct sched_quota *q, const struct sched_request *req, char *why,
                         size_t why_len);
+/* One job run to place, as its row says. */
+struct sched_run {
+    struct loom_arrayspec pending;
+    int64_t parallelism, n_running;
+    int64_t members; /* a gang's size; 1: no gang */
+    struct sched_request req;
+    bool gang_expired;      /* its next gang waited past gang_timeout */
+    int64_t gang_timeout_s; /* for the reason when it did */
+};
+/* What to do with it. */
+struct sched_run_plan {
+    int32_t *idx;     /* the indices to start, ascending */
+    size_t n;         /* how many */
+    size_t wanted;    /* how many it tried */
+    long *nodes;      /* n * members node indices: index i's members at [i * members] */
+    char why[256];    /* why it started fewer than it wanted (quota, no node fits) */
+    bool capped;      /* parallelism holds back the rest */
+    bool gang_failed; /* no gang placed and the wait is over: fail idx[0] */
+};
+/* Plans a run (pure): at most budget instances of its lowest pending
+ * indices, within its parallelism and the quota q (NULL: none), each index
+ * on nodes that fit (a gang all on distinct nodes, or not at all), taking
+ * their capacity from nodes. */
+void sched_plan_run(const struct sched_run *run, struct sched_node *nodes, size_t nnodes,
+                    size_t budget, const struct sched_quota *q, uint64_t *rng,
+                    struct sched_run_plan *ret);
+void sched_run_plan_release(struct sched_run_plan *p);
+
 /* The quota of a project and its use now; *ret_found false: no quota. */
 int sched_quota_load(struct loom_db *db, const char *project_id, struct sched_quota *ret,
                      bool *ret_found, struct loom_err *err);

@@ -28,20 +28,6 @@ static struct act_kpa *new_kpa(uint32_t desired)
     return k;
 }
 
-/* scale_concurrency_target when given (never above scale_concurrency), else
- * scale_concurrency itself: the API's default. */
-static void test_target(void **state)
-{
-    (void)state;
-    assert_true(act_kpa_target(100, 0) == 100.0);
-    assert_true(act_kpa_target(10, 0) == 10.0);
-    assert_true(act_kpa_target(10, 5) == 5.0);
-    assert_true(act_kpa_target(10, 50) == 10.0); /* capped at the hard limit */
-    assert_true(act_kpa_target(0, 0) == 100.0);  /* unset concurrency: 100 */
-    assert_true(act_kpa_target(1, 0) == 1.0);
-    assert_true(act_kpa_target(1, 1) == 1.0);
-}
-
 /* The count is ceil(concurrency / target), whatever the target. */
 static void test_sizes_to_target(void **state)
 {
@@ -349,11 +335,15 @@ static void test_scale_down_rate(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_target),          cmocka_unit_test(test_steady),
-        cmocka_unit_test(test_from_zero),       cmocka_unit_test(test_to_zero),
-        cmocka_unit_test(test_panic),           cmocka_unit_test(test_scale_down_rate),
-        cmocka_unit_test(test_sizes_to_target), cmocka_unit_test(test_scale_down_delay),
-        cmocka_unit_test(test_initial),         cmocka_unit_test(test_bump),
+        cmocka_unit_test(test_steady),
+        cmocka_unit_test(test_from_zero),
+        cmocka_unit_test(test_to_zero),
+        cmocka_unit_test(test_panic),
+        cmocka_unit_test(test_scale_down_rate),
+        cmocka_unit_test(test_sizes_to_target),
+        cmocka_unit_test(test_scale_down_delay),
+        cmocka_unit_test(test_initial),
+        cmocka_unit_test(test_bump),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

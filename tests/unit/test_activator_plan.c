@@ -28,7 +28,7 @@ static struct act_plan_app app_with(const struct act_inst *insts, size_t n)
         .known = true,
         .exists = true,
         .fetched_ms = NOW - 10,
-        .visibility = ACT_VIS_PUBLIC,
+        .visibility = LOOM_VIS_PUBLIC,
         .concurrency = 2,
         .target = 2,
         .insts = insts,
@@ -144,22 +144,22 @@ static void test_visibility(void **state)
     struct act_plan_req r = fresh_req();
     r.admitted = false;
     static const struct {
-        enum act_visibility vis;
+        enum loom_visibility vis;
         bool internal;
         enum act_caller caller;
         enum act_step step;
         enum act_reply reply;
     } cases[] = {
-        {ACT_VIS_PUBLIC, false, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
-        {ACT_VIS_PUBLIC, true, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
-        {ACT_VIS_PRIVATE, false, ACT_CALLER_UNCHECKED, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
-        {ACT_VIS_PRIVATE, true, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
-        {ACT_VIS_PROJECT, false, ACT_CALLER_UNCHECKED, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
-        {ACT_VIS_PROJECT, false, ACT_CALLER_IN, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
-        {ACT_VIS_PROJECT, true, ACT_CALLER_UNCHECKED, ACT_STEP_CHECK_CALLER, ACT_REPLY_NONE},
-        {ACT_VIS_PROJECT, true, ACT_CALLER_IN, ACT_STEP_ADMIT, ACT_REPLY_NONE},
-        {ACT_VIS_PROJECT, true, ACT_CALLER_OUT, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
-        {ACT_VIS_PROJECT, true, ACT_CALLER_ERROR, ACT_STEP_REPLY, ACT_REPLY_CALLER_UNKNOWN},
+        {LOOM_VIS_PUBLIC, false, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
+        {LOOM_VIS_PUBLIC, true, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
+        {LOOM_VIS_PRIVATE, false, ACT_CALLER_UNCHECKED, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
+        {LOOM_VIS_PRIVATE, true, ACT_CALLER_UNCHECKED, ACT_STEP_ADMIT, ACT_REPLY_NONE},
+        {LOOM_VIS_PROJECT, false, ACT_CALLER_UNCHECKED, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
+        {LOOM_VIS_PROJECT, false, ACT_CALLER_IN, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
+        {LOOM_VIS_PROJECT, true, ACT_CALLER_UNCHECKED, ACT_STEP_CHECK_CALLER, ACT_REPLY_NONE},
+        {LOOM_VIS_PROJECT, true, ACT_CALLER_IN, ACT_STEP_ADMIT, ACT_REPLY_NONE},
+        {LOOM_VIS_PROJECT, true, ACT_CALLER_OUT, ACT_STEP_REPLY, ACT_REPLY_NOT_FOUND},
+        {LOOM_VIS_PROJECT, true, ACT_CALLER_ERROR, ACT_STEP_REPLY, ACT_REPLY_CALLER_UNKNOWN},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         a.visibility = cases[i].vis;
@@ -172,7 +172,7 @@ static void test_visibility(void **state)
             fail_msg("case %zu: status %d", i, p.status);
     }
     /* once admitted, the request goes on */
-    a.visibility = ACT_VIS_PROJECT;
+    a.visibility = LOOM_VIS_PROJECT;
     r.internal = true;
     r.caller = ACT_CALLER_UNCHECKED;
     r.admitted = true;

@@ -157,9 +157,9 @@ static void test_openapi_fields(void **state)
     json_t *doc = json_loads(api_openapi_text(), 0, NULL);
     assert_non_null(doc);
     json_t *schemas = json_object_get(json_object_get(doc, "components"), "schemas");
-    check_fields(schemas, "App", api_app_fields);
-    check_fields(schemas, "Job", api_job_fields);
-    check_fields(schemas, "JobRunCreate", api_jobrun_fields);
+    check_fields(schemas, "App", loom_spec_field_names(LOOM_KIND_APP));
+    check_fields(schemas, "Job", loom_spec_field_names(LOOM_KIND_JOB));
+    check_fields(schemas, "JobRunCreate", loom_spec_field_names(LOOM_KIND_JOBRUN));
     json_decref(doc);
 }
 

@@ -209,26 +209,20 @@ static void test_durations(void **state)
     assert_int_equal(v, 42); /* untouched on failure */
 }
 
+/* LOOM_OPT_SIZE is common/quantity.h's parser (tested at its edges in
+ * test_quantity), with the option's name in the error. */
 static void test_sizes(void **state)
 {
     (void)state;
-    int64_t v;
-    assert_int_equal(loom_parse_size("512", &v), 0);
-    assert_int_equal(v, 512);
-    assert_int_equal(loom_parse_size("64K", &v), 0);
-    assert_int_equal(v, 64000);
-    assert_int_equal(loom_parse_size("512Mi", &v), 0);
-    assert_int_equal(v, 512LL * 1024 * 1024);
-    assert_int_equal(loom_parse_size("4G", &v), 0);
-    assert_int_equal(v, 4000000000LL);
-    assert_int_equal(loom_parse_size("1Gi", &v), 0);
-    assert_int_equal(v, 1073741824LL);
-    assert_int_equal(loom_parse_size("", &v), -1);
-    assert_int_equal(loom_parse_size("G", &v), -1);
-    assert_int_equal(loom_parse_size("1.5G", &v), -1);
-    assert_int_equal(loom_parse_size("-1", &v), -1);
-    assert_int_equal(loom_parse_size("4GiB", &v), -1);
-    assert_int_equal(loom_parse_size("99999999999Ti", &v), -1);
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(parse(&err, "--mem", "512Mi", NULL), 0);
+    assert_int_equal(c.mem, 512LL * 1024 * 1024);
+    assert_int_equal(parse(&err, "--mem", "0.5G", NULL), 0);
+    assert_int_equal(c.mem, 500000000LL);
+    assert_int_equal(parse(&err, "--mem", "4GiB", NULL), -1);
+    assert_non_null(strstr(err.msg, "--mem"));
+    assert_non_null(strstr(err.msg, "not a size"));
+    assert_int_equal(parse(&err, "--mem", "99999999999Ti", NULL), -1);
 }
 
 static void test_ints_bools(void **state)

@@ -11,73 +11,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arrayspec.h"
 #include "services/scheduler/sched.h"
+#include "spec.h"
 #include "util.h"
 
-static void test_parse_cpu(void **state)
+/* The request of a run: its row's integers, the rest from its decoded spec. */
+static void test_request_from_spec(void **state)
 {
     (void)state;
-    int64_t v;
-    assert_int_equal(sched_parse_cpu("1", &v), 0);
-    assert_int_equal(v, 1000);
-    assert_int_equal(sched_parse_cpu("0.5", &v), 0);
-    assert_int_equal(v, 500);
-    assert_int_equal(sched_parse_cpu("0.125", &v), 0);
-    assert_int_equal(v, 125);
-    assert_int_equal(sched_parse_cpu("250m", &v), 0);
-    assert_int_equal(v, 250);
-    assert_int_equal(sched_parse_cpu("8", &v), 0);
-    assert_int_equal(v, 8000);
-    const char *bad[] = {"", "0", "-1", "abc", "1x", "0x10", "1e3", " 1", "0.0001", "1.5mm"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(sched_parse_cpu(bad[i], &v), -1);
-    assert_int_equal(sched_parse_cpu(NULL, &v), -1);
-}
-
-static void test_parse_memory(void **state)
-{
-    (void)state;
-    int64_t v;
-    assert_int_equal(sched_parse_memory("4G", &v), 0);
-    assert_int_equal(v, 4000000000LL);
-    assert_int_equal(sched_parse_memory("512M", &v), 0);
-    assert_int_equal(v, 512000000LL);
-    assert_int_equal(sched_parse_memory("64K", &v), 0);
-    assert_int_equal(v, 64000);
-    assert_int_equal(sched_parse_memory("1Gi", &v), 0);
-    assert_int_equal(v, 1073741824LL);
-    assert_int_equal(sched_parse_memory("512Mi", &v), 0);
-    assert_int_equal(v, 536870912LL);
-    assert_int_equal(sched_parse_memory("2Ki", &v), 0);
-    assert_int_equal(v, 2048);
-    assert_int_equal(sched_parse_memory("0.5G", &v), 0);
-    assert_int_equal(v, 500000000LL);
-    assert_int_equal(sched_parse_memory("1024", &v), 0);
-    assert_int_equal(v, 1024);
-    assert_int_equal(sched_parse_memory("2GB", &v), 0);
-    assert_int_equal(v, 2000000000LL);
-    const char *bad[] = {"", "0", "G", "4X", "-1G", "4 G", "4g ", "1e9", "0x100"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(sched_parse_memory(bad[i], &v), -1);
-}
-
-static void test_request_defaults(void **state)
-{
-    (void)state;
+    json_t *j = json_pack("{s:s,s:s,s:{s:s},s:s}", "image_reference", "x:1", "scale_gpu_model",
+                          "H100", "node_selector", "zone", "a", "placement", "spread");
+    struct loom_spec spec;
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(loom_spec_decode(LOOM_KIND_JOBRUN, j, &spec, &err), 0);
     struct sched_request r;
-    char why[128];
-    assert_int_equal(sched_request_from_columns(NULL, NULL, NULL, NULL, &r, why, sizeof(why)), 0);
-    assert_int_equal(r.cpu_millis, 1000);
-    assert_int_equal(r.memory_bytes, 4000000000LL);
-    assert_int_equal(r.gpus, 0);
-    assert_int_equal(sched_request_from_columns("2", "8G", "1", "H100", &r, why, sizeof(why)), 0);
+    sched_request_init(&r, &spec, 2000, 8000000000LL, 400000000, 1);
     assert_int_equal(r.cpu_millis, 2000);
+    assert_int_equal(r.memory_bytes, 8000000000LL);
+    assert_int_equal(r.ephemeral_bytes, 400000000);
     assert_int_equal(r.gpus, 1);
     assert_string_equal(r.gpu_model, "H100");
-    assert_int_equal(sched_request_from_columns("two", NULL, NULL, NULL, &r, why, sizeof(why)), -1);
-    assert_string_equal(why, "invalid scale_cpu_limit \"two\"");
-    assert_int_equal(sched_request_from_columns(NULL, "4Q", NULL, NULL, &r, why, sizeof(why)), -1);
-    assert_string_equal(why, "invalid scale_memory_limit \"4Q\"");
+    assert_string_equal(json_string_value(json_object_get(r.selector, "zone")), "a");
+    assert_true(r.spread);
+    loom_spec_release(&spec);
+    /* an empty selector selects nothing; binpack by default */
+    json_object_set_new(j, "node_selector", json_object());
+    json_object_del(j, "placement");
+    assert_int_equal(loom_spec_decode(LOOM_KIND_JOBRUN, j, &spec, &err), 0);
+    sched_request_init(&r, &spec, 1000, 1, 1, 0);
+    assert_null(r.selector);
+    assert_false(r.spread);
+    loom_spec_release(&spec);
+    json_decref(j);
 }
 
 static struct sched_node node(const char *name, int64_t cpu, int64_t mem, int64_t cpu_used,
@@ -276,11 +242,6 @@ static void test_fits_labels_and_disk(void **state)
     assert_false(sched_node_fits(&n, &r));
     n.disk_used = 600000000;
     assert_true(sched_node_fits(&n, &r));
-    json_t *spec = json_pack("{s:s}", "scale_ephemeral_storage_limit", "1G");
-    assert_int_equal(sched_spec_ephemeral(spec), 1000000000);
-    json_object_del(spec, "scale_ephemeral_storage_limit");
-    assert_int_equal(sched_spec_ephemeral(spec), SCHED_EPHEMERAL_DEFAULT);
-    json_decref(spec);
     json_decref(sel);
     json_decref(n.labels);
 }
@@ -300,12 +261,106 @@ static void test_choose_spread(void **state)
     assert_int_equal(sched_choose_node(nodes, 3, &r, sched_sample_size(3), &rng), 2);
 }
 
+/* A run of the given pending indices ("0-9"), one 1000m/1000 instance each. */
+static struct sched_run run_of(const char *pending, int64_t parallelism, int64_t running,
+                               int64_t members)
+{
+    struct sched_run run = {.parallelism = parallelism, .n_running = running, .members = members};
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(loom_arrayspec_parse(pending, 1000000, &run.pending, &err), 0);
+    run.req = (struct sched_request){.cpu_millis = 1000, .memory_bytes = 1000};
+    return run;
+}
+
+static void test_plan_lowest_indices_within_limits(void **state)
+{
+    (void)state;
+    struct sched_node nodes[] = {node("a", 4000, 4000, 0, 0), node("b", 4000, 4000, 0, 0)};
+    uint64_t rng = 3;
+    struct sched_run run = run_of("3-9,20", 0, 0, 1);
+    struct sched_run_plan p;
+    /* the budget bounds it */
+    sched_plan_run(&run, nodes, 2, 5, NULL, &rng, &p);
+    assert_int_equal(p.n, 5);
+    assert_int_equal(p.wanted, 5);
+    int32_t want[] = {3, 4, 5, 6, 7};
+    assert_memory_equal(p.idx, want, sizeof(want));
+    assert_int_equal(nodes[0].cpu_used + nodes[1].cpu_used, 5000);
+    assert_false(p.capped);
+    assert_string_equal(p.why, "");
+    sched_run_plan_release(&p);
+    /* capacity bounds it: 3 more fit, the rest wait with a reason */
+    sched_plan_run(&run, nodes, 2, 100, NULL, &rng, &p);
+    assert_int_equal(p.wanted, 8);
+    assert_int_equal(p.n, 3);
+    assert_string_equal(p.why, "no node fits cpu=1000m memory=1K");
+    assert_int_equal(nodes[0].cpu_used + nodes[1].cpu_used, 8000);
+    sched_run_plan_release(&p);
+    loom_arrayspec_release(&run.pending);
+
+    /* parallelism: 2 run of 3 allowed, so one more starts and the rest wait */
+    struct sched_node fresh[] = {node("a", 64000, 64000, 0, 0)};
+    run = run_of("0-9", 3, 2, 1);
+    sched_plan_run(&run, fresh, 1, 100, NULL, &rng, &p);
+    assert_int_equal(p.n, 1);
+    assert_int_equal(p.idx[0], 0);
+    assert_true(p.capped);
+    sched_run_plan_release(&p);
+    /* none allowed: nothing tried, nothing to say */
+    run.n_running = 3;
+    sched_plan_run(&run, fresh, 1, 100, NULL, &rng, &p);
+    assert_int_equal(p.wanted, 0);
+    assert_string_equal(p.why, "");
+    sched_run_plan_release(&p);
+    loom_arrayspec_release(&run.pending);
+
+    /* a quota with room for 2 instances */
+    struct sched_quota q = {.cpu = -1, .mem = -1, .gpus = -1, .inst = 4, .inst_used = 2};
+    run = run_of("0-9", 0, 0, 1);
+    sched_plan_run(&run, fresh, 1, 100, &q, &rng, &p);
+    assert_int_equal(p.n, 2);
+    sched_run_plan_release(&p);
+    q.inst_used = 4;
+    sched_plan_run(&run, fresh, 1, 100, &q, &rng, &p);
+    assert_int_equal(p.n, 0);
+    assert_string_equal(p.why, "quota: the project's instances limit is reached");
+    sched_run_plan_release(&p);
+    loom_arrayspec_release(&run.pending);
+}
+
+static void test_plan_gangs_all_or_none(void **state)
+{
+    (void)state;
+    /* three nodes with room for one member each, one with room for three */
+    struct sched_node nodes[] = {node("a", 1000, 1000, 0, 0), node("b", 1000, 1000, 0, 0),
+                                 node("big", 3000, 3000, 0, 0)};
+    uint64_t rng = 9;
+    struct sched_run run = run_of("0-1", 0, 0, 3);
+    struct sched_run_plan p;
+    sched_plan_run(&run, nodes, 3, 100, NULL, &rng, &p);
+    /* index 0's gang on three distinct nodes; index 1's cannot be whole */
+    assert_int_equal(p.wanted, 2);
+    assert_int_equal(p.n, 1);
+    assert_true(p.nodes[0] != p.nodes[1] && p.nodes[1] != p.nodes[2] && p.nodes[0] != p.nodes[2]);
+    assert_string_equal(p.why, "no node fits cpu=1000m memory=1K for all 3 members of a gang");
+    /* the half-placed second gang gave its capacity back */
+    assert_int_equal(nodes[0].cpu_used + nodes[1].cpu_used + nodes[2].cpu_used, 3000);
+    assert_false(p.gang_failed);
+    sched_run_plan_release(&p);
+    /* nothing fits now; past its gang_timeout the next index fails */
+    run.gang_expired = true;
+    sched_plan_run(&run, nodes, 3, 100, NULL, &rng, &p);
+    assert_int_equal(p.n, 0);
+    assert_true(p.gang_failed);
+    assert_int_equal(p.idx[0], 0);
+    sched_run_plan_release(&p);
+    loom_arrayspec_release(&run.pending);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_cpu),
-        cmocka_unit_test(test_parse_memory),
-        cmocka_unit_test(test_request_defaults),
+        cmocka_unit_test(test_request_from_spec),
         cmocka_unit_test(test_fits),
         cmocka_unit_test(test_fits_labels_and_disk),
         cmocka_unit_test(test_choose_spread),
@@ -316,6 +371,8 @@ int main(void)
         cmocka_unit_test(test_multirange_and_arrays),
         cmocka_unit_test(test_describe),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_plan_lowest_indices_within_limits),
+        cmocka_unit_test(test_plan_gangs_all_or_none),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 #include "err.h"
 #include "httpc.h"
 #include "instance_state.h"
+#include "quantity.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -566,16 +567,14 @@ static int cmd_status(int argc, char **argv)
 /* "0.5" vCPU -> "500" millis; "none" -> NULL (no limit). */
 static int parse_cpu(const char *s, char buf[24], const char **ret)
 {
+    int64_t millis;
     if (strcmp(s, "none") == 0) {
         *ret = NULL;
         return 0;
     }
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || v < 0 || v > 1e9)
+    if (loom_cpu_parse(s, &millis, NULL) < 0)
         return -1;
-    snprintf(buf, 24, "%lld", (long long)(v * 1000 + 0.5));
+    snprintf(buf, 24, "%lld", (long long)millis);
     *ret = buf;
     return 0;
 }
@@ -583,31 +582,16 @@ static int parse_cpu(const char *s, char buf[24], const char **ret)
 /* "512G", "256Mi", "1024" (bytes) -> bytes as text; "none" -> NULL. */
 static int parse_bytes(const char *s, char buf[24], const char **ret)
 {
-    static const struct {
-        const char *suffix;
-        double mult;
-    } units[] = {{"", 1},           {"K", 1e3},           {"M", 1e6},
-                 {"G", 1e9},        {"T", 1e12},          {"Ki", 1024.0},
-                 {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0}};
+    int64_t bytes;
     if (strcmp(s, "none") == 0) {
         *ret = NULL;
         return 0;
     }
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || v < 0)
+    if (loom_size_parse(s, LOOM_SIZE_ANY, &bytes, NULL) < 0)
         return -1;
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
-        if (strcmp(end, units[i].suffix) == 0) {
-            double b = v * units[i].mult;
-            if (b > 9e18)
-                return -1;
-            snprintf(buf, 24, "%lld", (long long)(b + 0.5));
-            *ret = buf;
-            return 0;
-        }
-    return -1;
+    snprintf(buf, 24, "%lld", (long long)bytes);
+    *ret = buf;
+    return 0;
 }
 
 /* A non-negative integer as text; "none" -> NULL. */

@@ -28,69 +28,18 @@ static void print_app(json_t *app)
     printf("Created:     %s\n", jstr(app, "created_at"));
 }
 
-/* --probe-live / --probe-ready "type=http,path=/healthz,port=8080,initial_delay=1,
- * interval=10,timeout=1,failure_threshold=3" (Code Engine's KEY=VALUE list;
- * the keys are the spec's, "initial-delay" and "failure-threshold" also work). */
-static int put_probe(struct args *a, const char *flag, json_t *body, const char *key)
-{
-    const char *v = fval(a, flag);
-    if (!v)
-        return 0;
-    _cleanup_json_ json_t *o = json_object();
-    _cleanup_free_ char *text = strdup(v);
-    char *save = NULL;
-    for (char *kv = strtok_r(text, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '=');
-        if (!eq || eq == kv)
-            return usage_err("--probe-* item \"%s\" is not KEY=VALUE", kv);
-        *eq = '\0';
-        for (char *c = kv; *c; c++)
-            if (*c == '-')
-                *c = '_';
-        const char *val = eq + 1;
-        if (strcmp(kv, "type") == 0 || strcmp(kv, "path") == 0) {
-            json_object_set_new(o, kv, json_string(val));
-            continue;
-        }
-        char *end;
-        long long n = strtoll(val, &end, 10);
-        if (!*val || *end)
-            return usage_err("--probe-* item \"%s\" needs an integer", kv);
-        json_object_set_new(o, kv, json_integer(n));
-    }
-    json_object_set(body, key, o);
-    return 0;
-}
-
 static int app_write(int argc, char **argv, bool create)
 {
-    struct flag flags[] = {
-        VFLAG("name"),
-        VFLAG("image"),
-        VFLAG("cmd"),
-        RFLAG("command"),
-        RFLAG("arg"),
-        RFLAG("env"),
-        VFLAG("port"),
-        VFLAG("min-scale"),
-        VFLAG("max-scale"),
-        VFLAG("concurrency"),
-        VFLAG("cpu"),
-        VFLAG("memory"),
-        VFLAG("gpus"),
-        VFLAG("gpu-model"),
-        BFLAG("no-wait"),
-        VFLAG("wait-timeout"),
-        RUN_FLAGS,
-        VFLAG("concurrency-target"),
-        VFLAG("scale-down-delay"),
-        VFLAG("request-timeout"),
-        VFLAG("scale-initial-instances"),
-        VFLAG("probe-live"),
-        VFLAG("probe-ready"),
-        VFLAG("visibility"),
+    static const struct flag own[] = {
+        {.name = "name", .has_value = true, .metavar = "NAME", .help = "the app's name"},
+        {.name = "no-wait", .help = "return at once, without waiting until it is ready"},
+        {.name = "wait-timeout",
+         .has_value = true,
+         .metavar = "SECONDS",
+         .help = "how long to wait until it is ready (300)"},
     };
-    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    struct args a;
+    spec_args(&a, LOOM_KIND_APP, own, LOOM_ARRAY_SIZE(own));
     int rc = parse_args(&a, argc, argv);
     _cleanup_json_ json_t *body = json_object();
     const char *name = NULL;
@@ -101,26 +50,8 @@ static int app_write(int argc, char **argv, bool create)
     if (!rc) {
         if (create)
             json_object_set_new(body, "name", json_string(name));
-        rc = put_run_fields(&a, body);
+        rc = put_spec_fields(&a, LOOM_KIND_APP, body);
     }
-    static const struct int_flag ints[] = {
-        {"port", "image_port"},
-        {"min-scale", "scale_min_instances"},
-        {"max-scale", "scale_max_instances"},
-        {"concurrency", "scale_concurrency"},
-        {"concurrency-target", "scale_concurrency_target"},
-        {"scale-down-delay", "scale_down_delay"},
-        {"request-timeout", "scale_request_timeout"},
-        {"scale-initial-instances", "scale_initial_instances"},
-    };
-    if (!rc)
-        rc = put_ints(&a, body, ints, LOOM_ARRAY_SIZE(ints));
-    if (!rc && fval(&a, "visibility"))
-        json_object_set_new(body, "visibility", json_string(fval(&a, "visibility")));
-    if (!rc)
-        rc = put_probe(&a, "probe-live", body, "probe_liveness");
-    if (!rc)
-        rc = put_probe(&a, "probe-ready", body, "probe_readiness");
     if (!rc && !create && json_object_size(body) == 0)
         rc = usage_err("%s", "app update: nothing to change");
     bool wait = !fset(&a, "no-wait");

@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "json.h"
+#include "spec.h"
 #include "util.h"
 #include "cli.h"
 
@@ -32,6 +34,11 @@ int parse_args(struct args *a, int argc, char **argv)
                 return usage_err("too many arguments at \"%s\"", s);
             a->pos[a->npos++] = s;
             continue;
+        }
+        if (strcmp(s, "--help") == 0) {
+            printf("flags:\n");
+            print_flags(stdout, a);
+            exit(EXIT_OK);
         }
         char name[64];
         const char *eq = strchr(s, '=');
@@ -68,6 +75,10 @@ void args_release(struct args *a)
     for (size_t i = 0; i < a->nflags; i++)
         if (a->flags[i].values)
             json_decref(a->flags[i].values);
+    if (a->owned)
+        free(a->flags);
+    a->flags = NULL;
+    a->nflags = 0;
 }
 
 const char *fval(struct args *a, const char *name)
@@ -83,7 +94,7 @@ bool fset(struct args *a, const char *name)
 }
 
 /* Integer flag into the body under key. */
-int put_int(struct args *a, const char *flag, json_t *body, const char *key)
+static int put_int(struct args *a, const char *flag, json_t *body, const char *key)
 {
     const char *v = fval(a, flag);
     if (!v)
@@ -94,14 +105,6 @@ int put_int(struct args *a, const char *flag, json_t *body, const char *key)
         return usage_err("--%s needs an integer", flag);
     json_object_set_new(body, key, json_integer(n));
     return 0;
-}
-
-int put_ints(struct args *a, json_t *body, const struct int_flag *t, size_t n)
-{
-    int rc = 0;
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = put_int(a, t[i].flag, body, t[i].key);
-    return rc;
 }
 
 /* The name: --name or the one positional argument. */
@@ -174,78 +177,229 @@ static int put_mounts(json_t *arr, json_t *values, const char *type, const char 
     return 0;
 }
 
-/* The run fields apps and job runs share. */
-int put_run_fields(struct args *a, json_t *body)
+/* --env NAME=VALUE, --env-from-secret and --env-from-configmap, in that order. */
+static int put_env(struct args *a, json_t *body, const struct loom_field *f)
 {
-    if (fval(a, "image"))
-        json_object_set_new(body, "image_reference", json_string(fval(a, "image")));
-    struct flag *command = find_flag(a, "command");
-    if (fval(a, "cmd") && command->values)
-        return usage_err("%s", "--cmd and --command cannot be combined");
-    if (fval(a, "cmd"))
-        json_object_set_new(body, "run_commands",
-                            json_pack("[s,s,s]", "/bin/sh", "-c", fval(a, "cmd")));
-    else if (command->values)
-        json_object_set(body, "run_commands", command->values);
-    struct flag *arg = find_flag(a, "arg");
-    if (arg->values)
-        json_object_set(body, "run_arguments", arg->values);
     struct flag *env = find_flag(a, "env");
     struct flag *esec = find_flag(a, "env-from-secret");
     struct flag *ecm = find_flag(a, "env-from-configmap");
-    if (env->values || esec->values || ecm->values) {
-        json_t *arr = json_array();
-        size_t i;
-        json_t *v;
-        json_array_foreach(env->values, i, v)
-        {
-            const char *s = json_string_value(v);
-            const char *eq = strchr(s, '=');
-            if (!eq || eq == s) {
-                json_decref(arr);
-                return usage_err("--env \"%s\" is not NAME=VALUE", s);
-            }
-            json_array_append_new(arr, json_pack("{s:s,s:s%,s:s}", "type", "literal", "name", s,
-                                                 (size_t)(eq - s), "value", eq + 1));
-        }
-        json_array_foreach(esec->values, i, v)
-        {
-            if (put_env_ref(arr, json_string_value(v), "secret", "--env-from-secret")) {
-                json_decref(arr);
-                return EXIT_USAGE;
-            }
-        }
-        json_array_foreach(ecm->values, i, v)
-        {
-            if (put_env_ref(arr, json_string_value(v), "config_map", "--env-from-configmap")) {
-                json_decref(arr);
-                return EXIT_USAGE;
-            }
-        }
-        json_object_set_new(body, "run_env_variables", arr);
+    if (!env->values && !esec->values && !ecm->values)
+        return 0;
+    _cleanup_json_ json_t *arr = json_array();
+    size_t i;
+    json_t *v;
+    json_array_foreach(env->values, i, v)
+    {
+        const char *s = json_string_value(v);
+        const char *eq = strchr(s, '=');
+        if (!eq || eq == s)
+            return usage_err("--env \"%s\" is not NAME=VALUE", s);
+        json_array_append_new(arr, json_pack("{s:s,s:s%,s:s}", "type", "literal", "name", s,
+                                             (size_t)(eq - s), "value", eq + 1));
     }
-    struct flag *msec = find_flag(a, "mount-secret"), *mcm = find_flag(a, "mount-configmap");
-    if (msec->values || mcm->values) {
-        json_t *arr = json_array();
-        if (put_mounts(arr, msec->values, "secret", "--mount-secret") ||
-            put_mounts(arr, mcm->values, "config_map", "--mount-configmap")) {
-            json_decref(arr);
+    json_array_foreach(esec->values, i, v)
+    {
+        if (put_env_ref(arr, json_string_value(v), "secret", "--env-from-secret"))
             return EXIT_USAGE;
-        }
-        json_object_set_new(body, "run_volume_mounts", arr);
     }
-    if (fval(a, "registry-secret"))
-        json_object_set_new(body, "image_secret", json_string(fval(a, "registry-secret")));
-    if (fval(a, "ephemeral-storage"))
-        json_object_set_new(body, "scale_ephemeral_storage_limit",
-                            json_string(fval(a, "ephemeral-storage")));
-    if (fval(a, "cpu"))
-        json_object_set_new(body, "scale_cpu_limit", json_string(fval(a, "cpu")));
-    if (fval(a, "memory"))
-        json_object_set_new(body, "scale_memory_limit", json_string(fval(a, "memory")));
-    if (fval(a, "gpu-model"))
-        json_object_set_new(body, "scale_gpu_model", json_string(fval(a, "gpu-model")));
-    if (put_int(a, "gpus", body, "scale_gpus"))
-        return EXIT_USAGE;
+    json_array_foreach(ecm->values, i, v)
+    {
+        if (put_env_ref(arr, json_string_value(v), "config_map", "--env-from-configmap"))
+            return EXIT_USAGE;
+    }
+    json_object_set(body, f->name, arr);
     return 0;
+}
+
+static int put_volume_mounts(struct args *a, json_t *body, const struct loom_field *f)
+{
+    struct flag *msec = find_flag(a, "mount-secret"), *mcm = find_flag(a, "mount-configmap");
+    if (!msec->values && !mcm->values)
+        return 0;
+    _cleanup_json_ json_t *arr = json_array();
+    if (put_mounts(arr, msec->values, "secret", "--mount-secret") ||
+        put_mounts(arr, mcm->values, "config_map", "--mount-configmap"))
+        return EXIT_USAGE;
+    json_object_set(body, f->name, arr);
+    return 0;
+}
+
+/* --node-selector LABEL=VALUE (repeatable) */
+static int put_selector(struct args *a, json_t *body, const struct loom_field *f)
+{
+    struct flag *sel = find_flag(a, f->flag);
+    if (!sel->values)
+        return 0;
+    _cleanup_json_ json_t *o = json_object();
+    size_t i;
+    json_t *v;
+    json_array_foreach(sel->values, i, v)
+    {
+        const char *kv = json_string_value(v), *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            return usage_err("--node-selector \"%s\" is not LABEL=VALUE", kv);
+        _cleanup_free_ char *k = strndup(kv, (size_t)(eq - kv));
+        json_object_set_new(o, k, json_string(eq + 1));
+    }
+    json_object_set(body, f->name, o);
+    return 0;
+}
+
+/* --probe-live / --probe-ready "type=http,path=/healthz,port=8080,initial_delay=1,
+ * interval=10,timeout=1,failure_threshold=3" (Code Engine's KEY=VALUE list;
+ * the keys are the spec's, "initial-delay" and "failure-threshold" also work). */
+static int put_probe(struct args *a, json_t *body, const struct loom_field *f)
+{
+    const char *v = fval(a, f->flag);
+    if (!v)
+        return 0;
+    _cleanup_json_ json_t *o = json_object();
+    _cleanup_free_ char *text = strdup(v);
+    char *save = NULL;
+    for (char *kv = strtok_r(text, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            return usage_err("--probe-* item \"%s\" is not KEY=VALUE", kv);
+        *eq = '\0';
+        for (char *c = kv; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        const char *val = eq + 1;
+        if (strcmp(kv, "type") == 0 || strcmp(kv, "path") == 0) {
+            json_object_set_new(o, kv, json_string(val));
+            continue;
+        }
+        char *end;
+        long long n = strtoll(val, &end, 10);
+        if (!*val || *end)
+            return usage_err("--probe-* item \"%s\" needs an integer", kv);
+        json_object_set_new(o, kv, json_integer(n));
+    }
+    json_object_set(body, f->name, o);
+    return 0;
+}
+
+/* --command X (repeatable) or --cmd 'SHELL LINE' */
+static int put_commands(struct args *a, json_t *body, const struct loom_field *f)
+{
+    struct flag *command = find_flag(a, f->flag);
+    const char *cmd = fval(a, "cmd");
+    if (cmd && command->values)
+        return usage_err("%s", "--cmd and --command cannot be combined");
+    if (cmd)
+        json_object_set_new(body, f->name, json_pack("[s,s,s]", "/bin/sh", "-c", cmd));
+    else if (command->values)
+        json_object_set(body, f->name, command->values);
+    return 0;
+}
+
+/* How the CLI writes the fields whose flags are not one plain value, and
+ * the other flags that set them. */
+static const struct builder {
+    const char *field;
+    int (*put)(struct args *a, json_t *body, const struct loom_field *f);
+    bool repeat;
+    struct flag extra[3];
+} builders[] = {
+    {"run_commands",
+     put_commands,
+     true,
+     {{.name = "cmd",
+       .has_value = true,
+       .metavar = "TEXT",
+       .help = "the command as one shell "
+               "line: /bin/sh -c TEXT"}}},
+    {"run_env_variables",
+     put_env,
+     true,
+     {{.name = "env-from-secret",
+       .has_value = true,
+       .repeat = true,
+       .metavar = "S[:KEY[=ENV],...]",
+       .help = "variables from a secret: every key, or the keys named (as ENV)"},
+      {.name = "env-from-configmap",
+       .has_value = true,
+       .repeat = true,
+       .metavar = "C[:KEY[=ENV],...]",
+       .help = "variables from a config map, as --env-from-secret"}}},
+    {"run_volume_mounts",
+     put_volume_mounts,
+     true,
+     {{.name = "mount-configmap",
+       .has_value = true,
+       .repeat = true,
+       .metavar = "/DIR=C",
+       .help = "a config map's keys as read-only files in DIR"}}},
+    {"node_selector", put_selector, true, {{0}}},
+    {"probe_readiness", put_probe, false, {{0}}},
+    {"probe_liveness", put_probe, false, {{0}}},
+};
+
+static const struct builder *builder_of(const struct loom_field *f)
+{
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(builders); i++)
+        if (strcmp(builders[i].field, f->name) == 0)
+            return &builders[i];
+    return NULL;
+}
+
+int spec_args(struct args *a, enum loom_kind k, const struct flag *own, size_t nown)
+{
+    size_t n = 0, cap = loom_spec_table_len * 3 + nown;
+    struct flag *flags = calloc(cap, sizeof(*flags));
+    if (!flags)
+        abort();
+    for (size_t i = 0; i < loom_spec_table_len; i++) {
+        const struct loom_field *f = &loom_spec_table[i];
+        if (!loom_field_in(f, k) || !f->flag)
+            continue;
+        const struct builder *b = builder_of(f);
+        flags[n++] = (struct flag){
+            .name = f->flag,
+            .has_value = true,
+            .repeat = f->type == LOOM_FT_STRINGS || (b && b->repeat),
+            .metavar = f->metavar,
+            .help = f->help,
+        };
+        for (size_t x = 0; b && x < LOOM_ARRAY_SIZE(b->extra) && b->extra[x].name; x++)
+            flags[n++] = b->extra[x];
+    }
+    for (size_t i = 0; i < nown; i++)
+        flags[n++] = own[i];
+    *a = (struct args){.flags = flags, .nflags = n, .owned = true};
+    return 0;
+}
+
+int put_spec_fields(struct args *a, enum loom_kind k, json_t *body)
+{
+    for (size_t i = 0; i < loom_spec_table_len; i++) {
+        const struct loom_field *f = &loom_spec_table[i];
+        if (!loom_field_in(f, k) || !f->flag)
+            continue;
+        const struct builder *b = builder_of(f);
+        struct flag *fl = find_flag(a, f->flag);
+        int rc = 0;
+        if (b)
+            rc = b->put(a, body, f);
+        else if (f->type == LOOM_FT_INT)
+            rc = put_int(a, f->flag, body, f->name);
+        else if (f->type == LOOM_FT_STRINGS && fl->values)
+            json_object_set(body, f->name, fl->values);
+        else if (f->type != LOOM_FT_STRINGS && fl->set)
+            json_object_set_new(body, f->name, json_string(fl->value));
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void print_flags(FILE *out, const struct args *a)
+{
+    for (size_t i = 0; i < a->nflags; i++) {
+        const struct flag *f = &a->flags[i];
+        char left[64];
+        snprintf(left, sizeof(left), "--%s%s%s%s", f->name, f->has_value ? " " : "",
+                 f->has_value ? (f->metavar ? f->metavar : "VALUE") : "", f->repeat ? " ..." : "");
+        fprintf(out, "  %-34s %s\n", left, f->help ? f->help : "");
+    }
 }

@@ -8,6 +8,9 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
+
+#include "spec.h"
 
 enum {
     EXIT_OK = 0,
@@ -38,6 +41,8 @@ struct flag {
     const char *name;
     bool has_value;
     bool repeat;
+    const char *metavar; /* what the value is, for --help */
+    const char *help;
     const char *value; /* last value */
     json_t *values;    /* all values, for repeatable flags */
     bool set;
@@ -59,26 +64,10 @@ struct flag {
 struct args {
     struct flag *flags;
     size_t nflags;
+    bool owned; /* flags was allocated (spec_args) */
     const char *pos[8];
     int npos;
 };
-
-/* Integer flags and the body members they set. */
-struct int_flag {
-    const char *flag, *key;
-};
-
-/* Flags of every run spec (apps and jobs). */
-#define RUN_FLAGS                                                                                  \
-    RFLAG("env-from-secret"), RFLAG("env-from-configmap"), RFLAG("mount-secret"),                  \
-        RFLAG("mount-configmap"), VFLAG("registry-secret"), VFLAG("ephemeral-storage")
-
-#define JOB_FLAGS                                                                                  \
-    VFLAG("name"), VFLAG("image"), VFLAG("cmd"), RFLAG("command"), RFLAG("arg"), RFLAG("env"),     \
-        VFLAG("array-indices"), VFLAG("retrylimit"), VFLAG("maxexecutiontime"), VFLAG("cpu"),      \
-        VFLAG("memory"), VFLAG("parallelism"), VFLAG("mode"), VFLAG("gpus"), VFLAG("gpu-model"),   \
-        RUN_FLAGS, VFLAG("nodes"), VFLAG("priority"), RFLAG("node-selector"), VFLAG("placement"),  \
-        VFLAG("gang-timeout")
 
 /* Prints "loom: " msg (a format with one %s for arg) and a hint; EXIT_USAGE. */
 int usage_err(const char *msg, const char *arg);
@@ -87,10 +76,15 @@ int parse_args(struct args *a, int argc, char **argv);
 void args_release(struct args *a);
 const char *fval(struct args *a, const char *name);
 bool fset(struct args *a, const char *name);
-int put_int(struct args *a, const char *flag, json_t *body, const char *key);
-int put_ints(struct args *a, json_t *body, const struct int_flag *t, size_t n);
 int take_name(struct args *a, const char *what, const char **ret);
-int put_run_fields(struct args *a, json_t *body);
+/* The flags of a verb that writes a spec of kind k: one per field of the
+ * spec table (common/spec.c) that has one, the other flags that set those
+ * fields (--cmd, --env-from-secret, ...), then the verb's own. */
+int spec_args(struct args *a, enum loom_kind k, const struct flag *own, size_t nown);
+/* The body members the spec flags of a set. */
+int put_spec_fields(struct args *a, enum loom_kind k, json_t *body);
+/* One line per flag: its name, value and description. */
+void print_flags(FILE *out, const struct args *a);
 
 /* ---- api.c: calls and replies ------------------------------------------------ */
 
@@ -121,7 +115,6 @@ void print_raw(const struct reply *r);
 /* ---- the nouns ----------------------------------------------------------------- */
 
 int cmd_project(const char *verb, int argc, char **argv);
-int put_job_fields(struct args *a, json_t *body);
 int cmd_job(const char *verb, int argc, char **argv);
 int cmd_jobrun(const char *verb, int argc, char **argv);
 int cmd_app(const char *verb, int argc, char **argv);

@@ -7,43 +7,6 @@
 #include "util.h"
 #include "cli.h"
 
-int put_job_fields(struct args *a, json_t *body)
-{
-    if (fval(a, "array-indices"))
-        json_object_set_new(body, "scale_array_spec", json_string(fval(a, "array-indices")));
-    if (fval(a, "mode"))
-        json_object_set_new(body, "run_mode", json_string(fval(a, "mode")));
-    if (fval(a, "placement"))
-        json_object_set_new(body, "placement", json_string(fval(a, "placement")));
-    struct flag *sel = find_flag(a, "node-selector");
-    if (sel->values) {
-        json_t *o = json_object();
-        json_object_set_new(body, "node_selector", o);
-        size_t i;
-        json_t *v;
-        json_array_foreach(sel->values, i, v)
-        {
-            const char *kv = json_string_value(v), *eq = strchr(kv, '=');
-            if (!eq || eq == kv)
-                return usage_err("--node-selector \"%s\" is not LABEL=VALUE", kv);
-            _cleanup_free_ char *k = strndup(kv, (size_t)(eq - kv));
-            json_object_set_new(o, k, json_string(eq + 1));
-        }
-    }
-    static const struct int_flag ints[] = {
-        {"nodes", "scale_nodes"},
-        {"priority", "priority"},
-        {"gang-timeout", "gang_timeout"},
-        {"retrylimit", "scale_retry_limit"},
-        {"maxexecutiontime", "scale_max_execution_time"},
-        {"parallelism", "parallelism"},
-    };
-    int rc = put_run_fields(a, body);
-    if (!rc)
-        rc = put_ints(a, body, ints, LOOM_ARRAY_SIZE(ints));
-    return rc;
-}
-
 static void print_job(json_t *job)
 {
     printf("Name:        %s\n", jstr(job, "name"));
@@ -64,10 +27,13 @@ int cmd_job(const char *verb, int argc, char **argv)
     int rc = need_project();
     if (rc)
         return rc;
-    struct flag flags[] = {JOB_FLAGS};
-    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
-    if ((rc = parse_args(&a, argc, argv)))
+    static const struct flag own[] = {VFLAG("name")};
+    struct args a;
+    spec_args(&a, LOOM_KIND_JOB, own, LOOM_ARRAY_SIZE(own));
+    if ((rc = parse_args(&a, argc, argv))) {
+        args_release(&a);
         return rc;
+    }
     struct reply r = {0};
     _cleanup_json_ json_t *body = json_object();
     bool create = strcmp(verb, "create") == 0;
@@ -79,7 +45,7 @@ int cmd_job(const char *verb, int argc, char **argv)
         if (!rc && create)
             json_object_set_new(body, "name", json_string(name));
         if (!rc)
-            rc = put_job_fields(&a, body);
+            rc = put_spec_fields(&a, LOOM_KIND_JOB, body);
         if (!rc && !create && json_object_size(body) == 0)
             rc = usage_err("%s", "job update: nothing to change");
         if (!rc) {

@@ -113,8 +113,13 @@ static int after_submit(const char *name, bool wait, struct reply *r)
 
 static int jobrun_submit(int argc, char **argv)
 {
-    struct flag flags[] = {JOB_FLAGS, VFLAG("job"), BFLAG("wait")};
-    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    static const struct flag own[] = {
+        {.name = "name", .has_value = true, .metavar = "NAME", .help = "the run's name"},
+        {.name = "job", .has_value = true, .metavar = "JOB", .help = "start from a saved job"},
+        {.name = "wait", .help = "wait until the run ends, showing progress"},
+    };
+    struct args a;
+    spec_args(&a, LOOM_KIND_JOBRUN, own, LOOM_ARRAY_SIZE(own));
     _cleanup_json_ json_t *body = json_object();
     const char *name = NULL;
     int rc = parse_args(&a, argc, argv);
@@ -126,7 +131,7 @@ static int jobrun_submit(int argc, char **argv)
         json_object_set_new(body, "name", json_string(name));
         if (fval(&a, "job"))
             json_object_set_new(body, "job_name", json_string(fval(&a, "job")));
-        rc = put_job_fields(&a, body);
+        rc = put_spec_fields(&a, LOOM_KIND_JOBRUN, body);
     }
     bool wait = fset(&a, "wait");
     args_release(&a);

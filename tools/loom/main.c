@@ -228,7 +228,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         char **dst = NULL;
-        if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
+        /* after NOUN VERB, --help lists that verb's flags (args.c) */
+        if ((strcmp(s, "--help") == 0 && nrest < 2) || strcmp(s, "-h") == 0) {
             fputs(usage_text, stdout);
             free(rest);
             return EXIT_OK;
