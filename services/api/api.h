@@ -179,9 +179,10 @@ size_t api_columns_sql(enum loom_kind k, int first, struct strbuf *names, struct
 /* The stored spec's JSON text and its column values, as parameters after
  * the fixed ones: params[n_fixed] is the text, the columns follow. Returns
  * the number of parameters. spec must be complete (loom_spec_validate). */
+#define API_SPEC_MAX_FIXED 15
 struct api_spec_params {
     char *text;
-    const char *params[LOOM_SPEC_MAX_COLUMNS + 8];
+    const char *params[API_SPEC_MAX_FIXED + 1 + LOOM_SPEC_MAX_COLUMNS];
     char values[LOOM_SPEC_MAX_COLUMNS][24];
 };
 int api_spec_params(enum loom_kind k, json_t *spec, const char *const *fixed, size_t n_fixed,

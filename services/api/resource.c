@@ -94,7 +94,9 @@ int api_spec_params(enum loom_kind k, json_t *spec, const char *const *fixed, si
                     struct api_spec_params *ret, struct loom_err *err)
 {
     _cleanup_spec_ struct loom_spec s = {0};
-    if (n_fixed > 7 || loom_spec_decode(k, spec, &s, err) < 0)
+    if (n_fixed > API_SPEC_MAX_FIXED)
+        return loom_err_set(err, LOOM_EINTERNAL, "%zu fixed parameters are too many", n_fixed);
+    if (loom_spec_decode(k, spec, &s, err) < 0)
         return -1;
     struct api_spec_params p = {.text = loom_json_dumps(spec)};
     const char *cols[LOOM_SPEC_MAX_COLUMNS];
