@@ -11,6 +11,7 @@
 
 #include "cleanup.h"
 #include "httpc.h"
+#include "util.h"
 #include "cli.h"
 
 static const char usage_text[] =
@@ -130,24 +131,6 @@ static int config_dir(char *buf, size_t size)
     return 0;
 }
 
-/* mkdir -p with mode for the directories it creates. */
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 /* loom login --api URL --key KEY [--project P]: checks the key with a GET
  * that needs it (and the project, when given, exists for it), then writes
  * the config file (0600, in a 0700 directory) atomically. */
@@ -173,7 +156,12 @@ static int cmd_login(void)
         fprintf(stderr, "loom: neither XDG_CONFIG_HOME nor HOME is set\n");
         return EXIT_USAGE;
     }
-    if (mkdir_p(dir, 0700) < 0 || chmod(dir, 0700) < 0) {
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_mkdir_p(dir, 0700, &err) < 0) {
+        fprintf(stderr, "loom: %s\n", err.msg);
+        return EXIT_API;
+    }
+    if (chmod(dir, 0700) < 0) {
         fprintf(stderr, "loom: could not create \"%s\": %s\n", dir, strerror(errno));
         return EXIT_API;
     }
