@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "err.h"
+#include "spec.h"
 #include "strbuf.h"
 
 struct loom_service;
@@ -98,6 +99,106 @@ uint32_t act_kpa_bump(struct act_kpa *kpa, uint32_t want, bool panic, int64_t no
  * already desired is kept when higher, so that an update under load does
  * not shrink the app). Returns the desired count. */
 uint32_t act_kpa_revision(struct act_kpa *kpa, uint32_t initial, int64_t now_ms);
+
+/* --- a request's next step (plan.c): pure -------------------------------------- */
+
+/* A ready instance of an app, as the activator tracks it. */
+struct act_inst {
+    char address[64];
+    int inflight;
+    int64_t down_until_ms; /* a connect failed: skip it until then */
+};
+
+/* The app as the activator knows it when a request looks at it. */
+struct act_plan_app {
+    bool known;      /* read from PostgreSQL at least once */
+    bool exists;     /* the app row exists */
+    bool refreshing; /* another request is reading it now */
+    int64_t fetched_ms;
+    /* "public" apps answer on both listeners; "private" ones only on the
+     * internal listener; "project" ones only there and only to callers that
+     * are running instances of the same project */
+    enum loom_visibility visibility;
+    int64_t concurrency; /* per-instance limit */
+    double target;       /* per-instance autoscaler target */
+    const struct act_inst *insts;
+    size_t ninsts;
+    int inflight;         /* proxied now */
+    int held;             /* waiting, this request included */
+    int64_t last_cold_ms; /* when a held request last asked for instances */
+    uint32_t desired;     /* the autoscaler's count */
+};
+
+/* The caller of a "project" app on the internal listener: not checked yet,
+ * an instance of the project, not one, or PostgreSQL could not tell. */
+enum act_caller { ACT_CALLER_UNCHECKED, ACT_CALLER_IN, ACT_CALLER_OUT, ACT_CALLER_ERROR };
+
+/* The request so far. */
+struct act_plan_req {
+    bool internal;      /* came through the internal listener */
+    bool held;          /* it waits (counted in the held-requests gauge) */
+    bool admitted;      /* the app's visibility lets the caller in */
+    bool lookup_failed; /* its last read of the app failed */
+    bool shutting_down; /* the activator is stopping */
+    enum act_caller caller;
+    int64_t deadline_ms; /* it is held until then at most */
+};
+
+struct act_plan_limits {
+    int64_t cache_ttl_ms;      /* how long a read of the app is used */
+    int64_t hold_recheck_ms;   /* the same while the request is held */
+    int64_t cold_republish_ms; /* held requests ask for instances again after this */
+    int64_t max_held;          /* held requests per app at most */
+    int64_t hold_timeout_ms;   /* sets the Retry-After of a 503 at the deadline */
+};
+
+enum act_step {
+    ACT_STEP_REFRESH,      /* read the app from PostgreSQL, then plan again */
+    ACT_STEP_CHECK_CALLER, /* ask PostgreSQL who the caller is, then plan again */
+    ACT_STEP_ADMIT,        /* the caller may see the app: note it, plan again */
+    ACT_STEP_FORWARD,      /* proxy to insts[inst] */
+    ACT_STEP_WAIT,         /* hold until something changes or wait_until_ms */
+    ACT_STEP_REPLY,        /* answer with reply */
+};
+
+enum act_reply {
+    ACT_REPLY_NONE,
+    ACT_REPLY_LOOKUP_FAILED,  /* 503: the app cannot be read */
+    ACT_REPLY_SHUTTING_DOWN,  /* 503 */
+    ACT_REPLY_NOT_FOUND,      /* 404, also for an app this caller may not see */
+    ACT_REPLY_CALLER_UNKNOWN, /* 503: the caller of a project app cannot be checked */
+    ACT_REPLY_TOO_MANY_HELD,  /* 503 at once: max_held requests wait already */
+    ACT_REPLY_NO_INSTANCE,    /* 503 at the deadline: no instance became ready */
+    ACT_REPLY_NO_CAPACITY,    /* 503 at the deadline: every instance stayed busy */
+};
+
+/* Held requests ask the autoscaler for instances now rather than at its
+ * next tick: one when the app has none (scaled to zero), or what the load
+ * needs when every instance is at its concurrency limit. */
+enum act_ask { ACT_ASK_NONE, ACT_ASK_FROM_ZERO, ACT_ASK_FOR_LOAD };
+
+struct act_plan {
+    enum act_step step;
+    size_t inst;          /* FORWARD */
+    int64_t wait_until;   /* WAIT */
+    bool start_hold;      /* the request starts to wait now: count it as held */
+    enum act_ask ask;     /* before WAIT or a 503 at the deadline */
+    uint32_t want;        /* ASK_FOR_LOAD: the instances the load needs */
+    enum act_reply reply; /* REPLY */
+    int status;           /* REPLY: the HTTP status */
+    int retry_after;      /* REPLY: seconds for Retry-After, 0: none */
+    const char *detail;   /* REPLY: the problem's detail (NULL for the 404) */
+};
+
+/* What the request does next, given the app and the request as they are at
+ * now. The caller does what the step says (and start_hold and ask first),
+ * then plans again, until FORWARD or REPLY. */
+void act_plan_request(const struct act_plan_app *app, const struct act_plan_req *req,
+                      const struct act_plan_limits *lim, int64_t now, struct act_plan *ret);
+
+/* The instance a request goes to: under the concurrency limit, not marked
+ * down, the least loaded (the first of equals). -1 when none can take it. */
+int act_pick_instance(const struct act_inst *insts, size_t n, int64_t concurrency, int64_t now);
 
 /* --- the service (ingress.c, proxy.c) ---------------------------------------- */
 

@@ -133,6 +133,11 @@ int userns_probe(const char *dir, struct loom_err *err);
 int agent_run(const char *const *argv, const char *const *env, const char *stdin_data,
               char **ret_out, struct loom_err *err);
 
+/* The path of program name in the system's program directories (/usr/sbin,
+ * /usr/bin, /sbin, /bin, /usr/local/sbin, /usr/local/bin, in that order)
+ * into buf; false when none has it. The agent runs programs by path. */
+bool agent_find_prog(const char *name, char *buf, size_t size);
+
 /* True when pid is alive and its cmdline is `... shim ... --id <id>`. */
 bool agent_is_our_shim(pid_t pid, const char *id);
 

@@ -129,6 +129,8 @@ get -H "Host: a.p.loom.localhost:$act_port" "$act/deep/path?k=v"
 is "$http_status/$(jq_body .path)" "200//deep/path?k=v" "Host form: the full path goes upstream"
 get -H "Host: a.p.loom.localhost" "$act/apps/p/cold/"
 is "$(jq_body .path)" "/apps/p/cold/" "Host form wins over the path form"
+get -H "Host: a.p.loom.localhost" "$act/metrics?x=1"
+is "$http_status/$(jq_body .path)" "200//metrics?x=1" "Host form: the app's own /metrics is the app's"
 
 get "$act/apps/p/nope/"
 is "$http_status/$http_type" "404/application/problem+json" "an unknown app is a 404 problem"
@@ -189,6 +191,21 @@ wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
 idle_ms=$(($(now_ms) - t0))
 ok "an idle app scales to zero after the stable window, not after one tick ($(seconds $idle_ms) s)" \
 	test $idle_ms -ge 1000 -a $idle_ms -lt 8000
+
+# a request held (scaled to zero) while its app is deleted: a 404, and the
+# held-requests gauge goes back to 0 (it kept counting the request before)
+act2=http://127.0.0.1:$act2_port
+psql_q -c "INSERT INTO apps (project_id, name, spec)
+	SELECT id, 'gone', '{\"image_reference\":\"x\"}' FROM projects WHERE name = 'p'"
+curl -s -m 20 -o "$tmp/gone.body" -w '%{http_code}' "$act2/apps/p/gone/" >"$tmp/gone.code" 2>&1 &
+gone_pid=$!
+held_gauge() { curl -s "$act2/metrics" | sed -n 's/^loom_activator_held_requests //p'; }
+held_is() { [ "$(held_gauge)" = "$1" ]; }
+ok "the request for the scaled-to-zero app is held" wait_for 10 held_is 1
+psql_q -c "DELETE FROM apps WHERE name = 'gone'"
+wait $gone_pid
+is "$(cat "$tmp/gone.code")" 404 "a request held while its app is deleted gets a 404"
+is "$(held_gauge)" 0 "the held-requests gauge is back to 0"
 kill "$act2_pid" 2>/dev/null
 
 # --- the logshipper -----------------------------------------------------------------

@@ -372,26 +372,13 @@ static int keys_create(int argc, char **argv)
     if (loom_apikey_mint(&k, &err) < 0)
         return fail(&err);
 
-    struct loom_db *db = NULL;
-    if (open_db(&db, &err) < 0)
-        return fail(&err);
     const char *params[] = {k.key_id, k.secret_sha256_hex, admin ? NULL : project,
                             admin ? "admin" : role, desc};
-    PGresult *res = loom_db_exec(
-        db,
-        "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
-        "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
-        "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL",
-        5, params, &err);
-    loom_db_close(db);
-    if (!res)
-        return fail(&err);
-    bool hit = atoi(PQcmdTuples(res)) > 0;
-    PQclear(res);
-    if (!hit) {
-        fprintf(stderr, "loom-admin: project \"%s\" not found\n", project);
-        return 1;
-    }
+    char notfound[128];
+    snprintf(notfound, sizeof(notfound), "project \"%s\" not found", admin ? "" : project);
+    int rc = exec_one(LOOM_APIKEY_INSERT_SQL, 5, params, notfound, NULL);
+    if (rc)
+        return rc;
     /* the only time the secret is shown */
     printf("%s\n", k.key);
     fprintf(stderr, "key id %s (%s%s%s): store it now, it cannot be shown again\n", k.key_id,

@@ -109,6 +109,8 @@ int need_project(void);
 char *ppath(const char *coll, const char *name, const char *suffix);
 int patch_current(const char *coll, const char *name, json_t *body, const char *method,
                   struct reply *ret);
+int write_resource(const char *coll, const char *what, const char *name, bool create,
+                   const char *method, json_t *body);
 int delete_with_retry(const char *coll, const char *name, const char *what);
 void sleep_ms(long ms);
 
