@@ -156,6 +156,12 @@ static int store_code(struct api_ctx *ctx, json_t *spec, char ret_sha[65], struc
         return loom_err_wrap(err, "field \"code_reference\"");
     if (binary && loom_tarball_check(code, len, &bundle_limits, NULL, err) < 0)
         return loom_err_wrap(err, "field \"code_reference\": the bundle");
+    /* one file is source text: the runtime gets it as a JSON string */
+    _cleanup_json_ json_t *text = binary ? NULL : json_stringn((const char *)code, len);
+    if (!binary && (!text || memchr(code, 0, len)))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"code_reference\": the code is not UTF-8 text (give a "
+                            "bundle as application/gzip)");
     loom_sha256_hex(code, len, ret_sha);
     _cleanup_free_ char *hex = loom_hex_alloc(code, len);
     _cleanup_pgres_ PGresult *ins =
