@@ -255,6 +255,8 @@ void act_client_ip(struct loom_http_req *req, char *out, size_t n);
  * instance of project (1) or not (0); -1 when PostgreSQL cannot tell. */
 int act_caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err);
 /* Counts an answer in loom_activator_requests_total. */
+/* A problem answer (with Retry-After when retry_after > 0), counted. */
+void act_reply_problem(struct loom_http_req *req, int status, int retry_after, const char *detail);
 void act_count_reply(int status);
 /* The service is stopping: held requests give up. */
 bool act_shutting_down(void);

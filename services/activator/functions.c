@@ -207,12 +207,10 @@ static char *init_request(const struct fn *f, const struct loom_spec *spec, json
  * environment, then installs them into f (taking mu). */
 static int fn_refresh(struct fn *f, struct loom_err *err)
 {
+    /* project and name never change: they are f's key */
     pthread_mutex_lock(&mu);
     char cached_sha[72];
     snprintf(cached_sha, sizeof(cached_sha), "%s", f->code_cached ? f->code_sha : "");
-    char project[ACT_NAME_MAX], name[ACT_NAME_MAX];
-    snprintf(project, sizeof(project), "%s", f->project);
-    snprintf(name, sizeof(name), "%s", f->name);
     pthread_mutex_unlock(&mu);
 
     struct loom_db *db = act_db_get(err);
@@ -226,7 +224,7 @@ static int fn_refresh(struct fn *f, struct loom_err *err)
         "    ELSE convert_from(c.data, 'UTF8') END "
         "FROM functions f JOIN projects p ON p.id = f.project_id "
         "JOIN function_code c ON c.sha256 = f.code_sha256 WHERE p.name = $1 AND f.name = $2",
-        project, name, cached_sha);
+        f->project, f->name, cached_sha);
     _cleanup_pgres_ PGresult *insts = NULL;
     _cleanup_spec_ struct loom_spec spec = {0};
     _cleanup_json_ json_t *env = json_array();
@@ -566,18 +564,6 @@ static void build_run(struct call *c, const char *path)
     c->run_len = c->run_body ? strlen(c->run_body) : 0;
 }
 
-static void reply_problem(struct loom_http_req *req, int status, int retry_after,
-                          const char *detail)
-{
-    if (retry_after > 0) {
-        char v[16];
-        snprintf(v, sizeof(v), "%d", retry_after);
-        loom_http_set_header(req, "Retry-After", v);
-    }
-    loom_http_reply_problem(req, status, "%s", detail);
-    act_count_reply(status);
-}
-
 /* /init on a freshly claimed instance; its code is the function's now. */
 static int load_code(struct fn *f, const char *address, char *why, size_t why_len)
 {
@@ -819,19 +805,19 @@ static void serve(struct call *c, const char *path, bool internal)
         c->act.http_status = status;
         if (!c->act.status[0])
             snprintf(c->act.status, sizeof(c->act.status), "system_error");
-        reply_problem(req, status, retry_after, detail);
+        act_reply_problem(req, status, retry_after, detail);
     } else if (pr == ACT_PROXY_TIMEOUT) {
         c->act.http_status = 504;
         snprintf(c->act.status, sizeof(c->act.status), "timeout");
         char d[160];
         snprintf(d, sizeof(d), "the function did not answer within its time limit (%lld s)",
                  (long long)(timeout / 1000));
-        reply_problem(req, 504, 0, d);
+        act_reply_problem(req, 504, 0, d);
     } else if (pr != ACT_PROXY_OK) {
         c->act.http_status = 502;
         snprintf(c->act.status, sizeof(c->act.status), "system_error");
         log_warn("function %s/%s: %s", f->project, f->name, err.msg);
-        reply_problem(req, 502, 0, "the function's instance failed");
+        act_reply_problem(req, 502, 0, "the function's instance failed");
     } else if (resp.status != 200) {
         /* an error in user code: the runtime's message */
         _cleanup_json_ json_t *e =
@@ -841,14 +827,14 @@ static void serve(struct call *c, const char *path, bool internal)
         snprintf(d, sizeof(d), "the function failed: %.600s", msg ? msg : "no reason given");
         c->act.http_status = 502;
         snprintf(c->act.status, sizeof(c->act.status), "application_error");
-        reply_problem(req, 502, 0, d);
+        act_reply_problem(req, 502, 0, d);
     } else {
         struct act_fn_reply out = {0};
         if (act_fn_reply_from_result(resp.body.buf ? resp.body.buf : "", resp.body.len, &out,
                                      &err) < 0) {
             c->act.http_status = 502;
             snprintf(c->act.status, sizeof(c->act.status), "developer_error");
-            reply_problem(req, 502, 0, err.msg);
+            act_reply_problem(req, 502, 0, err.msg);
         } else {
             const char *k;
             json_t *v;

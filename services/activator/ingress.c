@@ -476,8 +476,7 @@ void act_count_reply(int status)
                     1);
 }
 
-static void reply_problem_retry(struct loom_http_req *req, int status, int retry_after,
-                                const char *detail)
+void act_reply_problem(struct loom_http_req *req, int status, int retry_after, const char *detail)
 {
     if (retry_after > 0) {
         char v[16];
@@ -762,7 +761,7 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
     if (p.step == ACT_STEP_REPLY && p.reply == ACT_REPLY_NOT_FOUND) {
         reply_not_found(req, project, name);
     } else if (p.step == ACT_STEP_REPLY) {
-        reply_problem_retry(req, p.status, p.retry_after, p.detail);
+        act_reply_problem(req, p.status, p.retry_after, p.detail);
     } else if (pr == ACT_PROXY_OK) {
         reply_upstream(req, &resp);
     } else if (pr == ACT_PROXY_TIMEOUT) {
