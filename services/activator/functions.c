@@ -779,6 +779,10 @@ static void serve(struct call *c, const char *path, bool internal)
     c->act.memory_bytes = memory;
     snprintf(c->act.instance, sizeof(c->act.instance), "%s", inst_id);
 
+    /* a runtime gives up on the call at its deadline with an error of its
+     * own (the code may still be running there): a timeout all the same */
+    if (pr == ACT_PROXY_OK && resp.status != 200 && c->act.duration_us / 1000 >= timeout - 100)
+        pr = ACT_PROXY_TIMEOUT;
     /* the instance's slot back; a broken or late one is not used again */
     const char *stop = pr == ACT_PROXY_TIMEOUT ? "call over its time limit"
                        : pr == ACT_PROXY_CONNECT || pr == ACT_PROXY_FAILED ? "unreachable"
