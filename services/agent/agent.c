@@ -206,7 +206,7 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
     pthread_mutex_unlock(&a->mu);
     instance_prepare(a);
 
-    if (agent_subscribe_commands(a, err) < 0)
+    if (agent_subscribe_commands(a, err) < 0 || agent_subscribe_specialize(a, err) < 0)
         return -1;
     if (pthread_create(&a->reporter, NULL, agent_reporter_main, a) != 0 ||
         pthread_create(&a->housekeeping, NULL, agent_housekeeping_main, a) != 0)

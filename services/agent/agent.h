@@ -102,6 +102,9 @@ int userns_range(const char *path, uint32_t first_base, const char *project, uin
                  struct loom_err *err);
 /* A user namespace mapping ids 0..65535 to base..base+65535 (uid and gid):
  * a descriptor the caller closes. */
+/* Forgets project's range (a stem cell's, when it is gone): another may get
+ * it. Nothing of the range may be left on disk or running. */
+int userns_release(const char *path, const char *project, struct loom_err *err);
 int userns_open(uint32_t base, int *ret_fd, struct loom_err *err);
 /* Same, one per base for this process's life: the caller must not close it. */
 int userns_open_cached(uint32_t base, int *ret_fd, struct loom_err *err);

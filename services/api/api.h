@@ -168,6 +168,13 @@ int api_resource_load(const struct api_resource *k, struct loom_db *db, const st
                       const char *name, json_t **ret, struct loom_err *err);
 void api_resource_list(struct loom_http_req *req, const struct api_resource *k);
 void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
+/* GET .../<kind>/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: the
+ * lines of the instances whose instance_column ("i.app_id") is the id that
+ * sql_lookup ($1 project id, $2 name) finds, in time order. "next" is the
+ * cursor after the last line returned (always set, so a follower can poll
+ * with it). what names the resource in a 404. */
+void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
+                       const char *instance_column);
 /* ETag: "<generation>" of a resource's JSON. */
 void api_set_etag(struct loom_http_req *req, json_t *item);
 
@@ -257,6 +264,15 @@ void api_configmaps_get(struct loom_http_req *req);
 void api_configmaps_replace(struct loom_http_req *req);
 void api_configmaps_delete(struct loom_http_req *req);
 void api_apps_revisions(struct loom_http_req *req);
+
+void api_functions_create(struct loom_http_req *req);
+void api_functions_list(struct loom_http_req *req);
+void api_functions_get(struct loom_http_req *req);
+void api_functions_update(struct loom_http_req *req);
+void api_functions_delete(struct loom_http_req *req);
+void api_functions_activations(struct loom_http_req *req);
+void api_functions_logs(struct loom_http_req *req);
+void api_function_runtimes(struct loom_http_req *req);
 void api_apps_logs(struct loom_http_req *req);
 
 void api_admin_nodes_list(struct loom_http_req *req);

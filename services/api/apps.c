@@ -369,82 +369,9 @@ void api_apps_instances(struct loom_http_req *req)
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
 
-/* GET .../apps/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: lines
- * of the app's instances in time order. "next" is the cursor after the last
- * line returned (always set, so a follower can poll with it). */
+/* GET .../apps/{name}/logs: api_instance_logs over the app's instances. */
 void api_apps_logs(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
-        API_FAIL(req, &err);
-    const char *name = req->params[1];
-    const char *instance = loom_http_query(req, "instance");
-    const char *limit_s = loom_http_query(req, "limit");
-    const char *after = loom_http_query(req, "after");
-    int64_t limit = 1000;
-    if (limit_s && loom_parse_int(limit_s, 1, 10000, &limit) < 0) {
-        loom_err_set(&err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
-        API_FAIL(req, &err);
-    }
-    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" as a token */
-    char cur[128] = "", *ts = NULL, *inst = NULL, *off = NULL;
-    if (after && *after) {
-        char *save = NULL;
-        if (api_page_token_decode(after, cur, sizeof(cur)) < 0 ||
-            !(ts = strtok_r(cur, "|", &save)) || !(inst = strtok_r(NULL, "|", &save)) ||
-            !(off = strtok_r(NULL, "|", &save))) {
-            loom_err_set(&err, LOOM_EINVAL,
-                         "query parameter \"after\": not a cursor from \"next\"");
-            API_FAIL(req, &err);
-        }
-    }
-    _cleanup_pgres_ PGresult *app = loom_db_query(
-        db, &err, "SELECT id FROM apps WHERE project_id = $1 AND name = $2", proj.id_str, name);
-    if (!app)
-        API_FAIL(req, &err);
-    if (PQntuples(app) == 0) {
-        loom_err_set(&err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
-        API_FAIL(req, &err);
-    }
-    char lim[24];
-    snprintf(lim, sizeof(lim), "%lld", (long long)limit);
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, &err,
-        "SELECT l.instance_id, " API_TS(
-            "l.ts") ", l.stream, l.line, "
-                    "(extract(epoch FROM l.ts) * 1000000)::bigint, l.\"offset\" "
-                    "FROM log_lines l JOIN instances i ON i.id = l.instance_id "
-                    "WHERE i.app_id = $1 AND ($2::uuid IS NULL OR i.id = $2::uuid) "
-                    "AND ($3::bigint IS NULL OR (l.ts, l.instance_id, l.\"offset\") > "
-                    "(timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid, "
-                    "$5::bigint)) "
-                    "ORDER BY l.ts, l.instance_id, l.\"offset\" LIMIT $6",
-        PQgetvalue(app, 0, 0), instance, ts, inst, off, lim);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *lines = json_array();
-    json_object_set_new(out, "lines", lines);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o = json_object();
-        api_json_set_str(o, "instance", loom_db_val(res, r, 0));
-        api_json_set_str(o, "ts", loom_db_val(res, r, 1));
-        api_json_set_str(o, "stream", loom_db_val(res, r, 2));
-        api_json_set_str(o, "line", loom_db_val(res, r, 3));
-        json_array_append_new(lines, o);
-    }
-    if (n > 0) {
-        char c[128];
-        snprintf(c, sizeof(c), "%s|%s|%s", PQgetvalue(res, n - 1, 4), PQgetvalue(res, n - 1, 0),
-                 PQgetvalue(res, n - 1, 5));
-        _cleanup_free_ char *tok = api_page_token(c);
-        json_object_set_new(out, "next", json_string(tok));
-    } else {
-        json_object_set_new(out, "next", json_string(after ? after : ""));
-    }
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
+    api_instance_logs(req, "app", "SELECT id FROM apps WHERE project_id = $1 AND name = $2",
+                      "i.app_id");
 }

@@ -355,6 +355,8 @@ enum {
     AS_RANK,
     AS_MASTER,
     AS_PROJECT_ID,
+    AS_RUNTIME,
+    AS_RUNTIME_IMAGE,
 };
 
 static int64_t num(PGresult *res, int r, int c)
@@ -383,6 +385,9 @@ static struct sched_assign_row assign_row(PGresult *res, int r)
         .master = loom_db_val(res, r, AS_MASTER),
         .app = loom_db_val(res, r, AS_APP),
         .generation = num(res, r, AS_GENERATION),
+        .function = strcmp(PQgetvalue(res, r, AS_KIND), "function") == 0,
+        .runtime = loom_db_val(res, r, AS_RUNTIME),
+        .runtime_image = loom_db_val(res, r, AS_RUNTIME_IMAGE),
     };
 }
 
@@ -404,7 +409,8 @@ static void send_assign(struct sched *s, const struct sched_assign_row *row,
 static int load_spec(struct loom_db *db, PGresult *res, int r, struct loom_spec *spec,
                      struct sched_assign_refs *refs, struct loom_err *err)
 {
-    enum loom_kind kind = num(res, r, AS_OWNER) > 0 ? LOOM_KIND_JOBRUN : LOOM_KIND_APP;
+    enum loom_kind kind =
+        strcmp(PQgetvalue(res, r, AS_KIND), "job") == 0 ? LOOM_KIND_JOBRUN : LOOM_KIND_APP;
     struct loom_err serr = LOOM_ERR_INIT;
     *refs = (struct sched_assign_refs){0};
     if (loom_spec_decode_text(kind, PQgetvalue(res, r, AS_SPEC), spec, &serr) < 0) {
@@ -419,17 +425,18 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
     struct loom_err err = LOOM_ERR_INIT;
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, &err,
-        "SELECT i.id, i.node_name, i.kind, p.name, i.cpu_millis, i.memory_bytes, i.gpus, "
-        "  i.ephemeral_bytes, i.retry, i.array_index, r.name, r.array_size, r.retry_limit, "
-        "  a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
-        "  coalesce(i.job_run_id, -i.app_id), i.rank, "
+        "SELECT i.id, i.node_name, i.kind, coalesce(p.name, ''), i.cpu_millis, i.memory_bytes, "
+        "  i.gpus, i.ephemeral_bytes, i.retry, i.array_index, r.name, r.array_size, "
+        "  r.retry_limit, a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
+        "  coalesce(i.job_run_id::text, (-i.app_id)::text, i.id::text), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
-        "   WHERE g.id = i.gang), i.project_id "
-        "FROM instances i JOIN projects p ON p.id = i.project_id "
+        "   WHERE g.id = i.gang), i.project_id, i.runtime, fr.image "
+        "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "
         "LEFT JOIN app_revisions ar ON ar.app_id = i.app_id "
         "  AND ar.generation = i.app_generation "
+        "LEFT JOIN function_runtimes fr ON fr.name = i.runtime "
         "WHERE i.id = ANY($1::uuid[]) ORDER BY 17",
         ids_array);
     if (!res) {
@@ -443,6 +450,13 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
     const char *spec_owner = NULL;
     for (int r = 0; r < PQntuples(res); r++) {
         const char *owner = PQgetvalue(res, r, AS_OWNER);
+        if (strcmp(PQgetvalue(res, r, AS_KIND), "function") == 0) {
+            /* a stem cell: its runtime's image, no spec and no references */
+            struct sched_assign_refs none = {0};
+            struct sched_assign_row row = assign_row(res, r);
+            send_assign(s, &row, NULL, &none, epoch);
+            continue;
+        }
         if (!spec_owner || strcmp(owner, spec_owner) != 0) {
             loom_spec_release(&spec);
             sched_assign_refs_release(&refs);

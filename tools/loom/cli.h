@@ -86,6 +86,13 @@ int put_spec_fields(struct args *a, enum loom_kind k, json_t *body);
 /* One line per flag: its name, value and description. */
 void print_flags(FILE *out, const struct args *a);
 
+/* ---- pack.c --------------------------------------------------------------------- */
+
+/* DIR's files and directories as a tar.gz into out (symbolic links refused). */
+struct strbuf;
+struct loom_err;
+int pack_dir(const char *dir, struct strbuf *out, struct loom_err *err);
+
 /* ---- api.c: calls and replies ------------------------------------------------ */
 
 struct reply {
@@ -113,6 +120,8 @@ void sleep_ms(long ms);
 const char *jstr(json_t *o, const char *k);
 long long jint(json_t *o, const char *k);
 void print_raw(const struct reply *r);
+/* NOUN logs NAME [-f] [--instance ID] of a resource under coll ("apps"). */
+int follow_logs(const char *coll, const char *noun, int argc, char **argv);
 
 /* ---- the nouns ----------------------------------------------------------------- */
 
@@ -121,5 +130,6 @@ int cmd_job(const char *verb, int argc, char **argv);
 int cmd_jobrun(const char *verb, int argc, char **argv);
 int cmd_app(const char *verb, int argc, char **argv);
 int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv);
+int cmd_fn(const char *verb, int argc, char **argv);
 
 #endif

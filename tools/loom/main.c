@@ -41,6 +41,12 @@ static const char usage_text[] =
     "          timeout=S,failure-threshold=N; without --no-wait: progress lines until ready)\n"
     "  app update N [the same flags]   (a new generation; refused if changed meanwhile)\n"
     "  app get N | list | delete N | instances N | revisions N | logs N [-f] [--instance ID]\n"
+    "  fn create N --runtime R (--inline-code FILE | --code-bundle DIR|TGZ) [--main F]\n"
+    "         [--env K=V...] [--cpu C] [--memory M] [--concurrency N] [--timeout S]\n"
+    "         [--scale-down-delay S] [--visibility public|private|project]\n"
+    "  fn update N [the same flags] | get N | list | delete N | runtimes\n"
+    "  fn invoke N [--data JSON | --data-file F] [--header K:V...]   (prints the answer)\n"
+    "  fn logs N [-f] | activations N\n"
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
@@ -258,6 +264,8 @@ static int dispatch(const char *noun, const char *verb, int argc, char **argv)
         return cmd_app(verb, argc, argv);
     if (strcmp(noun, "job") == 0)
         return cmd_job(verb, argc, argv);
+    if (strcmp(noun, "fn") == 0 || strcmp(noun, "function") == 0)
+        return cmd_fn(verb, argc, argv);
     if (strcmp(noun, "secret") == 0)
         return cmd_kv("secrets", "secret", verb, argc, argv);
     if (strcmp(noun, "configmap") == 0 || strcmp(noun, "cm") == 0)
