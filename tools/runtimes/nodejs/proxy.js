@@ -374,7 +374,8 @@ async function run(msg) {
     try {
       const result = action.main(msg.value ?? {});
       const left = Number(msg.deadline) - Date.now();
-      if (!Number.isFinite(left)) return { result: await result };
+      // setTimeout takes at most 2^31 - 1 ms: a deadline further off is none
+      if (!(left < 2 ** 31)) return { result: await result };
       const late = new Promise((_, reject) => {
         timer = setTimeout(() => reject(new DeadlineError()), Math.max(left, 0));
       });

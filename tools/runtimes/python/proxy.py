@@ -295,7 +295,7 @@ def describe(e):
 
 def seconds_left(deadline):
     try:
-        return max(0.0, float(deadline) / 1000 - time.time())
+        return min(max(0.0, float(deadline) / 1000 - time.time()), threading.TIMEOUT_MAX)
     except (TypeError, ValueError):
         return None
 
