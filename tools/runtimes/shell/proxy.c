@@ -30,7 +30,9 @@
  * Every line the script writes to stdout or stderr during a call, but the
  * result line, goes to the proxy's stdout or stderr prefixed with
  * "<activation_id> ". The proxy's own messages start with "proxy: ".
- * SIGTERM and SIGINT end the proxy. */
+ * SIGTERM and SIGINT end the proxy. It is the subreaper of the scripts'
+ * processes: what a script leaves behind is killed and reaped when it ends,
+ * but for processes that leave its process group. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -47,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -638,9 +641,18 @@ static int run_script(struct run *r, char *const argv[], char *const envp[], lon
         kill(-pid, SIGKILL);
     drain(r, 0);
     drain(r, 1);
-    /* what the script left running; the group is still its own until it is reaped */
+    /* what the script left running: the group stays its own until it is reaped */
     kill(-pid, SIGKILL);
-    while (waitpid(pid, ret_status, 0) < 0 && errno == EINTR) {
+    /* the script, and what it left (the proxy is their subreaper) */
+    for (;;) {
+        int status;
+        pid_t child = waitpid(-pid, &status, 0);
+        if (child < 0 && errno == EINTR)
+            continue;
+        if (child < 0)
+            break; /* ECHILD: the group is gone */
+        if (child == pid)
+            *ret_status = status;
     }
     for (int i = 0; i < 2; i++)
         if (r->streams[i].fd >= 0) {
@@ -883,6 +895,9 @@ int main(void)
     sigaddset(&stop, SIGINT);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* what a script leaves running comes to the proxy when the script ends, as
+     * it would to PID 1 in a container, to be killed and reaped with it */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
 
     fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
