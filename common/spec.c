@@ -20,6 +20,9 @@ static const char *const visibilities[] = {"public", "private", "project", NULL}
 static const char *const run_cpus[] = {"0.125", "0.25", "0.5", "1",  "2", "4",
                                        "6",     "8",    "10",  "12", NULL};
 static const char *const function_cpus[] = {"0.125", "0.25", "0.5", "1", NULL};
+static const char *const source_types[] = {"local", "git", NULL};
+static const char *const strategies[] = {"dockerfile", "buildpacks", NULL};
+static const char *const build_sizes[] = {"small", "medium", "large", "xlarge", NULL};
 
 /* In the order a body's fields are checked, so that the first error a user
  * sees is the first field that is wrong. */
@@ -519,6 +522,129 @@ const struct loom_field loom_spec_table[] = {
      .flag = "scale-down-delay",
      .metavar = "SECONDS",
      .help = "seconds an idle instance is kept warm before it stops"},
+
+    /* ---- builds and build runs (Code Engine's v2 names) ---- */
+    {.name = "source_type",
+     .type = LOOM_FT_ENUM,
+     .kinds = LOOM_K_BUILDS,
+     .choices = source_types,
+     .offset = O(source_type),
+     .flag = "source-type",
+     .metavar = "TYPE",
+     .help = "git: source_url is a repository; local: source_upload is an upload (POST "
+             "uploads). Default: git when source_url is given, else local"},
+    {.name = "source_url",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 2048,
+     .check = loom_spec_check_git_url,
+     .offset = O(source_url),
+     .flag = "source",
+     .metavar = "DIR|GIT_URL",
+     .help = "the git repository (https://, http://, git://, ssh://, file:// or "
+             "user@host:path); the CLI uploads a directory instead"},
+    {.name = "source_upload",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 71,
+     .check = loom_spec_check_digest,
+     .offset = O(source_upload),
+     .flag = "source-upload",
+     .metavar = "DIGEST",
+     .help = "sha256:<hex> of a tar.gz this project uploaded (source_type local)",
+     .schema = "{'type':'string','pattern':'^sha256:[0-9a-f]{64}$'}"},
+    {.name = "source_revision",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 256,
+     .check = loom_spec_check_revision,
+     .offset = O(source_revision),
+     .flag = "commit",
+     .metavar = "REV",
+     .help = "the branch, tag or commit of a git source (default: the repository's HEAD)"},
+    {.name = "source_context_dir",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 256,
+     .check = loom_spec_check_relative_path,
+     .offset = O(source_context_dir),
+     .flag = "context-dir",
+     .metavar = "DIR",
+     .help = "the directory of the source to build (default: its top)"},
+    {.name = "source_secret",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 63,
+     .check = loom_spec_check_reference,
+     .offset = O(source_secret),
+     .flag = "git-repo-secret",
+     .metavar = "SECRET",
+     .help = "a secret with the git credentials (username and password, or ssh_key); never "
+             "in logs, records or images"},
+    {.name = "strategy_type",
+     .type = LOOM_FT_ENUM,
+     .kinds = LOOM_K_BUILDS,
+     .choices = strategies,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "\"buildpacks\"",
+     .offset = O(strategy_type),
+     .flag = "strategy",
+     .metavar = "STRATEGY",
+     .help = "buildpacks: detected from the source (Node.js, Python, Go, Procfile, static "
+             "site, script); dockerfile: built with buildah from strategy_spec_file"},
+    {.name = "strategy_spec_file",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 256,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "\"Dockerfile\"",
+     .check = loom_spec_check_relative_path,
+     .offset = O(strategy_spec_file),
+     .flag = "dockerfile",
+     .metavar = "FILE",
+     .help = "the Dockerfile, relative to source_context_dir"},
+    {.name = "strategy_size",
+     .type = LOOM_FT_ENUM,
+     .kinds = LOOM_K_BUILDS,
+     .choices = build_sizes,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "\"medium\"",
+     .offset = O(strategy_size),
+     .flag = "size",
+     .metavar = "SIZE",
+     .help = "what each build step gets: small 0.5 vCPU 2G, medium 1 vCPU 4G, large 2 vCPU 8G, "
+             "xlarge 4 vCPU 16G"},
+    {.name = "output_image",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 512,
+     .check = loom_spec_check_output_image,
+     .offset = O(output_image),
+     .flag = "image",
+     .metavar = "REF",
+     .help = "where the image is pushed: host[:port]/repo[:tag], or repo[:tag] in the "
+             "platform registry under the project (<registry>/<project>/repo); default "
+             "<project>/<build name>:latest there"},
+    {.name = "output_secret",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_BUILDS,
+     .max = 63,
+     .check = loom_spec_check_reference,
+     .offset = O(output_secret),
+     .flag = "registry-secret",
+     .metavar = "SECRET",
+     .help = "a registry secret to push output_image with (none for the platform registry)"},
+    {.name = "timeout",
+     .type = LOOM_FT_INT,
+     .kinds = LOOM_K_BUILDS,
+     .min = 1,
+     .max = 3600,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "600",
+     .offset = O(build_timeout),
+     .flag = "timeout",
+     .metavar = "SECONDS",
+     .help = "seconds the whole run may take; past it the run fails, saying so"},
 };
 const size_t loom_spec_table_len = LOOM_ARRAY_SIZE(loom_spec_table);
 
@@ -550,16 +676,38 @@ static const struct loom_shapes function_shapes = {
     "0.5G, 1G, 2G or 4G",
 };
 
+static int check_app(json_t *spec, struct loom_err *err);
+static int check_build(json_t *spec, struct loom_err *err);
+static int check_buildrun(json_t *spec, struct loom_err *err);
+
 static const struct kind_desc {
     const char *what;
-    bool columns; /* its table has the normalised columns */
-    const struct loom_shapes *shapes;
+    bool columns;                     /* its table has the normalised columns */
+    const struct loom_shapes *shapes; /* NULL: no cpu and memory */
+    const char *parent_field;         /* a run's member naming what it runs, or NULL */
+    const char *required[3];          /* what a create must give */
+    int (*check)(json_t *spec, struct loom_err *err); /* the whole spec, or NULL */
 } kinds[LOOM_KIND_COUNT] = {
-    [LOOM_KIND_JOB] = {"job", false, &run_shapes},
-    [LOOM_KIND_JOBRUN] = {"job run", true, &run_shapes},
-    [LOOM_KIND_APP] = {"app", true, &run_shapes},
-    [LOOM_KIND_FUNCTION] = {"function", true, &function_shapes},
+    [LOOM_KIND_JOB] = {"job", false, &run_shapes, NULL, {"image_reference"}, NULL},
+    [LOOM_KIND_JOBRUN] = {"job run", true, &run_shapes, "job_name", {"image_reference"}, NULL},
+    [LOOM_KIND_APP] = {"app", true, &run_shapes, NULL, {"image_reference"}, check_app},
+    [LOOM_KIND_FUNCTION] =
+        {"function", true, &function_shapes, NULL, {"runtime", "code_reference"}, NULL},
+    [LOOM_KIND_BUILD] = {"build", false, NULL, NULL, {NULL}, check_build},
+    [LOOM_KIND_BUILDRUN] = {"build run", false, NULL, "build_name", {NULL}, check_buildrun},
 };
+
+static const struct loom_build_resources build_resources[] = {
+    [LOOM_SIZE_SMALL] = {500, 2 * GB, 1 * GB},
+    [LOOM_SIZE_MEDIUM] = {1000, 4 * GB, 2 * GB},
+    [LOOM_SIZE_LARGE] = {2000, 8 * GB, 4 * GB},
+    [LOOM_SIZE_XLARGE] = {4000, 16 * GB, 8 * GB},
+};
+
+const struct loom_build_resources *loom_build_size_resources(enum loom_build_size s)
+{
+    return &build_resources[(unsigned)s <= LOOM_SIZE_XLARGE ? s : LOOM_SIZE_MEDIUM];
+}
 
 const char *loom_kind_what(enum loom_kind k)
 {
@@ -585,8 +733,8 @@ static void build_once(void)
     for (int k = 0; k < LOOM_KIND_COUNT; k++) {
         size_t n = 0;
         names[k][n++] = "name";
-        if (k == LOOM_KIND_JOBRUN)
-            names[k][n++] = "job_name";
+        if (kinds[k].parent_field)
+            names[k][n++] = kinds[k].parent_field;
         for (size_t i = 0; i < loom_spec_table_len; i++)
             if (loom_field_in(&loom_spec_table[i], (enum loom_kind)k))
                 names[k][n++] = loom_spec_table[i].name;
@@ -735,10 +883,53 @@ static int check_app(json_t *spec, struct loom_err *err)
     return 0;
 }
 
+/* A build's source: its type from what is given, and what that type needs. */
+static int check_source(json_t *spec, bool whole, struct loom_err *err)
+{
+    json_t *url = json_object_get(spec, "source_url"), *up = json_object_get(spec, "source_upload");
+    const char *type = json_string_value(json_object_get(spec, "source_type"));
+    if (!type) {
+        type = url ? "git" : "local";
+        json_object_set_new(spec, "source_type", json_string(type));
+    }
+    bool git = strcmp(type, "git") == 0;
+    if (git && up)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"source_upload\": a git source (source_type git) has no "
+                            "upload");
+    if (!git && url)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"source_url\": a local source (source_type local) is an "
+                            "upload (source_upload), not a URL");
+    if (!git && json_object_get(spec, "source_secret"))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"source_secret\": only a git source takes credentials");
+    if (!git && json_object_get(spec, "source_revision"))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"source_revision\": only a git source has revisions");
+    if (git && !url)
+        return loom_err_set(err, LOOM_EINVAL, "field \"source_url\": is required for a git source");
+    if (whole && !git && !up)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"source_upload\": is required for a local source (upload "
+                            "the source first: POST .../uploads, or loom --source DIR)");
+    return 0;
+}
+
+static int check_build(json_t *spec, struct loom_err *err)
+{
+    return check_source(spec, false, err);
+}
+
+static int check_buildrun(json_t *spec, struct loom_err *err)
+{
+    return check_source(spec, true, err);
+}
+
 int loom_spec_complete(enum loom_kind k, json_t *spec, struct loom_err *err)
 {
     pthread_once(&once, build_once);
-    if (loom_spec_check_resources(spec, kinds[k].shapes, err) < 0)
+    if (kinds[k].shapes && loom_spec_check_resources(spec, kinds[k].shapes, err) < 0)
         return -1;
     for (size_t i = 0; i < loom_spec_table_len; i++) {
         const struct loom_field *f = &loom_spec_table[i];
@@ -749,7 +940,7 @@ int loom_spec_complete(enum loom_kind k, json_t *spec, struct loom_err *err)
         else if (f->def_kind == LOOM_DEF_FOLLOWS)
             json_object_set(spec, f->name, json_object_get(spec, f->def));
     }
-    return k == LOOM_KIND_APP ? check_app(spec, err) : 0;
+    return kinds[k].check ? kinds[k].check(spec, err) : 0;
 }
 
 int loom_spec_validate(enum loom_kind k, json_t *body, bool partial, json_t **ret_spec,
@@ -767,15 +958,10 @@ int loom_spec_validate(enum loom_kind k, json_t *body, bool partial, json_t **re
             return -1;
     }
     if (!partial) {
-        static const char *const required[LOOM_KIND_COUNT][3] = {
-            [LOOM_KIND_JOB] = {"image_reference"},
-            [LOOM_KIND_JOBRUN] = {"image_reference"},
-            [LOOM_KIND_APP] = {"image_reference"},
-            [LOOM_KIND_FUNCTION] = {"runtime", "code_reference"},
-        };
-        for (size_t i = 0; i < 3 && required[k][i]; i++)
-            if (!json_object_get(out, required[k][i]))
-                return loom_err_set(err, LOOM_EINVAL, "field \"%s\": is required", required[k][i]);
+        const char *const *required = kinds[k].required;
+        for (size_t i = 0; i < LOOM_ARRAY_SIZE(kinds[k].required) && required[i]; i++)
+            if (!json_object_get(out, required[i]))
+                return loom_err_set(err, LOOM_EINVAL, "field \"%s\": is required", required[i]);
         if (loom_spec_complete(k, out, err) < 0)
             return -1;
     }
@@ -808,22 +994,56 @@ json_t *loom_spec_merge(const json_t *old, const json_t *patch, const json_t *ra
     bool mem = json_object_get(patch, "scale_memory_limit") != NULL;
     if (cpu != mem)
         json_object_del(merged, cpu ? "scale_memory_limit" : "scale_cpu_limit");
+    /* a new source replaces the old one, of whichever type: its type is
+     * derived again unless the patch says it */
+    bool url = json_object_get(patch, "source_url") != NULL;
+    if ((url || json_object_get(patch, "source_upload")) &&
+        !json_object_get(patch, "source_type")) {
+        static const char *const git_only[] = {"source_url", "source_revision", "source_secret"};
+        json_object_del(merged, "source_type");
+        if (url)
+            json_object_del(merged, "source_upload");
+        for (size_t i = 0; !url && i < LOOM_ARRAY_SIZE(git_only); i++)
+            json_object_del(merged, git_only[i]);
+    }
     json_object_update(merged, (json_t *)patch);
     return merged;
+}
+
+/* A run's spec: the body's fields (a patch) over its parent's spec (NULL:
+ * none); *ret_given is what the body gave. */
+static int run_spec(enum loom_kind k, const json_t *parent_spec, json_t *body, json_t **ret_spec,
+                    json_t **ret_given, struct loom_err *err)
+{
+    _cleanup_json_ json_t *given = NULL;
+    if (loom_spec_validate(k, body, true, &given, err) < 0)
+        return -1;
+    _cleanup_json_ json_t *empty = json_object();
+    _cleanup_json_ json_t *out = loom_spec_merge(parent_spec ? parent_spec : empty, given, given);
+    const char *const *required = kinds[k].required;
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(kinds[k].required) && required[i]; i++)
+        if (!json_object_get(out, required[i]))
+            return loom_err_set(err, LOOM_EINVAL, "field \"%s\": is required unless %s is given",
+                                required[i], kinds[k].parent_field);
+    if (loom_spec_complete(k, out, err) < 0)
+        return -1;
+    *ret_spec = TAKE_PTR(out);
+    if (ret_given)
+        *ret_given = TAKE_PTR(given);
+    return 0;
+}
+
+int loom_spec_buildrun(const json_t *build_spec, json_t *body, json_t **ret_spec,
+                       struct loom_err *err)
+{
+    return run_spec(LOOM_KIND_BUILDRUN, build_spec, body, ret_spec, NULL, err);
 }
 
 int loom_spec_jobrun(const json_t *job_spec, json_t *body, json_t **ret_spec,
                      struct loom_arrayspec *ret_indices, struct loom_err *err)
 {
-    _cleanup_json_ json_t *given = NULL;
-    if (loom_spec_validate(LOOM_KIND_JOBRUN, body, true, &given, err) < 0)
-        return -1;
-    _cleanup_json_ json_t *empty = json_object();
-    _cleanup_json_ json_t *out = loom_spec_merge(job_spec ? job_spec : empty, given, given);
-    if (!json_object_get(out, "image_reference"))
-        return loom_err_set(err, LOOM_EINVAL,
-                            "field \"image_reference\": is required unless job_name is given");
-    if (loom_spec_complete(LOOM_KIND_JOBRUN, out, err) < 0)
+    _cleanup_json_ json_t *given = NULL, *out = NULL;
+    if (run_spec(LOOM_KIND_JOBRUN, job_spec, body, &out, &given, err) < 0)
         return -1;
     const char *mode = json_string_value(json_object_get(out, "run_mode"));
     if (mode && strcmp(mode, "daemon") == 0 &&

@@ -28,6 +28,8 @@ enum loom_kind {
     LOOM_KIND_JOBRUN,   /* one run of an array of indices */
     LOOM_KIND_APP,      /* a long-running HTTP service */
     LOOM_KIND_FUNCTION, /* a few files of code, invoked over HTTP */
+    LOOM_KIND_BUILD,    /* a saved build: source, strategy and output image */
+    LOOM_KIND_BUILDRUN, /* one run of a build: source to a pushed image */
     LOOM_KIND_COUNT,
 };
 #define LOOM_K_JOB (1u << LOOM_KIND_JOB)
@@ -36,8 +38,11 @@ enum loom_kind {
 #define LOOM_K_JOBS (LOOM_K_JOB | LOOM_K_JOBRUN)
 #define LOOM_K_FUNCTION (1u << LOOM_KIND_FUNCTION)
 #define LOOM_K_RUNS (LOOM_K_JOBS | LOOM_K_APP) /* the kinds that run an image */
+#define LOOM_K_BUILD (1u << LOOM_KIND_BUILD)
+#define LOOM_K_BUILDRUN (1u << LOOM_KIND_BUILDRUN)
+#define LOOM_K_BUILDS (LOOM_K_BUILD | LOOM_K_BUILDRUN)
 
-/* "job", "job run", "app", "function": for messages. */
+/* "job", "job run", "app", "function", "build", "build run": for messages. */
 const char *loom_kind_what(enum loom_kind k);
 
 enum loom_ftype {
@@ -100,7 +105,8 @@ static inline bool loom_field_in(const struct loom_field *f, enum loom_kind k)
 const struct loom_field *loom_spec_field(enum loom_kind k, const char *name);
 
 /* The members a request body of kind k may have ("name", "job_name" for a
- * run, then the table's fields of k), NULL-terminated; static storage. */
+ * job run, "build_name" for a build run, then the table's fields of k),
+ * NULL-terminated; static storage. */
 const char *const *loom_spec_field_names(enum loom_kind k);
 
 /* Validates a request body of kind k. partial (a PATCH): only what is
@@ -121,7 +127,8 @@ int loom_spec_complete(enum loom_kind k, json_t *spec, struct loom_err *err);
  * takes its default again or goes. A field defaulted from another (FOLLOWS)
  * follows that field when only that one changes, and a patch of only one of
  * scale_cpu_limit and scale_memory_limit drops the other, so that it gets
- * its partner anew. A job run over a job is the same merge. */
+ * its partner anew; a new source (source_url or source_upload) replaces the
+ * old one and its type. A run over a job or a build is the same merge. */
 json_t *loom_spec_merge(const json_t *old, const json_t *patch, const json_t *raw);
 
 /* A job run's spec: the body's fields (validated as for a PATCH) over the
@@ -132,6 +139,12 @@ json_t *loom_spec_merge(const json_t *old, const json_t *patch, const json_t *ra
 struct loom_arrayspec;
 int loom_spec_jobrun(const json_t *job_spec, json_t *body, json_t **ret_spec,
                      struct loom_arrayspec *ret_indices, struct loom_err *err);
+
+/* A build run's spec: the body's fields (validated as for a PATCH) over the
+ * build's spec (NULL: a run without a build), then completed (its source
+ * must then be whole: a git URL, or an upload). */
+int loom_spec_buildrun(const json_t *build_spec, json_t *body, json_t **ret_spec,
+                       struct loom_err *err);
 
 /* Function code: at most this much, given as a data: URL in code_reference
  * (base64 makes it a third longer). */
@@ -145,6 +158,9 @@ int loom_spec_jobrun(const json_t *job_spec, json_t *body, json_t **ret_spec,
 int loom_spec_code_decode(const char *ref, uint8_t **ret, size_t *ret_len, bool *ret_binary,
                           struct loom_err *err);
 
+/* True for "sha256:" and 64 lowercase hex digits (an upload, stored code). */
+bool loom_spec_is_digest(const char *s);
+
 /* True for a key of a secret or config map: 1-253 of [-._a-zA-Z0-9]. */
 bool loom_spec_is_key(const char *s);
 
@@ -153,6 +169,15 @@ bool loom_spec_is_key(const char *s);
 enum loom_run_mode { LOOM_RUN_TASK, LOOM_RUN_DAEMON };
 enum loom_placement { LOOM_PLACE_BINPACK, LOOM_PLACE_SPREAD };
 enum loom_visibility { LOOM_VIS_PUBLIC, LOOM_VIS_PRIVATE, LOOM_VIS_PROJECT };
+enum loom_source_type { LOOM_SOURCE_LOCAL, LOOM_SOURCE_GIT };
+enum loom_strategy { LOOM_STRATEGY_DOCKERFILE, LOOM_STRATEGY_BUILDPACKS };
+enum loom_build_size { LOOM_SIZE_SMALL, LOOM_SIZE_MEDIUM, LOOM_SIZE_LARGE, LOOM_SIZE_XLARGE };
+
+/* What a build size gives each of its steps: Code Engine's sizes. */
+struct loom_build_resources {
+    int64_t cpu_millis, memory_bytes, ephemeral_bytes;
+};
+const struct loom_build_resources *loom_build_size_resources(enum loom_build_size s);
 
 struct loom_probe {
     bool set;
@@ -192,6 +217,17 @@ struct loom_spec {
     const char *code_reference; /* a data: URL, or "sha256:<hex>" once stored */
     const char *code_main;
     bool code_binary;
+    /* builds and build runs */
+    int source_type;           /* enum loom_source_type */
+    const char *source_url;    /* git: the repository; NULL for an upload */
+    const char *source_upload; /* local: "sha256:<hex>" of an upload; NULL for git */
+    const char *source_revision, *source_context_dir, *source_secret; /* NULL: none */
+    int strategy_type;                                                /* enum loom_strategy */
+    const char *strategy_spec_file;
+    int strategy_size;        /* enum loom_build_size */
+    const char *output_image; /* NULL: the platform registry's <project>/<name> */
+    const char *output_secret;
+    int64_t build_timeout; /* seconds */
 };
 
 /* Decodes a stored spec of kind k; absent fields get their defaults. A

@@ -410,6 +410,25 @@ int loom_spec_check_env(json_t *body, json_t *out_spec, const struct loom_field 
 
 /* ---- mounts ------------------------------------------------------------------ */
 
+/* Why the components of s (split at '/', s[0] == '/' or not) are not a
+ * normal path: an empty, "." or ".." component, or a character that is not
+ * printable or is a space, ':' or ','. NULL when they are. */
+static const char *components_problem(const char *s)
+{
+    for (const char *p = s; *p; p++)
+        if (!isprint((unsigned char)*p) || *p == ' ' || *p == ':' || *p == ',')
+            return "has a character that is not allowed";
+    for (const char *p = s[0] == '/' ? s + 1 : s;;) {
+        const char *q = strchr(p, '/');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+            return "must not have empty, \".\" or \"..\" components";
+        if (!q)
+            return NULL;
+        p = q + 1;
+    }
+}
+
 /* An absolute, normalized directory that is not the root or a kernel file
  * system: "/etc/conf", not "/a/../b", "/a/" or "/proc/x". */
 static const char *mount_path_problem(const char *s)
@@ -420,18 +439,9 @@ static const char *mount_path_problem(const char *s)
         return "cannot be the root";
     if (s[strlen(s) - 1] == '/')
         return "must not end with '/'";
-    for (const char *p = s; *p; p++)
-        if (!isprint((unsigned char)*p) || *p == ' ' || *p == ':' || *p == ',')
-            return "has a character that is not allowed";
-    for (const char *p = s; *p;) {
-        const char *q = strchr(p + 1, '/');
-        size_t n = q ? (size_t)(q - p - 1) : strlen(p + 1);
-        if (n == 0 || (n == 1 && p[1] == '.') || (n == 2 && p[1] == '.' && p[2] == '.'))
-            return "must not have empty, \".\" or \"..\" components";
-        if (!q)
-            break;
-        p = q;
-    }
+    const char *why = components_problem(s);
+    if (why)
+        return why;
     static const char *const reserved[] = {"/proc", "/sys", "/dev"};
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(reserved); i++) {
         size_t n = strlen(reserved[i]);
@@ -767,5 +777,100 @@ int loom_spec_check_code(json_t *body, json_t *out, const struct loom_field *f,
     if (loom_spec_code_decode(s, &code, &n, &binary, err) < 0)
         return loom_err_wrap(err, "field \"%s\"", f->name);
     free(code);
+    return 0;
+}
+
+/* ---- builds --------------------------------------------------------------------- */
+
+int loom_spec_check_relative_path(json_t *body, json_t *out, const struct loom_field *f,
+                                  struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    const char *why = s[0] == '/' ? "must be a path relative to the source" : components_problem(s);
+    if (why)
+        return loom_err_set(err, LOOM_EINVAL, "field \"%s\": \"%.256s\" %s", f->name, s, why);
+    return 0;
+}
+
+int loom_spec_check_git_url(json_t *body, json_t *out, const struct loom_field *f,
+                            struct loom_err *err)
+{
+    (void)body;
+    static const char *const schemes[] = {"https://", "http://", "git://", "ssh://", "file://"};
+    const char *s = out_string(out, f);
+    for (const char *p = s; *p; p++)
+        if (!isgraph((unsigned char)*p))
+            return loom_err_set(err, LOOM_EINVAL,
+                                "field \"%s\": a git URL has no spaces or control characters",
+                                f->name);
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(schemes); i++) {
+        size_t n = strlen(schemes[i]);
+        if (strncmp(s, schemes[i], n) == 0 && s[n] && s[n] != '-')
+            return 0;
+    }
+    /* scp-like user@host:path, never an option nor a remote helper ("ext::") */
+    const char *at = strchr(s, '@'), *colon = strchr(s, ':');
+    if (at && colon && at < colon && at > s && s[0] != '-' && colon[1] && colon[1] != ':' &&
+        !strchr(s, '\\'))
+        return 0;
+    return loom_err_set(err, LOOM_EINVAL,
+                        "field \"%s\": \"%.128s\" is not a git URL (https://, http://, git://, "
+                        "ssh://, file:// or user@host:path)",
+                        f->name, s);
+}
+
+int loom_spec_check_revision(json_t *body, json_t *out, const struct loom_field *f,
+                             struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    bool ok = s[0] && s[0] != '-' && !strstr(s, "..");
+    for (const char *p = s; ok && *p; p++)
+        ok = isalnum((unsigned char)*p) || strchr("._/-", *p);
+    if (!ok)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"%s\": \"%.128s\" is not a branch, tag or commit (letters, "
+                            "digits, '.', '_', '/' and '-', not starting with '-', no \"..\")",
+                            f->name, s);
+    return 0;
+}
+
+bool loom_spec_is_digest(const char *s)
+{
+    return is_stored_code(s);
+}
+
+int loom_spec_check_digest(json_t *body, json_t *out, const struct loom_field *f,
+                           struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    if (!loom_spec_is_digest(s))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"%s\": \"%.80s\" is not the digest of an upload "
+                            "(sha256:<64 lowercase hex>)",
+                            f->name, s);
+    return 0;
+}
+
+/* An image a build pushes: a name with a tag, the registry optional. */
+int loom_spec_check_output_image(json_t *body, json_t *out, const struct loom_field *f,
+                                 struct loom_err *err)
+{
+    if (loom_spec_check_image(body, out, f, err) < 0)
+        return -1;
+    const char *s = out_string(out, f);
+    if (strchr(s, '@'))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"%s\": a build pushes a tag, not a digest (the run records "
+                            "the digest)",
+                            f->name);
+    const char *slash = strrchr(s, '/'), *tag = strchr(slash ? slash : s, ':');
+    for (const char *p = s; *p && (!tag || p < tag); p++)
+        if (isupper((unsigned char)*p))
+            return loom_err_set(err, LOOM_EINVAL,
+                                "field \"%s\": \"%.128s\": a repository name is lowercase", f->name,
+                                s);
     return 0;
 }

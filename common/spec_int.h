@@ -30,6 +30,18 @@ int loom_spec_check_identifier(json_t *body, json_t *out, const struct loom_fiel
 int loom_spec_check_code(json_t *body, json_t *out, const struct loom_field *f,
                          struct loom_err *err);
 
+/* STRING extras of builds. */
+int loom_spec_check_relative_path(json_t *body, json_t *out, const struct loom_field *f,
+                                  struct loom_err *err);
+int loom_spec_check_git_url(json_t *body, json_t *out, const struct loom_field *f,
+                            struct loom_err *err);
+int loom_spec_check_revision(json_t *body, json_t *out, const struct loom_field *f,
+                             struct loom_err *err);
+int loom_spec_check_digest(json_t *body, json_t *out, const struct loom_field *f,
+                           struct loom_err *err);
+int loom_spec_check_output_image(json_t *body, json_t *out, const struct loom_field *f,
+                                 struct loom_err *err);
+
 /* OBJECT validators. */
 int loom_spec_check_env(json_t *body, json_t *out, const struct loom_field *f,
                         struct loom_err *err);

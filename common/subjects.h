@@ -33,8 +33,9 @@
 /* api -> anyone, CloudEvents JSON on loom.events.<project>.<kind> */
 #define LOOM_SUBJ_EVENTS_FMT "loom.events.%s.%s"
 
-/* anyone -> builder (queue group "builder"), request, reply Ack */
-#define LOOM_SUBJ_BUILD_REQUEST "loom.build.request"
+/* api -> builder, publish (empty): a build run is pending or asked to
+ * cancel; builders also look on a timer */
+#define LOOM_SUBJ_BUILD_WAKE "loom.build.wake"
 
 /* Queue groups */
 #define LOOM_QUEUE_SCHEDULER "scheduler"

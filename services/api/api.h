@@ -17,8 +17,10 @@
 /* Service-wide settings (from the options). */
 struct api_config {
     char *activator_url; /* LOOM_ACTIVATOR_URL, without a trailing slash */
+    char *registry;      /* LOOM_REGISTRY: host:port of the platform's registry, or NULL */
     char *secrets_key;   /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
     int64_t rate_limit;  /* requests a second per API key and replica; 0 = no limit */
+    int64_t max_upload;  /* LOOM_API_MAX_UPLOAD: bytes of one source upload */
 };
 extern struct api_config api_cfg;
 
@@ -68,6 +70,7 @@ struct api_ctx {
     struct api_project project; /* when the route has a {project} */
     json_t *body;               /* the request's JSON object ({} when there is no body) */
     bool wake_scheduler;        /* publish loom.sched.wake after commit */
+    bool wake_builder;          /* publish loom.build.wake after commit */
     bool events;                /* outbox rows were written */
     const char *redact;         /* reply member never kept for Idempotency-Key replays */
 };
@@ -119,9 +122,10 @@ void api_fail(struct loom_http_req *req, const struct loom_err *err);
         return;                                                                                    \
     } while (0)
 
-/* Publishes an empty loom.sched.wake; a failure is logged, not fatal: the
- * scheduler also reconciles on a timer. */
-void api_wake_scheduler(void);
+/* Publishes an empty message on subject (loom.sched.wake, loom.build.wake);
+ * a failure is logged, not fatal: the scheduler and the builder also
+ * reconcile on a timer. */
+void api_wake(const char *subject);
 
 /* Paging: ?limit=N (1..1000, default 100) and ?start=TOKEN, where TOKEN is
  * an opaque token from an earlier page's "next". ret_after is the decoded
@@ -175,6 +179,23 @@ void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
  * with it). what names the resource in a 404. */
 void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
                        const char *instance_column);
+/* The row sql ($1 project id, $2 name) finds, or NULL with LOOM_ENOTFOUND
+ * `<what> "<name>" not found` (or the database's error). */
+PGresult *api_find(struct loom_db *db, const struct api_project *p, const char *sql,
+                   const char *what, const char *name, struct loom_err *err);
+
+/* A log cursor ("next", ?after=): "<epoch microseconds>|<uuid>|<sequence>"
+ * as a page token. parse: the three parts point into ret->buf (all NULL
+ * without a cursor). next: "next" of out from the last row of res, whose
+ * columns col, col + 1 and col + 2 are the three parts (after, as it came,
+ * when res is empty). */
+struct api_log_cursor {
+    char buf[160];
+    char *ts, *src, *seq;
+};
+int api_log_cursor_parse(const char *after, struct api_log_cursor *ret, struct loom_err *err);
+void api_log_cursor_next(json_t *out, PGresult *res, int col, const char *after);
+
 /* ETag: "<generation>" of a resource's JSON. */
 void api_set_etag(struct loom_http_req *req, json_t *item);
 
@@ -220,6 +241,31 @@ int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *wh
 /* Makes spec the next generation of row id, with its revision. */
 int api_rev_update(struct api_ctx *ctx, struct api_revisioned *r, const char *id,
                    const char *const *shared, json_t *spec, struct loom_err *err);
+
+/* A kind kept as one spec without revisions (jobs, builds): a row in table
+ * (project_id, name, generation, spec), read through resource, with its
+ * CloudEvents under event ("job"). check (or NULL) vets a complete spec
+ * further (it may look in the database). The create, PATCH and DELETE of
+ * api_write. */
+struct api_saved {
+    enum loom_kind kind;
+    const char *table, *event;
+    const struct api_resource *resource;
+    int (*check)(struct api_ctx *ctx, json_t *spec, struct loom_err *err);
+};
+/* The columns api_saved_json reads (the name is column 1), and the to_json
+ * of such a kind: its spec's fields with name, id, project, generation,
+ * entity_tag, created_at and updated_at. */
+#define API_SAVED_COLS                                                                             \
+    "id, name, generation, spec::text, " API_TS("created_at") ", " API_TS("updated_at")
+int api_saved_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                   PGresult *res, int r, bool details, json_t **ret, struct loom_err *err);
+int api_saved_create(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     json_t **ret_body, struct loom_err *err);
+int api_saved_update(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     json_t **ret_body, struct loom_err *err);
+int api_saved_delete(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     struct loom_err *err);
 
 /* ---- data.c: names and the data of secrets and config maps --------------- */
 
@@ -298,6 +344,24 @@ void api_functions_activations(struct loom_http_req *req);
 void api_functions_logs(struct loom_http_req *req);
 void api_function_runtimes(struct loom_http_req *req);
 void api_apps_logs(struct loom_http_req *req);
+
+void api_builds_create(struct loom_http_req *req);
+void api_builds_list(struct loom_http_req *req);
+void api_builds_get(struct loom_http_req *req);
+void api_builds_update(struct loom_http_req *req);
+void api_builds_delete(struct loom_http_req *req);
+void api_buildruns_create(struct loom_http_req *req);
+void api_buildruns_list(struct loom_http_req *req);
+void api_buildruns_get(struct loom_http_req *req);
+void api_buildruns_cancel(struct loom_http_req *req);
+void api_buildruns_delete(struct loom_http_req *req);
+void api_buildruns_logs(struct loom_http_req *req);
+
+/* The image a build run pushes: given with its registry as is, else in the
+ * platform registry under the project (<registry>/<project>/<given or
+ * name>), with ":latest" when it has no tag. Allocated. */
+int api_output_image(const char *project, const char *name, const char *given, char **ret,
+                     struct loom_err *err);
 
 void api_admin_nodes_list(struct loom_http_req *req);
 void api_admin_nodes_action(struct loom_http_req *req);

@@ -103,14 +103,14 @@ int api_begin(struct loom_http_req *req, bool with_project, struct loom_db **ret
     return 0;
 }
 
-void api_wake_scheduler(void)
+void api_wake(const char *subject)
 {
     struct loom_service *svc = loom_service_current();
     struct loom_err err = LOOM_ERR_INIT;
     if (!svc || !svc->bus)
         return;
-    if (loom_bus_publish_raw(svc->bus, LOOM_SUBJ_SCHED_WAKE, "", 0, &err) < 0)
-        log_warn("could not wake the scheduler: %s", err.msg);
+    if (loom_bus_publish_raw(svc->bus, subject, "", 0, &err) < 0)
+        log_warn("could not publish %s: %s", subject, err.msg);
 }
 
 char *api_page_token(const char *name)

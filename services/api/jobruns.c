@@ -1,5 +1,6 @@
 /* /v1/projects/{project}/job_runs: a run is one row whatever its array size;
- * the scheduler places its pending indices. */
+ * the scheduler places its pending indices. The steps of build runs are job
+ * runs too (build_run_id set): the builder's, never listed or touched here. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,8 @@
     "r.id, r.name, r.spec::text, r.array_spec, r.array_size, r.pending::text, r.state, "           \
     "r.n_running, r.n_succeeded, r.n_failed, " API_TS("r.created_at") ", " API_TS(                 \
         "r.finished_at") ", j.name, r.waiting_reason"
-#define RUN_FROM " FROM job_runs r LEFT JOIN jobs j ON j.id = r.job_id "
+#define RUN_FROM                                                                                   \
+    " FROM job_runs r LEFT JOIN jobs j ON j.id = r.job_id WHERE r.build_run_id IS NULL AND "
 
 enum {
     C_ID,
@@ -137,8 +139,8 @@ static int run_json(const struct api_resource *k, struct loom_db *db, const stru
 static const struct api_resource run_resource = {
     .what = "job run",
     .list_key = "job_runs",
-    .sql_get = "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name = $2",
-    .sql_list = "SELECT " RUN_COLS RUN_FROM "WHERE r.project_id = $1 AND r.name > $2 "
+    .sql_get = "SELECT " RUN_COLS RUN_FROM "r.project_id = $1 AND r.name = $2",
+    .sql_list = "SELECT " RUN_COLS RUN_FROM "r.project_id = $1 AND r.name > $2 "
                 "AND ($4::text IS NULL OR j.name = $4) ORDER BY r.name LIMIT $3",
     .filter = "job_name",
     .name_col = C_NAME,
@@ -262,7 +264,7 @@ static int jobrun_resubmit(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
         ctx->db, err,
         "SELECT r.spec::text, r.job_id, (SELECT range_agg(int4range(idx, idx + 1))::text "
         "FROM job_run_indices WHERE run_id = r.id AND state = 'failed') "
-        "FROM job_runs r WHERE r.project_id = $1 AND r.name = $2",
+        "FROM job_runs r WHERE r.project_id = $1 AND r.name = $2 AND r.build_run_id IS NULL",
         ctx->project.id_str, old);
     if (!run)
         return -1;
@@ -321,10 +323,11 @@ static int stop_run_instances(struct api_ctx *ctx, const char *run_id, int *ret_
 
 static int lock_run(struct api_ctx *ctx, const char *name, PGresult **ret, struct loom_err *err)
 {
-    PGresult *run = loom_db_query(
-        ctx->db, err,
-        "SELECT id, state FROM job_runs WHERE project_id = $1 AND name = $2 FOR UPDATE",
-        ctx->project.id_str, name);
+    PGresult *run =
+        loom_db_query(ctx->db, err,
+                      "SELECT id, state FROM job_runs WHERE project_id = $1 AND name = $2 "
+                      "AND build_run_id IS NULL FOR UPDATE",
+                      ctx->project.id_str, name);
     if (!run)
         return -1;
     if (PQntuples(run) == 0) {
@@ -438,7 +441,9 @@ void api_jobruns_logs(struct loom_http_req *req)
         API_FAIL(req, &err);
     }
     _cleanup_pgres_ PGresult *run = loom_db_query(
-        db, &err, "SELECT id FROM job_runs WHERE project_id = $1 AND name = $2", proj.id_str, name);
+        db, &err,
+        "SELECT id FROM job_runs WHERE project_id = $1 AND name = $2 AND build_run_id IS NULL",
+        proj.id_str, name);
     if (!run)
         API_FAIL(req, &err);
     if (PQntuples(run) == 0) {

@@ -11,6 +11,11 @@
 static const struct loom_opt api_opts[] = {
     {"activator-url", "LOOM_ACTIVATOR_URL", LOOM_OPT_STRING, &api_cfg.activator_url,
      "http://127.0.0.1:8081", 0, 0, "base URL of the activator, for app endpoints"},
+    {"registry", "LOOM_REGISTRY", LOOM_OPT_STRING, &api_cfg.registry, NULL, 0, 0,
+     "host:port of the platform's registry: uploads go there, and the images builds push "
+     "when they name no registry"},
+    {"max-upload", "LOOM_API_MAX_UPLOAD", LOOM_OPT_SIZE, &api_cfg.max_upload, "64M", 1,
+     (int64_t)1 << 34, "the largest source upload (a tar.gz)"},
     {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &api_cfg.secrets_key, NULL, 0, 0,
      "AES-256-GCM key for secrets, 64 hex characters (unset: secrets are disabled)"},
     {"rate-limit", "LOOM_API_RATE_LIMIT", LOOM_OPT_INT, &api_cfg.rate_limit, "200", 0, 1000000,

@@ -94,6 +94,34 @@ static const struct op ops[] = {
      NULL, 200, "AppLogLines"},
     {"get", "/v1/function_runtimes", "listFunctionRuntimes",
      "The runtimes functions can use (any key)", NULL, 200, "FunctionRuntimeList"},
+    {"post", "/v1/projects/{project}/builds", "createBuild",
+     "Save a build: its source, strategy and output image", "Build", 201, "Build"},
+    {"get", "/v1/projects/{project}/builds", "listBuilds", "List builds", NULL, 200, "BuildList"},
+    {"get", "/v1/projects/{project}/builds/{name}", "getBuild", "Get a build (ETag = generation)",
+     NULL, 200, "Build"},
+    {"patch", "/v1/projects/{project}/builds/{name}", "updateBuild",
+     "Change some fields of a build (If-Match: its ETag); null takes a field back to its "
+     "default",
+     "BuildPatch", 200, "Build"},
+    {"delete", "/v1/projects/{project}/builds/{name}", "deleteBuild", "Delete a build (runs stay)",
+     NULL, 204, NULL},
+    {"post", "/v1/projects/{project}/build_runs", "createBuildRun",
+     "Submit a build run (standalone, or from build_name): source to an image pushed to the "
+     "registry",
+     "BuildRunCreate", 201, "BuildRun"},
+    {"get", "/v1/projects/{project}/build_runs", "listBuildRuns",
+     "List build runs (?build_name= filters)", NULL, 200, "BuildRunList"},
+    {"get", "/v1/projects/{project}/build_runs/{name}", "getBuildRun",
+     "Get a build run: its status, steps and the digest it pushed", NULL, 200, "BuildRun"},
+    {"delete", "/v1/projects/{project}/build_runs/{name}", "deleteBuildRun",
+     "Delete a build run; 202 while it is being cancelled or its steps stop (delete again)", NULL,
+     204, NULL},
+    {"post", "/v1/projects/{project}/build_runs/{name}/cancel", "cancelBuildRun",
+     "Cancel a pending or running build run: its steps stop and nothing is tagged", NULL, 200,
+     "BuildRun"},
+    {"get", "/v1/projects/{project}/build_runs/{name}/logs", "getBuildRunLogs",
+     "What the builder and the run's steps printed, in time order (?after=<next>)", NULL, 200,
+     "BuildLogLines"},
     {"post", "/v1/projects/{project}/secrets", "createSecret", "Create a secret", "Secret", 201,
      "Secret"},
     {"get", "/v1/projects/{project}/secrets", "listSecrets", "List secrets (keys, no values)", NULL,
@@ -285,6 +313,41 @@ static const char *const schemas_sq[][2] = {
      "{'type':'object','properties':{'function_runtimes':{'type':'array','items':{'type':'object'"
      ",'properties':{'name':{'type':'string'},'family':{'type':'string'},'default':{'type':'boole"
      "an'},'deprecated':{'type':'boolean'}}}}}}"},
+    {"Build", "{'allOf':[{'$ref':'#/components/schemas/Meta'},{'$ref':'#/components/schemas/Build"
+              "Fields'},{'type':'object','required':['name'],'properties':{'name':{'$ref':'#/comp"
+              "onents/schemas/Name'}}}]}"},
+    {"BuildPatch", "{'allOf':[{'$ref':'#/components/schemas/BuildFields'}]}"},
+    {"BuildList", "{'type':'object','properties':{'builds':{'type':'array','items':{'$ref':'#/co"
+                  "mponents/schemas/Build'}},'limit':{'type':'integer'},'next':{'type':'string'"
+                  "}}}"},
+    {"BuildRunCreate",
+     "{'allOf':[{'$ref':'#/components/schemas/BuildFields'},{'type':'object','required':['name']"
+     ",'properties':{'name':{'$ref':'#/components/schemas/Name'},'build_name':{'$ref':'#/compone"
+     "nts/schemas/Name'}}}],'description':'the source is required unless build_name is given: "
+     "source_url (git) or source_upload (an upload)'}"},
+    {"BuildStep", "{'type':'object','properties':{'name':{'type':'string'},'status':{'enum':['ru"
+                  "nning','succeeded','failed','cached','skipped']},'started_at':{'type':'string"
+                  "'},'duration_ms':{'type':'integer'},'detail':{'type':'string'}}}"},
+    {"BuildRun",
+     "{'allOf':[{'$ref':'#/components/schemas/BuildRunCreate'},{'type':'object','properties':{'"
+     "id':{'type':'integer'},'project':{'type':'string'},'created_at':{'type':'string'},'starte"
+     "d_at':{'type':['string','null']},'finished_at':{'type':['string','null']},'status':{'enum"
+     "':['pending','running','succeeded','failed','cancelled']},'status_details':{'type':'objec"
+     "t','properties':{'reason':{'type':['string','null'],'description':'why it failed: the st"
+     "ep and the line'},'strategy':{'type':['string','null'],'description':'what detection ch"
+     "ose'},'output_digest':{'type':['string','null']},'output_image_digest':{'type':'string',"
+     "'description':'repository@digest: what a deploy uses'},'steps':{'type':'array','items':{"
+     "'$ref':'#/components/schemas/BuildStep'}},'attempts':{'type':'integer'},'cancel_requeste"
+     "d':{'type':'boolean'}}}}}]}"},
+    {"BuildRunList", "{'type':'object','properties':{'build_runs':{'type':'array','items':{'$ref"
+                     "':'#/components/schemas/BuildRun'}},'limit':{'type':'integer'},'next':{'ty"
+                     "pe':'string'}}}"},
+    {"BuildLogLines",
+     "{'type':'object','properties':{'lines':{'type':'array','items':{'type':'object','properti"
+     "es':{'ts':{'type':'string'},'step':{'type':'string','description':'builder, or the step"
+     "'},'stream':{'enum':['stdout','stderr']},'line':{'type':'string'}}}},'next':{'type':'str"
+     "ing','description':'cursor for ?after='},'finished':{'type':'boolean','description':'the "
+     "run has ended: no line will follow'}}}"},
     {"Meta", "{'type':'object','properties':{'id':{'type':'integer','readOnly':true},"
              "'project':{'type':'string','readOnly':true},'created_at':{'type':'string',"
              "'readOnly':true},'updated_at':{'type':'string','readOnly':true},'generation':{"
@@ -473,6 +536,7 @@ static void build_doc(void)
     json_object_set_new(sch, "JobFields", loom_spec_schema(LOOM_K_JOB, LOOM_K_APP));
     json_object_set_new(sch, "AppFields", loom_spec_schema(LOOM_K_APP, LOOM_K_JOBS));
     json_object_set_new(sch, "FunctionFields", loom_spec_schema(LOOM_K_FUNCTION, 0));
+    json_object_set_new(sch, "BuildFields", loom_spec_schema(LOOM_K_BUILDS, 0));
     json_object_set_new(doc, "components", components);
     doc_text = json_dumps(doc, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
 }

@@ -29,6 +29,18 @@ int api_resource_load(const struct api_resource *k, struct loom_db *db, const st
     return k->to_json(k, db, p, res, 0, true, ret, err);
 }
 
+PGresult *api_find(struct loom_db *db, const struct api_project *p, const char *sql,
+                   const char *what, const char *name, struct loom_err *err)
+{
+    PGresult *res = loom_db_query(db, err, sql, p->id_str, name);
+    if (res && PQntuples(res) == 0) {
+        PQclear(res);
+        loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", what, name);
+        return NULL;
+    }
+    return res;
+}
+
 void api_resource_list(struct loom_http_req *req, const struct api_resource *k)
 {
     struct loom_err err = LOOM_ERR_INIT;
@@ -118,6 +130,34 @@ void api_spec_params_release(struct api_spec_params *p)
     p->text = NULL;
 }
 
+int api_log_cursor_parse(const char *after, struct api_log_cursor *ret, struct loom_err *err)
+{
+    *ret = (struct api_log_cursor){0};
+    if (!after || !*after)
+        return 0;
+    char *save = NULL;
+    if (api_page_token_decode(after, ret->buf, sizeof(ret->buf)) < 0 ||
+        !(ret->ts = strtok_r(ret->buf, "|", &save)) || !(ret->src = strtok_r(NULL, "|", &save)) ||
+        !(ret->seq = strtok_r(NULL, "|", &save)))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "query parameter \"after\": not a cursor from \"next\"");
+    return 0;
+}
+
+void api_log_cursor_next(json_t *out, PGresult *res, int col, const char *after)
+{
+    int n = PQntuples(res);
+    if (n == 0) {
+        json_object_set_new(out, "next", json_string(after ? after : ""));
+        return;
+    }
+    char c[160];
+    snprintf(c, sizeof(c), "%s|%s|%s", PQgetvalue(res, n - 1, col), PQgetvalue(res, n - 1, col + 1),
+             PQgetvalue(res, n - 1, col + 2));
+    _cleanup_free_ char *tok = api_page_token(c);
+    json_object_set_new(out, "next", json_string(tok));
+}
+
 void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
                        const char *instance_column)
 {
@@ -136,41 +176,29 @@ void api_instance_logs(struct loom_http_req *req, const char *what, const char *
         loom_err_set(&err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
         API_FAIL(req, &err);
     }
-    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" as a token */
-    char cur[128] = "", *ts = NULL, *inst = NULL, *off = NULL;
-    if (after && *after) {
-        char *save = NULL;
-        if (api_page_token_decode(after, cur, sizeof(cur)) < 0 ||
-            !(ts = strtok_r(cur, "|", &save)) || !(inst = strtok_r(NULL, "|", &save)) ||
-            !(off = strtok_r(NULL, "|", &save))) {
-            loom_err_set(&err, LOOM_EINVAL,
-                         "query parameter \"after\": not a cursor from \"next\"");
-            API_FAIL(req, &err);
-        }
-    }
-    _cleanup_pgres_ PGresult *owner = loom_db_query(db, &err, sql_lookup, proj.id_str, name);
+    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" */
+    struct api_log_cursor cur;
+    if (api_log_cursor_parse(after, &cur, &err) < 0)
+        API_FAIL(req, &err);
+    _cleanup_pgres_ PGresult *owner = api_find(db, &proj, sql_lookup, what, name, &err);
     if (!owner)
         API_FAIL(req, &err);
-    if (PQntuples(owner) == 0) {
-        loom_err_set(&err, LOOM_ENOTFOUND, "%s \"%s\" not found", what, name);
-        API_FAIL(req, &err);
-    }
     char lim[24], sql[1024];
     snprintf(lim, sizeof(lim), "%lld", (long long)limit);
-    snprintf(
-        sql, sizeof(sql),
-        "SELECT l.instance_id, " API_TS("l.ts") ", l.stream, l.line, "
-                                                "(extract(epoch FROM l.ts) * 1000000)::bigint, "
-                                                "l.\"offset\" FROM log_lines l JOIN instances i "
-                                                "ON i.id = l.instance_id WHERE %s = $1 AND "
-                                                "($2::uuid IS NULL OR i.id = $2::uuid) AND "
-                                                "($3::bigint IS NULL OR (l.ts, l.instance_id, "
-                                                "l.\"offset\") > (timestamptz 'epoch' + "
-                                                "$3::bigint * interval '1 microsecond', "
-                                                "$4::uuid, $5::bigint)) ORDER BY l.ts, "
-                                                "l.instance_id, l.\"offset\" LIMIT $6",
-        instance_column);
-    const char *params[] = {PQgetvalue(owner, 0, 0), instance, ts, inst, off, lim};
+    snprintf(sql, sizeof(sql),
+             "SELECT l.instance_id, " API_TS(
+                 "l.ts") ", l.stream, l.line, "
+                         "(extract(epoch FROM l.ts) * 1000000)::bigint, "
+                         "l.instance_id, l.\"offset\" FROM log_lines l JOIN instances i "
+                         "ON i.id = l.instance_id WHERE %s = $1 AND "
+                         "($2::uuid IS NULL OR i.id = $2::uuid) AND "
+                         "($3::bigint IS NULL OR (l.ts, l.instance_id, "
+                         "l.\"offset\") > (timestamptz 'epoch' + "
+                         "$3::bigint * interval '1 microsecond', "
+                         "$4::uuid, $5::bigint)) ORDER BY l.ts, "
+                         "l.instance_id, l.\"offset\" LIMIT $6",
+             instance_column);
+    const char *params[] = {PQgetvalue(owner, 0, 0), instance, cur.ts, cur.src, cur.seq, lim};
     _cleanup_pgres_ PGresult *res = loom_db_exec(db, sql, 6, params, &err);
     if (!res)
         API_FAIL(req, &err);
@@ -186,15 +214,7 @@ void api_instance_logs(struct loom_http_req *req, const char *what, const char *
         api_json_set_str(o, "line", loom_db_val(res, r, 3));
         json_array_append_new(lines, o);
     }
-    if (n > 0) {
-        char c[128];
-        snprintf(c, sizeof(c), "%s|%s|%s", PQgetvalue(res, n - 1, 4), PQgetvalue(res, n - 1, 0),
-                 PQgetvalue(res, n - 1, 5));
-        _cleanup_free_ char *tok = api_page_token(c);
-        json_object_set_new(out, "next", json_string(tok));
-    } else {
-        json_object_set_new(out, "next", json_string(after ? after : ""));
-    }
+    api_log_cursor_next(out, res, 4, after);
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
 
@@ -230,8 +250,7 @@ static void rev_build(struct api_revisioned *r)
         return;
     }
     int n_only = (int)count(r->insert_only), n_shared = (int)count(r->shared);
-    struct strbuf sql = STRBUF_INIT, cols = STRBUF_INIT, params = STRBUF_INIT,
-                  sets = STRBUF_INIT;
+    struct strbuf sql = STRBUF_INIT, cols = STRBUF_INIT, params = STRBUF_INIT, sets = STRBUF_INIT;
 
     /* INSERT: $1 project, $2 name, insert_only, shared, spec, the columns */
     int spec_at = 3 + n_only + n_shared;
@@ -297,8 +316,8 @@ static int rev_record(struct api_ctx *ctx, struct api_revisioned *r, const char 
                       struct loom_err *err)
 {
     const char *head[] = {id, gen};
-    _cleanup_pgres_ PGresult *res = rev_exec(ctx, r, r->sql_revision, head, 2, shared,
-                                             count(r->shared), spec, err);
+    _cleanup_pgres_ PGresult *res =
+        rev_exec(ctx, r, r->sql_revision, head, 2, shared, count(r->shared), spec, err);
     return res ? 0 : -1;
 }
 
@@ -311,8 +330,8 @@ int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *wh
     const char *head[2 + API_REV_MAX_FIXED] = {ctx->project.id_str, name};
     if (n_only)
         memcpy(head + 2, insert_only, n_only * sizeof(*insert_only));
-    _cleanup_pgres_ PGresult *ins = rev_exec(ctx, r, r->sql_insert, head, 2 + n_only, shared,
-                                             count(r->shared), spec, err);
+    _cleanup_pgres_ PGresult *ins =
+        rev_exec(ctx, r, r->sql_insert, head, 2 + n_only, shared, count(r->shared), spec, err);
     if (!ins) {
         if (err->code == LOOM_ECONFLICT)
             loom_err_set(err, LOOM_ECONFLICT, "%s \"%s\" already exists", what, name);
@@ -331,4 +350,110 @@ int api_rev_update(struct api_ctx *ctx, struct api_revisioned *r, const char *id
     if (!upd)
         return -1;
     return rev_record(ctx, r, id, PQgetvalue(upd, 0, 0), shared, spec, err);
+}
+
+int api_saved_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
+                   PGresult *res, int r, bool details, json_t **ret, struct loom_err *err)
+{
+    (void)db, (void)details;
+    enum { C_ID, C_NAME, C_GEN, C_SPEC, C_CREATED, C_UPDATED };
+    _cleanup_json_ json_t *o = json_object();
+    const char *name = PQgetvalue(res, r, C_NAME);
+    api_json_set_str(o, "name", name);
+    api_json_set_int(o, "id", PQgetvalue(res, r, C_ID));
+    api_json_set_str(o, "project", p->name);
+    api_json_set_int(o, "generation", PQgetvalue(res, r, C_GEN));
+    api_json_set_str(o, "entity_tag", PQgetvalue(res, r, C_GEN));
+    api_json_set_str(o, "created_at", PQgetvalue(res, r, C_CREATED));
+    api_json_set_str(o, "updated_at", PQgetvalue(res, r, C_UPDATED));
+    const char *text = PQgetvalue(res, r, C_SPEC);
+    _cleanup_json_ json_t *spec = loom_json_parse_object(text, strlen(text), err);
+    if (!spec)
+        return loom_err_wrap(err, "stored spec of %s %s", k->what, name);
+    json_object_update(o, spec);
+    *ret = TAKE_PTR(o);
+    return 0;
+}
+
+int api_saved_create(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     json_t **ret_body, struct loom_err *err)
+{
+    const char *name, *what = loom_kind_what(k->kind);
+    _cleanup_json_ json_t *spec = NULL;
+    if (api_body_name(ctx->body, &name, err) < 0 ||
+        loom_spec_validate(k->kind, ctx->body, false, &spec, err) < 0 ||
+        (k->check && k->check(ctx, spec, err) < 0))
+        return -1;
+    _cleanup_free_ char *text = loom_json_dumps(spec);
+    char sql[160];
+    snprintf(sql, sizeof(sql), "INSERT INTO %s (project_id, name, spec) VALUES ($1, $2, $3::jsonb)",
+             k->table);
+    _cleanup_pgres_ PGresult *ins =
+        loom_db_query(ctx->db, err, sql, ctx->project.id_str, name, text);
+    if (!ins) {
+        if (err->code == LOOM_ECONFLICT)
+            loom_err_set(err, LOOM_ECONFLICT, "%s \"%s\" already exists", what, name);
+        return -1;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (api_resource_load(k->resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
+        api_event(ctx, k->event, "created", name, out, err) < 0)
+        return -1;
+    api_set_etag(ctx->req, out);
+    *ret_status = 201;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+int api_saved_update(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     json_t **ret_body, struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT id, generation, spec::text FROM %s WHERE project_id = $1 AND name = $2 "
+             "FOR UPDATE",
+             k->table);
+    _cleanup_api_patch_ struct api_patch p = {0};
+    if (api_patch_spec(ctx, k->kind, sql, &p, err) < 0 ||
+        (k->check && k->check(ctx, p.spec, err) < 0))
+        return -1;
+    if (p.changed) {
+        _cleanup_free_ char *text = loom_json_dumps(p.spec);
+        snprintf(sql, sizeof(sql),
+                 "UPDATE %s SET generation = generation + 1, spec = $2::jsonb, "
+                 "updated_at = now() WHERE id = $1",
+                 k->table);
+        _cleanup_pgres_ PGresult *upd =
+            loom_db_query(ctx->db, err, sql, PQgetvalue(p.row, 0, 0), text);
+        if (!upd)
+            return -1;
+    }
+    _cleanup_json_ json_t *out = NULL;
+    if (api_resource_load(k->resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
+        (p.changed && api_event(ctx, k->event, "updated", name, out, err) < 0))
+        return -1;
+    api_set_etag(ctx->req, out);
+    *ret_status = 200;
+    *ret_body = TAKE_PTR(out);
+    return 0;
+}
+
+int api_saved_delete(struct api_ctx *ctx, const struct api_saved *k, int *ret_status,
+                     struct loom_err *err)
+{
+    const char *name = ctx->req->params[1];
+    char sql[160];
+    snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE project_id = $1 AND name = $2 RETURNING id",
+             k->table);
+    _cleanup_pgres_ PGresult *del = loom_db_query(ctx->db, err, sql, ctx->project.id_str, name);
+    if (!del)
+        return -1;
+    if (PQntuples(del) == 0)
+        return loom_err_set(err, LOOM_ENOTFOUND, "%s \"%s\" not found", loom_kind_what(k->kind),
+                            name);
+    if (api_event(ctx, k->event, "deleted", name, NULL, err) < 0)
+        return -1;
+    *ret_status = 204;
+    return 0;
 }

@@ -40,6 +40,19 @@ const struct loom_http_route api_routes[] = {
     {"GET", "/v1/projects/{}/functions/{}/logs", api_functions_logs},
     {"GET", "/v1/function_runtimes", api_function_runtimes},
 
+    {"POST", "/v1/projects/{}/builds", api_builds_create},
+    {"GET", "/v1/projects/{}/builds", api_builds_list},
+    {"GET", "/v1/projects/{}/builds/{}", api_builds_get},
+    {"PATCH", "/v1/projects/{}/builds/{}", api_builds_update},
+    {"DELETE", "/v1/projects/{}/builds/{}", api_builds_delete},
+
+    {"POST", "/v1/projects/{}/build_runs", api_buildruns_create},
+    {"GET", "/v1/projects/{}/build_runs", api_buildruns_list},
+    {"GET", "/v1/projects/{}/build_runs/{}", api_buildruns_get},
+    {"DELETE", "/v1/projects/{}/build_runs/{}", api_buildruns_delete},
+    {"POST", "/v1/projects/{}/build_runs/{}/cancel", api_buildruns_cancel},
+    {"GET", "/v1/projects/{}/build_runs/{}/logs", api_buildruns_logs},
+
     {"POST", "/v1/projects/{}/secrets", api_secrets_create},
     {"GET", "/v1/projects/{}/secrets", api_secrets_list},
     {"GET", "/v1/projects/{}/secrets/{}", api_secrets_get},

@@ -173,7 +173,9 @@ void api_write(struct loom_http_req *req, bool with_project, api_write_fn fn)
     if (replayed)
         return;
     if (ctx.wake_scheduler)
-        api_wake_scheduler();
+        api_wake(LOOM_SUBJ_SCHED_WAKE);
+    if (ctx.wake_builder)
+        api_wake(LOOM_SUBJ_BUILD_WAKE);
     if (ctx.events && loom_service_current())
         loom_service_wake(loom_service_current());
     if (text)

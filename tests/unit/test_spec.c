@@ -242,6 +242,104 @@ static void test_jobrun(void **state)
     json_decref(job_body);
 }
 
+/* Builds: the source's type follows from what is given; a run of a build
+ * takes the build's fields and may bring its own source; bad values are
+ * refused by name. */
+static void test_builds(void **state)
+{
+    (void)state;
+    struct loom_err err = LOOM_ERR_INIT;
+    json_t *body = parse("{\"name\":\"b\",\"source_url\":\"https://git.example/a.git\","
+                         "\"source_revision\":\"v1.2\",\"output_image\":\"web\"}");
+    json_t *build = NULL;
+    assert_int_equal(loom_spec_validate(LOOM_KIND_BUILD, body, false, &build, &err), 0);
+    assert_string_equal(json_string_value(json_object_get(build, "source_type")), "git");
+    assert_string_equal(json_string_value(json_object_get(build, "strategy_type")), "buildpacks");
+    assert_string_equal(json_string_value(json_object_get(build, "strategy_size")), "medium");
+    assert_int_equal(json_integer_value(json_object_get(build, "timeout")), 600);
+    json_decref(body);
+
+    /* a run of it: the build's source and revision, its own size */
+    body = parse("{\"name\":\"r\",\"build_name\":\"b\",\"strategy_size\":\"small\"}");
+    json_t *spec = NULL;
+    assert_int_equal(loom_spec_buildrun(build, body, &spec, &err), 0);
+    struct loom_spec s;
+    assert_int_equal(loom_spec_decode(LOOM_KIND_BUILDRUN, spec, &s, &err), 0);
+    assert_int_equal(s.source_type, LOOM_SOURCE_GIT);
+    assert_string_equal(s.source_url, "https://git.example/a.git");
+    assert_string_equal(s.source_revision, "v1.2");
+    assert_int_equal(s.strategy_size, LOOM_SIZE_SMALL);
+    assert_int_equal(s.strategy_type, LOOM_STRATEGY_BUILDPACKS);
+    assert_string_equal(s.strategy_spec_file, "Dockerfile");
+    assert_int_equal(s.build_timeout, 600);
+    assert_int_equal(loom_build_size_resources(s.strategy_size)->cpu_millis, 500);
+    loom_spec_release(&s);
+    json_decref(spec);
+    json_decref(body);
+
+    /* a run that brings an upload drops the build's git source with its revision */
+    const char *up = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    body = json_pack("{s:s,s:s,s:s}", "name", "r", "build_name", "b", "source_upload", up);
+    spec = NULL;
+    assert_int_equal(loom_spec_buildrun(build, body, &spec, &err), 0);
+    assert_int_equal(loom_spec_decode(LOOM_KIND_BUILDRUN, spec, &s, &err), 0);
+    assert_int_equal(s.source_type, LOOM_SOURCE_LOCAL);
+    assert_string_equal(s.source_upload, up);
+    assert_null(s.source_url);
+    assert_null(s.source_revision);
+    loom_spec_release(&s);
+    json_decref(spec);
+    json_decref(body);
+    json_decref(build);
+
+    /* a standalone run needs its source whole */
+    body = parse("{\"name\":\"r\",\"strategy_type\":\"dockerfile\"}");
+    spec = NULL;
+    assert_int_equal(loom_spec_buildrun(NULL, body, &spec, &err), -1);
+    assert_non_null(strstr(err.msg, "source_upload"));
+    json_decref(body);
+
+    static const char *const bad[][2] = {
+        {"{\"source_url\":\"ext::x@y:z\"}", "source_url"},
+        {"{\"source_url\":\"-uhttps://x\"}", "source_url"},
+        {"{\"source_url\":\"https://x\",\"source_revision\":\"--upload-pack=x\"}",
+         "source_revision"},
+        {"{\"source_url\":\"https://x\",\"source_revision\":\"a..b\"}", "source_revision"},
+        {"{\"source_context_dir\":\"../up\"}", "source_context_dir"},
+        {"{\"source_context_dir\":\"/abs\"}", "source_context_dir"},
+        {"{\"strategy_spec_file\":\"a/./Dockerfile\"}", "strategy_spec_file"},
+        {"{\"source_upload\":\"sha256:12\"}", "source_upload"},
+        {"{\"strategy_type\":\"magic\"}", "strategy_type"},
+        {"{\"strategy_size\":\"huge\"}", "strategy_size"},
+        {"{\"output_image\":\"r/x@sha256:0123456789abcdef0123456789abcdef0123456789abcdef01234567"
+         "89abcdef\"}",
+         "output_image"},
+        {"{\"output_image\":\"Web\"}", "output_image"},
+        {"{\"timeout\":0}", "timeout"},
+        {"{\"source_url\":\"https://x\",\"source_type\":\"local\"}", "source_url"},
+        {"{\"source_type\":\"git\"}", "source_url"},
+        {"{\"source_secret\":\"creds\"}", "source_secret"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *j = parse(bad[i][0]), *out = NULL;
+        if (loom_spec_validate(LOOM_KIND_BUILD, j, false, &out, &err) == 0)
+            fail_msg("%s was accepted", bad[i][0]);
+        if (!strstr(err.msg, bad[i][1]))
+            fail_msg("%s: \"%s\" does not name %s", bad[i][0], err.msg, bad[i][1]);
+        json_decref(j);
+    }
+    /* an scp-like URL, a tagged output in another registry, a nested context */
+    body = parse("{\"source_url\":\"git@git.example:team/a.git\",\"output_image\":"
+                 "\"reg.example:5000/Team/web:V1\",\"source_context_dir\":\"svc/web\"}");
+    assert_int_equal(loom_spec_validate(LOOM_KIND_BUILD, body, false, &build, &err), -1);
+    assert_non_null(strstr(err.msg, "lowercase"));
+    json_object_set_new(body, "output_image", json_string("reg.example:5000/team/web:V1"));
+    build = NULL;
+    assert_int_equal(loom_spec_validate(LOOM_KIND_BUILD, body, false, &build, &err), 0);
+    json_decref(build);
+    json_decref(body);
+}
+
 /* The OpenAPI schema of a kind's fields is the table's. */
 static void test_schema(void **state)
 {
@@ -273,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_table),         cmocka_unit_test(test_decode_defaults),
         cmocka_unit_test(test_decode_values), cmocka_unit_test(test_decode_refuses),
         cmocka_unit_test(test_jobrun),        cmocka_unit_test(test_schema),
+        cmocka_unit_test(test_builds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
