@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -44,7 +46,11 @@ struct conn_state {
     struct loom_http_server *srv;
     struct strbuf body;
     bool too_big;
-    size_t discarded; /* body bytes dropped after too_big */
+    size_t discarded;  /* body bytes dropped after too_big */
+    int64_t spool_max; /* > 0: the body goes to spool_fd (a route's spool) */
+    int spool_fd;
+    int spool_errno; /* the temporary file could not be made or written */
+    int64_t spooled;
     bool done;
     int64_t start_ms;
     char *path;     /* decoded */
@@ -111,6 +117,8 @@ static void state_free(struct conn_state *st)
     if (!st)
         return;
     strbuf_release(&st->body);
+    if (st->spool_fd >= 0)
+        close(st->spool_fd);
     free(st->path);
     free(st->segs_raw);
     for (size_t i = 0; i < st->nallocs; i++)
@@ -521,6 +529,47 @@ static void init_request(struct conn_state *st, struct MHD_Connection *conn, con
     st->path = url_decode(url, strlen(url), false);
     req->path = st->path ? st->path : url;
     req->body = "";
+    req->body_fd = -1;
+}
+
+/* The spool limit of the route a request goes to, 0 for none. */
+static int64_t spool_of(struct conn_state *st, const char *raw_path)
+{
+    const struct loom_http_server_opts *o = &st->srv->opts;
+    int64_t limit = 0;
+    for (size_t k = 0; k < o->nspools && !limit; k++)
+        for (size_t i = 0; i < o->nroutes && !limit; i++)
+            if (o->routes[i].handler == o->spools[k].handler &&
+                method_matches(o->routes[i].method, st->req.method) &&
+                match_pattern(st, o->routes[i].pattern, raw_path) == 1)
+                limit = *o->spools[k].limit;
+    /* dispatch matches again: its captures are its own */
+    st->req.nparams = 0;
+    st->req.rest = NULL;
+    return limit;
+}
+
+/* Opens the spool file: unlinked from the start, gone with the request. */
+static void spool_open(struct conn_state *st)
+{
+    const char *dir = getenv("TMPDIR");
+    st->spool_fd = open(dir && *dir ? dir : "/var/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (st->spool_fd < 0)
+        st->spool_errno = errno;
+}
+
+static void spool_write(struct conn_state *st, const char *data, size_t len)
+{
+    st->spooled += (int64_t)len;
+    while (len > 0 && !st->spool_errno) {
+        ssize_t n = write(st->spool_fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            st->spool_errno = errno;
+        else
+            data += n, len -= (size_t)n;
+    }
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -539,8 +588,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_fetch_add(&srv->inflight, 1); /* until on_completed */
         st->start_ms = loom_mono_ms();
         strbuf_init(&st->body);
+        st->spool_fd = -1;
         *con_cls = st;
         init_request(st, conn, url, method);
+        st->spool_max = spool_of(st, url);
+        if (st->spool_max > 0)
+            max_body = (size_t)st->spool_max;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         int64_t clen;
         if (cl && loom_parse_int(cl, 0, 0, &clen) == 0 && clen > (int64_t)max_body) {
@@ -549,8 +602,22 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             loom_log_set_request_id(st->req.request_id);
             loom_http_reply_problem(&st->req, 413, "request body larger than %zu bytes", max_body);
             finish(st);
+        } else if (st->spool_max > 0) {
+            spool_open(st);
         }
         return MHD_YES;
+    }
+    if (st->spool_max > 0)
+        max_body = (size_t)st->spool_max;
+    if (*upload_data_size && st->spool_max > 0 && !st->too_big) {
+        if (st->spooled + (int64_t)*upload_data_size > st->spool_max) {
+            st->too_big = true;
+            st->discarded = (size_t)st->spooled;
+        } else {
+            spool_write(st, upload_data, *upload_data_size);
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
     }
     if (*upload_data_size) {
         if (st->too_big) {
@@ -582,8 +649,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     st->done = true;
     loom_log_set_request_id(st->req.request_id);
-    st->req.body = st->body.buf;
-    st->req.body_len = st->body.len;
+    if (st->spool_max > 0 && (st->spool_errno || lseek(st->spool_fd, 0, SEEK_SET) < 0)) {
+        int e = st->spool_errno ? st->spool_errno : errno;
+        log_error("could not keep a request body in a temporary file: %s", strerror(e));
+        loom_http_reply_problem(&st->req, 503, "the server could not keep the body: %s",
+                                strerror(e));
+        finish(st);
+        return MHD_YES;
+    }
+    if (st->spool_max > 0) {
+        st->req.body_fd = st->spool_fd;
+        st->req.body_len = (size_t)st->spooled;
+    } else {
+        st->req.body = st->body.buf;
+        st->req.body_len = st->body.len;
+    }
     dispatch(st, url);
     finish(st);
     return MHD_YES;

@@ -27,7 +27,9 @@ struct loom_http_req {
     const char *path; /* without the query string */
     const char *body; /* NUL-terminated copy of the body, "" when none */
     size_t body_len;
-    char request_id[40];                      /* from X-Request-Id when sane, else generated */
+    int body_fd;         /* a spooled body (struct loom_http_spool): an unlinked
+                            temporary file of body_len bytes, at its start; -1 otherwise */
+    char request_id[40]; /* from X-Request-Id when sane, else generated */
     const char *params[LOOM_HTTP_MAX_PARAMS]; /* captured {} segments, decoded */
     int nparams;
     const char *rest; /* what a trailing "*" matched (without leading '/'), or NULL;
@@ -54,12 +56,22 @@ struct loom_http_route {
     loom_http_handler handler;
 };
 
+/* The handlers whose request bodies go to a temporary file (in $TMPDIR,
+ * else /var/tmp) instead of memory, up to *limit bytes (read when a request
+ * comes, so that it may be an option); larger gets 413. */
+struct loom_http_spool {
+    loom_http_handler handler;
+    const int64_t *limit;
+};
+
 struct loom_http_server_opts {
     const char *addr; /* "host:port"; port 0 picks a free one */
     size_t max_body;  /* larger bodies get 413 (0: 1 MiB) */
     int threads;      /* worker threads (0: thread per connection) */
     const struct loom_http_route *routes;
     size_t nroutes;
+    const struct loom_http_spool *spools; /* or NULL */
+    size_t nspools;
     void *arg;                /* req->server_arg */
     bool (*ready)(void *arg); /* for /readyz; NULL = always ready */
     const char *service;      /* for logs */

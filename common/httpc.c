@@ -176,6 +176,13 @@ int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp
         hdrs = curl_slist_append(hdrs, *h);
     if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    } else if (req->body_file) {
+        /* streamed from the file (curl reads it with fread): its upload mode, under our method */
+        curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(c, CURLOPT_READDATA, req->body_file);
+        curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+        hdrs = curl_slist_append(hdrs, "Expect:");
     } else if (strcmp(method, "GET") != 0 || req->body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, req->body ? req->body : "");

@@ -31,6 +31,7 @@ struct loom_httpc_req {
     const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
     const void *body;
     size_t body_len;
+    FILE *body_file;      /* or the body is body_len bytes read from here */
     int64_t timeout_ms;   /* whole transfer; 0 = 30 s */
     loom_httpc_sink sink; /* body to sink instead of resp->body */
     void *sink_arg;

@@ -272,6 +272,8 @@ int loom_service_main(const struct loom_service_def *def, int argc, char **argv)
         .threads = def->http_threads,
         .routes = def->routes,
         .nroutes = def->nroutes,
+        .spools = def->spools,
+        .nspools = def->nspools,
         .arg = &svc,
         .ready = service_ready,
         .service = def->name,

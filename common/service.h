@@ -50,6 +50,8 @@ struct loom_service_def {
     size_t nopts;
     const struct loom_http_route *routes; /* served beside the health endpoints */
     size_t nroutes;
+    const struct loom_http_spool *spools; /* handlers whose bodies go to a file */
+    size_t nspools;
     bool needs_db;    /* false: never connects to PostgreSQL */
     bool accept_args; /* non-option arguments allowed */
     void *ctx;

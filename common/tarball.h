@@ -1,8 +1,9 @@
 /* Checks of a tar.gz that came from outside (a function's code bundle, a
- * build's source): read in memory, never written anywhere. */
+ * build's source): read, never written anywhere. */
 #ifndef LOOM_TARBALL_H
 #define LOOM_TARBALL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -10,15 +11,28 @@
 
 struct loom_tarball_limits {
     int64_t max_bytes;   /* the files' sizes together, unpacked */
-    int64_t max_entries; /* files and directories */
+    int64_t max_entries; /* files, directories and links */
+    /* links are allowed when they stay inside: a symbolic link whose
+     * target, read from the link's directory, does not leave the tree (and
+     * is not absolute), a hard link to a relative path without ".." */
+    bool links;
 };
 
 /* Whether data is a gzip-compressed tar whose entries are plain files and
- * directories with relative paths inside it (no absolute path, no "..", no
- * link, device or fifo), within limits; the unpacked size is counted as it
- * is read, so a bomb stops at the limit. *ret_files counts the files. The
+ * directories (and links, see limits) with relative paths inside it (no
+ * absolute path, no "..", no device or fifo, nothing below a symbolic link
+ * of the archive), within limits; the unpacked size is counted as it is
+ * read, so a bomb stops at the limit. *ret_files counts the files. The
  * message names the first offending entry. */
 int loom_tarball_check(const void *data, size_t len, const struct loom_tarball_limits *limits,
                        int64_t *ret_files, struct loom_err *err);
+/* The same, read from fd from where it is (a large upload on disk). */
+int loom_tarball_check_fd(int fd, const struct loom_tarball_limits *limits, int64_t *ret_files,
+                          struct loom_err *err);
+
+/* Whether a symbolic link at path (relative to the top of a tree, without
+ * "." components) to target stays inside the tree, its text read from the
+ * link's own directory; an absolute target never does. */
+bool loom_tarball_link_inside(const char *path, const char *target);
 
 #endif

@@ -338,16 +338,16 @@ fail:
 
 struct pull_ctx {
     struct image_store *store;
-    const struct registry_ref *ref;
+    const struct loom_registry_ref *ref;
     const char *image; /* the ref as asked for */
     const char *auth;
-    struct registry_client *client; /* made on first need: a cached image needs no network */
+    struct loom_registry_client *client; /* made on first need: a cached image needs no network */
 };
 
-static int ctx_client(struct pull_ctx *ctx, struct registry_client **ret, struct loom_err *err)
+static int ctx_client(struct pull_ctx *ctx, struct loom_registry_client **ret, struct loom_err *err)
 {
-    if (!ctx->client && registry_client_new(ctx->ref, ctx->image, ctx->auth,
-                                            ctx->store->insecure_hosts, &ctx->client, err) < 0)
+    if (!ctx->client && loom_registry_client_new(ctx->ref, ctx->image, ctx->auth,
+                                                 ctx->store->insecure_hosts, &ctx->client, err) < 0)
         return -1;
     *ret = ctx->client;
     return 0;
@@ -362,18 +362,18 @@ static int manifest_by_digest(struct pull_ctx *ctx, const char *digest, char **r
     _cleanup_free_ char *body = NULL;
     size_t len = 0;
     if (loom_read_file(path, &body, &len, NULL) == 0 &&
-        registry_verify_bytes(body, len, digest, NULL) == 0) {
+        loom_registry_verify_bytes(body, len, digest, NULL) == 0) {
         *ret_body = TAKE_PTR(body);
         *ret_len = len;
         return 0;
     }
     free(body);
     body = NULL;
-    struct registry_client *c;
+    struct loom_registry_client *c;
     _cleanup_free_ char *ct = NULL;
     _cleanup_free_ char *got = NULL;
     if (ctx_client(ctx, &c, err) < 0 ||
-        registry_get_manifest(c, digest, &body, &len, &ct, &got, err) < 0)
+        loom_registry_get_manifest(c, digest, &body, &len, &ct, &got, err) < 0)
         return -1;
     if (loom_write_file_atomic(path, body, len, err) < 0)
         return -1;
@@ -383,7 +383,7 @@ static int manifest_by_digest(struct pull_ctx *ctx, const char *digest, char **r
 }
 
 /* Downloads, verifies and unpacks one layer (not yet in the table as READY). */
-static int fetch_layer(struct pull_ctx *ctx, const struct registry_desc *d, int64_t *ret_size,
+static int fetch_layer(struct pull_ctx *ctx, const struct loom_registry_desc *d, int64_t *ret_size,
                        struct loom_err *err)
 {
     struct image_store *s = ctx->store;
@@ -394,10 +394,10 @@ static int fetch_layer(struct pull_ctx *ctx, const struct registry_desc *d, int6
     struct stat st;
     if (lstat(tree, &st) == 0 && loom_rm_rf(tree, err) < 0) /* unpacked but never recorded */
         return -1;
-    if (access(blob, F_OK) != 0 || registry_verify_file(blob, d->digest, NULL) < 0) {
-        struct registry_client *c;
+    if (access(blob, F_OK) != 0 || loom_registry_verify_file(blob, d->digest, NULL) < 0) {
+        struct loom_registry_client *c;
         if (ctx_client(ctx, &c, err) < 0 ||
-            registry_fetch_blob(c, d->digest, d->size, MAX_LAYER_BYTES, s->tmp, blob, err) < 0)
+            loom_registry_fetch_blob(c, d->digest, d->size, MAX_LAYER_BYTES, s->tmp, blob, err) < 0)
             return -1;
     }
     int64_t size = 0;
@@ -415,7 +415,8 @@ static int fetch_layer(struct pull_ctx *ctx, const struct registry_desc *d, int6
 
 /* Makes the layer READY (pulling it, or waiting for whoever is) and holds
  * one reference on it. */
-static int acquire_layer(struct pull_ctx *ctx, const struct registry_desc *d, struct loom_err *err)
+static int acquire_layer(struct pull_ctx *ctx, const struct loom_registry_desc *d,
+                         struct loom_err *err)
 {
     struct image_store *s = ctx->store;
     const char *hex = d->digest + 7;
@@ -477,10 +478,10 @@ static int do_pull(struct pull_ctx *ctx, struct resolved *ret, struct loom_err *
         if (manifest_by_digest(ctx, digest, &body, &len, err) < 0)
             return -1;
     } else {
-        struct registry_client *c;
+        struct loom_registry_client *c;
         _cleanup_free_ char *ct = NULL;
         if (ctx_client(ctx, &c, err) < 0 ||
-            registry_get_manifest(c, ctx->ref->tag, &body, &len, &ct, &digest, err) < 0)
+            loom_registry_get_manifest(c, ctx->ref->tag, &body, &len, &ct, &digest, err) < 0)
             return -1;
         /* named by its digest: once there, it holds these bytes (a read by
          * digest verifies them), and a cached start skips the write and
@@ -490,35 +491,35 @@ static int do_pull(struct pull_ctx *ctx, struct resolved *ret, struct loom_err *
             return -1;
     }
     bool is_index = false;
-    if (registry_manifest_is_index(body, len, NULL, &is_index, err) < 0)
+    if (loom_registry_manifest_is_index(body, len, NULL, &is_index, err) < 0)
         return loom_err_wrap(err, "image \"%s\"", ctx->image);
     if (is_index) {
         _cleanup_free_ char *child = NULL;
-        if (registry_index_pick(body, len, &child, err) < 0)
+        if (loom_registry_index_pick(body, len, &child, err) < 0)
             return loom_err_wrap(err, "image \"%s\"", ctx->image);
         free(body);
         body = NULL;
         if (manifest_by_digest(ctx, child, &body, &len, err) < 0)
             return -1;
     }
-    struct registry_manifest m = {0};
-    if (registry_manifest_parse(body, len, &m, err) < 0)
+    struct loom_registry_manifest m = {0};
+    if (loom_registry_manifest_parse(body, len, &m, err) < 0)
         return loom_err_wrap(err, "image \"%s\"", ctx->image);
 
     if (m.nlayers == 0) {
         /* valid for OCI artifacts, but nothing a container can run from */
-        registry_manifest_release(&m);
+        loom_registry_manifest_release(&m);
         return loom_err_set(err, LOOM_EINVAL, "image \"%s\" has no layers", ctx->image);
     }
     int r = -1;
     struct resolved res = {0};
     _cleanup_free_ char *config = path_of(s->blobs, m.config.digest + 7, "");
     /* re-verified when cached: cheap, and a torn file after a crash is refetched */
-    if (registry_verify_file(config, m.config.digest, NULL) < 0) {
-        struct registry_client *c;
+    if (loom_registry_verify_file(config, m.config.digest, NULL) < 0) {
+        struct loom_registry_client *c;
         if (ctx_client(ctx, &c, err) < 0 ||
-            registry_fetch_blob(c, m.config.digest, m.config.size, REGISTRY_MAX_CONFIG_BYTES,
-                                s->tmp, config, err) < 0)
+            loom_registry_fetch_blob(c, m.config.digest, m.config.size,
+                                     LOOM_REGISTRY_MAX_CONFIG_BYTES, s->tmp, config, err) < 0)
             goto out;
     }
     res.digest = TAKE_PTR(digest);
@@ -540,7 +541,7 @@ static int do_pull(struct pull_ctx *ctx, struct resolved *ret, struct loom_err *
     r = 0;
 out:
     resolved_release(&res);
-    registry_manifest_release(&m);
+    loom_registry_manifest_release(&m);
     return r;
 }
 
@@ -615,9 +616,9 @@ static int parse_config(const char *path, const char *image, struct image_config
     size_t len = 0;
     if (loom_read_file(path, &text, &len, err) < 0)
         return -1;
-    if (len > REGISTRY_MAX_CONFIG_BYTES)
+    if (len > LOOM_REGISTRY_MAX_CONFIG_BYTES)
         return loom_err_set(err, LOOM_EINVAL, "image \"%s\": config larger than %d bytes", image,
-                            REGISTRY_MAX_CONFIG_BYTES);
+                            LOOM_REGISTRY_MAX_CONFIG_BYTES);
     json_error_t jerr;
     _cleanup_json_ json_t *j = json_loadb(text, len, 0, &jerr);
     if (!json_is_object(j))
@@ -697,8 +698,8 @@ static void pull_free(struct pull *p)
 int image_store_get(struct image_store *s, const char *ref, const char *auth, struct image **ret,
                     struct loom_err *err)
 {
-    struct registry_ref r = {0};
-    if (registry_ref_parse(ref, &r, err) < 0)
+    struct loom_registry_ref r = {0};
+    if (loom_registry_ref_parse(ref, &r, err) < 0)
         return -1;
     _cleanup_free_ char *key = NULL;
     if (asprintf(&key, "%s\n%s", ref, auth ? auth : "") < 0)
@@ -722,7 +723,7 @@ int image_store_get(struct image_store *s, const char *ref, const char *auth, st
         if (--p->waiters == 0)
             pull_free(p);
         pthread_mutex_unlock(&s->mu);
-        registry_ref_release(&r);
+        loom_registry_ref_release(&r);
         if (rc == 0)
             rc = build_image(s, ref, &res, ret, err);
         resolved_release(&res);
@@ -742,8 +743,8 @@ int image_store_get(struct image_store *s, const char *ref, const char *auth, st
     struct resolved res = {0};
     struct image *img = NULL;
     int rc = do_pull(&ctx, &res, &perr);
-    registry_client_free(ctx.client);
-    registry_ref_release(&r);
+    loom_registry_client_free(ctx.client);
+    loom_registry_ref_release(&r);
     if (rc == 0)
         rc = build_image(s, ref, &res, &img, &perr);
 

@@ -16,11 +16,12 @@
 
 /* Service-wide settings (from the options). */
 struct api_config {
-    char *activator_url; /* LOOM_ACTIVATOR_URL, without a trailing slash */
-    char *registry;      /* LOOM_REGISTRY: host:port of the platform's registry, or NULL */
-    char *secrets_key;   /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
-    int64_t rate_limit;  /* requests a second per API key and replica; 0 = no limit */
-    int64_t max_upload;  /* LOOM_API_MAX_UPLOAD: bytes of one source upload */
+    char *activator_url;         /* LOOM_ACTIVATOR_URL, without a trailing slash */
+    char *registry;              /* LOOM_REGISTRY: host:port of the platform's registry, or NULL */
+    char *secrets_key;           /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
+    int64_t rate_limit;          /* requests a second per API key and replica; 0 = no limit */
+    int64_t max_upload;          /* LOOM_API_MAX_UPLOAD: bytes of one source upload */
+    int64_t max_upload_unpacked; /* what it may unpack to */
 };
 extern struct api_config api_cfg;
 
@@ -194,6 +195,8 @@ struct api_log_cursor {
     char *ts, *src, *seq;
 };
 int api_log_cursor_parse(const char *after, struct api_log_cursor *ret, struct loom_err *err);
+/* ?limit= of a log page (1 to 10000, default 1000) as text. */
+int api_log_limit(struct loom_http_req *req, char ret[24], struct loom_err *err);
 void api_log_cursor_next(json_t *out, PGresult *res, int col, const char *after);
 
 /* ETag: "<generation>" of a resource's JSON. */
@@ -289,6 +292,9 @@ char *api_multirange_to_spec(const char *multirange);
 
 extern const struct loom_http_route api_routes[];
 extern const size_t api_nroutes;
+/* The handlers whose bodies are spooled to a file (uploads). */
+extern const struct loom_http_spool api_spools[];
+extern const size_t api_nspools;
 
 /* The OpenAPI 3.1 document served at /openapi.json (built once). */
 const char *api_openapi_text(void);
@@ -345,6 +351,8 @@ void api_functions_logs(struct loom_http_req *req);
 void api_function_runtimes(struct loom_http_req *req);
 void api_apps_logs(struct loom_http_req *req);
 
+void api_uploads_create(struct loom_http_req *req);
+void api_uploads_get(struct loom_http_req *req);
 void api_builds_create(struct loom_http_req *req);
 void api_builds_list(struct loom_http_req *req);
 void api_builds_get(struct loom_http_req *req);

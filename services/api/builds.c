@@ -367,7 +367,7 @@ void api_buildruns_delete(struct loom_http_req *req)
     api_write(req, true, buildrun_delete);
 }
 
-/* GET .../build_runs/{name}/logs[?after=CURSOR]: what the builder said and
+/* GET .../build_runs/{name}/logs[?limit=N][&after=CURSOR]: what the builder said and
  * what its steps printed, in time order. The cursor is the last line's time
  * and identity; "next" is always set, so that a follower polls with it. */
 void api_buildruns_logs(struct loom_http_req *req)
@@ -381,7 +381,8 @@ void api_buildruns_logs(struct loom_http_req *req)
     const char *name = req->params[1], *after = loom_http_query(req, "after");
     struct api_log_cursor cur;
     _cleanup_pgres_ PGresult *run = NULL;
-    if (api_log_cursor_parse(after, &cur, &err) < 0 ||
+    char limit[24];
+    if (api_log_limit(req, limit, &err) < 0 || api_log_cursor_parse(after, &cur, &err) < 0 ||
         !(run = api_find(db, &proj,
                          "SELECT id, state FROM build_runs WHERE project_id = $1 AND name = $2",
                          "build run", name, &err)))
@@ -403,8 +404,8 @@ void api_buildruns_logs(struct loom_http_req *req)
                                "WHERE $2::bigint IS NULL OR (ts, src, seq) > (timestamptz 'epoch' "
                                "+ $2::bigint * "
                                "  interval '1 microsecond', $3::uuid, $4::bigint) "
-                               "ORDER BY ts, src, seq LIMIT 5000",
-        PQgetvalue(run, 0, 0), cur.ts, cur.src, cur.seq);
+                               "ORDER BY ts, src, seq LIMIT $5",
+        PQgetvalue(run, 0, 0), cur.ts, cur.src, cur.seq, limit);
     if (!res)
         API_FAIL(req, &err);
     _cleanup_json_ json_t *out = json_object();

@@ -16,7 +16,7 @@
 #include "util.h"
 
 /* A bundle may unpack to this much, in this many entries. */
-static const struct loom_tarball_limits bundle_limits = {64LL << 20, 10000};
+static const struct loom_tarball_limits bundle_limits = {64LL << 20, 10000, false};
 
 #define FN_COLS                                                                                    \
     "f.id, f.name, f.generation, f.spec::text, " API_TS("f.created_at") ", " API_TS(               \

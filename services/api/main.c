@@ -16,6 +16,9 @@ static const struct loom_opt api_opts[] = {
      "when they name no registry"},
     {"max-upload", "LOOM_API_MAX_UPLOAD", LOOM_OPT_SIZE, &api_cfg.max_upload, "64M", 1,
      (int64_t)1 << 34, "the largest source upload (a tar.gz)"},
+    {"max-upload-unpacked", "LOOM_API_MAX_UPLOAD_UNPACKED", LOOM_OPT_SIZE,
+     &api_cfg.max_upload_unpacked, "1G", 1, (int64_t)1 << 40,
+     "what one source upload may unpack to (a bigger one is refused as a bomb)"},
     {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &api_cfg.secrets_key, NULL, 0, 0,
      "AES-256-GCM key for secrets, 64 hex characters (unset: secrets are disabled)"},
     {"rate-limit", "LOOM_API_RATE_LIMIT", LOOM_OPT_INT, &api_cfg.rate_limit, "200", 0, 1000000,
@@ -79,5 +82,7 @@ int main(int argc, char **argv)
 {
     struct loom_service_def def = api_def;
     def.nroutes = api_nroutes;
+    def.spools = api_spools;
+    def.nspools = api_nspools;
     return loom_service_main(&def, argc, argv);
 }

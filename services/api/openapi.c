@@ -94,6 +94,13 @@ static const struct op ops[] = {
      NULL, 200, "AppLogLines"},
     {"get", "/v1/function_runtimes", "listFunctionRuntimes",
      "The runtimes functions can use (any key)", NULL, 200, "FunctionRuntimeList"},
+    {"post", "/v1/projects/{project}/uploads", "createUpload",
+     "Upload a build's source: the body is one tar.gz (Content-Type application/gzip, "
+     "optionally Content-Digest: sha-256=:<base64>:), at most LOOM_API_MAX_UPLOAD bytes; "
+     "stored once by content (201 new, 200 already there); links may not leave it",
+     NULL, 201, "Upload"},
+    {"get", "/v1/projects/{project}/uploads/{name}", "getUpload",
+     "Whether this project uploaded a source (name: its sha256:<hex> digest)", NULL, 200, "Upload"},
     {"post", "/v1/projects/{project}/builds", "createBuild",
      "Save a build: its source, strategy and output image", "Build", 201, "Build"},
     {"get", "/v1/projects/{project}/builds", "listBuilds", "List builds", NULL, 200, "BuildList"},
@@ -313,6 +320,10 @@ static const char *const schemas_sq[][2] = {
      "{'type':'object','properties':{'function_runtimes':{'type':'array','items':{'type':'object'"
      ",'properties':{'name':{'type':'string'},'family':{'type':'string'},'default':{'type':'boole"
      "an'},'deprecated':{'type':'boolean'}}}}}}"},
+    {"Upload", "{'type':'object','properties':{'digest':{'type':'string','pattern':'^sha256:[0-"
+               "9a-f]{64}$'},'size':{'type':'integer'},'files':{'type':'integer'},'already_stor"
+               "ed':{'type':'boolean','description':'the registry had it: nothing was stored'},"
+               "'bytes_stored':{'type':'integer'},'created_at':{'type':'string'}}}"},
     {"Build", "{'allOf':[{'$ref':'#/components/schemas/Meta'},{'$ref':'#/components/schemas/Build"
               "Fields'},{'type':'object','required':['name'],'properties':{'name':{'$ref':'#/comp"
               "onents/schemas/Name'}}}]}"},

@@ -130,6 +130,16 @@ void api_spec_params_release(struct api_spec_params *p)
     p->text = NULL;
 }
 
+int api_log_limit(struct loom_http_req *req, char ret[24], struct loom_err *err)
+{
+    const char *s = loom_http_query(req, "limit");
+    int64_t limit = 1000;
+    if (s && loom_parse_int(s, 1, 10000, &limit) < 0)
+        return loom_err_set(err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
+    snprintf(ret, 24, "%lld", (long long)limit);
+    return 0;
+}
+
 int api_log_cursor_parse(const char *after, struct api_log_cursor *ret, struct loom_err *err)
 {
     *ret = (struct api_log_cursor){0};
@@ -169,13 +179,10 @@ void api_instance_logs(struct loom_http_req *req, const char *what, const char *
         API_FAIL(req, &err);
     const char *name = req->params[1];
     const char *instance = loom_http_query(req, "instance");
-    const char *limit_s = loom_http_query(req, "limit");
     const char *after = loom_http_query(req, "after");
-    int64_t limit = 1000;
-    if (limit_s && loom_parse_int(limit_s, 1, 10000, &limit) < 0) {
-        loom_err_set(&err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
+    char lim[24];
+    if (api_log_limit(req, lim, &err) < 0)
         API_FAIL(req, &err);
-    }
     /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" */
     struct api_log_cursor cur;
     if (api_log_cursor_parse(after, &cur, &err) < 0)
@@ -183,8 +190,7 @@ void api_instance_logs(struct loom_http_req *req, const char *what, const char *
     _cleanup_pgres_ PGresult *owner = api_find(db, &proj, sql_lookup, what, name, &err);
     if (!owner)
         API_FAIL(req, &err);
-    char lim[24], sql[1024];
-    snprintf(lim, sizeof(lim), "%lld", (long long)limit);
+    char sql[1024];
     snprintf(sql, sizeof(sql),
              "SELECT l.instance_id, " API_TS(
                  "l.ts") ", l.stream, l.line, "

@@ -40,6 +40,9 @@ const struct loom_http_route api_routes[] = {
     {"GET", "/v1/projects/{}/functions/{}/logs", api_functions_logs},
     {"GET", "/v1/function_runtimes", api_function_runtimes},
 
+    {"POST", "/v1/projects/{}/uploads", api_uploads_create},
+    {"GET", "/v1/projects/{}/uploads/{}", api_uploads_get},
+
     {"POST", "/v1/projects/{}/builds", api_builds_create},
     {"GET", "/v1/projects/{}/builds", api_builds_list},
     {"GET", "/v1/projects/{}/builds/{}", api_builds_get},
@@ -75,3 +78,9 @@ const struct loom_http_route api_routes[] = {
 };
 
 const size_t api_nroutes = sizeof(api_routes) / sizeof(api_routes[0]);
+
+const struct loom_http_spool api_spools[] = {
+    {api_uploads_create, &api_cfg.max_upload},
+};
+
+const size_t api_nspools = sizeof(api_spools) / sizeof(api_spools[0]);

@@ -35,7 +35,7 @@
 #include "util.h"
 
 #include "services/agent/image.h"
-#include "services/agent/registry.h"
+#include "registry.h"
 #include "services/agent/unpack.h"
 
 static const char *const HEX_A = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -185,9 +185,9 @@ static void test_ref_parse_good(void **state)
          "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
     };
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(cases); i++) {
-        struct registry_ref r = {0};
+        struct loom_registry_ref r = {0};
         struct loom_err err = LOOM_ERR_INIT;
-        if (registry_ref_parse(cases[i].ref, &r, &err) < 0)
+        if (loom_registry_ref_parse(cases[i].ref, &r, &err) < 0)
             fail_msg("%s: %s", cases[i].ref, err.msg);
         assert_string_equal(r.host, cases[i].host);
         assert_string_equal(r.repo, cases[i].repo);
@@ -199,7 +199,7 @@ static void test_ref_parse_good(void **state)
             assert_string_equal(r.digest, cases[i].digest);
         else
             assert_null(r.digest);
-        registry_ref_release(&r);
+        loom_registry_ref_release(&r);
     }
 }
 
@@ -228,9 +228,9 @@ static void test_ref_parse_bad(void **state)
         {"127.0.0.1:5000/a@", "only sha256"},
     };
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(cases); i++) {
-        struct registry_ref r = {0};
+        struct loom_registry_ref r = {0};
         struct loom_err err = LOOM_ERR_INIT;
-        if (registry_ref_parse(cases[i].ref, &r, &err) == 0)
+        if (loom_registry_ref_parse(cases[i].ref, &r, &err) == 0)
             fail_msg("\"%s\" was accepted", cases[i].ref);
         assert_int_equal(err.code, LOOM_EINVAL);
         if (!strstr(err.msg, cases[i].why) || !strstr(err.msg, "invalid image reference"))
@@ -241,15 +241,15 @@ static void test_ref_parse_bad(void **state)
 static void test_insecure_hosts(void **state)
 {
     (void)state;
-    assert_true(registry_host_insecure("127.0.0.1:5000", NULL));
-    assert_true(registry_host_insecure("localhost", NULL));
-    assert_true(registry_host_insecure("[::1]:15000", NULL));
-    assert_false(registry_host_insecure("registry.example.com", NULL));
-    assert_false(registry_host_insecure("127.0.0.10:5000", NULL));
-    assert_true(registry_host_insecure("reg.lan:5000", "other:1, reg.lan:5000"));
-    assert_false(registry_host_insecure("reg.lan:5001", "reg.lan:5000"));
-    assert_true(registry_host_insecure("reg.lan:5001", "x,reg.lan"));
-    assert_false(registry_host_insecure("reg.lanx", "reg.lan"));
+    assert_true(loom_registry_host_insecure("127.0.0.1:5000", NULL));
+    assert_true(loom_registry_host_insecure("localhost", NULL));
+    assert_true(loom_registry_host_insecure("[::1]:15000", NULL));
+    assert_false(loom_registry_host_insecure("registry.example.com", NULL));
+    assert_false(loom_registry_host_insecure("127.0.0.10:5000", NULL));
+    assert_true(loom_registry_host_insecure("reg.lan:5000", "other:1, reg.lan:5000"));
+    assert_false(loom_registry_host_insecure("reg.lan:5001", "reg.lan:5000"));
+    assert_true(loom_registry_host_insecure("reg.lan:5001", "x,reg.lan"));
+    assert_false(loom_registry_host_insecure("reg.lanx", "reg.lan"));
 }
 
 /* --- manifests -------------------------------------------------------------------------- */
@@ -270,9 +270,9 @@ static const char GOOD_MANIFEST[] =
 
 static void expect_manifest_error(const char *json, const char *why)
 {
-    struct registry_manifest m = {0};
+    struct loom_registry_manifest m = {0};
     struct loom_err err = LOOM_ERR_INIT;
-    if (registry_manifest_parse(json, strlen(json), &m, &err) == 0)
+    if (loom_registry_manifest_parse(json, strlen(json), &m, &err) == 0)
         fail_msg("accepted: %s", json);
     assert_int_equal(err.code, LOOM_EINVAL);
     if (!strstr(err.msg, why))
@@ -291,14 +291,15 @@ static char *replace(const char *s, const char *from, const char *to)
 static void test_manifest_validation(void **state)
 {
     (void)state;
-    struct registry_manifest m = {0};
+    struct loom_registry_manifest m = {0};
     struct loom_err err = LOOM_ERR_INIT;
-    assert_int_equal(registry_manifest_parse(GOOD_MANIFEST, strlen(GOOD_MANIFEST), &m, &err), 0);
+    assert_int_equal(loom_registry_manifest_parse(GOOD_MANIFEST, strlen(GOOD_MANIFEST), &m, &err),
+                     0);
     assert_int_equal(m.nlayers, 2);
     assert_string_equal(m.config.digest, D64("1"));
     assert_int_equal(m.config.size, 100);
     assert_string_equal(m.layers[1].digest, D64("3"));
-    registry_manifest_release(&m);
+    loom_registry_manifest_release(&m);
 
     static const struct {
         const char *from, *to, *why;
@@ -324,7 +325,7 @@ static void test_manifest_validation(void **state)
         expect_manifest_error(j, bad[i].why);
     }
     expect_manifest_error("[]", "not a JSON object");
-    expect_manifest_error("{\"schemaVersion\":2,\"mediaType\":\"" MEDIA_OCI_INDEX
+    expect_manifest_error("{\"schemaVersion\":2,\"mediaType\":\"" LOOM_MEDIA_OCI_INDEX
                           "\",\"manifests\":[]}",
                           "is an index");
 
@@ -360,33 +361,36 @@ static void test_index(void **state)
     (void)state;
     struct loom_err err = LOOM_ERR_INIT;
     bool is_index = false;
-    assert_int_equal(registry_manifest_is_index(INDEX, strlen(INDEX), NULL, &is_index, &err), 0);
+    assert_int_equal(loom_registry_manifest_is_index(INDEX, strlen(INDEX), NULL, &is_index, &err),
+                     0);
     assert_true(is_index);
-    assert_int_equal(
-        registry_manifest_is_index(GOOD_MANIFEST, strlen(GOOD_MANIFEST), NULL, &is_index, &err), 0);
+    assert_int_equal(loom_registry_manifest_is_index(GOOD_MANIFEST, strlen(GOOD_MANIFEST), NULL,
+                                                     &is_index, &err),
+                     0);
     assert_false(is_index);
     /* an OCI manifest without mediaType is known by its shape and Content-Type */
     const char *bare = "{\"schemaVersion\":2,\"manifests\":[]}";
-    assert_int_equal(registry_manifest_is_index(bare, strlen(bare), NULL, &is_index, &err), 0);
+    assert_int_equal(loom_registry_manifest_is_index(bare, strlen(bare), NULL, &is_index, &err), 0);
     assert_true(is_index);
     const char *odd = "{\"schemaVersion\":2}";
     assert_int_equal(
-        registry_manifest_is_index(odd, strlen(odd), "application/x-foo", &is_index, &err), -1);
+        loom_registry_manifest_is_index(odd, strlen(odd), "application/x-foo", &is_index, &err),
+        -1);
     assert_non_null(strstr(err.msg, "unsupported manifest media type \"application/x-foo\""));
 
     char *digest = NULL;
-    assert_int_equal(registry_index_pick(INDEX, strlen(INDEX), &digest, &err), 0);
+    assert_int_equal(loom_registry_index_pick(INDEX, strlen(INDEX), &digest, &err), 0);
     assert_string_equal(digest, D64("c"));
     free(digest);
 
     _cleanup_free_ char *noamd = replace(INDEX, "\"os\":\"linux\",\"architecture\":\"amd64\"",
                                          "\"os\":\"linux\",\"architecture\":\"s390x\"");
-    assert_int_equal(registry_index_pick(noamd, strlen(noamd), &digest, &err), -1);
+    assert_int_equal(loom_registry_index_pick(noamd, strlen(noamd), &digest, &err), -1);
     assert_int_equal(err.code, LOOM_ENOTFOUND);
     assert_non_null(strstr(err.msg, "linux/amd64"));
 
     _cleanup_free_ char *baddigest = replace(INDEX, D64("a"), "sha256:zz");
-    assert_int_equal(registry_index_pick(baddigest, strlen(baddigest), &digest, &err), -1);
+    assert_int_equal(loom_registry_index_pick(baddigest, strlen(baddigest), &digest, &err), -1);
     assert_int_equal(err.code, LOOM_EINVAL);
     assert_non_null(strstr(err.msg, "manifests[0]"));
 }
@@ -400,8 +404,8 @@ static void test_verify_digest(void **state)
     const char *good = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
     const char *bad = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be04";
     struct loom_err err = LOOM_ERR_INIT;
-    assert_int_equal(registry_verify_bytes("hello\n", 6, good, &err), 0);
-    assert_int_equal(registry_verify_bytes("hello\n", 6, bad, &err), -1);
+    assert_int_equal(loom_registry_verify_bytes("hello\n", 6, good, &err), 0);
+    assert_int_equal(loom_registry_verify_bytes("hello\n", 6, bad, &err), -1);
     assert_int_equal(err.code, LOOM_EINVAL);
     assert_non_null(strstr(err.msg, "digest mismatch for blob sha256:5891b5b5"));
     assert_non_null(strstr(err.msg, "got sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d0"
@@ -410,13 +414,13 @@ static void test_verify_digest(void **state)
     struct tdir t;
     tdir_make(&t);
     assert_int_equal(loom_write_file_atomic(t.tar, "hello\n", 6, NULL), 0);
-    assert_int_equal(registry_verify_file(t.tar, good, &err), 0);
-    assert_int_equal(registry_verify_file(t.tar, bad, &err), -1);
+    assert_int_equal(loom_registry_verify_file(t.tar, good, &err), 0);
+    assert_int_equal(loom_registry_verify_file(t.tar, bad, &err), -1);
     assert_int_equal(err.code, LOOM_EINVAL);
     assert_non_null(strstr(err.msg, "digest mismatch for blob"));
-    assert_int_equal(registry_verify_file(t.tar, "md5:abc", &err), -1);
-    assert_false(registry_digest_valid("sha256:"));
-    assert_true(registry_digest_valid(good));
+    assert_int_equal(loom_registry_verify_file(t.tar, "md5:abc", &err), -1);
+    assert_false(loom_registry_digest_valid("sha256:"));
+    assert_true(loom_registry_digest_valid(good));
     tdir_remove(&t);
 }
 
@@ -747,7 +751,7 @@ static void seed_image(const char *dir, const char *const *layer_hex, size_t n, 
     assert_int_equal(loom_write_file_atomic(path, config, strlen(config), NULL), 0);
     struct strbuf m = STRBUF_INIT;
     strbuf_addf(&m,
-                "{\"schemaVersion\":2,\"mediaType\":\"" MEDIA_OCI_MANIFEST "\",\"config\":"
+                "{\"schemaVersion\":2,\"mediaType\":\"" LOOM_MEDIA_OCI_MANIFEST "\",\"config\":"
                 "{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":"
                 "\"sha256:%s\",\"size\":%zu},\"layers\":[",
                 chex, strlen(config));

@@ -67,7 +67,21 @@ static void h_err(struct loom_http_req *req)
     loom_http_reply_err(req, &err);
 }
 
+/* A spooled body: answers its size, where it came from and its first bytes. */
+static void h_upload(struct loom_http_req *req)
+{
+    char head[16] = "";
+    ssize_t n = req->body_fd >= 0 ? read(req->body_fd, head, 8) : -1;
+    json_t *j = json_pack("{s:I,s:b,s:s#}", "len", (json_int_t)req->body_len, "file",
+                          req->body_fd >= 0, "head", head, (size_t)(n > 0 ? n : 0));
+    loom_http_reply_json(req, 200, j);
+}
+
+static int64_t upload_limit = 100000;
+static const struct loom_http_spool spools[] = {{h_upload, &upload_limit}};
+
 static const struct loom_http_route routes[] = {
+    {"PUT", "/v1/things/{}/upload", h_upload},
     {"GET", "/v1/things/{}", h_thing},
     {"POST", "/v1/things", h_post},
     {"DELETE", "/v1/things/{}", h_thing},
@@ -111,6 +125,8 @@ static void run_http(int threads)
                                       .threads = threads,
                                       .routes = routes,
                                       .nroutes = sizeof(routes) / sizeof(routes[0]),
+                                      .spools = spools,
+                                      .nspools = 1,
                                       .ready = ready_cb,
                                       .service = "it",
                                       .log_requests = false};
@@ -154,6 +170,28 @@ static void run_http(int threads)
     assert_int_equal(do_req("POST", URL("/v1/things"), chunked, "{\"b\":2}", &r), 201);
     assert_true(strcmp(r.body.buf, "{\"b\":2}") == 0);
     loom_httpc_resp_release(&r);
+
+    /* a spooled body: past max_body (64), up to its own limit, read from a file */
+    FILE *up = tmpfile();
+    for (int i = 0; i < 9000; i++)
+        fputs("0123456789", up);
+    rewind(up);
+    struct loom_httpc_req urq = {
+        .method = "PUT", .url = URL("/v1/things/1/upload"), .body_file = up, .body_len = 90000};
+    assert_true(loom_httpc_do(&urq, &r, &err) == 0 && r.status == 200);
+    assert_string_equal(r.body.buf, "{\"len\":90000,\"file\":true,\"head\":\"01234567\"}");
+    loom_httpc_resp_release(&r);
+    upload_limit = 80000;
+    rewind(up);
+    assert_true(loom_httpc_do(&urq, &r, &err) == 0 && r.status == 413);
+    loom_httpc_resp_release(&r);
+    rewind(up);
+    const char *up_chunked[] = {"Transfer-Encoding: chunked", NULL};
+    urq.headers = up_chunked;
+    assert_true(loom_httpc_do(&urq, &r, &err) == 0 && r.status == 413);
+    loom_httpc_resp_release(&r);
+    upload_limit = 100000;
+    fclose(up);
 
     assert_int_equal(do_req("PATCH", URL("/files/x/a/b%20c"), NULL, "", &r), 200);
     assert_true(strcmp(r.body.buf, "a/b%20c") == 0);

@@ -49,8 +49,11 @@ static void print_problem(const struct reply *r)
 
 /* Calls the API. Returns an exit code: EXIT_OK for 2xx (then *ret holds the
  * reply), else prints the problem to stderr. */
-int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
-                struct reply *ret)
+/* One call: a JSON body (body), a file body (f, len bytes of content_type)
+ * or none, with If-Match and extra headers as given. */
+static int api_request(const char *method, const char *path, json_t *body, FILE *f, int64_t len,
+                       const char *content_type, const char *if_match, const char *const *extra,
+                       bool quiet, struct reply *ret)
 {
     if (!cfg.api || !*cfg.api) {
         fprintf(stderr, "loom: no API address: run loom login, or set LOOM_API or --api\n");
@@ -78,20 +81,29 @@ int api_call_if(const char *method, const char *path, json_t *body, const char *
     char ifm[96] = "";
     if (if_match)
         snprintf(ifm, sizeof(ifm), "If-Match: \"%.64s\"", if_match);
-    const char *headers[6] = {auth, "Accept: application/json", "Content-Type: application/json"};
+    _cleanup_free_ char *ct = NULL;
+    if (asprintf(&ct, "Content-Type: %s", content_type ? content_type : "application/json") < 0)
+        abort();
+    const char *headers[10] = {auth, "Accept: application/json", ct};
     int nh = 3;
     if (idem[0])
         headers[nh++] = idem;
     if (ifm[0])
         headers[nh++] = ifm;
+    for (size_t i = 0; extra && extra[i] && nh < 9; i++)
+        headers[nh++] = extra[i];
     _cleanup_free_ char *text = body ? loom_json_dumps(body) : NULL;
     struct loom_httpc_req req = {
         .method = method,
         .url = url,
         .headers = headers,
         .body = text,
-        .body_len = text ? strlen(text) : 0,
-        .timeout_ms = 30000,
+        .body_file = f,
+        .body_len = f      ? (size_t)len
+                    : text ? strlen(text)
+                           : 0,
+        /* an upload: a minute plus a second per MiB */
+        .timeout_ms = 30000 + len / 1024,
     };
     struct loom_httpc_resp resp = {.body = STRBUF_INIT};
     struct loom_err err = LOOM_ERR_INIT;
@@ -107,12 +119,30 @@ int api_call_if(const char *method, const char *path, json_t *body, const char *
         r.json = json_loads(r.raw, 0, NULL);
     int rc = exit_for_status(r.status);
     if (rc != EXIT_OK) {
-        print_problem(&r);
+        if (!quiet)
+            print_problem(&r);
         reply_release(&r);
         return rc;
     }
     *ret = r;
     return EXIT_OK;
+}
+
+int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
+                struct reply *ret)
+{
+    return api_request(method, path, body, NULL, 0, NULL, if_match, NULL, false, ret);
+}
+
+int api_call_quiet(const char *method, const char *path, struct reply *ret)
+{
+    return api_request(method, path, NULL, NULL, 0, NULL, NULL, NULL, true, ret);
+}
+
+int api_post_file(const char *path, FILE *f, int64_t len, const char *content_type,
+                  const char *const *extra, struct reply *ret)
+{
+    return api_request("POST", path, NULL, f, len, content_type, NULL, extra, false, ret);
 }
 
 int api_call(const char *method, const char *path, json_t *body, struct reply *ret)

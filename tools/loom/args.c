@@ -333,6 +333,13 @@ static int put_code(struct args *a, json_t *body, const struct loom_field *f)
     return 0;
 }
 
+/* --source DIR|GIT_URL: a directory is uploaded (build.c), a URL is a git source. */
+static int put_source(struct args *a, json_t *body, const struct loom_field *f)
+{
+    const char *v = fval(a, f->flag);
+    return v ? put_source_value(v, body) : 0;
+}
+
 /* How the CLI writes the fields whose flags are not one plain value, and
  * the other flags that set them. */
 static const struct builder {
@@ -382,6 +389,7 @@ static const struct builder {
        .has_value = true,
        .metavar = "DIR|TGZ",
        .help = "the function's code: a directory (packed as a tar.gz) or a tar.gz"}}},
+    {"source_url", put_source, false, {{0}}},
     {"probe_readiness", put_probe, false, {{0}}},
     {"probe_liveness", put_probe, false, {{0}}},
 };
@@ -455,4 +463,35 @@ void print_flags(FILE *out, const struct args *a)
                  f->has_value ? (f->metavar ? f->metavar : "VALUE") : "", f->repeat ? " ..." : "");
         fprintf(out, "  %-34s %s\n", left, f->help ? f->help : "");
     }
+}
+
+int submit_args(const struct submit_kind *k, int argc, char **argv, json_t *body,
+                const char **ret_name, bool *ret_wait)
+{
+    const struct flag own[] = {
+        {.name = "name", .has_value = true, .metavar = "NAME", .help = "the run's name"},
+        {.name = k->parent_flag, .has_value = true, .metavar = "NAME", .help = k->parent_help},
+        {.name = "wait", .help = "wait until the run ends, showing its progress"},
+    };
+    struct args a;
+    spec_args(&a, k->kind, own, LOOM_ARRAY_SIZE(own));
+    const char *name = NULL;
+    int rc = parse_args(&a, argc, argv);
+    if (!rc)
+        rc = take_name(&a, k->verb, &name);
+    bool given = fval(&a, k->parent_flag) != NULL;
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(k->need) && k->need[i]; i++)
+        given = given || fval(&a, k->need[i]);
+    if (!rc && !given)
+        rc = usage_err("%s", k->need_msg);
+    if (!rc) {
+        json_object_set_new(body, "name", json_string(name));
+        if (fval(&a, k->parent_flag))
+            json_object_set_new(body, k->parent_field, json_string(fval(&a, k->parent_flag)));
+        rc = put_spec_fields(&a, k->kind, body);
+    }
+    *ret_wait = fset(&a, "wait");
+    *ret_name = name; /* in argv */
+    args_release(&a);
+    return rc;
 }

@@ -83,6 +83,18 @@ int take_name(struct args *a, const char *what, const char **ret);
 int spec_args(struct args *a, enum loom_kind k, const struct flag *own, size_t nown);
 /* The body members the spec flags of a set. */
 int put_spec_fields(struct args *a, enum loom_kind k, json_t *body);
+/* The flags of a run's submit (job runs, build runs): --name (or the one
+ * positional), --<parent_flag> naming a saved job or build (into the body's
+ * parent_field), the spec flags of kind and --wait. One of the parent or
+ * the need flags must be given (else need_msg). *ret_name points into argv. */
+struct submit_kind {
+    enum loom_kind kind;
+    const char *verb, *parent_flag, *parent_help, *parent_field;
+    const char *need[2];
+    const char *need_msg;
+};
+int submit_args(const struct submit_kind *k, int argc, char **argv, json_t *body,
+                const char **ret_name, bool *ret_wait);
 /* One line per flag: its name, value and description. */
 void print_flags(FILE *out, const struct args *a);
 
@@ -92,6 +104,16 @@ void print_flags(FILE *out, const struct args *a);
 struct strbuf;
 struct loom_err;
 int pack_dir(const char *dir, struct strbuf *out, struct loom_err *err);
+/* A build's source: DIR as a tar.gz in a temporary file, without what
+ * DIR/.ceignore (else DIR/.gitignore) leaves out and without .git; links
+ * kept as links when they stay inside DIR, refused when they point out. */
+struct packed {
+    FILE *file; /* the tar.gz, at its start; the caller closes it */
+    int64_t size, files;
+    unsigned char sha256[32];
+    const char *ignore_file; /* ".ceignore", ".gitignore" or NULL */
+};
+int pack_source(const char *dir, struct packed *ret, struct loom_err *err);
 
 /* ---- api.c: calls and replies ------------------------------------------------ */
 
@@ -105,6 +127,12 @@ void reply_release(struct reply *r);
 int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
                 struct reply *ret);
 int api_call(const char *method, const char *path, json_t *body, struct reply *ret);
+/* A call whose failure is the caller's to report (nothing is printed). */
+int api_call_quiet(const char *method, const char *path, struct reply *ret);
+/* POST of len bytes of f (content_type) to path, with extra headers
+ * (NULL-terminated, or NULL). */
+int api_post_file(const char *path, FILE *f, int64_t len, const char *content_type,
+                  const char *const *extra, struct reply *ret);
 int need_project(void);
 char *ppath(const char *coll, const char *name, const char *suffix);
 int patch_current(const char *coll, const char *name, json_t *body, const char *method,
@@ -131,5 +159,20 @@ int cmd_jobrun(const char *verb, int argc, char **argv);
 int cmd_app(const char *verb, int argc, char **argv);
 int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv);
 int cmd_fn(const char *verb, int argc, char **argv);
+int cmd_build(const char *verb, int argc, char **argv);
+int cmd_buildrun(const char *verb, int argc, char **argv);
+
+/* ---- build.c: sources and build runs, for every noun that builds ------------- */
+
+/* Uploads the directory dir as a build's source (nothing is sent when this
+ * project has it already) into *ret_digest ("sha256:<hex>"). Progress goes to
+ * stdout (stderr with -o json). */
+int upload_source(const char *dir, char ret_digest[72]);
+/* body's source from a --source value: an upload of a directory, else a git
+ * URL. */
+int put_source_value(const char *value, json_t *body);
+/* Waits until build run name ends, printing each step as it goes; EXIT_OK
+ * when it succeeded, with *ret its last state (the caller releases). */
+int wait_buildrun(const char *name, struct reply *ret);
 
 #endif

@@ -113,28 +113,17 @@ static int after_submit(const char *name, bool wait, struct reply *r)
 
 static int jobrun_submit(int argc, char **argv)
 {
-    static const struct flag own[] = {
-        {.name = "name", .has_value = true, .metavar = "NAME", .help = "the run's name"},
-        {.name = "job", .has_value = true, .metavar = "JOB", .help = "start from a saved job"},
-        {.name = "wait", .help = "wait until the run ends, showing progress"},
-    };
-    struct args a;
-    spec_args(&a, LOOM_KIND_JOBRUN, own, LOOM_ARRAY_SIZE(own));
+    static const struct submit_kind k = {LOOM_KIND_JOBRUN,
+                                         "jobrun submit",
+                                         "job",
+                                         "start from a saved job",
+                                         "job_name",
+                                         {"image"},
+                                         "jobrun submit needs --image or --job"};
     _cleanup_json_ json_t *body = json_object();
     const char *name = NULL;
-    int rc = parse_args(&a, argc, argv);
-    if (!rc)
-        rc = take_name(&a, "jobrun submit", &name);
-    if (!rc && !fval(&a, "image") && !fval(&a, "job"))
-        rc = usage_err("%s", "jobrun submit needs --image or --job");
-    if (!rc) {
-        json_object_set_new(body, "name", json_string(name));
-        if (fval(&a, "job"))
-            json_object_set_new(body, "job_name", json_string(fval(&a, "job")));
-        rc = put_spec_fields(&a, LOOM_KIND_JOBRUN, body);
-    }
-    bool wait = fset(&a, "wait");
-    args_release(&a);
+    bool wait = false;
+    int rc = submit_args(&k, argc, argv, body, &name, &wait);
     if (rc)
         return rc;
     _cleanup_free_ char *path = ppath("job_runs", NULL, NULL);

@@ -47,6 +47,13 @@ static const char usage_text[] =
     "  fn update N [the same flags] | get N | list | delete N | runtimes\n"
     "  fn invoke N [--data JSON | --data-file F] [--header K:V...]   (prints the answer)\n"
     "  fn logs N [-f] | activations N\n"
+    "  build create N --source DIR|GIT_URL [--strategy buildpacks|dockerfile] [--image REF]\n"
+    "         [--size small|medium|large|xlarge] [--commit REV] [--context-dir D]\n"
+    "         [--dockerfile F] [--git-repo-secret S] [--registry-secret S] [--timeout S]\n"
+    "  build update N [the same flags] | get N | list | delete N\n"
+    "  buildrun submit --name N (--build B | --source DIR|GIT_URL [build flags]) [--wait]\n"
+    "         (a directory is uploaded: .ceignore, else .gitignore, leaves files out)\n"
+    "  buildrun get N | list | logs N [-f] | cancel N | delete N\n"
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
@@ -266,6 +273,10 @@ static int dispatch(const char *noun, const char *verb, int argc, char **argv)
         return cmd_job(verb, argc, argv);
     if (strcmp(noun, "fn") == 0 || strcmp(noun, "function") == 0)
         return cmd_fn(verb, argc, argv);
+    if (strcmp(noun, "build") == 0)
+        return cmd_build(verb, argc, argv);
+    if (strcmp(noun, "buildrun") == 0 || strcmp(noun, "br") == 0)
+        return cmd_buildrun(verb, argc, argv);
     if (strcmp(noun, "secret") == 0)
         return cmd_kv("secrets", "secret", verb, argc, argv);
     if (strcmp(noun, "configmap") == 0 || strcmp(noun, "cm") == 0)

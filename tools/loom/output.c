@@ -25,7 +25,9 @@ void print_raw(const struct reply *r)
         putchar('\n');
 }
 
-/* loom app|fn logs NAME [-f] [--instance ID]: in time order; -f keeps polling. */
+/* loom app|fn|buildrun logs NAME [-f] [--instance ID]: in time order; -f
+ * keeps polling, until the resource says it has "finished" (a build run).
+ * A line is prefixed with its build step, else its instance. */
 int follow_logs(const char *coll, const char *noun, int argc, char **argv)
 {
     struct flag flags[] = {BFLAG("follow"), VFLAG("instance")};
@@ -66,16 +68,18 @@ int follow_logs(const char *coll, const char *noun, int argc, char **argv)
             }
         } else {
             json_array_foreach(lines, i, x)
-                printf("[%.8s] %s\n", jstr(x, "instance"), jstr(x, "line"));
+                printf("[%.8s] %s\n", *jstr(x, "step") ? jstr(x, "step") : jstr(x, "instance"),
+                       jstr(x, "line"));
         }
         fflush(stdout);
         free(after);
         after = strdup(jstr(r.json, "next"));
         size_t n = json_array_size(lines);
+        bool ended = json_is_true(json_object_get(r.json, "finished"));
         reply_release(&r);
         if (n == 1000)
             continue;
-        if (!follow)
+        if (!follow || (ended && n == 0))
             return EXIT_OK;
         sleep_ms(1000);
     }

@@ -32,7 +32,7 @@ static bool is_hex_lower(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
 
-bool registry_digest_valid(const char *digest)
+bool loom_registry_digest_valid(const char *digest)
 {
     if (!digest || strncmp(digest, "sha256:", 7) != 0)
         return false;
@@ -46,7 +46,7 @@ bool registry_digest_valid(const char *digest)
 
 /* --- references ------------------------------------------------------------------ */
 
-void registry_ref_release(struct registry_ref *ref)
+void loom_registry_ref_release(struct loom_registry_ref *ref)
 {
     if (!ref)
         return;
@@ -142,7 +142,7 @@ static bool tag_valid(const char *t)
     return true;
 }
 
-int registry_ref_parse(const char *ref, struct registry_ref *ret, struct loom_err *err)
+int loom_registry_ref_parse(const char *ref, struct loom_registry_ref *ret, struct loom_err *err)
 {
     if (!ref || !*ref)
         return loom_err_set(err, LOOM_EINVAL, "invalid image reference \"\": empty");
@@ -162,7 +162,7 @@ int registry_ref_parse(const char *ref, struct registry_ref *ret, struct loom_er
             return loom_err_set(err, LOOM_EINVAL,
                                 "invalid image reference \"%s\": only sha256 digests are supported",
                                 ref);
-        if (!registry_digest_valid(d))
+        if (!loom_registry_digest_valid(d))
             return loom_err_set(
                 err, LOOM_EINVAL,
                 "invalid image reference \"%s\": digest must be sha256: and 64 lowercase hex", ref);
@@ -231,7 +231,7 @@ int registry_ref_parse(const char *ref, struct registry_ref *ret, struct loom_er
     return 0;
 }
 
-bool registry_host_insecure(const char *host, const char *insecure_hosts)
+bool loom_registry_host_insecure(const char *host, const char *insecure_hosts)
 {
     /* host without its port */
     size_t bare = strlen(host);
@@ -275,13 +275,14 @@ static int digest_mismatch(const char *digest, const unsigned char md[32], struc
 {
     char hex[65];
     loom_hex(md, 32, hex);
-    if (registry_digest_valid(digest) && strcmp(digest + 7, hex) == 0)
+    if (loom_registry_digest_valid(digest) && strcmp(digest + 7, hex) == 0)
         return 0;
     return loom_err_set(err, LOOM_EINVAL, "digest mismatch for blob %s: got sha256:%s", digest,
                         hex);
 }
 
-int registry_verify_bytes(const void *data, size_t len, const char *digest, struct loom_err *err)
+int loom_registry_verify_bytes(const void *data, size_t len, const char *digest,
+                               struct loom_err *err)
 {
     unsigned char md[32];
     unsigned int mdlen = 0;
@@ -295,7 +296,7 @@ static void evp_freep(EVP_MD_CTX **c)
     EVP_MD_CTX_free(*c);
 }
 
-int registry_verify_file(const char *path, const char *digest, struct loom_err *err)
+int loom_registry_verify_file(const char *path, const char *digest, struct loom_err *err)
 {
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -326,7 +327,7 @@ int registry_verify_file(const char *path, const char *digest, struct loom_err *
 
 /* --- manifests ---------------------------------------------------------------------- */
 
-void registry_manifest_release(struct registry_manifest *m)
+void loom_registry_manifest_release(struct loom_registry_manifest *m)
 {
     if (!m)
         return;
@@ -371,8 +372,8 @@ static char *media_type_base(const char *ct)
 static int manifest_media_type(json_t *j, const char *content_type, const char **ret,
                                struct loom_err *err)
 {
-    static const char *const known[] = {MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST,
-                                        MEDIA_DOCKER_MANIFEST};
+    static const char *const known[] = {LOOM_MEDIA_OCI_INDEX, LOOM_MEDIA_OCI_MANIFEST,
+                                        LOOM_MEDIA_DOCKER_LIST, LOOM_MEDIA_DOCKER_MANIFEST};
     json_t *mt = json_object_get(j, "mediaType");
     const char *t = NULL;
     _cleanup_free_ char *ctbase = content_type ? media_type_base(content_type) : NULL;
@@ -386,7 +387,7 @@ static int manifest_media_type(json_t *j, const char *content_type, const char *
         t = ctbase;
     } else {
         /* OCI allows omitting mediaType; the shape tells the kind */
-        t = json_object_get(j, "manifests") ? MEDIA_OCI_INDEX : MEDIA_OCI_MANIFEST;
+        t = json_object_get(j, "manifests") ? LOOM_MEDIA_OCI_INDEX : LOOM_MEDIA_OCI_MANIFEST;
     }
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(known); i++)
         if (strcmp(t, known[i]) == 0) {
@@ -402,8 +403,8 @@ static int manifest_media_type(json_t *j, const char *content_type, const char *
     return loom_err_set(err, LOOM_EINVAL, "unsupported manifest media type \"%.200s\"", t);
 }
 
-int registry_manifest_is_index(const char *body, size_t len, const char *content_type,
-                               bool *ret_is_index, struct loom_err *err)
+int loom_registry_manifest_is_index(const char *body, size_t len, const char *content_type,
+                                    bool *ret_is_index, struct loom_err *err)
 {
     _cleanup_json_ json_t *j = parse_json_object(body, len, "manifest", err);
     if (!j)
@@ -411,11 +412,12 @@ int registry_manifest_is_index(const char *body, size_t len, const char *content
     const char *t = NULL;
     if (manifest_media_type(j, content_type, &t, err) < 0)
         return -1;
-    *ret_is_index = strcmp(t, MEDIA_OCI_INDEX) == 0 || strcmp(t, MEDIA_DOCKER_LIST) == 0;
+    *ret_is_index = strcmp(t, LOOM_MEDIA_OCI_INDEX) == 0 || strcmp(t, LOOM_MEDIA_DOCKER_LIST) == 0;
     return 0;
 }
 
-static int desc_parse(json_t *d, const char *where, struct registry_desc *ret, struct loom_err *err)
+static int desc_parse(json_t *d, const char *where, struct loom_registry_desc *ret,
+                      struct loom_err *err)
 {
     if (!json_is_object(d))
         return loom_err_set(err, LOOM_EINVAL, "invalid manifest: %s: must be an object", where);
@@ -428,7 +430,7 @@ static int desc_parse(json_t *d, const char *where, struct registry_desc *ret, s
     if (!json_is_string(dg))
         return loom_err_set(err, LOOM_EINVAL,
                             "invalid manifest: %s: field \"digest\": must be a string", where);
-    if (!registry_digest_valid(json_string_value(dg)))
+    if (!loom_registry_digest_valid(json_string_value(dg)))
         return loom_err_set(err, LOOM_EINVAL,
                             "invalid manifest: %s: field \"digest\": \"%.100s\" is not sha256: "
                             "and 64 lowercase hex",
@@ -444,7 +446,7 @@ static int desc_parse(json_t *d, const char *where, struct registry_desc *ret, s
     return 0;
 }
 
-int registry_index_pick(const char *body, size_t len, char **ret, struct loom_err *err)
+int loom_registry_index_pick(const char *body, size_t len, char **ret, struct loom_err *err)
 {
     _cleanup_json_ json_t *j = parse_json_object(body, len, "image index", err);
     if (!j)
@@ -459,20 +461,20 @@ int registry_index_pick(const char *body, size_t len, char **ret, struct loom_er
     {
         char where[64];
         snprintf(where, sizeof(where), "manifests[%zu]", i);
-        struct registry_desc d = {0};
+        struct loom_registry_desc d = {0};
         if (desc_parse(m, where, &d, err) < 0)
             return loom_err_wrap(err, "image index");
         json_t *p = json_object_get(m, "platform");
         const char *os = json_is_object(p) ? json_string_value(json_object_get(p, "os")) : NULL;
         const char *arch =
             json_is_object(p) ? json_string_value(json_object_get(p, "architecture")) : NULL;
-        bool manifest_type = strcmp(d.media_type, MEDIA_OCI_MANIFEST) == 0 ||
-                             strcmp(d.media_type, MEDIA_DOCKER_MANIFEST) == 0;
+        bool manifest_type = strcmp(d.media_type, LOOM_MEDIA_OCI_MANIFEST) == 0 ||
+                             strcmp(d.media_type, LOOM_MEDIA_DOCKER_MANIFEST) == 0;
         if (os && arch && strcmp(os, "linux") == 0 && strcmp(arch, "amd64") == 0 && manifest_type) {
-            if (d.size > REGISTRY_MAX_MANIFEST_BYTES) {
+            if (d.size > LOOM_REGISTRY_MAX_MANIFEST_BYTES) {
                 loom_err_set(err, LOOM_EINVAL,
                              "invalid image index: manifest %s is %lld bytes (at most %d)",
-                             d.digest, (long long)d.size, REGISTRY_MAX_MANIFEST_BYTES);
+                             d.digest, (long long)d.size, LOOM_REGISTRY_MAX_MANIFEST_BYTES);
                 free(d.media_type);
                 free(d.digest);
                 return -1;
@@ -505,8 +507,8 @@ static bool layer_media_type_ok(const char *t)
     return false;
 }
 
-int registry_manifest_parse(const char *body, size_t len, struct registry_manifest *ret,
-                            struct loom_err *err)
+int loom_registry_manifest_parse(const char *body, size_t len, struct loom_registry_manifest *ret,
+                                 struct loom_err *err)
 {
     _cleanup_json_ json_t *j = parse_json_object(body, len, "manifest", err);
     if (!j)
@@ -514,14 +516,14 @@ int registry_manifest_parse(const char *body, size_t len, struct registry_manife
     const char *t = NULL;
     if (manifest_media_type(j, NULL, &t, err) < 0)
         return -1;
-    if (strcmp(t, MEDIA_OCI_MANIFEST) != 0 && strcmp(t, MEDIA_DOCKER_MANIFEST) != 0)
+    if (strcmp(t, LOOM_MEDIA_OCI_MANIFEST) != 0 && strcmp(t, LOOM_MEDIA_DOCKER_MANIFEST) != 0)
         return loom_err_set(err, LOOM_EINVAL, "invalid manifest: media type \"%s\" is an index", t);
     json_t *sv = json_object_get(j, "schemaVersion");
     if (!json_is_integer(sv) || json_integer_value(sv) != 2)
         return loom_err_set(err, LOOM_EINVAL,
                             "invalid manifest: field \"schemaVersion\": must be 2");
 
-    struct registry_manifest m = {0};
+    struct loom_registry_manifest m = {0};
     if (desc_parse(json_object_get(j, "config"), "config", &m.config, err) < 0)
         goto fail;
     if (strcmp(m.config.media_type, "application/vnd.oci.image.config.v1+json") != 0 &&
@@ -532,9 +534,9 @@ int registry_manifest_parse(const char *body, size_t len, struct registry_manife
                      m.config.media_type);
         goto fail;
     }
-    if (m.config.size > REGISTRY_MAX_CONFIG_BYTES) {
+    if (m.config.size > LOOM_REGISTRY_MAX_CONFIG_BYTES) {
         loom_err_set(err, LOOM_EINVAL, "invalid manifest: config is %lld bytes (at most %d)",
-                     (long long)m.config.size, REGISTRY_MAX_CONFIG_BYTES);
+                     (long long)m.config.size, LOOM_REGISTRY_MAX_CONFIG_BYTES);
         goto fail;
     }
     json_t *layers = json_object_get(j, "layers");
@@ -543,9 +545,9 @@ int registry_manifest_parse(const char *body, size_t len, struct registry_manife
         goto fail;
     }
     size_t n = json_array_size(layers);
-    if (n > REGISTRY_MAX_LAYERS) {
+    if (n > LOOM_REGISTRY_MAX_LAYERS) {
         loom_err_set(err, LOOM_EINVAL, "invalid manifest: %zu layers (at most %d)", n,
-                     REGISTRY_MAX_LAYERS);
+                     LOOM_REGISTRY_MAX_LAYERS);
         goto fail;
     }
     m.layers = calloc(n ? n : 1, sizeof(*m.layers));
@@ -567,7 +569,7 @@ int registry_manifest_parse(const char *body, size_t len, struct registry_manife
     *ret = m;
     return 0;
 fail:
-    registry_manifest_release(&m);
+    loom_registry_manifest_release(&m);
     return -1;
 }
 
@@ -575,7 +577,7 @@ fail:
 
 #define REGISTRY_TOKEN_REFRESH_MS 60000
 
-struct registry_client {
+struct loom_registry_client {
     char *base;  /* "http://127.0.0.1:5000/v2/<repo>" */
     char *host;  /* for messages */
     char *repo;  /* for the default token scope */
@@ -586,7 +588,7 @@ struct registry_client {
     int64_t token_ms; /* when the token was fetched (monotonic) */
 };
 
-void registry_client_free(struct registry_client *c)
+void loom_registry_client_free(struct loom_registry_client *c)
 {
     if (!c)
         return;
@@ -599,14 +601,14 @@ void registry_client_free(struct registry_client *c)
     free(c);
 }
 
-int registry_client_new(const struct registry_ref *ref, const char *image, const char *auth,
-                        const char *insecure_hosts, struct registry_client **ret,
-                        struct loom_err *err)
+int loom_registry_client_new(const struct loom_registry_ref *ref, const char *image,
+                             const char *auth, const char *insecure_hosts,
+                             struct loom_registry_client **ret, struct loom_err *err)
 {
-    struct registry_client *c = calloc(1, sizeof(*c));
+    struct loom_registry_client *c = calloc(1, sizeof(*c));
     if (!c)
         abort();
-    const char *scheme = registry_host_insecure(ref->host, insecure_hosts) ? "http" : "https";
+    const char *scheme = loom_registry_host_insecure(ref->host, insecure_hosts) ? "http" : "https";
     if (asprintf(&c->base, "%s://%s/v2/%s", scheme, ref->host, ref->repo) < 0)
         abort();
     c->host = strdup(ref->host);
@@ -616,7 +618,7 @@ int registry_client_new(const struct registry_ref *ref, const char *image, const
         abort();
     if (auth && *auth) {
         if (!strchr(auth, ':')) {
-            registry_client_free(c);
+            loom_registry_client_free(c);
             return loom_err_set(err, LOOM_EINVAL, "registry credentials must be \"user:password\"");
         }
         size_t n = strlen(auth);
@@ -706,7 +708,7 @@ static void add_query_escaped(struct strbuf *sb, const char *s)
     }
 }
 
-static int transport_error(struct registry_client *c, struct loom_err *err)
+static int transport_error(struct loom_registry_client *c, struct loom_err *err)
 {
     /* keep the transport's reason, but the code callers branch on is EUNAVAIL */
     char reason[sizeof(err->msg)];
@@ -716,7 +718,8 @@ static int transport_error(struct registry_client *c, struct loom_err *err)
 
 /* Fetches a bearer token from the challenge's realm (with basic credentials
  * when the caller gave some) and makes it the header for later requests. */
-static int fetch_token(struct registry_client *c, const struct challenge *ch, struct loom_err *err)
+static int fetch_token(struct loom_registry_client *c, const struct challenge *ch,
+                       struct loom_err *err)
 {
     if (!ch->realm ||
         (strncmp(ch->realm, "https://", 8) != 0 && strncmp(ch->realm, "http://", 7) != 0))
@@ -784,7 +787,7 @@ static int fetch_token(struct registry_client *c, const struct challenge *ch, st
 }
 
 /* Called on a 401: sets up credentials for one retry, or fails. */
-static int handle_unauthorized(struct registry_client *c, const char *www_authenticate,
+static int handle_unauthorized(struct loom_registry_client *c, const char *www_authenticate,
                                struct loom_err *err)
 {
     struct challenge ch;
@@ -829,22 +832,22 @@ static void registry_reason(const struct strbuf *body, const char *fallback, cha
         snprintf(out, outsz, "%.200s", msg);
 }
 
-int registry_get_manifest(struct registry_client *c, const char *reference, char **ret_body,
-                          size_t *ret_len, char **ret_content_type, char **ret_digest,
-                          struct loom_err *err)
+int loom_registry_get_manifest(struct loom_registry_client *c, const char *reference,
+                               char **ret_body, size_t *ret_len, char **ret_content_type,
+                               char **ret_digest, struct loom_err *err)
 {
     _cleanup_free_ char *url = NULL;
     if (asprintf(&url, "%s/manifests/%s", c->base, reference) < 0)
         abort();
-    static const char accept[] = "Accept: " MEDIA_OCI_INDEX ", " MEDIA_OCI_MANIFEST
-                                 ", " MEDIA_DOCKER_LIST ", " MEDIA_DOCKER_MANIFEST;
+    static const char accept[] = "Accept: " LOOM_MEDIA_OCI_INDEX ", " LOOM_MEDIA_OCI_MANIFEST
+                                 ", " LOOM_MEDIA_DOCKER_LIST ", " LOOM_MEDIA_DOCKER_MANIFEST;
     struct loom_httpc_resp resp = {0};
     for (int attempt = 0;; attempt++) {
         const char *headers[] = {accept, c->authz, NULL};
         struct loom_httpc_req req = {
             .url = url,
             .headers = headers,
-            .max_body = REGISTRY_MAX_MANIFEST_BYTES,
+            .max_body = LOOM_REGISTRY_MAX_MANIFEST_BYTES,
             .timeout_ms = 30000,
         };
         loom_httpc_resp_release(&resp);
@@ -855,7 +858,7 @@ int registry_get_manifest(struct registry_client *c, const char *reference, char
             if (err && err->code == LOOM_ETOOBIG)
                 return loom_err_set(err, LOOM_EINVAL,
                                     "manifest of image \"%s\" is larger than %d bytes", c->image,
-                                    REGISTRY_MAX_MANIFEST_BYTES);
+                                    LOOM_REGISTRY_MAX_MANIFEST_BYTES);
             return transport_error(c, err);
         }
         if (resp.status == 401 && attempt < 2) {
@@ -888,10 +891,10 @@ int registry_get_manifest(struct registry_client *c, const char *reference, char
                             "registry %s: HTTP %ld for the manifest of image \"%s\": %s", c->host,
                             st, c->image, reason);
     }
-    if (resp.body.len > REGISTRY_MAX_MANIFEST_BYTES) {
+    if (resp.body.len > LOOM_REGISTRY_MAX_MANIFEST_BYTES) {
         loom_httpc_resp_release(&resp);
         return loom_err_set(err, LOOM_EINVAL, "manifest of image \"%s\" is larger than %d bytes",
-                            c->image, REGISTRY_MAX_MANIFEST_BYTES);
+                            c->image, LOOM_REGISTRY_MAX_MANIFEST_BYTES);
     }
 
     unsigned char md[32];
@@ -902,13 +905,13 @@ int registry_get_manifest(struct registry_client *c, const char *reference, char
     _cleanup_free_ char *digest = NULL;
     if (asprintf(&digest, "sha256:%s", hex) < 0)
         abort();
-    if (registry_digest_valid(reference) && strcmp(reference, digest) != 0) {
+    if (loom_registry_digest_valid(reference) && strcmp(reference, digest) != 0) {
         loom_httpc_resp_release(&resp);
         return loom_err_set(err, LOOM_EINVAL, "digest mismatch for blob %s: got %s", reference,
                             digest);
     }
     /* pulled by tag, the registry's Docker-Content-Digest must agree with the bytes */
-    if (!registry_digest_valid(reference) && resp.docker_content_digest &&
+    if (!loom_registry_digest_valid(reference) && resp.docker_content_digest &&
         strncmp(resp.docker_content_digest, "sha256:", 7) == 0 &&
         strcmp(resp.docker_content_digest, digest) != 0) {
         loom_err_set(err, LOOM_EINVAL, "digest mismatch for blob %.80s: got %s",
@@ -957,7 +960,7 @@ static int blob_sink_write(const void *data, size_t len, void *arg)
     return 0;
 }
 
-static int blob_attempt(struct registry_client *c, const char *url, const char *digest,
+static int blob_attempt(struct loom_registry_client *c, const char *url, const char *digest,
                         int64_t size, const char *tmp_path, long *ret_status,
                         char **ret_www_authenticate, struct strbuf *errbody,
                         unsigned char ret_md[32], struct loom_err *err)
@@ -1019,11 +1022,11 @@ static int blob_attempt(struct registry_client *c, const char *url, const char *
     return 0;
 }
 
-int registry_fetch_blob(struct registry_client *c, const char *digest, int64_t size,
-                        int64_t max_size, const char *tmp_dir, const char *dest,
-                        struct loom_err *err)
+int loom_registry_fetch_blob(struct loom_registry_client *c, const char *digest, int64_t size,
+                             int64_t max_size, const char *tmp_dir, const char *dest,
+                             struct loom_err *err)
 {
-    if (!registry_digest_valid(digest))
+    if (!loom_registry_digest_valid(digest))
         return loom_err_set(err, LOOM_EINVAL, "invalid blob digest \"%.100s\"", digest);
     if (size < 0 || size > max_size)
         return loom_err_set(err, LOOM_EINVAL, "blob %s is %lld bytes (at most %lld)", digest,
@@ -1076,4 +1079,222 @@ out:
     if (r < 0)
         unlink(tmp_path);
     return r;
+}
+
+/* --- pushing ----------------------------------------------------------------------------- */
+
+/* req against the registry with the client's credentials: a 401 is answered
+ * (handle_unauthorized) and req sent again, its file body from the start.
+ * extra: headers before the credentials (NULL-terminated, at most 4). The
+ * answer is in *resp (released by the caller) whatever its status. */
+static int send_authorized(struct loom_registry_client *c, struct loom_httpc_req *req,
+                           const char *const *extra, struct loom_httpc_resp *resp,
+                           struct loom_err *err)
+{
+    long start = req->body_file ? ftell(req->body_file) : 0;
+    for (int attempt = 0;; attempt++) {
+        const char *headers[6];
+        size_t n = 0;
+        for (; extra && extra[n] && n < 4; n++)
+            headers[n] = extra[n];
+        headers[n++] = c->authz;
+        headers[n] = NULL;
+        req->headers = headers;
+        if (req->body_file && fseek(req->body_file, start, SEEK_SET) < 0)
+            return loom_err_sys(err, errno, "could not rewind the blob");
+        if (loom_httpc_do(req, resp, err) < 0)
+            return transport_error(c, err);
+        req->headers = NULL;
+        if (resp->status != 401 || attempt >= 2)
+            return 0;
+        int r = handle_unauthorized(c, resp->www_authenticate, err);
+        loom_httpc_resp_release(resp);
+        if (r < 0)
+            return -1;
+    }
+}
+
+/* An answer that is not the one wanted, as an error naming what was asked. */
+static int unexpected(struct loom_registry_client *c, struct loom_httpc_resp *resp,
+                      const char *what, struct loom_err *err)
+{
+    char reason[256];
+    registry_reason(&resp->body, "unexpected answer", reason, sizeof(reason));
+    long st = resp->status;
+    enum loom_errc code = st == 404                ? LOOM_ENOTFOUND
+                          : st == 401              ? LOOM_EUNAUTH
+                          : st == 403              ? LOOM_EPERM
+                          : st >= 500 || st == 429 ? LOOM_EUNAVAIL
+                                                   : LOOM_EINVAL;
+    loom_httpc_resp_release(resp);
+    return loom_err_set(err, code, "registry %s: HTTP %ld for %s of %s: %s", c->host, st, what,
+                        c->repo, reason);
+}
+
+int loom_registry_blob_exists(struct loom_registry_client *c, const char *digest, bool *ret,
+                              struct loom_err *err)
+{
+    if (!loom_registry_digest_valid(digest))
+        return loom_err_set(err, LOOM_EINVAL, "invalid blob digest \"%.100s\"", digest);
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s/blobs/%s", c->base, digest) < 0)
+        abort();
+    struct loom_httpc_req req = {.method = "HEAD", .url = url, .timeout_ms = 30000};
+    struct loom_httpc_resp resp = {0};
+    if (send_authorized(c, &req, NULL, &resp, err) < 0)
+        return -1;
+    if (resp.status != 200 && resp.status != 404)
+        return unexpected(c, &resp, digest, err);
+    *ret = resp.status == 200;
+    loom_httpc_resp_release(&resp);
+    return 0;
+}
+
+/* The absolute URL of an upload's Location, with the digest that closes it. */
+static char *upload_url(struct loom_registry_client *c, const char *location, const char *digest)
+{
+    char *url = NULL;
+    const char *sep = strchr(location, '?') ? "&" : "?";
+    int rc;
+    if (strncmp(location, "http://", 7) == 0 || strncmp(location, "https://", 8) == 0) {
+        rc = asprintf(&url, "%s%sdigest=sha256%%3A%s", location, sep, digest + 7);
+    } else {
+        /* relative to the registry: the scheme and host of the base */
+        const char *host_end = strstr(c->base, "://");
+        host_end = host_end ? strchr(host_end + 3, '/') : NULL;
+        int n = host_end ? (int)(host_end - c->base) : (int)strlen(c->base);
+        rc = asprintf(&url, "%.*s%s%s%sdigest=sha256%%3A%s", n, c->base,
+                      location[0] == '/' ? "" : "/", location, sep, digest + 7);
+    }
+    if (rc < 0)
+        abort();
+    return url;
+}
+
+int loom_registry_blob_mount(struct loom_registry_client *c, const char *digest,
+                             const char *from_repo, bool *ret_mounted, struct loom_err *err)
+{
+    _cleanup_free_ char *url = NULL;
+    _cleanup_strbuf_ struct strbuf q = STRBUF_INIT;
+    add_query_escaped(&q, from_repo);
+    if (asprintf(&url, "%s/blobs/uploads/?mount=sha256%%3A%s&from=%s", c->base, digest + 7, q.buf) <
+        0)
+        abort();
+    struct loom_httpc_req req = {.method = "POST", .url = url, .timeout_ms = 30000};
+    struct loom_httpc_resp resp = {0};
+    if (send_authorized(c, &req, NULL, &resp, err) < 0)
+        return -1;
+    *ret_mounted = resp.status == 201;
+    if (resp.status == 202 && resp.location) {
+        /* not mounted: the registry opened an upload instead; close it */
+        _cleanup_free_ char *cancel = upload_url(c, resp.location, digest);
+        struct loom_httpc_req del = {.method = "DELETE", .url = cancel, .timeout_ms = 10000};
+        struct loom_httpc_resp dresp = {0};
+        if (send_authorized(c, &del, NULL, &dresp, NULL) == 0)
+            loom_httpc_resp_release(&dresp);
+    } else if (resp.status != 201) {
+        return unexpected(c, &resp, "a blob mount", err);
+    }
+    loom_httpc_resp_release(&resp);
+    return 0;
+}
+
+int loom_registry_blob_push(struct loom_registry_client *c, const char *digest, FILE *f,
+                            const void *data, int64_t len, struct loom_err *err)
+{
+    if (!loom_registry_digest_valid(digest))
+        return loom_err_set(err, LOOM_EINVAL, "invalid blob digest \"%.100s\"", digest);
+    _cleanup_free_ char *start = NULL;
+    if (asprintf(&start, "%s/blobs/uploads/", c->base) < 0)
+        abort();
+    struct loom_httpc_req post = {.method = "POST", .url = start, .timeout_ms = 30000};
+    struct loom_httpc_resp resp = {0};
+    if (send_authorized(c, &post, NULL, &resp, err) < 0)
+        return -1;
+    if (resp.status != 202 || !resp.location)
+        return unexpected(c, &resp, "the start of a blob upload", err);
+    _cleanup_free_ char *url = upload_url(c, resp.location, digest);
+    loom_httpc_resp_release(&resp);
+    /* monolithic: the whole blob in one PUT, a minute plus a second per MiB */
+    struct loom_httpc_req put = {
+        .method = "PUT",
+        .url = url,
+        .body = f ? NULL : data,
+        .body_file = f,
+        .body_len = (size_t)len,
+        .timeout_ms = 60000 + len / 1024,
+    };
+    static const char *const ct[] = {"Content-Type: application/octet-stream", NULL};
+    if (send_authorized(c, &put, ct, &resp, err) < 0)
+        return -1;
+    if (resp.status != 201)
+        return unexpected(c, &resp, digest, err);
+    loom_httpc_resp_release(&resp);
+    return 0;
+}
+
+int loom_registry_blob_ensure(struct loom_registry_client *c, const char *digest, FILE *f,
+                              const void *data, int64_t len, const char *mount_from,
+                              int64_t *ret_sent, struct loom_err *err)
+{
+    bool have = false;
+    *ret_sent = 0;
+    if (loom_registry_blob_exists(c, digest, &have, err) < 0)
+        return -1;
+    if (!have && mount_from && loom_registry_blob_mount(c, digest, mount_from, &have, err) < 0)
+        return -1;
+    if (have)
+        return 0;
+    if (!f && !data)
+        return loom_err_set(err, LOOM_ENOTFOUND, "registry %s: blob %s is not in %s%s%s", c->host,
+                            digest, c->repo, mount_from ? " nor in " : "",
+                            mount_from ? mount_from : "");
+    if (loom_registry_blob_push(c, digest, f, data, len, err) < 0)
+        return -1;
+    *ret_sent = len;
+    return 0;
+}
+
+int loom_registry_put_manifest(struct loom_registry_client *c, const char *reference,
+                               const char *media_type, const char *body, size_t len,
+                               struct loom_err *err)
+{
+    _cleanup_free_ char *url = NULL, *ct = NULL;
+    if (asprintf(&url, "%s/manifests/%s", c->base, reference) < 0 ||
+        asprintf(&ct, "Content-Type: %s", media_type) < 0)
+        abort();
+    struct loom_httpc_req req = {
+        .method = "PUT", .url = url, .body = body, .body_len = len, .timeout_ms = 30000};
+    const char *const extra[] = {ct, NULL};
+    struct loom_httpc_resp resp = {0};
+    if (send_authorized(c, &req, extra, &resp, err) < 0)
+        return -1;
+    if (resp.status != 201)
+        return unexpected(c, &resp, reference, err);
+    loom_httpc_resp_release(&resp);
+    return 0;
+}
+
+int loom_registry_get_blob(struct loom_registry_client *c, const char *digest, size_t max,
+                           char **ret, size_t *ret_len, struct loom_err *err)
+{
+    if (!loom_registry_digest_valid(digest))
+        return loom_err_set(err, LOOM_EINVAL, "invalid blob digest \"%.100s\"", digest);
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "%s/blobs/%s", c->base, digest) < 0)
+        abort();
+    struct loom_httpc_req req = {
+        .url = url, .max_body = max, .timeout_ms = 60000, .follow_redirects = 1};
+    struct loom_httpc_resp resp = {0};
+    if (send_authorized(c, &req, NULL, &resp, err) < 0)
+        return -1;
+    if (resp.status != 200)
+        return unexpected(c, &resp, digest, err);
+    if (loom_registry_verify_bytes(resp.body.buf, resp.body.len, digest, err) < 0) {
+        loom_httpc_resp_release(&resp);
+        return -1;
+    }
+    *ret = strbuf_detach(&resp.body, ret_len);
+    loom_httpc_resp_release(&resp);
+    return 0;
 }
