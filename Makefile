@@ -18,7 +18,7 @@ else
 BUILD ?= build/san
 endif
 
-PKGS := libpq libnats jansson libmicrohttpd libcurl openssl libprotobuf-c libarchive
+PKGS := libpq libnats jansson libmicrohttpd libcurl openssl libprotobuf-c libarchive zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

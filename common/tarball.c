@@ -33,9 +33,7 @@ static const char *path_problem(const char *p)
     return NULL;
 }
 
-/* p without "." components, repeated and trailing slashes ("./a//b/" is
- * "a/b"), into out. */
-static void normalize(const char *p, struct strbuf *out)
+void loom_tarball_normalize(const char *p, struct strbuf *out)
 {
     strbuf_reset(out);
     for (const char *c = p; *c;) {
@@ -124,13 +122,8 @@ static const char *entry_problem(struct archive_entry *e, const struct loom_tarb
         snprintf(why, whylen, "is under the symbolic link \"%.128s\"", via);
         return why;
     }
-    if (hard) {
-        if (!limits->links)
-            return "is a hard link";
-        if (path_problem(hard))
-            return "is a hard link to a path outside the archive";
-        return NULL;
-    }
+    if (hard)
+        return "is a hard link (pack it as a copy)";
     if (type == AE_IFLNK && limits->links) {
         const char *target = archive_entry_symlink(e);
         if (!target || !loom_tarball_link_inside(norm, target)) {
@@ -158,7 +151,7 @@ static int check_archive(struct archive *a, const struct loom_tarball_limits *li
     while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
         const char *name = archive_entry_pathname(e);
         char buf[320];
-        normalize(name ? name : "", &norm);
+        loom_tarball_normalize(name ? name : "", &norm);
         const char *why = entry_problem(e, limits, &seen, norm.buf, buf, sizeof(buf));
         if (why) {
             loom_err_set(err, LOOM_EINVAL, "entry \"%.128s\" %s", name ? name : "", why);
@@ -204,7 +197,7 @@ out:
     return rc;
 }
 
-static struct archive *reader(void)
+struct archive *loom_tarball_reader(void)
 {
     struct archive *a = archive_read_new();
     if (!a)
@@ -218,7 +211,7 @@ static struct archive *reader(void)
 int loom_tarball_check(const void *data, size_t len, const struct loom_tarball_limits *limits,
                        int64_t *ret_files, struct loom_err *err)
 {
-    __attribute__((cleanup(archive_freep))) struct archive *a = reader();
+    __attribute__((cleanup(archive_freep))) struct archive *a = loom_tarball_reader();
     if (archive_read_open_memory(a, data, len) != ARCHIVE_OK)
         return loom_err_set(err, LOOM_EINVAL, "is not a tar.gz: %s", archive_error_string(a));
     return check_archive(a, limits, ret_files, err);
@@ -227,7 +220,7 @@ int loom_tarball_check(const void *data, size_t len, const struct loom_tarball_l
 int loom_tarball_check_fd(int fd, const struct loom_tarball_limits *limits, int64_t *ret_files,
                           struct loom_err *err)
 {
-    __attribute__((cleanup(archive_freep))) struct archive *a = reader();
+    __attribute__((cleanup(archive_freep))) struct archive *a = loom_tarball_reader();
     if (archive_read_open_fd(a, fd, 65536) != ARCHIVE_OK)
         return loom_err_set(err, LOOM_EINVAL, "is not a tar.gz: %s", archive_error_string(a));
     return check_archive(a, limits, ret_files, err);

@@ -12,9 +12,9 @@
 struct loom_tarball_limits {
     int64_t max_bytes;   /* the files' sizes together, unpacked */
     int64_t max_entries; /* files, directories and links */
-    /* links are allowed when they stay inside: a symbolic link whose
-     * target, read from the link's directory, does not leave the tree (and
-     * is not absolute), a hard link to a relative path without ".." */
+    /* symbolic links are allowed when they stay inside: the target, read
+     * from the link's directory, does not leave the tree (and is not
+     * absolute); hard links never are */
     bool links;
 };
 
@@ -29,6 +29,15 @@ int loom_tarball_check(const void *data, size_t len, const struct loom_tarball_l
 /* The same, read from fd from where it is (a large upload on disk). */
 int loom_tarball_check_fd(int fd, const struct loom_tarball_limits *limits, int64_t *ret_files,
                           struct loom_err *err);
+
+/* p without "." components, repeated and trailing slashes ("./a//b/" is
+ * "a/b"), into out (reset first). */
+struct strbuf;
+void loom_tarball_normalize(const char *p, struct strbuf *out);
+
+/* A libarchive reader of tar and tar.gz (archive_read_free it). */
+struct archive;
+struct archive *loom_tarball_reader(void);
 
 /* Whether a symbolic link at path (relative to the top of a tree, without
  * "." components) to target stays inside the tree, its text read from the

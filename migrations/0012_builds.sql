@@ -96,11 +96,11 @@ CREATE TABLE build_stacks (
 );
 
 -- A build step is a job run of its build run (hidden from the project's job
--- runs); build_output is the directory of its container that the agent
--- pushes as a layer once it exits 0.
+-- runs); build_output {"path", "repository"}: the directory of its container
+-- that the agent pushes as a layer, and where, once it exits 0.
 ALTER TABLE job_runs
     ADD COLUMN build_run_id bigint REFERENCES build_runs (id) ON DELETE CASCADE,
-    ADD COLUMN build_output text;
+    ADD COLUMN build_output jsonb;
 CREATE INDEX job_runs_build ON job_runs (build_run_id) WHERE build_run_id IS NOT NULL;
 
 -- The layer an instance's build_output became: {"digest", "diff_id", "size"}.

@@ -105,7 +105,19 @@ struct report_extra {
     int32_t exit_code;
     const char *reason, *address;
     bool oom_killed, timed_out, permanent;
+    const char *output_digest, *output_diff_id; /* a build step's layer, or NULL */
+    int64_t output_size;
 };
+
+/* ---- output.c: a build step's output ---------------------------------------------- */
+
+/* Packs directory path of the root filesystem at rootfs (resolved inside it:
+ * no link leads out) as a layer in tmp_dir and pushes it to repository
+ * (auth: "user:password" or NULL); *ret describes it. */
+struct loom_layer_info;
+int agent_push_output(const char *rootfs, const char *path, const char *repository,
+                      const char *auth, const char *tmp_dir, struct loom_layer_info *ret,
+                      struct loom_err *err);
 
 /* ---- state.c ---------------------------------------------------------------- */
 

@@ -36,6 +36,7 @@
 #include "agent_int.h"
 #include "cleanup.h"
 #include "json.h"
+#include "layer.h"
 #include "log.h"
 #include "quantity.h"
 #include "strbuf.h"
@@ -1034,6 +1035,7 @@ static void finish(struct run *r)
         agent_publish_usage(r->a, in, &u);
     }
     char reason[700];
+    struct loom_layer_info out;
     struct report_extra x = {
         .exit_code = code, .oom_killed = oom, .timed_out = timed_out, .reason = reason};
     Loom__V1__InstanceState st = ST_FAILED;
@@ -1055,6 +1057,23 @@ static void finish(struct run *r)
         char lim[32];
         loom_size_format(in->assign->memory_bytes, lim, sizeof(lim));
         snprintf(reason, sizeof(reason), "oom killed (memory limit %s)", lim);
+    } else if (code == 0 && in->assign->build_output && in->assign->build_output->path[0]) {
+        /* a build step: its output becomes a layer before it counts as done */
+        const Loom__V1__BuildOutput *bo = in->assign->build_output;
+        char rootfs[4200], tmp[4200];
+        path_in(rootfs, sizeof(rootfs), in, "rootfs");
+        snprintf(tmp, sizeof(tmp), "%s/images/tmp", r->a->o.state_dir);
+        struct loom_err err = LOOM_ERR_INIT;
+        const char *auth = in->assign->registry_auth[0] ? in->assign->registry_auth : NULL;
+        if (agent_push_output(rootfs, bo->path, bo->repository, auth, tmp, &out, &err) < 0) {
+            snprintf(reason, sizeof(reason), "build output %s: %s", bo->path, err.msg);
+        } else {
+            st = ST_SUCCEEDED;
+            reason[0] = 0;
+            x.output_digest = out.digest;
+            x.output_diff_id = out.diff_id;
+            x.output_size = out.size;
+        }
     } else if (code == 0) {
         st = ST_SUCCEEDED;
         reason[0] = 0;

@@ -61,6 +61,9 @@ void agent_report(struct agent *a, struct instance *in, Loom__V1__InstanceState 
         r.oom_killed = x->oom_killed;
         r.timed_out = x->timed_out;
         r.permanent = x->permanent;
+        r.output_digest = (char *)(x->output_digest ? x->output_digest : "");
+        r.output_diff_id = (char *)(x->output_diff_id ? x->output_diff_id : "");
+        r.output_size = x->output_size;
     }
     struct report *rep = calloc(1, sizeof(*rep));
     if (!rep)

@@ -25,6 +25,7 @@ struct storage {
     Loom__V1__Mount **mount_ptrs;
     size_t nmounts;
     Loom__V1__Probe readiness, liveness;
+    Loom__V1__BuildOutput output;
     char revision[96];
 };
 
@@ -232,6 +233,12 @@ void sched_assign_build(const struct sched_assign_row *row, const struct loom_sp
     else
         app_env(st, row, spec);
     env_add(st, "LOOM_PROJECT", row->project);
+    if (row->output_path && row->output_repo) {
+        loom__v1__build_output__init(&st->output);
+        st->output.path = (char *)row->output_path;
+        st->output.repository = (char *)row->output_repo;
+        a->build_output = &st->output;
+    }
     a->n_env = st->nvars;
     a->env = st->var_ptrs;
     *ret = (struct sched_assign){.msg = a, .storage = st};

@@ -238,6 +238,8 @@ enum {
     AS_PROJECT_ID,
     AS_RUNTIME,
     AS_RUNTIME_IMAGE,
+    AS_OUTPUT_PATH,
+    AS_OUTPUT_REPO,
 };
 
 static int64_t num(PGresult *res, int r, int c)
@@ -269,6 +271,8 @@ static struct sched_assign_row assign_row(PGresult *res, int r)
         .function = strcmp(PQgetvalue(res, r, AS_KIND), "function") == 0,
         .runtime = loom_db_val(res, r, AS_RUNTIME),
         .runtime_image = loom_db_val(res, r, AS_RUNTIME_IMAGE),
+        .output_path = loom_db_val(res, r, AS_OUTPUT_PATH),
+        .output_repo = loom_db_val(res, r, AS_OUTPUT_REPO),
     };
 }
 
@@ -311,7 +315,8 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         "  r.retry_limit, a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
         "  coalesce(i.job_run_id::text, (-i.app_id)::text, i.id::text), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
-        "   WHERE g.id = i.gang), i.project_id, i.runtime, fr.image "
+        "   WHERE g.id = i.gang), i.project_id, i.runtime, fr.image, "
+        "  r.build_output->>'path', r.build_output->>'repository' "
         "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "

@@ -13,6 +13,7 @@
 #include "db.h"
 #include "log.h"
 #include "loom/v1/instance.pb-c.h"
+#include "spec.h"
 #include "subjects.h"
 #include "util.h"
 
@@ -179,6 +180,9 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
         return loom_err_set(err, LOOM_EINVAL, "reason or address too long");
     if (m->seq == 0 || m->seq > (uint64_t)INT64_MAX)
         return loom_err_set(err, LOOM_EINVAL, "invalid report seq");
+    if (m->output_digest[0] && (!loom_spec_is_digest(m->output_digest) ||
+                                !loom_spec_is_digest(m->output_diff_id) || m->output_size < 0))
+        return loom_err_set(err, LOOM_EINVAL, "invalid build output");
 
     _cleanup_pgres_ PGresult *cur = NULL, *upd = NULL;
     if (loom_db_begin(db, err) < 0)
@@ -230,8 +234,9 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
         snprintf(reason_buf, sizeof(reason_buf), "%s (OOM killed)", reason);
         reason = reason_buf;
     }
-    char seq[32], code[32];
+    char seq[32], code[32], size[32];
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)m->seq);
+    snprintf(size, sizeof(size), "%lld", (long long)m->output_size);
     snprintf(code, sizeof(code), "%d", m->exit_code);
     upd = loom_db_query(
         db, err,
@@ -244,9 +249,13 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
         "                    ELSE started_at END, "
         "  finished_at = CASE WHEN $6::boolean THEN coalesce(finished_at, now()) "
         "                     ELSE finished_at END, "
+        "  output = CASE WHEN $6::boolean AND $9::text <> '' THEN jsonb_build_object('digest', "
+        "$9::text, "
+        "    'diff_id', $10::text, 'size', $11::bigint) ELSE output END, "
         "  updated_at = now() "
         "WHERE id = $1::uuid",
-        m->instance_id, next, seq, desired, m->address, ended ? "true" : "false", code, reason);
+        m->instance_id, next, seq, desired, m->address, ended ? "true" : "false", code, reason,
+        m->output_digest, m->output_diff_id, size);
     if (!upd)
         goto fail;
     if (job && ended && settle_job(db, backoff_ms, cur, m, reported, code, reason, err) < 0)

@@ -9,7 +9,9 @@
 #   loom-logshipper  CRI lines into log_lines once (restart: no duplicates),
 #                    malformed lines skipped, partial lines wait, LogBatch out
 #   loom-metering    LOOM_USAGE samples stored once per (instance, seq)
-#   loom-builder     comes up ready
+#   loom-builder     claims a pending run and fails it with the reason; a run whose
+#                    builder went silent goes back to pending, or fails after its
+#                    attempts
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -283,9 +285,36 @@ stored1() { curl -s "http://127.0.0.1:$met_port/metrics" | grep -q '^loom_meteri
 ok "and nothing acknowledged before is delivered again" wait_for 3 stored1
 
 # --- builder --------------------------------------------------------------------------
-start bld "$bin/loom-builder" --http-addr "127.0.0.1:$bld_port"
+# a run of an upload the project never made: claimed, and failed saying so; a
+# run whose builder went silent (its heartbeat old) at its last attempt:
+# failed; one with attempts left: pending again, then taken (and failed as the
+# first). No registry is reachable: none of this needs one.
+upload=sha256:$(printf 'never uploaded' | sha256sum | cut -c1-64)
+run_row() { # NAME STATE ATTEMPTS
+	echo "INSERT INTO build_runs (project_id, name, spec, state, attempts, builder, heartbeat_at, output_image)
+	SELECT id, '$1', '{\"source_type\":\"local\",\"source_upload\":\"$upload\",\"strategy_type\":\"buildpacks\",\"strategy_size\":\"small\",\"strategy_spec_file\":\"Dockerfile\",\"timeout\":60,\"output_image\":\"127.0.0.1:$dead_port/p/x:latest\"}',
+	'$2', $3, CASE WHEN '$2' = 'running' THEN 'gone-1' END,
+	CASE WHEN '$2' = 'running' THEN now() - interval '1 hour' END, '127.0.0.1:$dead_port/p/x:latest'
+	FROM projects WHERE name = 'p'"
+}
+psql_q -c "$(run_row fresh pending 0)" -c "$(run_row last running 2)" -c "$(run_row again running 1)"
+start bld "$bin/loom-builder" --http-addr "127.0.0.1:$bld_port" --registry "127.0.0.1:$dead_port" \
+	--work-dir "$tmp/bld" --stale 2s --attempts 2
 ok "the builder is ready" wait_for 10 bash -c \
 	"[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$bld_port/readyz)\" = 200 ]"
+run_state() { psql_q -F '|' -c "SELECT state, attempts, reason FROM build_runs WHERE name = '$1'"; }
+ended() { case "$(run_state "$1")" in failed* | succeeded* | cancelled*) return 0 ;; esac; return 1; }
+ok "a pending run is taken and ends" wait_for 15 ended fresh
+like "$(run_state fresh)" "^failed\|1\|.*$upload is not an upload of this project" \
+	"it failed, naming the upload it does not have"
+ok "a run whose builder went silent at its last attempt ends" wait_for 15 ended last
+like "$(run_state last)" '^failed\|2\|the builder carrying it out stopped \(attempt 2 of 2\)' \
+	"it failed, saying its builder stopped"
+ok "a run with an attempt left is taken again and ends" wait_for 15 ended again
+like "$(run_state again)" '^failed\|2\|.*is not an upload' "it was carried out by this builder"
+like "$(psql_q -c "SELECT string_agg(line, ' / ' ORDER BY seq) FROM build_run_logs l JOIN build_runs r ON r.id = l.build_run_id WHERE r.name = 'again'")" \
+	'went silent: the run goes back to pending.*taken by builder' "its log says what happened"
+is "$(psql_q -c "SELECT count(*) FROM build_runs WHERE state = 'running'")" 0 "no run is left running"
 
 kill "$act_pid"
 wait "$act_pid"

@@ -107,8 +107,18 @@ static void test_job_index(void **state)
     Loom__V1__InstanceAssign *back = loom__v1__instance_assign__unpack(NULL, len, buf);
     assert_non_null(back);
     assert_int_equal(back->n_env, a->n_env);
+    assert_null(back->build_output); /* not a build step */
     loom__v1__instance_assign__free_unpacked(back, NULL);
     free(buf);
+    sched_assign_release(&as);
+
+    /* a build step: the agent is told what to push once it exits 0 */
+    row.output_path = "/app/node_modules";
+    row.output_repo = "127.0.0.1:5000/p/loom-cache";
+    sched_assign_build(&row, &spec, &refs, 42, &as);
+    assert_non_null(as.msg->build_output);
+    assert_string_equal(as.msg->build_output->path, "/app/node_modules");
+    assert_string_equal(as.msg->build_output->repository, "127.0.0.1:5000/p/loom-cache");
     sched_assign_release(&as);
     sched_assign_refs_release(&refs);
     loom_spec_release(&spec);

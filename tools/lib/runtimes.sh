@@ -36,14 +36,18 @@ RUNTIME_SUITE=bookworm
 RUNTIME_EPOCH=1700000000
 runtime_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 runtime_json=$runtime_repo/tools/runtimes/runtimes.json
+# The same machinery builds other catalogs of images (tools/lib/stacks.sh):
+# the file, its list's key and what its entries are called in messages.
+runtime_catalog=runtimes
+runtime_what=runtime
 
 runtime_names() {
-	jq -r '.runtimes[].name' "$runtime_json"
+	jq -r --arg l "$runtime_catalog" '.[$l][].name' "$runtime_json"
 }
 
 runtime_get() {
-	jq -r --arg n "$1" --arg f "$2" \
-		'.runtimes[] | select(.name == $n) | .[$f] | if type == "array" then .[] else . end' "$runtime_json"
+	jq -r --arg n "$1" --arg f "$2" --arg l "$runtime_catalog" \
+		'.[$l][] | select(.name == $n) | .[$f] | if type == "array" then .[] else . end' "$runtime_json"
 }
 
 runtime_ref() {
@@ -56,17 +60,17 @@ rt_customize="" rt_proxy_path="" rt_compiled=false
 rt_sources=()
 _runtime_load() {
 	local vars
-	vars=$(jq -r --arg n "$1" '.runtimes[] | select(.name == $n) |
+	vars=$(jq -r --arg n "$1" --arg l "$runtime_catalog" '.[$l][] | select(.name == $n) |
 		"rt_entry=\(tojson | @sh)",
 		"rt_image=\(.image | @sh)", "rt_tag=\(.tag | @sh)", "rt_base=\(.base | @sh)",
-		"rt_command=\(.command | tojson | @sh)", "rt_env=\(.env | tojson | @sh)",
+		"rt_command=\(.command | tojson | @sh)", "rt_env=\(.env // [] | tojson | @sh)",
 		"rt_packages=\(.packages | join(",") | @sh)",
-		"rt_customize=\(.customize | join("\n") | @sh)",
-		"rt_proxy_path=\(.proxy_path | @sh)",
-		"rt_sources=(\(.proxy_sources | map(@sh) | join(" ")))",
-		"rt_compiled=\(any(.proxy_sources[]; endswith(".c")))"' "$runtime_json") || return 1
+		"rt_customize=\(.customize // [] | join("\n") | @sh)",
+		"rt_proxy_path=\(.proxy_path // "" | @sh)",
+		"rt_sources=(\(.proxy_sources // [] | map(@sh) | join(" ")))",
+		"rt_compiled=\(any(.proxy_sources // [] | .[]; endswith(".c")))"' "$runtime_json") || return 1
 	if [ -z "$vars" ]; then
-		echo "runtime: no runtime \"$1\" in tools/runtimes/runtimes.json" >&2
+		echo "$runtime_what: no $runtime_what \"$1\" in ${runtime_json#"$runtime_repo"/}" >&2
 		return 1
 	fi
 	eval "$vars"
@@ -146,16 +150,17 @@ _runtime_build() {
 	local name=$1 dir=$2 work env_json manifest rc=0 start
 	start=$(date +%s)
 	work=$(mktemp -d "$(dirname "$dir")/.build.XXXXXX") && chmod 755 "$work" || return 1
-	echo "runtime: building $name into $dir" >&2
+	echo "$runtime_what: building $name into $dir" >&2
 	env_json=$(jq -c --arg path "$IMAGE_PATH_ENV" '[$path] + .' <<<"$rt_env")
 	case $rt_base in
 	debian) _runtime_debian_rootfs "$work/rootfs" ;;
 	busybox) image_busybox_rootfs "$work/rootfs" ;;
-	*) echo "runtime: $name: unknown base \"$rt_base\"" >&2 && false ;;
+	*) echo "$runtime_what: $name: unknown base \"$rt_base\"" >&2 && false ;;
 	esac || rc=1
 	if [ $rc -eq 0 ]; then
-		mkdir -p "$work/rootfs${rt_proxy_path%/*}"
-		if [ "$rt_compiled" = true ]; then
+		if [ ${#rt_sources[@]} -eq 0 ]; then
+			true # an image without a proxy (a build stack)
+		elif mkdir -p "$work/rootfs${rt_proxy_path%/*}" && [ "$rt_compiled" = true ]; then
 			runtime_build_proxy "$name" "$work/rootfs$rt_proxy_path"
 		else
 			install -m 0644 "$runtime_repo/${rt_sources[0]}" "$work/rootfs$rt_proxy_path"
@@ -170,7 +175,7 @@ _runtime_build() {
 			mv "$work/layout" "$dir/layout" || rc=1
 	fi
 	rm -rf --one-file-system "$work"
-	[ $rc -ne 0 ] || echo "runtime: $name: $(cat "$dir/info")" >&2
+	[ $rc -ne 0 ] || echo "$runtime_what: $name: $(cat "$dir/info")" >&2
 	return $rc
 }
 

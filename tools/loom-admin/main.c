@@ -2,6 +2,7 @@
  * NATS and the services' /readyz for `status`). */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <libpq-fe.h>
 #include <regex.h>
@@ -9,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "apikey.h"
 #include "bus.h"
@@ -29,25 +32,31 @@ static const char *nats_url;
 
 static void usage(FILE *out)
 {
-    fputs("usage: loom-admin [--pg-dsn DSN] [--nats-url URL] COMMAND ...\n"
-          "\n"
-          "commands:\n"
-          "  migrate [--dir DIR]               apply migrations/NNNN_*.sql in order\n"
-          "  projects create NAME | list\n"
-          "  keys create --admin | --project P --role read|write [--description D]\n"
-          "  keys list | revoke KEY_ID\n"
-          "  nodes list | cordon NAME | uncordon NAME | drain NAME\n"
-          "  quota get --project P\n"
-          "  quota set --project P [--cpu VCPU] [--memory 512G] [--gpus N] [--instances N]\n"
-          "                                    (\"none\" removes a limit; others are kept)\n"
-          "  runtimes list\n"
-          "  runtimes register NAME --image REF --language L [--default] [--deprecated]\n"
-          "                                    (a function runtime; again to change it)\n"
-          "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
-          "\n"
-          "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
-          "exit status: 0 ok, 1 failure, 2 usage error\n",
-          out);
+    fputs(
+        "usage: loom-admin [--pg-dsn DSN] [--nats-url URL] COMMAND ...\n"
+        "\n"
+        "commands:\n"
+        "  migrate [--dir DIR]               apply migrations/NNNN_*.sql in order\n"
+        "  projects create NAME | list\n"
+        "  keys create --admin | --project P --role read|write [--description D]\n"
+        "  keys list | revoke KEY_ID\n"
+        "  nodes list | cordon NAME | uncordon NAME | drain NAME\n"
+        "  quota get --project P\n"
+        "  quota set --project P [--cpu VCPU] [--memory 512G] [--gpus N] [--instances N]\n"
+        "                                    (\"none\" removes a limit; others are kept)\n"
+        "  runtimes list\n"
+        "  runtimes register NAME --image REF --language L [--default] [--deprecated]\n"
+        "                                    (a function runtime; again to change it)\n"
+        "  stack list\n"
+        "  stack build NAME --registry HOST:PORT [--description D]\n"
+        "                                    (a build stack of tools/stacks/stacks.json, made\n"
+        "                                    offline with mmdebstrap, cached, pushed, registered)\n"
+        "  stack register NAME --image HOST:PORT/REPO@DIGEST [--description D]\n"
+        "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
+        "\n"
+        "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
+        "exit status: 0 ok, 1 failure, 2 usage error\n",
+        out);
 }
 
 static int fail(const struct loom_err *err)
@@ -732,6 +741,137 @@ static int cmd_runtimes(int argc, char **argv)
                     5, p, "not registered", done);
 }
 
+/* ---- build stacks ------------------------------------------------------- */
+
+/* The tools directory (tools/lib/stacks.sh): LOOM_TOOLS_DIR, else found
+ * above this program (build/bin/loom-admin in a checkout). */
+static int tools_dir(char *buf, size_t len)
+{
+    const char *env = getenv("LOOM_TOOLS_DIR");
+    if (env && *env) {
+        snprintf(buf, len, "%s", env);
+        return 0;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n < 0)
+        return -1;
+    exe[n] = '\0';
+    for (int up = 0; up < 5; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash)
+            break;
+        *slash = '\0';
+        char probe[4200];
+        snprintf(probe, sizeof(probe), "%s/tools/lib/stacks.sh", exe);
+        if (access(probe, R_OK) == 0 && strlen(exe) + 7 <= len) {
+            memcpy(buf, exe, strlen(exe));
+            memcpy(buf + strlen(exe), "/tools", 7);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Runs the function fn of tools/lib/stacks.sh with arguments a1 and a2
+ * (a2 may be NULL) in bash; its standard output's last line into out (the
+ * rest of its output passes through). The exit status, or -1. */
+static int stacks_sh(const char *tools, const char *fn, const char *a1, const char *a2, char *out,
+                     size_t outlen)
+{
+    static const char script[] = ". \"$0/lib/stacks.sh\" && \"$1\" \"$2\" ${3:+\"$3\"}";
+    const char *argv[] = {"bash", "-c", script, tools, fn, a1, a2, NULL};
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        execvp("bash", (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    _cleanup_fclose_ FILE *f = pid > 0 ? fdopen(p[0], "r") : NULL;
+    if (!f) {
+        close(p[0]);
+        return -1;
+    }
+    char line[1024];
+    out[0] = '\0';
+    while (fgets(line, sizeof(line), f))
+        snprintf(out, outlen, "%s", line);
+    out[strcspn(out, "\n")] = '\0';
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int stack_register(const char *name, const char *image, const char *description)
+{
+    const char *p[] = {name, image, description ? description : ""};
+    char done[700];
+    snprintf(done, sizeof(done), "registered stack %s (%s)", name, image);
+    return exec_one("INSERT INTO build_stacks (name, image, description) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (name) DO UPDATE SET image = $2, description = CASE WHEN $3 = "
+                    "'' THEN build_stacks.description ELSE $3 END, updated_at = now()",
+                    3, p, "not registered", done);
+}
+
+static int cmd_stack(int argc, char **argv)
+{
+    if (argc == 1 && strcmp(argv[0], "list") == 0) {
+        static const char *const h[] = {"NAME", "IMAGE", "DESCRIPTION", "UPDATED"};
+        return query_print(
+            "SELECT name, image, description, " TS("updated_at") " FROM build_stacks ORDER BY name",
+            h, 0, NULL);
+    }
+    if (argc < 2 || (strcmp(argv[0], "register") != 0 && strcmp(argv[0], "build") != 0))
+        return usage_error("%s", "usage: stack list | stack build NAME --registry HOST:PORT | "
+                                 "stack register NAME --image REF");
+    bool build = strcmp(argv[0], "build") == 0;
+    const char *name = argv[1], *image = NULL, *registry = NULL, *description = NULL;
+    static const struct option lo[] = {{"image", required_argument, NULL, 'i'},
+                                       {"registry", required_argument, NULL, 'r'},
+                                       {"description", required_argument, NULL, 'd'},
+                                       {0}};
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc - 1, argv + 1, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 'i':
+            image = optarg;
+            break;
+        case 'r':
+            registry = optarg;
+            break;
+        case 'd':
+            description = optarg;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1 || (build ? !registry : !image))
+        return usage_error("%s", build ? "stack build needs NAME and --registry HOST:PORT"
+                                       : "stack register needs NAME and --image REF");
+    if (!build)
+        return stack_register(name, image, description);
+    char tools[4096];
+    if (tools_dir(tools, sizeof(tools)) < 0)
+        return usage_error("%s", "cannot find tools/lib/stacks.sh: set LOOM_TOOLS_DIR");
+    /* the shell library builds (or finds in its cache) and pushes; it prints REF@DIGEST */
+    char ref[1024], desc[512] = "";
+    if (stacks_sh(tools, "stack_push", name, registry, ref, sizeof(ref)) != 0 ||
+        !strchr(ref, '@')) {
+        fprintf(stderr, "loom-admin: stack %s: could not build or push it\n", name);
+        return 1;
+    }
+    if (!description && stacks_sh(tools, "stack_get", name, "description", desc, sizeof(desc)) != 0)
+        desc[0] = '\0';
+    return stack_register(name, ref, description ? description : desc);
+}
+
 int main(int argc, char **argv)
 {
     pg_dsn = getenv("LOOM_PG_DSN");
@@ -775,5 +915,7 @@ int main(int argc, char **argv)
         return cmd_quota(sub_argc, sub_argv);
     if (strcmp(cmd, "runtimes") == 0)
         return cmd_runtimes(sub_argc, sub_argv);
+    if (strcmp(cmd, "stack") == 0 || strcmp(cmd, "stacks") == 0)
+        return cmd_stack(sub_argc, sub_argv);
     return usage_error("unknown command \"%s\"", cmd);
 }
