@@ -21,6 +21,7 @@
 #include "cleanup.h"
 #include "db.h"
 #include "http.h"
+#include "instance_state.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -36,6 +37,8 @@
 #define MAX_INSTANCES 200        /* per function, as a bound on a runaway scale-up */
 #define FLUSH_EVERY_MS 100       /* activation records are written in batches */
 #define RETENTION_EVERY_MS 60000 /* old activations go in small batches */
+#define EVICT_AFTER_MS 500       /* a call short of a stem cell this long makes room */
+#define EVICT_IDLE_MS 1000       /* by stopping an instance idle at least this long */
 
 struct fn_inst {
     char id[40];
@@ -88,7 +91,8 @@ static pthread_t writer;
 static bool writer_started, writer_stop;
 static int64_t retention_ms;
 
-static struct loom_metric *m_calls_cold, *m_calls_warm, *m_latency, *m_claims_waited;
+static struct loom_metric *m_calls_cold, *m_calls_warm, *m_latency, *m_claims_waited, *m_evictions;
+static int64_t next_evict_ms; /* (mu) evictions are at least EVICT_AFTER_MS apart */
 
 /* --- the table ------------------------------------------------------------------- */
 
@@ -167,6 +171,54 @@ static void inst_remove(struct fn *f, const char *id)
             f->insts[i] = f->insts[--f->ninsts];
             return;
         }
+}
+
+/* --- room for a cold call ------------------------------------------------------------ */
+
+/* Warm instances are a cache: when a node is full, no stem cell can be
+ * placed, and a cold call waits for one; it then stops the instance that
+ * has been idle longest (of any function this activator serves), whose
+ * room the scheduler gives to a new stem cell. */
+
+/* 1 when a stem cell of runtime is on its way or free (the scheduler found
+ * room), 0 when none is, -1 on error. */
+static int stem_coming(const char *runtime)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db = act_db_get(&err);
+    if (!db)
+        return -1;
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(db, &err,
+                      "SELECT EXISTS (SELECT 1 FROM instances WHERE kind = 'function' "
+                      "AND runtime = $1 AND claimed_at IS NULL AND desired = 'run' "
+                      "AND state IN " LOOM_LIVE_STATES_SQL ")",
+                      runtime);
+    act_db_put(db);
+    if (!res)
+        return -1;
+    return strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+}
+
+/* Takes the longest idle instance out of its function's table (mu held):
+ * its id into victim; false when none has been idle EVICT_IDLE_MS. */
+static bool evict_pick(char victim[40], int64_t now)
+{
+    struct fn *owner = NULL;
+    struct fn_inst *best = NULL;
+    for (size_t b = 0; b < NBUCKETS; b++)
+        for (struct fn *f = table[b]; f; f = f->next)
+            for (size_t i = 0; i < f->ninsts; i++) {
+                struct fn_inst *x = &f->insts[i];
+                if (x->ready && x->inflight == 0 && now - x->last_used_ms >= EVICT_IDLE_MS &&
+                    (!best || x->last_used_ms < best->last_used_ms))
+                    best = x, owner = f;
+            }
+    if (!best)
+        return false;
+    snprintf(victim, 40, "%s", best->id);
+    inst_remove(owner, victim);
+    return true;
 }
 
 /* --- reading a function ------------------------------------------------------------ */
@@ -747,6 +799,23 @@ static void serve(struct call *c, const char *path, bool internal)
                 loom_metric_add(m_claims_waited, 1);
             }
             act_wake_scheduler();
+            now = loom_mono_ms();
+            if (now - start >= EVICT_AFTER_MS && now >= next_evict_ms) {
+                next_evict_ms = now + EVICT_AFTER_MS;
+                char runtime[64], victim[40];
+                snprintf(runtime, sizeof(runtime), "%s", f->runtime);
+                pthread_mutex_unlock(&mu);
+                bool room = stem_coming(runtime) != 0;
+                pthread_mutex_lock(&mu);
+                if (!room && evict_pick(victim, loom_mono_ms())) {
+                    pthread_mutex_unlock(&mu);
+                    log_info("instance %s: evicted, its node's room going to a cold call of %s/%s",
+                             victim, f->project, f->name);
+                    loom_metric_add(m_evictions, 1);
+                    inst_update(victim, "evicted: its room went to a cold call");
+                    pthread_mutex_lock(&mu);
+                }
+            }
         }
         if (loom_mono_ms() >= deadline) {
             status = 503, retry_after = (int)((act_cfg.hold_timeout_ms + 999) / 1000);
@@ -930,6 +999,8 @@ int act_fn_start(int64_t activation_retention_ms, struct loom_err *err)
                                        "function calls, by whether they loaded an instance");
     m_claims_waited = loom_metric_counter("loom_activator_function_stem_waits_total", NULL,
                                           "calls that found no stem cell and waited for one");
+    m_evictions = loom_metric_counter("loom_activator_function_evictions_total", NULL,
+                                      "idle instances stopped to make room for a cold call");
     m_latency =
         loom_metric_histogram("loom_activator_function_seconds", NULL,
                               "time to answer a function call", buckets, LOOM_ARRAY_SIZE(buckets));
