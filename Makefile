@@ -6,6 +6,8 @@
 #   make bench           benchmarks (tables, never pass/fail)
 #   make fuzz            bounded fuzzing runs
 #   make check-format    clang-format check of every C file
+#   make check-fresh     tools/install-deps, make up and the README's tour in a fresh
+#                        minimal Debian 12 root (tools/check-fresh; root, a few minutes)
 
 SHELL := /bin/bash
 CC ?= cc
@@ -51,7 +53,7 @@ TOOL_BINS := $(addprefix $(BUILD)/bin/,$(TOOLS))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps test unit integration up down bench fuzz check-format format clean
+.PHONY: all deps test unit integration up down bench fuzz check-format check-fresh format clean
 .SECONDARY:
 
 all: $(SERVICE_BINS) $(TOOL_BINS) $(UNIT_BINS)
@@ -138,6 +140,11 @@ bench: all
 
 fuzz:
 	tests/fuzz/run $(FUZZ_SECONDS)
+
+# A new user's first steps on a fresh Debian 12: nothing there but what
+# tools/install-deps installs (mmdebstrap on this machine builds the root).
+check-fresh: deps
+	tools/check-fresh
 
 CHECK_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null || find common services tools tests -name '*.[ch]')
 check-format:

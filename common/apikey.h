@@ -29,6 +29,14 @@ void loom_apikey_format(const uint8_t id_raw[6], const uint8_t secret_raw[32],
 /* Zeroes k (the compiler may not drop it). Accepts NULL. */
 void loom_apikey_release(struct loom_apikey *k);
 
+/* Stores a minted key in api_keys: $1 the key id, $2 secret_sha256_hex, $3
+ * the project's name (NULL for an admin key), $4 the role, $5 the
+ * description. No row is made when the project does not exist. */
+#define LOOM_APIKEY_INSERT_SQL                                                                     \
+    "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "                 \
+    "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "               \
+    "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL"
+
 /* The sha256 of a secret's text, as minting stores it and a check compares it. */
 void loom_apikey_secret_sha256(const char *secret, unsigned char ret[32]);
 

@@ -340,6 +340,18 @@ static bool method_matches(const char *route_method, const char *method)
            (strcmp(method, "HEAD") == 0 && strcmp(route_method, "GET") == 0);
 }
 
+bool loom_http_serve_builtin(struct loom_http_req *req)
+{
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(builtin_routes); i++) {
+        if (strcmp(req->path, builtin_routes[i].pattern) != 0 ||
+            !method_matches(builtin_routes[i].method, req->method))
+            continue;
+        builtin_routes[i].handler(req);
+        return true;
+    }
+    return false;
+}
+
 /* Matches the raw path against pattern; fills params (decoded) and rest (raw).
  * Returns 1 on match, 0 on no match, -1 when a segment does not decode. */
 static int match_pattern(struct conn_state *st, const char *pattern, const char *path)

@@ -77,6 +77,11 @@ void loom_http_server_stop(struct loom_http_server *srv);
 /* True once the server is stopping: a handler that holds a request (waits
  * for something) should answer it now, e.g. with a 503 and Retry-After. */
 bool loom_http_stopping(struct loom_http_req *req);
+/* Answers a GET or HEAD of /livez, /readyz or /metrics as the server's
+ * built-in endpoints do and returns true; false (nothing sent) for any
+ * other request. For a catch-all route that hides them, for the requests it
+ * does not claim itself (the activator: those for no app). */
+bool loom_http_serve_builtin(struct loom_http_req *req);
 uint16_t loom_http_server_port(const struct loom_http_server *srv);
 
 /* Request accessors. */

@@ -123,14 +123,18 @@ static void close_own_thread_db(void)
     thread_db = NULL;
 }
 
-static bool service_ready(void *arg)
+bool loom_service_ready(struct loom_service *svc)
 {
-    struct loom_service *svc = arg;
     if (current_def->needs_db && !loom_db_ok(svc->db))
         return false;
     if (!loom_bus_connected(svc->bus))
         return false;
     return !current_def->ready || current_def->ready(svc);
+}
+
+static bool service_ready(void *arg)
+{
+    return loom_service_ready(arg);
 }
 
 static void env_name(char *out, size_t n, const char *service, const char *suffix)

@@ -68,6 +68,10 @@ struct loom_service_def {
  * at once with status 1. */
 int loom_service_main(const struct loom_service_def *def, int argc, char **argv);
 
+/* What /readyz answers: PostgreSQL (when the service needs it) and NATS are
+ * connected, and the service's own ready hook agrees. */
+bool loom_service_ready(struct loom_service *svc);
+
 /* The running service (for handlers that need the bus); NULL before start. */
 struct loom_service *loom_service_current(void);
 

@@ -17,6 +17,9 @@
 static const char *const run_modes[] = {"task", "daemon", NULL};
 static const char *const placements[] = {"binpack", "spread", NULL};
 static const char *const visibilities[] = {"public", "private", "project", NULL};
+static const char *const run_cpus[] = {"0.125", "0.25", "0.5", "1",  "2", "4",
+                                       "6",     "8",    "10",  "12", NULL};
+static const char *const function_cpus[] = {"0.125", "0.25", "0.5", "1", NULL};
 
 /* In the order a body's fields are checked, so that the first error a user
  * sees is the first field that is wrong. */
@@ -56,7 +59,7 @@ const struct loom_field loom_spec_table[] = {
      .help = "replaces the cmd of the image (one flag per word)"},
     {.name = "run_env_variables",
      .type = LOOM_FT_OBJECT,
-     .kinds = LOOM_K_RUNS,
+     .kinds = LOOM_K_RUNS | LOOM_K_FUNCTION,
      .def_kind = LOOM_DEF_VALUE,
      .def = "[]",
      .check = loom_spec_check_env,
@@ -94,15 +97,15 @@ const struct loom_field loom_spec_table[] = {
      .max = 64000,
      .def_kind = LOOM_DEF_IMPLIED,
      .def = "\"1\"",
-     .check = loom_spec_check_cpu_size,
+     .choices = run_cpus,
+     .check = loom_spec_check_choice,
      .offset = O(cpu_millis),
      .column = "cpu_millis",
      .flag = "cpu",
      .metavar = "VCPU",
      .help = "vCPU (also written as 125m or .125; stored in this form). With "
              "scale_memory_limit one of the Code Engine combinations: 2, 4 or 8 GB per vCPU, "
-             "at most 48G. Given alone, memory is 4 GB per vCPU",
-     .schema = "{'enum':['0.125','0.25','0.5','1','2','4','6','8','10','12']}"},
+             "at most 48G. Given alone, memory is 4 GB per vCPU"},
     {.name = "scale_memory_limit",
      .type = LOOM_FT_SIZE,
      .kinds = LOOM_K_RUNS,
@@ -400,7 +403,7 @@ const struct loom_field loom_spec_table[] = {
      .schema = "{'$ref':'#/components/schemas/Probe'}"},
     {.name = "visibility",
      .type = LOOM_FT_ENUM,
-     .kinds = LOOM_K_APP,
+     .kinds = LOOM_K_APP | LOOM_K_FUNCTION,
      .choices = visibilities,
      .def_kind = LOOM_DEF_VALUE,
      .def = "\"public\"",
@@ -412,16 +415,150 @@ const struct loom_field loom_spec_table[] = {
              "(LOOM_ACTIVATOR_INTERNAL_ADDR, reachable from the platform network), 404 on the "
              "public one. project: only on the internal listener and only to callers whose "
              "source address is a running app instance of the same project, 404 to anyone else"},
+
+    /* ---- functions ---- */
+    {.name = "runtime",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_FUNCTION,
+     .max = 63,
+     .check = loom_spec_check_runtime,
+     .offset = O(runtime),
+     .flag = "runtime",
+     .metavar = "RUNTIME",
+     .help = "the language runtime, one of GET /v1/function_runtimes (python-3.11, nodejs-18, "
+             "shell...)"},
+    {.name = "code_reference",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_FUNCTION,
+     .max = LOOM_SPEC_MAX_CODE_REFERENCE,
+     .check = loom_spec_check_code,
+     .offset = O(code_reference),
+     .flag = "code-reference",
+     .metavar = "DATA_URL",
+     .help = "the code: a data: URL of one file (text/plain) or of a tar.gz bundle "
+             "(application/gzip, base64), at most 512 KiB of code; answered as sha256:<hex>, "
+             "the content it was stored under"},
+    {.name = "code_main",
+     .type = LOOM_FT_STRING,
+     .kinds = LOOM_K_FUNCTION,
+     .max = 128,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "\"main\"",
+     .check = loom_spec_check_identifier,
+     .offset = O(code_main),
+     .flag = "main",
+     .metavar = "NAME",
+     .help = "the function the runtime calls with the parameters"},
+    {.name = "code_binary",
+     .type = LOOM_FT_BOOL,
+     .kinds = LOOM_K_FUNCTION,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "false",
+     .offset = O(code_binary),
+     .flag = "code-binary",
+     .help = "the code is a bundle (set by the API from the data: URL's type)"},
+    {.name = "scale_concurrency",
+     .type = LOOM_FT_INT,
+     .kinds = LOOM_K_FUNCTION,
+     .min = 1,
+     .max = 100,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "1",
+     .offset = O(concurrency),
+     .column = "concurrency",
+     .flag = "concurrency",
+     .metavar = "N",
+     .help = "calls one instance serves at once; more start more instances"},
+    {.name = "scale_cpu_limit",
+     .type = LOOM_FT_CPU,
+     .kinds = LOOM_K_FUNCTION,
+     .min = 1,
+     .max = 1000,
+     .def_kind = LOOM_DEF_IMPLIED,
+     .def = "\"0.5\"",
+     .choices = function_cpus,
+     .check = loom_spec_check_choice,
+     .offset = O(cpu_millis),
+     .column = "cpu_millis",
+     .flag = "cpu",
+     .metavar = "VCPU",
+     .help = "vCPU of an instance; with scale_memory_limit one of Code Engine's function "
+             "shapes, 4 GB per vCPU"},
+    {.name = "scale_memory_limit",
+     .type = LOOM_FT_SIZE,
+     .kinds = LOOM_K_FUNCTION,
+     .min = 1,
+     .max = 4 * GB,
+     .def_kind = LOOM_DEF_IMPLIED,
+     .def = "\"2G\"",
+     .offset = O(memory_bytes),
+     .column = "memory_bytes",
+     .flag = "memory",
+     .metavar = "SIZE",
+     .help = "memory of an instance: 4 GB per vCPU (0.5G, 1G, 2G or 4G)",
+     .schema = "{'type':'string','pattern':'^[0-9]+(\\\\.[0-9]{1,3})?(M|G|Mi|Gi)$'}"},
+    {.name = "scale_max_execution_time",
+     .type = LOOM_FT_INT,
+     .kinds = LOOM_K_FUNCTION,
+     .min = 1,
+     .max = 120,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "60",
+     .offset = O(max_execution_time),
+     .flag = "timeout",
+     .metavar = "SECONDS",
+     .help = "seconds one call may take; a longer one answers 504 and its instance is replaced"},
+    {.name = "scale_down_delay",
+     .type = LOOM_FT_INT,
+     .kinds = LOOM_K_FUNCTION,
+     .min = 0,
+     .max = 3600,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "60",
+     .offset = O(scale_down_delay),
+     .flag = "scale-down-delay",
+     .metavar = "SECONDS",
+     .help = "seconds an idle instance is kept warm before it stops"},
 };
 const size_t loom_spec_table_len = LOOM_ARRAY_SIZE(loom_spec_table);
+
+static const int64_t run_cpu_millis[] = {125, 250, 500, 1000, 2000, 4000, 6000, 8000, 10000, 12000};
+static const int run_ratios[] = {4, 2, 8};
+static const int64_t function_cpu_millis[] = {125, 250, 500, 1000};
+static const int function_ratios[] = {4};
+
+static const struct loom_shapes run_shapes = {
+    run_cpu_millis,
+    LOOM_ARRAY_SIZE(run_cpu_millis),
+    run_ratios,
+    LOOM_ARRAY_SIZE(run_ratios),
+    48,
+    "1",
+    "4G",
+    "2, 4 or 8",
+    "0.5G, 1G, 2G, 4G, 8G, 16G, 32G or 48G",
+};
+static const struct loom_shapes function_shapes = {
+    function_cpu_millis,
+    LOOM_ARRAY_SIZE(function_cpu_millis),
+    function_ratios,
+    LOOM_ARRAY_SIZE(function_ratios),
+    4,
+    "0.5",
+    "2G",
+    "4",
+    "0.5G, 1G, 2G or 4G",
+};
 
 static const struct kind_desc {
     const char *what;
     bool columns; /* its table has the normalised columns */
+    const struct loom_shapes *shapes;
 } kinds[LOOM_KIND_COUNT] = {
-    [LOOM_KIND_JOB] = {"job", false},
-    [LOOM_KIND_JOBRUN] = {"job run", true},
-    [LOOM_KIND_APP] = {"app", true},
+    [LOOM_KIND_JOB] = {"job", false, &run_shapes},
+    [LOOM_KIND_JOBRUN] = {"job run", true, &run_shapes},
+    [LOOM_KIND_APP] = {"app", true, &run_shapes},
+    [LOOM_KIND_FUNCTION] = {"function", true, &function_shapes},
 };
 
 const char *loom_kind_what(enum loom_kind k)
@@ -551,6 +688,13 @@ static int check_field(json_t *body, json_t *out, const struct loom_field *f, st
         json_object_set_new(out, f->name, json_integer(v));
         break;
     }
+    case LOOM_FT_BOOL: {
+        bool b = false;
+        if (loom_json_get_bool(body, f->name, false, &b, err) < 0)
+            return -1;
+        json_object_set_new(out, f->name, json_boolean(b));
+        break;
+    }
     case LOOM_FT_STRINGS: {
         json_t *arr = NULL;
         if (loom_json_get_string_array(body, f->name, false, (size_t)f->min, (size_t)f->max, &arr,
@@ -594,7 +738,7 @@ static int check_app(json_t *spec, struct loom_err *err)
 int loom_spec_complete(enum loom_kind k, json_t *spec, struct loom_err *err)
 {
     pthread_once(&once, build_once);
-    if (loom_spec_check_resources(spec, err) < 0)
+    if (loom_spec_check_resources(spec, kinds[k].shapes, err) < 0)
         return -1;
     for (size_t i = 0; i < loom_spec_table_len; i++) {
         const struct loom_field *f = &loom_spec_table[i];
@@ -623,8 +767,15 @@ int loom_spec_validate(enum loom_kind k, json_t *body, bool partial, json_t **re
             return -1;
     }
     if (!partial) {
-        if (!json_object_get(out, "image_reference"))
-            return loom_err_set(err, LOOM_EINVAL, "field \"image_reference\": is required");
+        static const char *const required[LOOM_KIND_COUNT][3] = {
+            [LOOM_KIND_JOB] = {"image_reference"},
+            [LOOM_KIND_JOBRUN] = {"image_reference"},
+            [LOOM_KIND_APP] = {"image_reference"},
+            [LOOM_KIND_FUNCTION] = {"runtime", "code_reference"},
+        };
+        for (size_t i = 0; i < 3 && required[k][i]; i++)
+            if (!json_object_get(out, required[k][i]))
+                return loom_err_set(err, LOOM_EINVAL, "field \"%s\": is required", required[k][i]);
         if (loom_spec_complete(k, out, err) < 0)
             return -1;
     }
@@ -711,6 +862,11 @@ static int decode_field(const struct loom_field *f, json_t *v, struct loom_spec 
         *(int64_t *)dst = x;
         return 0;
     }
+    case LOOM_FT_BOOL:
+        if (!json_is_boolean(v))
+            return loom_err_set(err, LOOM_EINVAL, "must be true or false");
+        *(bool *)dst = json_is_true(v);
+        return 0;
     case LOOM_FT_ENUM:
         for (int i = 0; json_is_string(v) && f->choices[i]; i++)
             if (strcmp(json_string_value(v), f->choices[i]) == 0) {
@@ -852,6 +1008,16 @@ json_t *loom_spec_schema(unsigned all, unsigned none)
             json_object_set_new(p, "enum", e);
             break;
         }
+        case LOOM_FT_BOOL:
+            json_object_set_new(p, "type", json_string("boolean"));
+            break;
+        case LOOM_FT_CPU: {
+            json_t *e = json_array();
+            for (const char *const *c = f->choices; c && *c; c++)
+                json_array_append_new(e, json_string(*c));
+            json_object_set_new(p, "enum", e);
+            break;
+        }
         case LOOM_FT_STRINGS:
             json_object_set_new(p, "type", json_string("array"));
             json_object_set_new(p, "maxItems", json_integer(f->min));
@@ -859,7 +1025,6 @@ json_t *loom_spec_schema(unsigned all, unsigned none)
                 p, "items",
                 json_pack("{s:s,s:I}", "type", "string", "maxLength", (json_int_t)f->max));
             break;
-        case LOOM_FT_CPU:
         case LOOM_FT_SIZE:
         case LOOM_FT_OBJECT:
             break; /* the table's schema says it */

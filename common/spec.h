@@ -24,23 +24,26 @@
 #include "err.h"
 
 enum loom_kind {
-    LOOM_KIND_JOB,    /* a saved job: the spec its runs start from */
-    LOOM_KIND_JOBRUN, /* one run of an array of indices */
-    LOOM_KIND_APP,    /* a long-running HTTP service */
+    LOOM_KIND_JOB,      /* a saved job: the spec its runs start from */
+    LOOM_KIND_JOBRUN,   /* one run of an array of indices */
+    LOOM_KIND_APP,      /* a long-running HTTP service */
+    LOOM_KIND_FUNCTION, /* a few files of code, invoked over HTTP */
     LOOM_KIND_COUNT,
 };
 #define LOOM_K_JOB (1u << LOOM_KIND_JOB)
 #define LOOM_K_JOBRUN (1u << LOOM_KIND_JOBRUN)
 #define LOOM_K_APP (1u << LOOM_KIND_APP)
 #define LOOM_K_JOBS (LOOM_K_JOB | LOOM_K_JOBRUN)
-#define LOOM_K_RUNS (LOOM_K_JOBS | LOOM_K_APP) /* every kind that runs a container */
+#define LOOM_K_FUNCTION (1u << LOOM_KIND_FUNCTION)
+#define LOOM_K_RUNS (LOOM_K_JOBS | LOOM_K_APP) /* the kinds that run an image */
 
-/* "job", "job run", "app": for messages. */
+/* "job", "job run", "app", "function": for messages. */
 const char *loom_kind_what(enum loom_kind k);
 
 enum loom_ftype {
     LOOM_FT_STRING,  /* max: length; check: further rules */
     LOOM_FT_INT,     /* min..max */
+    LOOM_FT_BOOL,    /* true or false */
     LOOM_FT_ENUM,    /* one of choices; decoded to its index */
     LOOM_FT_CPU,     /* vCPU text (common/quantity.h), stored canonical; decoded to millicores */
     LOOM_FT_SIZE,    /* memory or storage text (M, G, Mi, Gi); decoded to bytes; max: bytes */
@@ -130,6 +133,18 @@ struct loom_arrayspec;
 int loom_spec_jobrun(const json_t *job_spec, json_t *body, json_t **ret_spec,
                      struct loom_arrayspec *ret_indices, struct loom_err *err);
 
+/* Function code: at most this much, given as a data: URL in code_reference
+ * (base64 makes it a third longer). */
+#define LOOM_SPEC_MAX_CODE_BYTES (512 * 1024)
+#define LOOM_SPEC_MAX_CODE_REFERENCE (LOOM_SPEC_MAX_CODE_BYTES / 3 * 4 + 4 + 256)
+
+/* The code of a data: URL code_reference: its bytes (allocated) and
+ * whether it is a tar.gz bundle (application/gzip) rather than one file
+ * (text/plain, or no type). The message says what is wrong, without the
+ * field's name. */
+int loom_spec_code_decode(const char *ref, uint8_t **ret, size_t *ret_len, bool *ret_binary,
+                          struct loom_err *err);
+
 /* True for a key of a secret or config map: 1-253 of [-._a-zA-Z0-9]. */
 bool loom_spec_is_key(const char *s);
 
@@ -169,8 +184,14 @@ struct loom_spec {
     /* apps */
     int64_t port, min_instances, max_instances, initial_instances;
     int64_t concurrency, concurrency_target, scale_down_delay, request_timeout;
-    int visibility; /* enum loom_visibility */
+    int visibility; /* enum loom_visibility (also functions) */
     struct loom_probe readiness, liveness;
+    /* functions (and concurrency, cpu, memory, max_execution_time,
+     * scale_down_delay and visibility above) */
+    const char *runtime;
+    const char *code_reference; /* a data: URL, or "sha256:<hex>" once stored */
+    const char *code_main;
+    bool code_binary;
 };
 
 /* Decodes a stored spec of kind k; absent fields get their defaults. A

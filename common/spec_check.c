@@ -130,25 +130,20 @@ int loom_spec_check_array(json_t *body, json_t *out, const struct loom_field *f,
 
 /* ---- cpu and memory -------------------------------------------------------- */
 
-/* Code Engine's vCPU sizes; memory is 2, 4 or 8 GB per vCPU up to 48G. */
-static const int64_t valid_cpus[] = {125, 250, 500, 1000, 2000, 4000, 6000, 8000, 10000, 12000};
-static const int valid_ratios[] = {2, 4, 8};
-#define MAX_MEMORY_GB 48
-
-int loom_spec_check_cpu_size(json_t *body, json_t *out, const struct loom_field *f,
-                             struct loom_err *err)
+int loom_spec_check_choice(json_t *body, json_t *out, const struct loom_field *f,
+                           struct loom_err *err)
 {
     (void)body;
-    int64_t m = 0;
     const char *s = out_string(out, f);
-    if (loom_cpu_parse(s, &m, NULL) == 0)
-        for (size_t i = 0; i < LOOM_ARRAY_SIZE(valid_cpus); i++)
-            if (valid_cpus[i] == m)
-                return 0;
-    return loom_err_set(err, LOOM_EINVAL,
-                        "field \"%s\": \"%s\" is not one of the vCPU sizes 0.125, 0.25, 0.5, 1, "
-                        "2, 4, 6, 8, 10, 12",
-                        f->name, s);
+    char list[160] = "";
+    for (const char *const *c = f->choices; *c; c++) {
+        if (strcmp(s, *c) == 0)
+            return 0;
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 c == f->choices ? "" : ", ", *c);
+    }
+    return loom_err_set(err, LOOM_EINVAL, "field \"%s\": \"%s\" is not one of the vCPU sizes %s",
+                        f->name, s, list);
 }
 
 /* The number of a memory text in megabytes under both readings of its unit
@@ -175,20 +170,20 @@ static void memory_readings(const char *text, int64_t *ret_dec, int64_t *ret_bin
 
 /* Whether millis vCPU with ratio GB per vCPU is the memory text: equal in
  * decimal units (0.25G = 250M) or in binary ones (256M or 256Mi = 0.25Gi). */
-static bool combo_matches(int64_t millis, int ratio, const char *mem)
+static bool combo_matches(const struct loom_shapes *sh, int64_t millis, int ratio, const char *mem)
 {
     int64_t gb_milli = millis * ratio, dec, bin; /* GB times 1000 */
-    if (gb_milli > MAX_MEMORY_GB * 1000)
+    if (gb_milli > sh->max_gb * 1000)
         return false;
     memory_readings(mem, &dec, &bin);
     /* decimal: MB*1000 = GB*1000*1000; binary: MiB*1000 = GiB*1000*1024 */
     return dec == gb_milli * 1000 || bin == gb_milli * 1024;
 }
 
-static bool combo_ok(int64_t millis, const char *mem)
+static bool combo_ok(const struct loom_shapes *sh, int64_t millis, const char *mem)
 {
-    for (size_t r = 0; r < LOOM_ARRAY_SIZE(valid_ratios); r++)
-        if (combo_matches(millis, valid_ratios[r], mem))
+    for (size_t r = 0; r < sh->nratios; r++)
+        if (combo_matches(sh, millis, sh->ratios[r], mem))
             return true;
     return false;
 }
@@ -202,14 +197,40 @@ static void format_gb(int64_t mb, char *out, size_t outsz)
         snprintf(out, outsz, "%lldM", (long long)mb);
 }
 
-int loom_spec_check_resources(json_t *out, struct loom_err *err)
+/* "2G, 4G or 8G": the memories that go with millis, in ascending ratio. */
+static void memories_for(const struct loom_shapes *sh, int64_t millis, char *out, size_t outsz)
+{
+    int sorted[8];
+    size_t n = 0;
+    for (size_t r = 0; r < sh->nratios && n < LOOM_ARRAY_SIZE(sorted); r++)
+        if (millis * sh->ratios[r] <= sh->max_gb * 1000)
+            sorted[n++] = sh->ratios[r];
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+            int t = sorted[j];
+            sorted[j] = sorted[j - 1];
+            sorted[j - 1] = t;
+        }
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        char gb[24];
+        format_gb(millis * sorted[i], gb, sizeof(gb));
+        snprintf(out + strlen(out), outsz - strlen(out), "%s%s",
+                 i == 0       ? ""
+                 : i + 1 == n ? " or "
+                              : ", ",
+                 gb);
+    }
+}
+
+int loom_spec_check_resources(json_t *out, const struct loom_shapes *sh, struct loom_err *err)
 {
     const char *cpu = json_string_value(json_object_get(out, "scale_cpu_limit"));
     const char *mem = json_string_value(json_object_get(out, "scale_memory_limit"));
     char buf[32];
     if (!cpu && !mem) {
-        json_object_set_new(out, "scale_cpu_limit", json_string("1"));
-        json_object_set_new(out, "scale_memory_limit", json_string("4G"));
+        json_object_set_new(out, "scale_cpu_limit", json_string(sh->default_cpu));
+        json_object_set_new(out, "scale_memory_limit", json_string(sh->default_memory));
         return 0;
     }
     int64_t millis = 0, bytes = 0;
@@ -218,38 +239,30 @@ int loom_spec_check_resources(json_t *out, struct loom_err *err)
     if (mem && loom_size_parse(mem, LOOM_SIZE_MEMORY, &bytes, err) < 0)
         return loom_err_wrap(err, "field \"scale_memory_limit\"");
     if (!mem) {
-        format_gb(millis * 4, buf, sizeof(buf));
+        format_gb(millis * sh->ratios[0], buf, sizeof(buf));
         json_object_set_new(out, "scale_memory_limit", json_string(buf));
         return 0;
     }
     if (!cpu) {
-        static const int prefer[] = {4, 2, 8};
-        for (size_t r = 0; r < LOOM_ARRAY_SIZE(prefer); r++)
-            for (size_t c = 0; c < LOOM_ARRAY_SIZE(valid_cpus); c++)
-                if (combo_matches(valid_cpus[c], prefer[r], mem)) {
-                    loom_cpu_format(valid_cpus[c], buf, sizeof(buf));
+        for (size_t r = 0; r < sh->nratios; r++)
+            for (size_t c = 0; c < sh->ncpus; c++)
+                if (combo_matches(sh, sh->cpus[c], sh->ratios[r], mem)) {
+                    loom_cpu_format(sh->cpus[c], buf, sizeof(buf));
                     json_object_set_new(out, "scale_cpu_limit", json_string(buf));
                     return 0;
                 }
         return loom_err_set(err, LOOM_EINVAL,
-                            "field \"scale_memory_limit\": \"%s\" is not 2, 4 or 8 GB per vCPU "
-                            "for any vCPU size (try 0.5G, 1G, 2G, 4G, 8G, 16G, 32G or 48G)",
-                            mem);
+                            "field \"scale_memory_limit\": \"%s\" is not %s GB per vCPU for any "
+                            "vCPU size (try %s)",
+                            mem, sh->ratio_text, sh->memory_examples);
     }
-    if (!combo_ok(millis, mem)) {
-        char a[24], b[24], c[24];
-        format_gb(millis * 2, a, sizeof(a));
-        format_gb(millis * 4, b, sizeof(b));
-        format_gb(millis * 8, c, sizeof(c));
-        if (millis * 8 > MAX_MEMORY_GB * 1000)
-            return loom_err_set(err, LOOM_EINVAL,
-                                "field \"scale_memory_limit\": \"%s\" with scale_cpu_limit \"%s\" "
-                                "is not a valid combination (memory must be %s or %s)",
-                                mem, cpu, a, millis * 4 > MAX_MEMORY_GB * 1000 ? a : b);
+    if (!combo_ok(sh, millis, mem)) {
+        char list[96];
+        memories_for(sh, millis, list, sizeof(list));
         return loom_err_set(err, LOOM_EINVAL,
                             "field \"scale_memory_limit\": \"%s\" with scale_cpu_limit \"%s\" is "
-                            "not a valid combination (memory must be %s, %s or %s)",
-                            mem, cpu, a, b, c);
+                            "not a valid combination (memory must be %s)",
+                            mem, cpu, list);
     }
     return 0;
 }
@@ -625,5 +638,134 @@ int loom_spec_decode_probe(json_t *v, void *dst, struct loom_err *err)
             return -1;
         *(int64_t *)((char *)p + m->offset) = x;
     }
+    return 0;
+}
+
+/* ---- functions ------------------------------------------------------------------ */
+
+int loom_spec_check_runtime(json_t *body, json_t *out, const struct loom_field *f,
+                            struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    bool ok = islower((unsigned char)s[0]);
+    for (const char *p = s; ok && *p; p++)
+        ok = islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '-' || *p == '.';
+    if (!ok)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"%s\": \"%.64s\" is not a runtime name such as python-3.11 "
+                            "(see GET /v1/function_runtimes)",
+                            f->name, s);
+    return 0;
+}
+
+int loom_spec_check_identifier(json_t *body, json_t *out, const struct loom_field *f,
+                               struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    bool ok = isalpha((unsigned char)s[0]) || s[0] == '_' || s[0] == '$';
+    for (const char *p = s; ok && *p; p++)
+        ok = isalnum((unsigned char)*p) || *p == '_' || *p == '$' || *p == '.';
+    if (!ok)
+        return loom_err_set(
+            err, LOOM_EINVAL,
+            "field \"%s\": \"%.64s\" is not a function name ([A-Za-z_$][A-Za-z0-9_$.]*)", f->name,
+            s);
+    return 0;
+}
+
+static bool is_stored_code(const char *s)
+{
+    if (strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
+        return false;
+    for (const char *p = s + 7; *p; p++)
+        if (!isxdigit((unsigned char)*p) || isupper((unsigned char)*p))
+            return false;
+    return true;
+}
+
+static int hexdigit(char c)
+{
+    return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+int loom_spec_code_decode(const char *ref, uint8_t **ret, size_t *ret_len, bool *ret_binary,
+                          struct loom_err *err)
+{
+    static const char *const bundles[] = {"application/gzip", "application/x-gzip",
+                                          "application/tar+gzip", "application/x-tar+gzip"};
+    if (strncmp(ref, "data:", 5) != 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "is not a data: URL (data:text/plain;base64,... for one file, "
+                            "data:application/gzip;base64,... for a tar.gz bundle)");
+    const char *head = ref + 5, *comma = strchr(head, ',');
+    if (!comma)
+        return loom_err_set(err, LOOM_EINVAL, "is a data: URL without its ','");
+    size_t hlen = (size_t)(comma - head);
+    bool base64 = hlen >= 7 && strncmp(comma - 7, ";base64", 7) == 0;
+    size_t tlen = strcspn(head, ";,");
+    bool binary = false, text = tlen == 0 || (tlen == 10 && strncmp(head, "text/plain", 10) == 0);
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(bundles); i++)
+        if (strlen(bundles[i]) == tlen && strncmp(head, bundles[i], tlen) == 0)
+            binary = true;
+    if (!text && !binary)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "has the media type \"%.*s\": one file is text/plain, a bundle "
+                            "application/gzip",
+                            (int)(tlen > 64 ? 64 : tlen), head);
+    if (binary && !base64)
+        return loom_err_set(err, LOOM_EINVAL, "is a bundle that is not ;base64");
+    const char *data = comma + 1;
+    size_t dlen = strlen(data);
+    uint8_t *out = NULL;
+    size_t n = 0;
+    if (base64) {
+        if (loom_base64_decode(data, dlen, &out, &n) < 0)
+            return loom_err_set(err, LOOM_EINVAL, "is not valid base64 after its ','");
+    } else {
+        /* percent-encoded text */
+        out = malloc(dlen + 1);
+        if (!out)
+            abort();
+        for (size_t i = 0; i < dlen; i++) {
+            if (data[i] == '%' && i + 2 < dlen + 1 && isxdigit((unsigned char)data[i + 1]) &&
+                isxdigit((unsigned char)data[i + 2])) {
+                out[n++] = (uint8_t)(hexdigit(data[i + 1]) * 16 + hexdigit(data[i + 2]));
+                i += 2;
+            } else if (data[i] == '%') {
+                free(out);
+                return loom_err_set(err, LOOM_EINVAL,
+                                    "has a '%%' that is not followed by two "
+                                    "hex digits");
+            } else {
+                out[n++] = (uint8_t)data[i];
+            }
+        }
+    }
+    if (n == 0 || n > LOOM_SPEC_MAX_CODE_BYTES) {
+        free(out);
+        return loom_err_set(err, LOOM_EINVAL, "holds %zu bytes of code (1 to %d)", n,
+                            LOOM_SPEC_MAX_CODE_BYTES);
+    }
+    *ret = out;
+    *ret_len = n;
+    *ret_binary = binary;
+    return 0;
+}
+
+int loom_spec_check_code(json_t *body, json_t *out, const struct loom_field *f,
+                         struct loom_err *err)
+{
+    (void)body;
+    const char *s = out_string(out, f);
+    if (is_stored_code(s))
+        return 0;
+    uint8_t *code = NULL;
+    size_t n;
+    bool binary;
+    if (loom_spec_code_decode(s, &code, &n, &binary, err) < 0)
+        return loom_err_wrap(err, "field \"%s\"", f->name);
+    free(code);
     return 0;
 }

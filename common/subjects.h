@@ -14,9 +14,12 @@
 #define LOOM_SUBJ_AGENT_ASSIGN_FMT "loom.agent.%s.assign"
 /* scheduler -> agent <node>, request InstanceStop, reply Ack */
 #define LOOM_SUBJ_AGENT_STOP_FMT "loom.agent.%s.stop"
+/* activator -> agent <node>, request InstanceSpecialize, reply Ack */
+#define LOOM_SUBJ_AGENT_SPECIALIZE_FMT "loom.agent.%s.specialize"
 /* agent -> scheduler (queue group "scheduler"), request InstanceReport, reply Ack */
 #define LOOM_SUBJ_INSTANCE_REPORT "loom.instance.report"
-/* api/activator -> scheduler, publish (empty): new work, place now */
+/* api/activator -> scheduler, publish (empty): new work, place now (also: a
+ * stem cell was claimed, refill the pools) */
 #define LOOM_SUBJ_SCHED_WAKE "loom.sched.wake"
 /* activator -> scheduler, publish ScaleDecision */
 #define LOOM_SUBJ_SCALE_DECISION "loom.scale.decision"

@@ -403,3 +403,53 @@ int loom_unhex_alloc(const char *s, uint8_t **ret, size_t *ret_len)
     *ret_len = len / 2;
     return 0;
 }
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *loom_base64_encode(const void *data, size_t n)
+{
+    const uint8_t *in = data;
+    char *out = malloc(4 * ((n + 2) / 3) + 1), *o = out;
+    if (!out)
+        abort();
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < n ? in[i + 2] : 0);
+        *o++ = b64[v >> 18 & 63];
+        *o++ = b64[v >> 12 & 63];
+        *o++ = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? b64[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+int loom_base64_decode(const char *s, size_t len, uint8_t **ret, size_t *ret_len)
+{
+    while (len > 0 && s[len - 1] == '=')
+        len--;
+    if (len % 4 == 1)
+        return -1;
+    uint8_t *out = malloc(len * 3 / 4 + 1);
+    if (!out)
+        abort();
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = s[i] ? strchr(b64, s[i]) : NULL;
+        if (!p) {
+            free(out);
+            return -1;
+        }
+        acc = acc << 6 | (uint32_t)(p - b64);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *ret = out;
+    *ret_len = o;
+    return 0;
+}

@@ -24,6 +24,11 @@ int loom_unhex(const char *s, void *out, size_t n);
 /* A string of hex pairs (either case) into a new buffer of *ret_len bytes
  * (free it); -1 for NULL, an odd length or a non-hex character. */
 int loom_unhex_alloc(const char *s, uint8_t **ret, size_t *ret_len);
+/* Standard base64 (RFC 4648 section 4, with padding) of n bytes, allocated. */
+char *loom_base64_encode(const void *data, size_t n);
+/* Standard base64 of len characters (padding optional, nothing else) into
+ * an allocated buffer; -1 when s is not base64. */
+int loom_base64_decode(const char *s, size_t len, uint8_t **ret, size_t *ret_len);
 /* sha256 of data as 64 hex characters + NUL. */
 void loom_sha256_hex(const void *data, size_t n, char out[65]);
 /* sha256 of a whole file; -1 with err if it cannot be read. */

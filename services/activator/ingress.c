@@ -31,7 +31,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,6 +45,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "service.h"
+#include "secretbox.h"
 #include "spec.h"
 #include "subjects.h"
 #include "util.h"
@@ -60,20 +60,7 @@
 #define MAX_CONNECT_RETRIES 3
 #define INSTANCE_DOWN_MS 2000
 
-/* in the order of common/spec.h's enum loom_visibility, which it is read from */
-enum visibility {
-    VIS_PUBLIC = LOOM_VIS_PUBLIC,
-    VIS_PRIVATE = LOOM_VIS_PRIVATE,
-    VIS_PROJECT = LOOM_VIS_PROJECT
-};
-
 struct act_config act_cfg;
-
-struct inst {
-    char address[64];
-    int inflight;
-    int64_t down_until_ms; /* a connect failed: skip it until then */
-};
 
 struct app {
     struct app *next;
@@ -88,9 +75,9 @@ struct app {
     double target;       /* per-instance autoscaler target */
     int64_t scale_down_delay_ms;
     int64_t request_timeout_ms; /* one proxied exchange at most */
-    enum visibility visibility;
+    enum loom_visibility visibility;
     int64_t rev_generation; /* the generation whose start the autoscaler saw (0: none) */
-    struct inst *insts;
+    struct act_inst *insts;
     size_t ninsts;
     int inflight; /* proxied now */
     int held;     /* waiting for an instance */
@@ -159,7 +146,7 @@ static struct app *app_get(const char *project, const char *name, uint32_t desir
     a->concurrency = 100;
     a->target = 100;
     a->request_timeout_ms = act_cfg.upstream_timeout_ms;
-    a->visibility = VIS_PUBLIC;
+    a->visibility = LOOM_VIS_PUBLIC;
     int64_t now = loom_mono_ms();
     a->area_since_ms = a->tick_start_ms = a->last_used_ms = now;
     act_kpa_init(&a->kpa, desired);
@@ -193,7 +180,7 @@ static void conc_account(struct app *a, int64_t now)
 
 /* --- PostgreSQL --------------------------------------------------------------- */
 
-static struct loom_db *pool_get(struct loom_err *err)
+struct loom_db *act_db_get(struct loom_err *err)
 {
     pthread_mutex_lock(&pool_mu);
     for (;;) {
@@ -218,7 +205,7 @@ static struct loom_db *pool_get(struct loom_err *err)
     }
 }
 
-static void pool_put(struct loom_db *db)
+void act_db_put(struct loom_db *db)
 {
     pthread_mutex_lock(&pool_mu);
     for (int i = 0; i < DB_POOL; i++)
@@ -256,7 +243,7 @@ static int64_t col(PGresult *res, int c)
  * mu). Keeps the in-flight counts of instances that are still there. */
 static int app_refresh(struct app *a, const char *project, const char *name, struct loom_err *err)
 {
-    struct loom_db *db = pool_get(err);
+    struct loom_db *db = act_db_get(err);
     if (!db)
         return -1;
     char window[32];
@@ -270,14 +257,14 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
         "AND i.desired = 'run' AND i.address IS NOT NULL "
         "WHERE p.name = $1 AND a.name = $2 ORDER BY i.address",
         project, name, window);
-    pool_put(db);
+    act_db_put(db);
     if (!res)
         return -1;
     int n = PQntuples(res);
     _cleanup_spec_ struct loom_spec spec = {0};
     if (n > 0 && loom_spec_decode_text(LOOM_KIND_APP, PQgetvalue(res, 0, RC_SPEC), &spec, err) < 0)
         return -1;
-    struct inst *insts = n > 0 ? calloc((size_t)n, sizeof(*insts)) : NULL;
+    struct act_inst *insts = n > 0 ? calloc((size_t)n, sizeof(*insts)) : NULL;
     if (n > 0 && !insts)
         abort();
     size_t ninsts = 0;
@@ -298,7 +285,7 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
         a->target = (double)col(res, RC_TARGET);
         a->scale_down_delay_ms = spec.scale_down_delay * 1000;
         a->request_timeout_ms = spec.request_timeout * 1000;
-        a->visibility = (enum visibility)spec.visibility;
+        a->visibility = (enum loom_visibility)spec.visibility;
         if (first && a->kpa.desired == 0 && a->kpa.nbuckets == 0) {
             /* start from the scale the app has, as after an activator restart */
             uint32_t d = (uint32_t)col(res, RC_DESIRED);
@@ -348,7 +335,7 @@ static void publish_decision(struct app *a, uint32_t desired, const char *reason
     log_info("scale %s/%s to %u: %s", a->project, a->name, desired, reason);
 }
 
-static void wake_scheduler(void)
+void act_wake_scheduler(void)
 {
     struct loom_service *svc = loom_service_current();
     struct loom_err err = LOOM_ERR_INIT;
@@ -378,7 +365,7 @@ static void note_revision(struct app *a, int64_t generation, int64_t initial, bo
              (long long)generation, (long long)initial);
     publish_decision(a, d, reason);
     if (d > 0)
-        wake_scheduler();
+        act_wake_scheduler();
 }
 
 /* Reads the app now (from a bus callback), unless a request is doing so;
@@ -472,7 +459,7 @@ static void on_app_changed(struct loom_bus *bus, natsMsg *msg, void *arg)
 
 /* On SIGTERM the server waits for its requests before act_stop runs: held
  * requests look at the service's flag themselves. */
-static bool shutting_down(void)
+bool act_shutting_down(void)
 {
     struct loom_service *svc = loom_service_current();
     return stopping || !svc || svc->stopping;
@@ -480,7 +467,7 @@ static bool shutting_down(void)
 
 /* --- requests ---------------------------------------------------------------------- */
 
-static void count_reply(int status)
+void act_count_reply(int status)
 {
     char labels[32];
     snprintf(labels, sizeof(labels), "code=\"%d\"", status);
@@ -489,8 +476,7 @@ static void count_reply(int status)
                     1);
 }
 
-static void reply_problem_retry(struct loom_http_req *req, int status, int retry_after,
-                                const char *detail)
+void act_reply_problem(struct loom_http_req *req, int status, int retry_after, const char *detail)
 {
     if (retry_after > 0) {
         char v[16];
@@ -498,23 +484,10 @@ static void reply_problem_retry(struct loom_http_req *req, int status, int retry
         loom_http_set_header(req, "Retry-After", v);
     }
     loom_http_reply_problem(req, status, "%s", detail);
-    count_reply(status);
+    act_count_reply(status);
 }
 
-static struct inst *pick_instance(struct app *a, int64_t now)
-{
-    struct inst *best = NULL;
-    for (size_t i = 0; i < a->ninsts; i++) {
-        struct inst *in = &a->insts[i];
-        if (in->inflight >= a->concurrency || in->down_until_ms > now)
-            continue;
-        if (!best || in->inflight < best->inflight)
-            best = in;
-    }
-    return best;
-}
-
-static void client_ip(struct loom_http_req *req, char *out, size_t n)
+void act_client_ip(struct loom_http_req *req, char *out, size_t n)
 {
     snprintf(out, n, "unknown");
     const union MHD_ConnectionInfo *ci =
@@ -555,27 +528,28 @@ static void reply_upstream(struct loom_http_req *req, struct act_upstream_resp *
     if (*p)
         log_debug("dropped upstream response headers beyond the server's limit");
     loom_http_reply(req, (int)resp->status, resp->content_type, resp->body.buf, resp->body.len);
-    count_reply((int)resp->status);
+    act_count_reply((int)resp->status);
 }
 
-/* Whether the client's source address is a running app instance of project
+/* Whether the client's source address is a running instance of project
  * (1) or not (0); -1 when PostgreSQL cannot tell. Containers reach the
  * internal listener without address translation, so their source address is
  * the one their instance row has. */
-static int caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err)
+int act_caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    client_ip(req, ip, sizeof(ip));
-    struct loom_db *db = pool_get(err);
+    act_client_ip(req, ip, sizeof(ip));
+    struct loom_db *db = act_db_get(err);
     if (!db)
         return -1;
     _cleanup_pgres_ PGresult *res =
         loom_db_query(db, err,
                       "SELECT 1 FROM instances i JOIN projects p ON p.id = i.project_id "
-                      "WHERE p.name = $1 AND i.kind = 'app' AND i.state = 'running' "
+                      "WHERE p.name = $1 AND i.kind IN ('app', 'function') "
+                      "AND i.state = 'running' "
                       "AND i.desired = 'run' AND split_part(i.address, ':', 1) = $2 LIMIT 1",
                       project, ip);
-    pool_put(db);
+    act_db_put(db);
     if (!res)
         return -1;
     return PQntuples(res) > 0 ? 1 : 0;
@@ -584,17 +558,120 @@ static int caller_in_project(struct loom_http_req *req, const char *project, str
 static void reply_not_found(struct loom_http_req *req, const char *project, const char *name)
 {
     loom_http_reply_problem(req, 404, "app \"%s\" not found in project \"%s\"", name, project);
-    count_reply(404);
+    act_count_reply(404);
 }
 
+/* The app as act_plan_request sees it. Call with mu held. */
+static struct act_plan_app app_view(const struct app *a)
+{
+    return (struct act_plan_app){
+        .known = a->known,
+        .exists = a->exists,
+        .refreshing = a->refreshing,
+        .fetched_ms = a->fetched_ms,
+        .visibility = a->visibility,
+        .concurrency = a->concurrency,
+        .target = a->target,
+        .insts = a->insts,
+        .ninsts = a->ninsts,
+        .inflight = a->inflight,
+        .held = a->held,
+        .last_cold_ms = a->last_cold_ms,
+        .desired = a->kpa.desired,
+    };
+}
+
+/* A held request's ask for instances (act_plan.ask). Call with mu held. */
+static void ask_for_instances(struct app *a, const struct act_plan *p, int64_t now)
+{
+    uint32_t d;
+    const char *reason;
+    if (p->ask == ACT_ASK_FROM_ZERO) {
+        if (!a->cold)
+            loom_metric_add(m_cold, 1);
+        a->cold = true;
+        d = act_kpa_bump(&a->kpa, 1, false, now);
+        reason = "request held while scaled to zero";
+    } else {
+        d = act_kpa_bump(&a->kpa, p->want, true, now);
+        reason = "requests wait at the instances' concurrency limit";
+    }
+    a->last_cold_ms = now;
+    a->published = d;
+    a->has_published = true;
+    publish_decision(a, d, reason);
+    act_wake_scheduler();
+}
+
+/* Proxies req to the instance at address, with the X-Forwarded-* headers
+ * and the request id. */
+static enum act_proxy_result forward(struct loom_http_req *req, const char *address,
+                                     const char *upstream_path, int64_t timeout_ms,
+                                     struct act_upstream_resp *resp, struct loom_err *err)
+{
+    char xff[512], ip[INET6_ADDRSTRLEN];
+    act_client_ip(req, ip, sizeof(ip));
+    const char *prev = loom_http_header(req, "x-forwarded-for");
+    if (prev && strlen(prev) < 400)
+        snprintf(xff, sizeof(xff), "X-Forwarded-For: %s, %s", prev, ip);
+    else
+        snprintf(xff, sizeof(xff), "X-Forwarded-For: %s", ip);
+    char xfp[64], xfh[300], rid[64];
+    const char *proto = loom_http_header(req, "x-forwarded-proto");
+    snprintf(xfp, sizeof(xfp), "X-Forwarded-Proto: %s",
+             proto && (!strcmp(proto, "https") || !strcmp(proto, "http")) ? proto : "http");
+    const char *host = loom_http_header(req, "host");
+    snprintf(xfh, sizeof(xfh), "X-Forwarded-Host: %.250s", host ? host : "");
+    snprintf(rid, sizeof(rid), "X-Request-Id: %s", req->request_id);
+    const char *extra[] = {xff, xfp, xfh, rid};
+    int64_t t0 = loom_mono_ms();
+    enum act_proxy_result pr = act_proxy(req, address, upstream_path, extra, LOOM_ARRAY_SIZE(extra),
+                                         timeout_ms, resp, err);
+    loom_metric_observe(m_latency, (double)(loom_mono_ms() - t0) / 1000.0);
+    return pr;
+}
+
+/* An exchange with the instance at address ended. Call with mu held. */
+static void instance_done(struct app *a, const char *address, bool unreachable, int64_t now)
+{
+    for (size_t i = 0; i < a->ninsts; i++) {
+        if (strcmp(a->insts[i].address, address) != 0)
+            continue;
+        if (a->insts[i].inflight > 0)
+            a->insts[i].inflight--;
+        /* PostgreSQL may still list it (it died, or is being stopped): do
+         * not send it more for a while */
+        if (unreachable)
+            a->insts[i].down_until_ms = now + INSTANCE_DOWN_MS;
+    }
+    conc_account(a, now);
+    a->inflight--;
+    a->last_used_ms = now;
+    pthread_cond_broadcast(&a->cond); /* a slot is free */
+}
+
+/* Serves one request for an app: act_plan_request decides each step, this
+ * does the I/O it asks for. The request counts in the app's load (a->held,
+ * then a->inflight) and, while it waits, in the held-requests gauge; there
+ * is one way out of the loop, which gives back whatever it still counts in. */
 static void serve_app(struct loom_http_req *req, const char *project, const char *name,
                       const char *upstream_path, bool internal)
 {
+    const struct act_plan_limits lim = {
+        .cache_ttl_ms = act_cfg.cache_ttl_ms,
+        .hold_recheck_ms = HOLD_RECHECK_MS,
+        .cold_republish_ms = COLD_REPUBLISH_MS,
+        .max_held = act_cfg.max_held_per_app,
+        .hold_timeout_ms = act_cfg.hold_timeout_ms,
+    };
     int64_t start = loom_mono_ms();
-    int64_t deadline = start + act_cfg.hold_timeout_ms;
-    char address[64] = "";
-    bool held = false;
-    bool admitted = false; /* the app's visibility lets this caller in */
+    struct act_plan_req rq = {.internal = internal, .deadline_ms = start + act_cfg.hold_timeout_ms};
+    struct act_plan p = {0};
+    _cleanup_(act_upstream_resp_release) struct act_upstream_resp resp = {.body = STRBUF_INIT,
+                                                                          .headers = STRBUF_INIT};
+    struct loom_err err = LOOM_ERR_INIT;
+    enum act_proxy_result pr = ACT_PROXY_OK;
+    int64_t timeout_ms = 0;
     int connect_failures = 0;
 
     pthread_mutex_lock(&mu);
@@ -602,210 +679,102 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
     a->last_used_ms = start;
     conc_account(a, start);
     a->held++; /* counted as held until an instance is picked */
+    bool counted = true;
     for (;;) {
         int64_t now = loom_mono_ms();
-        int64_t ttl = held ? HOLD_RECHECK_MS : act_cfg.cache_ttl_ms;
-        if (!a->refreshing && (a->fetched_ms == 0 || now - a->fetched_ms >= ttl)) {
+        rq.shutting_down = act_shutting_down();
+        struct act_plan_app view = app_view(a);
+        act_plan_request(&view, &rq, &lim, now, &p);
+        if (p.start_hold) {
+            rq.held = true;
+            loom_metric_add(m_held, 1);
+        }
+        if (p.ask != ACT_ASK_NONE)
+            ask_for_instances(a, &p, now);
+        if (p.step == ACT_STEP_REFRESH) {
             a->refreshing = true;
             pthread_mutex_unlock(&mu);
-            struct loom_err err = LOOM_ERR_INIT;
-            int rc = app_refresh(a, project, name, &err);
+            struct loom_err rerr = LOOM_ERR_INIT;
+            int rc = app_refresh(a, project, name, &rerr);
             pthread_mutex_lock(&mu);
             a->refreshing = false;
             pthread_cond_broadcast(&a->cond);
+            rq.lookup_failed = rc < 0;
             if (rc < 0) {
-                log_warn("could not look up app %s/%s: %s", project, name, err.msg);
+                log_warn("could not look up app %s/%s: %s", project, name, rerr.msg);
                 a->fetched_ms = loom_mono_ms(); /* retry after the ttl, not at once */
-                if (!a->known) {
-                    conc_account(a, loom_mono_ms());
-                    a->held--;
-                    pthread_mutex_unlock(&mu);
-                    reply_problem_retry(req, 503, 1, "the app's instances cannot be looked up");
-                    return;
-                }
             }
-            continue;
-        }
-        if (shutting_down()) {
-            conc_account(a, now);
-            a->held--;
+        } else if (p.step == ACT_STEP_CHECK_CALLER) {
             pthread_mutex_unlock(&mu);
-            reply_problem_retry(req, 503, 1, "the activator is shutting down");
-            return;
-        }
-        if (a->known && !a->exists) {
+            struct loom_err cerr = LOOM_ERR_INIT;
+            int in = act_caller_in_project(req, project, &cerr);
+            pthread_mutex_lock(&mu);
+            if (in < 0)
+                log_warn("could not check the caller of %s/%s: %s", project, name, cerr.msg);
+            rq.caller = in < 0 ? ACT_CALLER_ERROR : in > 0 ? ACT_CALLER_IN : ACT_CALLER_OUT;
+        } else if (p.step == ACT_STEP_ADMIT) {
+            rq.admitted = true;
+        } else if (p.step == ACT_STEP_WAIT) {
+            struct timespec ts = {(time_t)(p.wait_until / 1000),
+                                  (long)(p.wait_until % 1000) * 1000000L};
+            pthread_cond_timedwait(&a->cond, &mu, &ts);
+        } else if (p.step == ACT_STEP_FORWARD) {
+            struct act_inst *in = &a->insts[p.inst];
+            char address[sizeof(in->address)];
+            snprintf(address, sizeof(address), "%s", in->address);
+            in->inflight++;
             conc_account(a, now);
             a->held--;
-            pthread_mutex_unlock(&mu);
-            reply_not_found(req, project, name);
-            return;
-        }
-        if (a->known && !admitted) {
-            enum visibility vis = a->visibility;
-            int in = vis == VIS_PUBLIC || (internal && vis == VIS_PRIVATE);
-            struct loom_err err = LOOM_ERR_INIT;
-            if (internal && vis == VIS_PROJECT) {
-                pthread_mutex_unlock(&mu);
-                in = caller_in_project(req, project, &err);
-                pthread_mutex_lock(&mu);
-            }
-            if (in != 1) {
-                conc_account(a, loom_mono_ms());
-                a->held--;
-                if (held)
-                    loom_metric_add(m_held, -1);
-                pthread_mutex_unlock(&mu);
-                if (in < 0) {
-                    log_warn("could not check the caller of %s/%s: %s", project, name, err.msg);
-                    reply_problem_retry(req, 503, 1, "the app's callers cannot be checked");
-                } else {
-                    /* exactly as if it did not exist */
-                    reply_not_found(req, project, name);
-                }
-                return;
-            }
-            admitted = true;
-            continue;
-        }
-        if (a->known) {
-            struct inst *in = pick_instance(a, now);
-            if (in) {
-                in->inflight++;
-                conc_account(a, now);
-                a->held--;
-                a->inflight++;
-                int64_t timeout_ms = a->request_timeout_ms;
-                snprintf(address, sizeof(address), "%s", in->address);
-                if (held)
-                    loom_metric_add(m_held, -1);
-                held = false;
-                pthread_mutex_unlock(&mu);
-
-                char xff[512], ip[INET6_ADDRSTRLEN];
-                client_ip(req, ip, sizeof(ip));
-                const char *prev = loom_http_header(req, "x-forwarded-for");
-                if (prev && strlen(prev) < 400)
-                    snprintf(xff, sizeof(xff), "X-Forwarded-For: %s, %s", prev, ip);
-                else
-                    snprintf(xff, sizeof(xff), "X-Forwarded-For: %s", ip);
-                char xfp[64], xfh[300], rid[64];
-                const char *proto = loom_http_header(req, "x-forwarded-proto");
-                snprintf(xfp, sizeof(xfp), "X-Forwarded-Proto: %s",
-                         proto && (!strcmp(proto, "https") || !strcmp(proto, "http")) ? proto
-                                                                                      : "http");
-                const char *host = loom_http_header(req, "host");
-                snprintf(xfh, sizeof(xfh), "X-Forwarded-Host: %.250s", host ? host : "");
-                snprintf(rid, sizeof(rid), "X-Request-Id: %s", req->request_id);
-                const char *extra[] = {xff, xfp, xfh, rid};
-
-                struct act_upstream_resp resp = {.body = STRBUF_INIT, .headers = STRBUF_INIT};
-                struct loom_err err = LOOM_ERR_INIT;
-                int64_t t0 = loom_mono_ms();
-                enum act_proxy_result pr =
-                    act_proxy(req, address, upstream_path, extra, LOOM_ARRAY_SIZE(extra),
-                              timeout_ms, &resp, &err);
-                loom_metric_observe(m_latency, (double)(loom_mono_ms() - t0) / 1000.0);
-
-                pthread_mutex_lock(&mu);
-                now = loom_mono_ms();
-                for (size_t i = 0; i < a->ninsts; i++) {
-                    if (strcmp(a->insts[i].address, address) != 0)
-                        continue;
-                    if (a->insts[i].inflight > 0)
-                        a->insts[i].inflight--;
-                    /* PostgreSQL may still list it (it died, or is being
-                     * stopped): do not send it more for a while */
-                    if (pr == ACT_PROXY_CONNECT)
-                        a->insts[i].down_until_ms = now + INSTANCE_DOWN_MS;
-                }
-                conc_account(a, now);
-                a->inflight--;
-                a->last_used_ms = now;
-                pthread_cond_broadcast(&a->cond); /* a slot is free */
-                if (pr == ACT_PROXY_CONNECT && ++connect_failures < MAX_CONNECT_RETRIES) {
-                    /* nothing reached the instance: it is probably gone; look
-                     * again and try another one (past the hold deadline too:
-                     * a free live instance takes it at once, else 503) */
-                    log_info("%s", err.msg);
-                    a->fetched_ms = 0;
-                    conc_account(a, now);
-                    a->held++;
-                    act_upstream_resp_release(&resp);
-                    continue;
-                }
-                pthread_mutex_unlock(&mu);
-                if (pr == ACT_PROXY_OK) {
-                    reply_upstream(req, &resp);
-                } else if (pr == ACT_PROXY_TIMEOUT) {
-                    log_warn("%s", err.msg);
-                    loom_http_reply_problem(req, 504,
-                                            "the app did not answer within its request timeout "
-                                            "(scale_request_timeout %lld s)",
-                                            (long long)(timeout_ms / 1000));
-                    count_reply(504);
-                } else {
-                    log_warn("%s", err.msg);
-                    loom_http_reply_problem(req, 502, "%s", err.msg);
-                    count_reply(502);
-                }
-                act_upstream_resp_release(&resp);
-                return;
-            }
-            if (!held) {
-                if (a->held > act_cfg.max_held_per_app) {
-                    conc_account(a, now);
-                    a->held--;
-                    pthread_mutex_unlock(&mu);
-                    reply_problem_retry(req, 503, 1, "too many requests are waiting for this app");
-                    return;
-                }
-                held = true;
-                loom_metric_add(m_held, 1);
-            }
-            /* Scaled to zero: ask for an instance now rather than at the
-             * next autoscaler tick, and again every second in case the
-             * message was lost. */
-            if (a->ninsts == 0 && now - a->last_cold_ms >= COLD_REPUBLISH_MS) {
-                if (!a->cold)
-                    loom_metric_add(m_cold, 1);
-                a->cold = true;
-                a->last_cold_ms = now;
-                uint32_t want = act_kpa_bump(&a->kpa, 1, false, now);
-                a->published = want;
-                a->has_published = true;
-                publish_decision(a, want, "request held while scaled to zero");
-                wake_scheduler();
-            } else if (a->ninsts > 0 && now - a->last_cold_ms >= COLD_REPUBLISH_MS) {
-                /* every instance is at its concurrency limit: ask for what
-                 * the load needs now rather than at the next tick */
-                double load = (double)(a->inflight + a->held);
-                uint32_t need = (uint32_t)ceil(load / a->target - 1e-9);
-                if (need > a->kpa.desired) {
-                    a->last_cold_ms = now;
-                    uint32_t d = act_kpa_bump(&a->kpa, need, true, now);
-                    a->published = d;
-                    a->has_published = true;
-                    publish_decision(a, d, "requests wait at the instances' concurrency limit");
-                    wake_scheduler();
-                }
-            }
-        }
-        if (now >= deadline) {
-            conc_account(a, now);
-            a->held--;
-            if (held)
+            a->inflight++;
+            counted = false;
+            if (rq.held)
                 loom_metric_add(m_held, -1);
+            rq.held = false;
+            timeout_ms = a->request_timeout_ms;
             pthread_mutex_unlock(&mu);
-            int retry = (int)(act_cfg.hold_timeout_ms / 1000 / 3);
-            reply_problem_retry(req, 503, retry < 1 ? 1 : retry,
-                                a->ninsts == 0 ? "no instance of the app became ready in time"
-                                               : "no instance of the app could take the "
-                                                 "request in time");
-            return;
+            act_upstream_resp_release(&resp);
+            pr = forward(req, address, upstream_path, timeout_ms, &resp, &err);
+            pthread_mutex_lock(&mu);
+            instance_done(a, address, pr == ACT_PROXY_CONNECT, loom_mono_ms());
+            if (pr != ACT_PROXY_CONNECT || ++connect_failures >= MAX_CONNECT_RETRIES)
+                break;
+            /* nothing reached the instance: it is probably gone; look again
+             * and try another one (past the hold deadline too: a free live
+             * instance takes it at once, else 503) */
+            log_info("%s", err.msg);
+            a->fetched_ms = 0;
+            conc_account(a, loom_mono_ms());
+            a->held++;
+            counted = true;
+        } else {
+            break; /* ACT_STEP_REPLY */
         }
-        int64_t until = now + HOLD_RECHECK_MS < deadline ? now + HOLD_RECHECK_MS : deadline;
-        struct timespec ts = {(time_t)(until / 1000), (long)(until % 1000) * 1000000L};
-        pthread_cond_timedwait(&a->cond, &mu, &ts);
+    }
+    if (counted) {
+        conc_account(a, loom_mono_ms());
+        a->held--;
+    }
+    if (rq.held)
+        loom_metric_add(m_held, -1);
+    pthread_mutex_unlock(&mu);
+
+    if (p.step == ACT_STEP_REPLY && p.reply == ACT_REPLY_NOT_FOUND) {
+        reply_not_found(req, project, name);
+    } else if (p.step == ACT_STEP_REPLY) {
+        act_reply_problem(req, p.status, p.retry_after, p.detail);
+    } else if (pr == ACT_PROXY_OK) {
+        reply_upstream(req, &resp);
+    } else if (pr == ACT_PROXY_TIMEOUT) {
+        log_warn("%s", err.msg);
+        loom_http_reply_problem(req, 504,
+                                "the app did not answer within its request timeout "
+                                "(scale_request_timeout %lld s)",
+                                (long long)(timeout_ms / 1000));
+        act_count_reply(504);
+    } else {
+        log_warn("%s", err.msg);
+        loom_http_reply_problem(req, 502, "%s", err.msg);
+        act_count_reply(502);
     }
 }
 
@@ -837,62 +806,48 @@ static void append_query(struct strbuf *up, struct loom_http_req *req)
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, add_query_arg, &q);
 }
 
-static bool service_ready(void)
-{
-    struct loom_service *svc = loom_service_current();
-    return !shutting_down() && loom_bus_connected(svc->bus);
-}
-
-/* The catch-all route hides the server's own /livez, /readyz and /metrics:
- * answer them here for requests that are not for an app. */
-static bool serve_builtin(struct loom_http_req *req)
-{
-    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0)
-        return false;
-    if (strcmp(req->path, "/livez") == 0) {
-        loom_http_reply(req, 200, "text/plain; charset=utf-8", "ok\n", 3);
-    } else if (strcmp(req->path, "/readyz") == 0) {
-        if (service_ready())
-            loom_http_reply(req, 200, "text/plain; charset=utf-8", "ready\n", 6);
-        else
-            loom_http_reply_problem(req, 503, "not ready");
-    } else if (strcmp(req->path, "/metrics") == 0) {
-        struct strbuf sb = STRBUF_INIT;
-        loom_metrics_render(&sb);
-        loom_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", sb.buf, sb.len);
-        strbuf_release(&sb);
-    } else {
-        return false;
-    }
-    return true;
-}
-
 void act_handle(struct loom_http_req *req)
 {
-    char project[ACT_NAME_MAX], name[ACT_NAME_MAX];
+    char project[ACT_NAME_MAX], name[ACT_NAME_MAX], fn_domain[300];
     const char *rest;
+    bool internal = req->server_arg == &internal_tag;
     /* the route is "/\*": rest is the whole path, still percent-encoded */
     _cleanup_strbuf_ struct strbuf raw = STRBUF_INIT, up = STRBUF_INIT;
     strbuf_addch(&raw, '/');
     strbuf_addstr(&raw, req->rest ? req->rest : "");
     const char *host = loom_http_header(req, "host");
+    /* functions: <fn>.<project>.fn.<domain> or /fns/<project>/<fn>/... */
+    snprintf(fn_domain, sizeof(fn_domain), "fn.%s", act_cfg.domain);
+    if (act_parse_host(host, fn_domain, project, name) == 0) {
+        act_fn_handle(req, project, name, raw.buf, internal);
+        return;
+    }
+    if (act_parse_path(raw.buf, "/fns/", project, name, &rest) == 0) {
+        strbuf_addch(&up, '/');
+        strbuf_addstr(&up, rest);
+        act_fn_handle(req, project, name, up.buf, internal);
+        return;
+    }
     if (act_parse_host(host, act_cfg.domain, project, name) == 0) {
         act_add_url_raw(&up, raw.buf);
-    } else if (act_parse_path(raw.buf, project, name, &rest) == 0) {
+    } else if (act_parse_path(raw.buf, "/apps/", project, name, &rest) == 0) {
         strbuf_addch(&up, '/');
         act_add_url_raw(&up, rest);
     } else {
-        if (serve_builtin(req))
+        /* the catch-all route hides the server's own endpoints: they answer
+         * what is for no app */
+        if (loom_http_serve_builtin(req))
             return;
         loom_http_reply_problem(req, 404,
-                                "no app here: use /apps/<project>/<app>/ or the host "
-                                "<app>.<project>.%s",
-                                act_cfg.domain);
-        count_reply(404);
+                                "no app or function here: use /apps/<project>/<app>/, "
+                                "/fns/<project>/<function>, or the host <app>.<project>.%s or "
+                                "<function>.<project>.fn.%s",
+                                act_cfg.domain, act_cfg.domain);
+        act_count_reply(404);
         return;
     }
     append_query(&up, req);
-    serve_app(req, project, name, up.buf, req->server_arg == &internal_tag);
+    serve_app(req, project, name, up.buf, internal);
 }
 
 /* --- the autoscaler and housekeeping ---------------------------------------------- */
@@ -941,6 +896,7 @@ static void sweep_apps(struct loom_service *svc)
 
 void act_tick(struct loom_service *svc)
 {
+    act_fn_tick();
     int64_t now = loom_mono_ms();
     if (now - last_sweep_ms >= SWEEP_EVERY_MS) {
         last_sweep_ms = now;
@@ -988,7 +944,7 @@ void act_tick(struct loom_service *svc)
                     a->has_published = true;
                     publish_decision(a, d, reason);
                     if (d > 0)
-                        wake_scheduler();
+                        act_wake_scheduler();
                 }
             }
             pp = &a->next;
@@ -997,9 +953,20 @@ void act_tick(struct loom_service *svc)
     pthread_mutex_unlock(&mu);
 }
 
+/* /readyz on the internal listener: the service's readiness */
+static bool internal_ready(void *arg)
+{
+    (void)arg;
+    struct loom_service *svc = loom_service_current();
+    return svc && loom_service_ready(svc);
+}
+
 int act_start(struct loom_service *svc, struct loom_err *err)
 {
-    if (act_proxy_global_init(err) < 0)
+    if (act_proxy_global_init(err) < 0 ||
+        loom_secretbox_set_key(
+            act_cfg.secrets_key && *act_cfg.secrets_key ? act_cfg.secrets_key : NULL, err) < 0 ||
+        act_fn_start(act_cfg.activation_retention_ms, err) < 0)
         return -1;
     m_latency = loom_metric_histogram("loom_activator_proxy_seconds", NULL,
                                       "time to proxy a request to an instance", latency_buckets,
@@ -1023,6 +990,7 @@ int act_start(struct loom_service *svc, struct loom_err *err)
             .routes = internal_routes,
             .nroutes = LOOM_ARRAY_SIZE(internal_routes),
             .arg = &internal_tag,
+            .ready = internal_ready,
             .service = "activator-internal",
         };
         if (loom_http_server_start(&o, &internal_http, err) < 0)
@@ -1030,8 +998,9 @@ int act_start(struct loom_service *svc, struct loom_err *err)
         log_info("internal listener (private and project apps) on port %u",
                  (unsigned)loom_http_server_port(internal_http));
     }
-    log_info("routing hosts <app>.<project>.%s and paths /apps/<project>/<app>/; hold %lld ms",
-             act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
+    log_info("routing hosts <app>.<project>.%s and <function>.<project>.fn.%s, and paths "
+             "/apps/<project>/<app>/ and /fns/<project>/<function>; hold %lld ms",
+             act_cfg.domain, act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
     return 0;
 }
 
@@ -1044,6 +1013,7 @@ bool act_ready(struct loom_service *svc)
 void act_stop(struct loom_service *svc)
 {
     (void)svc;
+    act_fn_stop();
     /* held requests there see the service stopping and end */
     loom_http_server_stop(internal_http);
     internal_http = NULL;

@@ -44,6 +44,9 @@ void agent_adopt_all(struct agent *a)
             continue;
         }
         in->assigned_mono = loom_mono_ms();
+        const char *claimed = json_string_value(json_object_get(j, "claimed_project"));
+        if (claimed && loom_is_dns_label(claimed))
+            snprintf(in->claimed_project, sizeof(in->claimed_project), "%s", claimed);
         snprintf(p, sizeof(p), "%s/done", dir);
         struct stat st;
         if (stat(p, &st) == 0) {

@@ -149,19 +149,11 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
         return loom_err_set(err, LOOM_EINVAL, "--cgroup-parent must be a single relative name");
     if (a->o.runtime[0] != '/') {
         /* runc is exec'd by path from threads: resolve it once */
-        const char *dirs[] = {"/usr/sbin", "/usr/bin",       "/sbin",
-                              "/bin",      "/usr/local/bin", "/usr/local/sbin"};
-        for (size_t i = 0; i < LOOM_ARRAY_SIZE(dirs); i++) {
-            char p[512];
-            snprintf(p, sizeof(p), "%s/%s", dirs[i], a->o.runtime);
-            if (access(p, X_OK) == 0) {
-                free(a->o.runtime);
-                a->o.runtime = strdup(p);
-                break;
-            }
-        }
-        if (a->o.runtime[0] != '/')
+        char p[512];
+        if (!agent_find_prog(a->o.runtime, p, sizeof(p)))
             return loom_err_set(err, LOOM_EINVAL, "runtime \"%s\" not found", a->o.runtime);
+        free(a->o.runtime);
+        a->o.runtime = strdup(p);
     }
     const char *subdirs[] = {"instances", "runc", "cni", "netns", "images"};
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(subdirs); i++) {
@@ -214,7 +206,7 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
     pthread_mutex_unlock(&a->mu);
     instance_prepare(a);
 
-    if (agent_subscribe_commands(a, err) < 0)
+    if (agent_subscribe_commands(a, err) < 0 || agent_subscribe_specialize(a, err) < 0)
         return -1;
     if (pthread_create(&a->reporter, NULL, agent_reporter_main, a) != 0 ||
         pthread_create(&a->housekeeping, NULL, agent_housekeeping_main, a) != 0)

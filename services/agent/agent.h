@@ -102,6 +102,9 @@ int userns_range(const char *path, uint32_t first_base, const char *project, uin
                  struct loom_err *err);
 /* A user namespace mapping ids 0..65535 to base..base+65535 (uid and gid):
  * a descriptor the caller closes. */
+/* Forgets project's range (a stem cell's, when it is gone): another may get
+ * it. Nothing of the range may be left on disk or running. */
+int userns_release(const char *path, const char *project, struct loom_err *err);
 int userns_open(uint32_t base, int *ret_fd, struct loom_err *err);
 /* Same, one per base for this process's life: the caller must not close it. */
 int userns_open_cached(uint32_t base, int *ret_fd, struct loom_err *err);
@@ -129,6 +132,11 @@ int userns_probe(const char *dir, struct loom_err *err);
  * appended to the error message on failure). Returns 0 only on exit status 0. */
 int agent_run(const char *const *argv, const char *const *env, const char *stdin_data,
               char **ret_out, struct loom_err *err);
+
+/* The path of program name in the system's program directories (/usr/sbin,
+ * /usr/bin, /sbin, /bin, /usr/local/sbin, /usr/local/bin, in that order)
+ * into buf; false when none has it. The agent runs programs by path. */
+bool agent_find_prog(const char *name, char *buf, size_t size);
 
 /* True when pid is alive and its cmdline is `... shim ... --id <id>`. */
 bool agent_is_our_shim(pid_t pid, const char *id);

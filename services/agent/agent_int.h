@@ -23,6 +23,7 @@
 #define ST_FAILED LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_FAILED
 #define ST_STOPPED LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_STOPPED
 #define KIND_APP LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP
+#define KIND_FUNCTION LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_FUNCTION
 
 struct report {
     uint64_t seq;
@@ -49,6 +50,9 @@ struct instance {
     char ip[64];
     uint64_t gpu_mask;
     uint32_t uid_base; /* the project's first host id; 0: no user namespace */
+    /* a function instance assigned without a project (a stem cell) belongs
+     * to the project that claimed it once specialized (under agent.mu) */
+    char claimed_project[72];
     uint64_t usage_seq;
     /* stop request */
     bool stop_requested;
@@ -117,6 +121,19 @@ int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_
 
 /* Subscribes to this node's assign, stop and register-again subjects. */
 int agent_subscribe_commands(struct agent *a, struct loom_err *err);
+
+/* "job", "app", "function": for logs and instance.json. */
+const char *agent_kind_name(int kind);
+
+/* specialize.c: function instances */
+/* Whose network and host ids an instance uses: its project, or for a stem
+ * cell (a function instance with none) "stem-<id>", shared with nobody.
+ * claimed: the project that claimed a stem cell wins (its network); the
+ * user namespace of a stem cell stays its own. */
+const char *instance_tenant(const struct instance *in, bool claimed, char *buf, size_t n);
+/* The project an instance's work belongs to now ("" for an idle stem cell). */
+const char *instance_project(const struct instance *in);
+int agent_subscribe_specialize(struct agent *a, struct loom_err *err);
 
 /* ---- report.c ----------------------------------------------------------------- */
 

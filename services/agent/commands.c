@@ -53,8 +53,9 @@ static void on_assign(struct loom_bus *bus, natsMsg *msg, void *arg)
         refuse = "invalid instance id";
     else if (!as->image || !as->image[0])
         refuse = "no image";
-    else if (as->kind == KIND_APP && (as->port == 0 || as->port > 65535))
-        refuse = "an app needs a port from 1 to 65535";
+    else if ((as->kind == KIND_APP || as->kind == KIND_FUNCTION) &&
+             (as->port == 0 || as->port > 65535))
+        refuse = "an app or function needs a port from 1 to 65535";
     pthread_mutex_lock(&a->mu);
     if (!refuse && !epoch_accept(a, as->epoch)) {
         refuse = "stale epoch";
@@ -72,8 +73,8 @@ static void on_assign(struct loom_bus *bus, natsMsg *msg, void *arg)
             agent_persist_reports(a, in);
             in->next = a->list;
             a->list = in;
-            log_info("instance %s: assigned (%s, image %s)", in->id,
-                     as->kind == KIND_APP ? "app" : "job", as->image);
+            log_info("instance %s: assigned (%s, image %s)", in->id, agent_kind_name(as->kind),
+                     as->image);
             instance_spawn(a, in, false);
         }
     }

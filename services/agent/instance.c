@@ -37,6 +37,7 @@
 #include "cleanup.h"
 #include "json.h"
 #include "log.h"
+#include "quantity.h"
 #include "strbuf.h"
 #include "util.h"
 
@@ -95,16 +96,6 @@ static bool stop_requested(struct run *r)
     bool s = r->in->stop_requested;
     pthread_mutex_unlock(&r->a->mu);
     return s;
-}
-
-static void format_bytes(int64_t b, char *out, size_t n)
-{
-    if (b > 0 && b % (1LL << 30) == 0)
-        snprintf(out, n, "%" PRId64 "Gi", b >> 30);
-    else if (b > 0 && b % (1LL << 20) == 0)
-        snprintf(out, n, "%" PRId64 "Mi", b >> 20);
-    else
-        snprintf(out, n, "%" PRId64 " bytes", b);
 }
 
 static int runc_cmd(struct agent *a, const char *cmd, const char *id, const char *arg,
@@ -201,8 +192,9 @@ static int setup_userns(struct run *r, struct loom_err *err)
     struct agent *a = r->a;
     struct instance *in = r->in;
     uint32_t base;
-    if (userns_range(a->o.userns_ranges, (uint32_t)a->o.userns_base, in->assign->project, &base,
-                     err) < 0)
+    char stem[96];
+    if (userns_range(a->o.userns_ranges, (uint32_t)a->o.userns_base,
+                     instance_tenant(in, false, stem, sizeof(stem)), &base, err) < 0)
         return loom_err_wrap(err, "user namespace");
     if (userns_open_cached(base, &r->userns_fd, err) < 0)
         return loom_err_wrap(err, "user namespace");
@@ -528,7 +520,9 @@ static int setup_network(struct run *r, struct loom_err *err)
     path_in(netjson, sizeof(netjson), in, "net.json");
     struct netpool *pool = netpool_of(a);
     _cleanup_json_ json_t *j = NULL;
-    if (pool && netpool_take(pool, in->assign->project, netjson, cni_id, ipbuf)) {
+    char stem[96];
+    const char *tenant = instance_tenant(in, true, stem, sizeof(stem));
+    if (pool && netpool_take(pool, tenant, netjson, cni_id, ipbuf)) {
         /* net.json is now the pool's record {"cni_id","conf","ip"} */
         snprintf(r->netns, sizeof(r->netns), "%s/netns/%s", a->o.state_dir, cni_id);
         j = json_pack("{s:s,s:s,s:s}", "ip", ipbuf, "cni_id", cni_id, "conf", a->cni_conf);
@@ -546,7 +540,7 @@ static int setup_network(struct run *r, struct loom_err *err)
         snprintf(ipbuf, sizeof(ipbuf), "%s", ip);
         j = json_pack("{s:s}", "ip", ipbuf);
     }
-    uint32_t mark = cni_project_mark(in->assign->project);
+    uint32_t mark = cni_project_mark(tenant);
     snprintf(in->ip, sizeof(in->ip), "%s", ipbuf);
     /* written before the address is admitted: teardown removes it with these */
     json_object_set_new(j, "mark", json_integer((json_int_t)mark));
@@ -826,7 +820,7 @@ static void await_running(struct run *r)
 {
     struct instance *in = r->in;
     char addr[96] = "";
-    if (in->assign->kind == KIND_APP) {
+    if (in->assign->kind == KIND_APP || in->assign->kind == KIND_FUNCTION) {
         struct probe ready;
         struct loom_err err = LOOM_ERR_INIT;
         if (readiness_of(in, &ready, &err) < 0 ||
@@ -1059,7 +1053,7 @@ static void finish(struct run *r)
                  in->assign->max_execution_seconds);
     } else if (oom) {
         char lim[32];
-        format_bytes(in->assign->memory_bytes, lim, sizeof(lim));
+        loom_size_format(in->assign->memory_bytes, lim, sizeof(lim));
         snprintf(reason, sizeof(reason), "oom killed (memory limit %s)", lim);
     } else if (code == 0) {
         st = ST_SUCCEEDED;
@@ -1126,7 +1120,9 @@ static void teardown(struct run *r)
      * next start when the container is surely gone, else it is DELeted
      * under the pool's id */
     struct netpool *pool = pooled && deleted ? netpool_of(a) : NULL;
-    if (pooled && !(pool && netpool_keep(pool, in->assign->project, path)) &&
+    /* an idle stem cell's namespace is nobody's to keep */
+    const char *keeper = instance_project(in);
+    if (pooled && !(pool && keeper[0] && netpool_keep(pool, keeper, path)) &&
         netpool_release_record(a->o.cni_path, a->o.state_dir, path, NULL, &err) < 0)
         log_warn("instance %s: %s", in->id, err.msg);
     loom_err_clear(&err);
@@ -1145,6 +1141,16 @@ static void teardown(struct run *r)
     bool scratch_ok = umount2(path, MNT_DETACH) == 0 || errno == EINVAL || errno == ENOENT;
     if (rootfs_ok && scratch_ok)
         loom_rm_rf(path, NULL);
+    /* a stem cell's host ids were its own: once its files are gone, another
+     * may have them */
+    if (in->assign->kind == KIND_FUNCTION && !in->assign->project[0] && rootfs_ok && scratch_ok &&
+        a->o.userns_ranges) {
+        char stem[96];
+        if (userns_release(a->o.userns_ranges, instance_tenant(in, false, stem, sizeof(stem)),
+                           &err) < 0)
+            log_warn("instance %s: %s", in->id, err.msg);
+        loom_err_clear(&err);
+    }
     path_in(path, sizeof(path), in, "config.json");
     unlink(path);
     /* the secrets written for the mounts go with the container */

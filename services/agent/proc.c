@@ -120,6 +120,18 @@ int agent_run(const char *const *argv, const char *const *env, const char *stdin
     return 0;
 }
 
+bool agent_find_prog(const char *name, char *buf, size_t size)
+{
+    static const char *const dirs[] = {"/usr/sbin", "/usr/bin",        "/sbin",
+                                       "/bin",      "/usr/local/sbin", "/usr/local/bin"};
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(dirs); i++) {
+        snprintf(buf, size, "%s/%s", dirs[i], name);
+        if (access(buf, X_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
 bool agent_is_our_shim(pid_t pid, const char *id)
 {
     if (pid <= 0 || (kill(pid, 0) < 0 && errno == ESRCH))

@@ -284,7 +284,8 @@ static void on_assign(struct loom_bus *bus, natsMsg *msg, void *arg)
         abort();
     snprintf(x->id, sizeof(x->id), "%s", a->instance_id);
     x->node = node;
-    x->app = a->kind == LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP;
+    x->app = a->kind == LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP ||
+             a->kind == LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_FUNCTION;
     x->exit_code = code;
     x->due_ms = INT64_MAX;
     if (!x->app) {

@@ -63,6 +63,11 @@ int agent_write_json_nosync(const char *path, json_t *j, struct loom_err *err)
     return agent_write_file_nosync(path, s, strlen(s), err);
 }
 
+const char *agent_kind_name(int kind)
+{
+    return kind == KIND_APP ? "app" : kind == KIND_FUNCTION ? "function" : "job";
+}
+
 bool agent_valid_id(const char *id)
 {
     /* instance ids are UUIDs; they become paths and runc ids */
@@ -81,11 +86,11 @@ int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_
     (void)a;
     Loom__V1__InstanceAssign *as = in->assign;
     _cleanup_free_ char *hex = loom_hex_alloc(in->assign_pb, in->assign_len);
-    _cleanup_json_ json_t *j =
-        json_pack("{s:s,s:s,s:s,s:s?,s:i,s:s?,s:s,s:s}", "id", in->id, "project", as->project,
-                  "kind", as->kind == KIND_APP ? "app" : "job", "job_run",
-                  as->job_run[0] ? as->job_run : NULL, "array_index", as->array_index, "app",
-                  as->app[0] ? as->app : NULL, "image", as->image, "assign", hex);
+    _cleanup_json_ json_t *j = json_pack(
+        "{s:s,s:s,s:s,s:s?,s:i,s:s?,s:s,s:s,s:s?}", "id", in->id, "project", as->project, "kind",
+        agent_kind_name(as->kind), "job_run", as->job_run[0] ? as->job_run : NULL, "array_index",
+        as->array_index, "app", as->app[0] ? as->app : NULL, "image", as->image, "assign", hex,
+        "claimed_project", in->claimed_project[0] ? in->claimed_project : NULL);
     char path[4200];
     snprintf(path, sizeof(path), "%s/instance.json", in->dir);
     /* no fsync, as for the reports: an unacked assign is re-sent by the

@@ -17,19 +17,6 @@
 #include "strbuf.h"
 #include "util.h"
 
-static const char *find_prog(const char *name)
-{
-    static char buf[256];
-    const char *dirs[] = {"/usr/sbin", "/usr/bin",        "/sbin",
-                          "/bin",      "/usr/local/sbin", "/usr/local/bin"};
-    for (size_t i = 0; i < LOOM_ARRAY_SIZE(dirs); i++) {
-        snprintf(buf, sizeof(buf), "%s/%s", dirs[i], name);
-        if (access(buf, X_OK) == 0)
-            return buf;
-    }
-    return NULL;
-}
-
 static void add_unique(char ***v, size_t *n, const char *s)
 {
     for (size_t i = 0; i < *n; i++)
@@ -76,8 +63,8 @@ static void unmount_under(const char *dir)
 
 static void remove_masquerade(const char *bridge)
 {
-    const char *ipt_save = find_prog("iptables-save");
-    if (!ipt_save)
+    char ipt_save[256], ipt[256];
+    if (!agent_find_prog("iptables-save", ipt_save, sizeof(ipt_save)))
         return;
     char tail[128];
     snprintf(tail, sizeof(tail), "-%s\\\" id: ", bridge);
@@ -106,8 +93,8 @@ static void remove_masquerade(const char *bridge)
         if (agent_run(sh, NULL, NULL, NULL, &err) < 0)
             fprintf(stderr, "cleanup: %s\n", err.msg);
     }
-    const char *ipt = find_prog("iptables");
-    for (size_t i = 0; i < nchains && ipt; i++) {
+    bool have_ipt = agent_find_prog("iptables", ipt, sizeof(ipt));
+    for (size_t i = 0; i < nchains && have_ipt; i++) {
         const char *f[] = {ipt, "-t", "nat", "-F", chains[i], NULL};
         const char *x[] = {ipt, "-t", "nat", "-X", chains[i], NULL};
         agent_run(f, NULL, NULL, NULL, &err);
@@ -142,8 +129,9 @@ int sweep_main(int argc, char **argv)
                         "[--cgroup-parent P] [--cni-path D] [--runtime R]\n");
         return 2;
     }
-    if (!runtime)
-        runtime = find_prog("runc");
+    char runc[256];
+    if (!runtime && agent_find_prog("runc", runc, sizeof(runc)))
+        runtime = runc;
     char **parents = NULL;
     size_t nparents = 0;
     if (cgparent)
@@ -254,10 +242,11 @@ int sweep_main(int argc, char **argv)
         remove_masquerade(bridge);
         if (cni_isolation_remove(bridge, &err) > 0)
             printf("nftables table bridge loom-%s removed\n", bridge);
-        const char *ip = find_prog("ip");
+        char ip[256];
+        bool have_ip = agent_find_prog("ip", ip, sizeof(ip));
         const char *show[] = {ip, "link", "show", bridge, NULL};
         const char *del[] = {ip, "link", "del", bridge, NULL};
-        if (ip && agent_run(show, NULL, NULL, NULL, &err) == 0) {
+        if (have_ip && agent_run(show, NULL, NULL, NULL, &err) == 0) {
             if (agent_run(del, NULL, NULL, NULL, &err) < 0)
                 fprintf(stderr, "cleanup: %s\n", err.msg);
             else

@@ -41,7 +41,7 @@ void agent_publish_usage(struct agent *a, struct instance *in, const struct cgro
     pthread_mutex_unlock(&a->mu);
     us.instance_id = in->id;
     us.node = a->o.node_name;
-    us.project = in->assign->project;
+    us.project = (char *)instance_project(in);
     us.ts_unix_ms = now;
     us.interval_ms = a->o.usage_ms;
     us.cpu_usage_ns = u->cpu_ns;

@@ -147,31 +147,32 @@ static int range_from_file(const char *path, uint32_t first_base, const char *pr
     return 0;
 }
 
+/* a recorded range never changes: once known, a start reads no file */
+static pthread_mutex_t known_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct known {
+    char *key; /* "<path>\n<project>" */
+    uint32_t base;
+} * known;
+static size_t nknown, capknown;
+
 int userns_range(const char *path, uint32_t first_base, const char *project, uint32_t *ret_base,
                  struct loom_err *err)
 {
-    /* a recorded range never changes: once known, a start reads no file */
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    static struct known {
-        char *key; /* "<path>\n<project>" */
-        uint32_t base;
-    } * known;
-    static size_t nknown, capknown;
     _cleanup_free_ char *key = NULL;
     if (asprintf(&key, "%s\n%s", path, project) < 0)
         abort();
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&known_mu);
     for (size_t i = 0; i < nknown; i++)
         if (strcmp(known[i].key, key) == 0) {
             *ret_base = known[i].base;
-            pthread_mutex_unlock(&mu);
+            pthread_mutex_unlock(&known_mu);
             return 0;
         }
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&known_mu);
     uint32_t base;
     if (range_from_file(path, first_base, project, &base, err) < 0)
         return -1;
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&known_mu);
     if (nknown == capknown) {
         capknown = capknown ? capknown * 2 : 16;
         known = realloc(known, capknown * sizeof(*known));
@@ -179,9 +180,55 @@ int userns_range(const char *path, uint32_t first_base, const char *project, uin
             abort();
     }
     known[nknown++] = (struct known){.key = TAKE_PTR(key), .base = base};
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&known_mu);
     *ret_base = base;
     return 0;
+}
+
+int userns_release(const char *path, const char *project, struct loom_err *err)
+{
+    _cleanup_free_ char *key = NULL;
+    if (asprintf(&key, "%s\n%s", path, project) < 0)
+        abort();
+    pthread_mutex_lock(&known_mu);
+    for (size_t i = 0; i < nknown; i++)
+        if (strcmp(known[i].key, key) == 0) {
+            free(known[i].key);
+            known[i] = known[--nknown];
+            break;
+        }
+    pthread_mutex_unlock(&known_mu);
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : loom_err_sys(err, errno, "could not open \"%s\"", path);
+    if (flock(fd, LOCK_EX) < 0)
+        return loom_err_sys(err, errno, "could not lock \"%s\"", path);
+    struct strbuf text = STRBUF_INIT, kept = STRBUF_INIT;
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0)
+        strbuf_add(&text, buf, (size_t)n);
+    bool dropped = false;
+    for (char *save = text.buf, *line; n == 0 && text.buf && (line = strsep(&save, "\n"));) {
+        const char *sp = strchr(line, ' ');
+        if (!*line)
+            continue;
+        if (sp && strcmp(sp + 1, project) == 0) {
+            dropped = true;
+            continue;
+        }
+        strbuf_addf(&kept, "%s\n", line);
+    }
+    int rc = 0;
+    if (n < 0)
+        rc = loom_err_sys(err, errno, "could not read \"%s\"", path);
+    else if (dropped &&
+             (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 ||
+              write(fd, kept.buf ? kept.buf : "", kept.len) != (ssize_t)kept.len || fsync(fd) < 0))
+        rc = loom_err_sys(err, errno, "could not write \"%s\"", path);
+    strbuf_release(&text);
+    strbuf_release(&kept);
+    return rc;
 }
 
 /* ---- namespaces and mounts ---------------------------------------------------------- */

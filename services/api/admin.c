@@ -162,13 +162,9 @@ static int key_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
     _cleanup_(loom_apikey_release) struct loom_apikey k = {0};
     if (loom_apikey_mint(&k, err) < 0)
         return -1;
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        ctx->db, err,
-        "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
-        "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
-        "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL "
-        "RETURNING " API_TS("created_at"),
-        k.key_id, k.secret_sha256_hex, project, role, desc);
+    _cleanup_pgres_ PGresult *res =
+        loom_db_query(ctx->db, err, LOOM_APIKEY_INSERT_SQL " RETURNING " API_TS("created_at"),
+                      k.key_id, k.secret_sha256_hex, project, role, desc);
     if (!res)
         return -1;
     if (PQntuples(res) == 0)

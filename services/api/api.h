@@ -168,6 +168,13 @@ int api_resource_load(const struct api_resource *k, struct loom_db *db, const st
                       const char *name, json_t **ret, struct loom_err *err);
 void api_resource_list(struct loom_http_req *req, const struct api_resource *k);
 void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
+/* GET .../<kind>/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: the
+ * lines of the instances whose instance_column ("i.app_id") is the id that
+ * sql_lookup ($1 project id, $2 name) finds, in time order. "next" is the
+ * cursor after the last line returned (always set, so a follower can poll
+ * with it). what names the resource in a 404. */
+void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
+                       const char *instance_column);
 /* ETag: "<generation>" of a resource's JSON. */
 void api_set_etag(struct loom_http_req *req, json_t *item);
 
@@ -179,15 +186,40 @@ size_t api_columns_sql(enum loom_kind k, int first, struct strbuf *names, struct
 /* The stored spec's JSON text and its column values, as parameters after
  * the fixed ones: params[n_fixed] is the text, the columns follow. Returns
  * the number of parameters. spec must be complete (loom_spec_validate). */
+#define API_SPEC_MAX_FIXED 15
 struct api_spec_params {
     char *text;
-    const char *params[LOOM_SPEC_MAX_COLUMNS + 8];
+    const char *params[API_SPEC_MAX_FIXED + 1 + LOOM_SPEC_MAX_COLUMNS];
     char values[LOOM_SPEC_MAX_COLUMNS][24];
 };
 int api_spec_params(enum loom_kind k, json_t *spec, const char *const *fixed, size_t n_fixed,
                     struct api_spec_params *ret, struct loom_err *err);
 void api_spec_params_release(struct api_spec_params *p);
 #define _cleanup_spec_params_ __attribute__((cleanup(api_spec_params_release)))
+
+/* A kind kept with revisions (apps, functions): the row in table and each
+ * generation's copy in rev_table (owner_col names the row). Every statement
+ * takes the spec after the fixed values, its columns last:
+ *   INSERT: project id, name, insert_only..., shared..., spec
+ *   UPDATE: id, shared..., spec (generation + 1)
+ *   revision: id, generation, shared..., spec
+ * The SQL is built on first use. */
+#define API_REV_MAX_FIXED 3
+struct api_revisioned {
+    enum loom_kind kind;
+    const char *table, *rev_table, *owner_col;
+    const char *insert_only[API_REV_MAX_FIXED + 1]; /* NULL-terminated */
+    const char *shared[API_REV_MAX_FIXED + 1];      /* NULL-terminated */
+    char *sql_insert, *sql_update, *sql_revision;   /* built once */
+};
+/* Inserts the resource and its revision 1; the new id into ret_id. A name
+ * taken is LOOM_ECONFLICT "<what> \"<name>\" already exists". */
+int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *what,
+                   const char *name, const char *const *insert_only, const char *const *shared,
+                   json_t *spec, char ret_id[24], struct loom_err *err);
+/* Makes spec the next generation of row id, with its revision. */
+int api_rev_update(struct api_ctx *ctx, struct api_revisioned *r, const char *id,
+                   const char *const *shared, json_t *spec, struct loom_err *err);
 
 /* ---- data.c: names and the data of secrets and config maps --------------- */
 
@@ -256,6 +288,15 @@ void api_configmaps_get(struct loom_http_req *req);
 void api_configmaps_replace(struct loom_http_req *req);
 void api_configmaps_delete(struct loom_http_req *req);
 void api_apps_revisions(struct loom_http_req *req);
+
+void api_functions_create(struct loom_http_req *req);
+void api_functions_list(struct loom_http_req *req);
+void api_functions_get(struct loom_http_req *req);
+void api_functions_update(struct loom_http_req *req);
+void api_functions_delete(struct loom_http_req *req);
+void api_functions_activations(struct loom_http_req *req);
+void api_functions_logs(struct loom_http_req *req);
+void api_function_runtimes(struct loom_http_req *req);
 void api_apps_logs(struct loom_http_req *req);
 
 void api_admin_nodes_list(struct loom_http_req *req);

@@ -1,6 +1,5 @@
 /* /v1/projects/{project}/apps: an app row holds the current spec and
  * generation; app_revisions keeps every generation. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,79 +88,27 @@ static const struct api_resource app_resource = {
     .to_json = app_json,
 };
 
-/* The statements that write an app's spec with its normalised columns. */
-static char *sql_insert, *sql_update, *sql_revision;
-static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
-
-static void build_sql(void)
-{
-    struct strbuf a = STRBUF_INIT, b = STRBUF_INIT, c = STRBUF_INIT, names = STRBUF_INIT,
-                  params = STRBUF_INIT, sets = STRBUF_INIT;
-    /* $1 project, $2 name, $3 desired instances, $4 spec, the columns */
-    api_columns_sql(LOOM_KIND_APP, 5, &names, &params, NULL);
-    strbuf_addf(&a,
-                "INSERT INTO apps (project_id, name, desired_instances, spec%s) "
-                "VALUES ($1, $2, $3, $4::jsonb%s) RETURNING id",
-                names.buf, params.buf);
-    /* $1 id, $2 spec, the columns */
-    api_columns_sql(LOOM_KIND_APP, 3, NULL, NULL, &sets);
-    strbuf_addf(&b,
-                "UPDATE apps SET generation = generation + 1, spec = $2::jsonb, "
-                "updated_at = now()%s WHERE id = $1 RETURNING generation",
-                sets.buf);
-    /* $1 app id, $2 generation, $3 spec, the columns */
-    strbuf_reset(&names);
-    strbuf_reset(&params);
-    api_columns_sql(LOOM_KIND_APP, 4, &names, &params, NULL);
-    strbuf_addf(&c,
-                "INSERT INTO app_revisions (app_id, generation, spec%s) "
-                "VALUES ($1, $2, $3::jsonb%s)",
-                names.buf, params.buf);
-    sql_insert = strbuf_detach(&a, NULL);
-    sql_update = strbuf_detach(&b, NULL);
-    sql_revision = strbuf_detach(&c, NULL);
-    strbuf_release(&names);
-    strbuf_release(&params);
-    strbuf_release(&sets);
-}
-
-/* Records generation gen of app id with spec, as a revision. */
-static int insert_revision(struct api_ctx *ctx, const char *id, const char *gen, json_t *spec,
-                           struct loom_err *err)
-{
-    const char *fixed[] = {id, gen};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 2, &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *rev = loom_db_exec(ctx->db, sql_revision, n, sp.params, err);
-    return rev ? 0 : -1;
-}
+static struct api_revisioned app_rev = {
+    .kind = LOOM_KIND_APP,
+    .table = "apps",
+    .rev_table = "app_revisions",
+    .owner_col = "app_id",
+    .insert_only = {"desired_instances"},
+};
 
 static int app_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name;
     _cleanup_json_ json_t *spec = NULL;
     if (api_body_name(ctx->body, &name, err) < 0 ||
         loom_spec_validate(LOOM_KIND_APP, ctx->body, false, &spec, err) < 0)
         return -1;
-    char desired[24];
+    char desired[24], id[24];
     snprintf(desired, sizeof(desired), "%lld",
              (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
-    const char *fixed[] = {ctx->project.id_str, name, desired};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 3, &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *ins = loom_db_exec(ctx->db, sql_insert, n, sp.params, err);
-    if (!ins) {
-        if (err->code == LOOM_ECONFLICT)
-            loom_err_set(err, LOOM_ECONFLICT, "app \"%s\" already exists", name);
-        return -1;
-    }
+    const char *only[] = {desired};
     _cleanup_json_ json_t *out = NULL;
-    if (insert_revision(ctx, PQgetvalue(ins, 0, 0), "1", spec, err) < 0 ||
+    if (api_rev_insert(ctx, &app_rev, "app", name, only, NULL, spec, id, err) < 0 ||
         api_resource_load(&app_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "app", "created", name, out, err) < 0)
         return -1;
@@ -181,7 +128,6 @@ void api_apps_create(struct loom_http_req *req)
  * change makes a new generation (and revision). */
 static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name = ctx->req->params[1];
     _cleanup_api_patch_ struct api_patch p = {0};
     if (api_patch_spec(ctx, LOOM_KIND_APP,
@@ -190,13 +136,7 @@ static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
                        &p, err) < 0)
         return -1;
     if (p.changed) {
-        const char *id = PQgetvalue(p.row, 0, 0);
-        _cleanup_spec_params_ struct api_spec_params sp = {0};
-        int n = api_spec_params(LOOM_KIND_APP, p.spec, &id, 1, &sp, err);
-        if (n < 0)
-            return -1;
-        _cleanup_pgres_ PGresult *upd = loom_db_exec(ctx->db, sql_update, n, sp.params, err);
-        if (!upd || insert_revision(ctx, id, PQgetvalue(upd, 0, 0), p.spec, err) < 0)
+        if (api_rev_update(ctx, &app_rev, PQgetvalue(p.row, 0, 0), NULL, p.spec, err) < 0)
             return -1;
         ctx->wake_scheduler = true;
     }
@@ -369,82 +309,9 @@ void api_apps_instances(struct loom_http_req *req)
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
 
-/* GET .../apps/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: lines
- * of the app's instances in time order. "next" is the cursor after the last
- * line returned (always set, so a follower can poll with it). */
+/* GET .../apps/{name}/logs: api_instance_logs over the app's instances. */
 void api_apps_logs(struct loom_http_req *req)
 {
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
-        API_FAIL(req, &err);
-    const char *name = req->params[1];
-    const char *instance = loom_http_query(req, "instance");
-    const char *limit_s = loom_http_query(req, "limit");
-    const char *after = loom_http_query(req, "after");
-    int64_t limit = 1000;
-    if (limit_s && loom_parse_int(limit_s, 1, 10000, &limit) < 0) {
-        loom_err_set(&err, LOOM_EINVAL, "query parameter \"limit\": must be 1 to 10000");
-        API_FAIL(req, &err);
-    }
-    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" as a token */
-    char cur[128] = "", *ts = NULL, *inst = NULL, *off = NULL;
-    if (after && *after) {
-        char *save = NULL;
-        if (api_page_token_decode(after, cur, sizeof(cur)) < 0 ||
-            !(ts = strtok_r(cur, "|", &save)) || !(inst = strtok_r(NULL, "|", &save)) ||
-            !(off = strtok_r(NULL, "|", &save))) {
-            loom_err_set(&err, LOOM_EINVAL,
-                         "query parameter \"after\": not a cursor from \"next\"");
-            API_FAIL(req, &err);
-        }
-    }
-    _cleanup_pgres_ PGresult *app = loom_db_query(
-        db, &err, "SELECT id FROM apps WHERE project_id = $1 AND name = $2", proj.id_str, name);
-    if (!app)
-        API_FAIL(req, &err);
-    if (PQntuples(app) == 0) {
-        loom_err_set(&err, LOOM_ENOTFOUND, "app \"%s\" not found", name);
-        API_FAIL(req, &err);
-    }
-    char lim[24];
-    snprintf(lim, sizeof(lim), "%lld", (long long)limit);
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, &err,
-        "SELECT l.instance_id, " API_TS(
-            "l.ts") ", l.stream, l.line, "
-                    "(extract(epoch FROM l.ts) * 1000000)::bigint, l.\"offset\" "
-                    "FROM log_lines l JOIN instances i ON i.id = l.instance_id "
-                    "WHERE i.app_id = $1 AND ($2::uuid IS NULL OR i.id = $2::uuid) "
-                    "AND ($3::bigint IS NULL OR (l.ts, l.instance_id, l.\"offset\") > "
-                    "(timestamptz 'epoch' + $3::bigint * interval '1 microsecond', $4::uuid, "
-                    "$5::bigint)) "
-                    "ORDER BY l.ts, l.instance_id, l.\"offset\" LIMIT $6",
-        PQgetvalue(app, 0, 0), instance, ts, inst, off, lim);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *lines = json_array();
-    json_object_set_new(out, "lines", lines);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o = json_object();
-        api_json_set_str(o, "instance", loom_db_val(res, r, 0));
-        api_json_set_str(o, "ts", loom_db_val(res, r, 1));
-        api_json_set_str(o, "stream", loom_db_val(res, r, 2));
-        api_json_set_str(o, "line", loom_db_val(res, r, 3));
-        json_array_append_new(lines, o);
-    }
-    if (n > 0) {
-        char c[128];
-        snprintf(c, sizeof(c), "%s|%s|%s", PQgetvalue(res, n - 1, 4), PQgetvalue(res, n - 1, 0),
-                 PQgetvalue(res, n - 1, 5));
-        _cleanup_free_ char *tok = api_page_token(c);
-        json_object_set_new(out, "next", json_string(tok));
-    } else {
-        json_object_set_new(out, "next", json_string(after ? after : ""));
-    }
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
+    api_instance_logs(req, "app", "SELECT id FROM apps WHERE project_id = $1 AND name = $2",
+                      "i.app_id");
 }

@@ -72,6 +72,28 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/apps/{name}/logs", "getAppLogs",
      "Output lines of an app's instances in time order (?instance=, ?limit=, ?after=<next>)", NULL,
      200, "AppLogLines"},
+    {"post", "/v1/projects/{project}/functions", "createFunction",
+     "Create a function from inline code or a tar.gz bundle (a data: URL)", "Function", 201,
+     "Function"},
+    {"get", "/v1/projects/{project}/functions", "listFunctions", "List functions", NULL, 200,
+     "FunctionList"},
+    {"get", "/v1/projects/{project}/functions/{name}", "getFunction",
+     "Get a function (ETag = generation); its endpoint is where it is called", NULL, 200,
+     "Function"},
+    {"patch", "/v1/projects/{project}/functions/{name}", "updateFunction",
+     "Change some fields of a function, a new generation (If-Match: its ETag); calls in flight "
+     "finish on the old one",
+     "FunctionPatch", 200, "Function"},
+    {"delete", "/v1/projects/{project}/functions/{name}", "deleteFunction",
+     "Delete a function; its instances stop", NULL, 204, NULL},
+    {"get", "/v1/projects/{project}/functions/{name}/activations", "listFunctionActivations",
+     "One record per call, newest first", NULL, 200, "ActivationList"},
+    {"get", "/v1/projects/{project}/functions/{name}/logs", "getFunctionLogs",
+     "Output lines of a function's instances, each prefixed with its call's activation id "
+     "(?instance=, ?limit=, ?after=<next>)",
+     NULL, 200, "AppLogLines"},
+    {"get", "/v1/function_runtimes", "listFunctionRuntimes",
+     "The runtimes functions can use (any key)", NULL, 200, "FunctionRuntimeList"},
     {"post", "/v1/projects/{project}/secrets", "createSecret", "Create a secret", "Secret", 201,
      "Secret"},
     {"get", "/v1/projects/{project}/secrets", "listSecrets", "List secrets (keys, no values)", NULL,
@@ -239,6 +261,30 @@ static const char *const schemas[][2] = {
 /* More component schemas, written with ' for " to stay readable (converted
  * when the document is built; so no apostrophes in their text). */
 static const char *const schemas_sq[][2] = {
+    {"Function",
+     "{'allOf':[{'$ref':'#/components/schemas/Meta'},{'$ref':'#/components/schemas/FunctionFields'"
+     "},{'type':'object','required':['name','runtime','code_reference'],'properties':{'name':{'$r"
+     "ef':'#/components/schemas/Name'},'endpoint':{'type':'string','readOnly':true,'description':"
+     "'POST or GET it: the query and a JSON body are the parameters'},'status':{'enum':['ready'],"
+     "'readOnly':true},'status_details':{'type':'object','readOnly':true,'properties':{'instances_"
+     "running':{'type':'integer'}}}}}]}"},
+    {"FunctionPatch", "{'allOf':[{'$ref':'#/components/schemas/FunctionFields'}]}"},
+    {"FunctionList", "{'type':'object','properties':{'functions':{'type':'array','items':{'$ref':"
+                     "'#/components/schemas/Function'}},'limit':{'type':'integer'},'next':{'type':"
+                     "'string'}}}"},
+    {"ActivationList",
+     "{'type':'object','properties':{'activations':{'type':'array','items':{'type':'object','prop"
+     "erties':{'id':{'type':'string','format':'uuid'},'function_name':{'type':'string'},'generati"
+     "on':{'type':'integer'},'instance_id':{'type':['string','null']},'started_at':{'type':'strin"
+     "g'},'duration_ms':{'type':'number'},'billed_duration_ms':{'type':'integer','description':'t"
+     "he duration rounded up to the millisecond'},'memory_bytes':{'type':'integer'},'status':{'en"
+     "um':['success','application_error','developer_error','timeout','system_error']},'http_statu"
+     "s':{'type':'integer'},'cold':{'type':'boolean','description':'the call started an instanc"
+     "e'}}}},'limit':{'type':'integer'},'next':{'type':'string'}}}"},
+    {"FunctionRuntimeList",
+     "{'type':'object','properties':{'function_runtimes':{'type':'array','items':{'type':'object'"
+     ",'properties':{'name':{'type':'string'},'family':{'type':'string'},'default':{'type':'boole"
+     "an'},'deprecated':{'type':'boolean'}}}}}}"},
     {"Meta", "{'type':'object','properties':{'id':{'type':'integer','readOnly':true},"
              "'project':{'type':'string','readOnly':true},'created_at':{'type':'string',"
              "'readOnly':true},'updated_at':{'type':'string','readOnly':true},'generation':{"
@@ -426,6 +472,7 @@ static void build_doc(void)
     json_object_set_new(sch, "RunFields", loom_spec_schema(LOOM_K_RUNS, 0));
     json_object_set_new(sch, "JobFields", loom_spec_schema(LOOM_K_JOB, LOOM_K_APP));
     json_object_set_new(sch, "AppFields", loom_spec_schema(LOOM_K_APP, LOOM_K_JOBS));
+    json_object_set_new(sch, "FunctionFields", loom_spec_schema(LOOM_K_FUNCTION, 0));
     json_object_set_new(doc, "components", components);
     doc_text = json_dumps(doc, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
 }

@@ -31,6 +31,15 @@ const struct loom_http_route api_routes[] = {
     {"GET", "/v1/projects/{}/apps/{}/revisions", api_apps_revisions},
     {"GET", "/v1/projects/{}/apps/{}/logs", api_apps_logs},
 
+    {"POST", "/v1/projects/{}/functions", api_functions_create},
+    {"GET", "/v1/projects/{}/functions", api_functions_list},
+    {"GET", "/v1/projects/{}/functions/{}", api_functions_get},
+    {"PATCH", "/v1/projects/{}/functions/{}", api_functions_update},
+    {"DELETE", "/v1/projects/{}/functions/{}", api_functions_delete},
+    {"GET", "/v1/projects/{}/functions/{}/activations", api_functions_activations},
+    {"GET", "/v1/projects/{}/functions/{}/logs", api_functions_logs},
+    {"GET", "/v1/function_runtimes", api_function_runtimes},
+
     {"POST", "/v1/projects/{}/secrets", api_secrets_create},
     {"GET", "/v1/projects/{}/secrets", api_secrets_list},
     {"GET", "/v1/projects/{}/secrets/{}", api_secrets_get},

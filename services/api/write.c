@@ -116,8 +116,12 @@ static int write_tx(struct api_ctx *ctx, api_write_fn fn, const char *key, int *
     }
     int status = 200;
     _cleanup_json_ json_t *out = NULL;
-    if (fn(ctx, &status, &out, err) < 0)
+    if (fn(ctx, &status, &out, err) < 0) {
+        /* a failure that forgot to say why is still a failure, not a 200 */
+        if (err->code == LOOM_OK)
+            loom_err_set(err, LOOM_EINTERNAL, "the request failed without a reason");
         return -1;
+    }
     _cleanup_free_ char *text = out ? loom_json_dumps(out) : NULL;
     if (key && out && ctx->redact && json_object_get(out, ctx->redact)) {
         /* a secret shown once is not kept in the clear for a replay */

@@ -170,6 +170,25 @@ static void app_env(struct storage *st, const struct sched_assign_row *row,
     env_add(st, "K_REVISION", st->revision);
 }
 
+/* A stem cell: its runtime's proxy listens on $PORT and says /health once
+ * it does; what it will run comes later, from the activator's /init. */
+static void function_instance(struct storage *st, const struct sched_assign_row *row)
+{
+    Loom__V1__InstanceAssign *a = &st->msg;
+    a->kind = LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_FUNCTION;
+    a->image = (char *)(row->runtime_image ? row->runtime_image : "");
+    a->port = SCHED_FUNCTION_PORT;
+    loom__v1__probe__init(&st->readiness);
+    st->readiness.type = (char *)"http";
+    st->readiness.path = (char *)"/health";
+    st->readiness.period_seconds = 1;
+    st->readiness.timeout_seconds = 1;
+    st->readiness.failure_threshold = 3;
+    a->readiness = &st->readiness;
+    env_addf(st, "PORT", SCHED_FUNCTION_PORT);
+    env_add(st, "LOOM_RUNTIME", row->runtime ? row->runtime : "");
+}
+
 void sched_assign_build(const struct sched_assign_row *row, const struct loom_spec *spec,
                         const struct sched_assign_refs *refs, int64_t epoch,
                         struct sched_assign *ret)
@@ -182,18 +201,20 @@ void sched_assign_build(const struct sched_assign_row *row, const struct loom_sp
     a->project = (char *)row->project;
     a->kind = row->job ? LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_JOB
                        : LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_APP;
-    a->image = (char *)(spec->image ? spec->image : "");
-    st->command = strings(spec->commands, &a->n_command);
-    a->command = st->command;
-    st->args = strings(spec->arguments, &a->n_args);
-    a->args = st->args;
+    if (spec) {
+        a->image = (char *)(spec->image ? spec->image : "");
+        st->command = strings(spec->commands, &a->n_command);
+        a->command = st->command;
+        st->args = strings(spec->arguments, &a->n_args);
+        a->args = st->args;
+    }
     a->cpu_millis = row->cpu_millis;
     a->memory_bytes = row->memory_bytes;
     a->ephemeral_bytes = row->ephemeral_bytes;
     a->gpus = (uint32_t)row->gpus;
     a->retry = row->retry;
     a->registry_auth = refs->auth ? refs->auth : (char *)"";
-    add_mounts(st, refs->mounts);
+    add_mounts(st, refs->mounts); /* none (NULL) for a stem cell */
     a->n_mounts = st->nmounts;
     a->mounts = st->mount_ptrs;
     /* the user's variables first: ours win when a name repeats (last wins) */
@@ -204,7 +225,9 @@ void sched_assign_build(const struct sched_assign_row *row, const struct loom_sp
         env_add(st, json_string_value(json_array_get(v, 0)),
                 json_string_value(json_array_get(v, 1)));
     }
-    if (row->job)
+    if (row->function)
+        function_instance(st, row);
+    else if (row->job)
         job_env(st, row, spec);
     else
         app_env(st, row, spec);

@@ -16,7 +16,7 @@
 #include "log.h"
 #include "loom/v1/common.pb-c.h"
 #include "loom/v1/instance.pb-c.h"
-#include "secretbox.h"
+#include "refs.h"
 #include "spec.h"
 #include "subjects.h"
 #include "util.h"
@@ -138,74 +138,6 @@ void sched_assign_refs_release(struct sched_assign_refs *r)
     *r = (struct sched_assign_refs){0};
 }
 
-/* Loads a secret's data. 1 with why filled when it is missing or does not
- * open (the instance fails), -1 on a database error (try again later). */
-static int load_secret(struct loom_db *db, const char *project_id, const char *name,
-                       json_t **ret_data, char *ret_format, size_t format_len, char *why,
-                       size_t why_len, struct loom_err *err)
-{
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT format, data_enc FROM secrets WHERE project_id = $1::bigint AND name = $2",
-        project_id, name);
-    if (!res)
-        return -1;
-    if (PQntuples(res) == 0) {
-        snprintf(why, why_len, "secret \"%.200s\" not found", name);
-        return 1;
-    }
-    size_t len = 0;
-    unsigned char *sealed = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 1), &len);
-    if (!sealed)
-        abort();
-    char aad[512];
-    loom_secretbox_aad(project_id, name, aad, sizeof(aad));
-    struct loom_err oerr = LOOM_ERR_INIT;
-    _cleanup_free_ char *plain = NULL;
-    int rc = loom_secretbox_open(sealed, len, aad, &plain, &oerr);
-    PQfreemem(sealed);
-    if (rc < 0) {
-        snprintf(why, why_len, "secret \"%.200s\" cannot be opened: %.200s", name, oerr.msg);
-        return 1;
-    }
-    json_t *data = loom_json_parse_object(plain, strlen(plain), NULL);
-    if (!data) {
-        snprintf(why, why_len, "secret \"%.200s\" holds no JSON object", name);
-        return 1;
-    }
-    snprintf(ret_format, format_len, "%s", PQgetvalue(res, 0, 0));
-    *ret_data = data;
-    return 0;
-}
-
-/* Like load_secret, for a config map. */
-static int load_config_map(struct loom_db *db, const char *project_id, const char *name,
-                           json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
-{
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT data::text FROM config_maps WHERE project_id = $1::bigint AND name = $2",
-        project_id, name);
-    if (!res)
-        return -1;
-    const char *text = PQntuples(res) ? PQgetvalue(res, 0, 0) : NULL;
-    json_t *data = text ? loom_json_parse_object(text, strlen(text), NULL) : NULL;
-    if (!data) {
-        snprintf(why, why_len, "config map \"%.200s\" not found", name);
-        return 1;
-    }
-    *ret_data = data;
-    return 0;
-}
-
-static int load_ref(struct loom_db *db, const char *project_id, bool secret, const char *name,
-                    json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
-{
-    char format[32];
-    if (secret)
-        return load_secret(db, project_id, name, ret_data, format, sizeof(format), why, why_len,
-                           err);
-    return load_config_map(db, project_id, name, ret_data, why, why_len, err);
-}
-
 /* The host of an image reference ("127.0.0.1:5000/x:1" -> "127.0.0.1:5000"),
  * or of a registry server ("https://h:5000/v2/" -> "h:5000"). */
 static void ref_host(const char *s, char *out, size_t len)
@@ -216,11 +148,6 @@ static void ref_host(const char *s, char *out, size_t len)
     snprintf(out, len, "%.*s", (int)n, p);
 }
 
-static void env_pair(json_t *env, const char *name, const char *value)
-{
-    json_array_append_new(env, json_pack("[ss]", name, value));
-}
-
 /* Resolves the env references, volume mounts and image secret of spec.
  * -1 on a database error; a missing reference fills ret->why. */
 static int resolve_refs(struct loom_db *db, const char *project_id, const struct loom_spec *spec,
@@ -229,56 +156,10 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
     struct sched_assign_refs r = {.env = json_array(), .mounts = json_array()};
     size_t i;
     json_t *v;
-    json_array_foreach(spec->env, i, v)
-    {
-        const char *type = json_string_value(json_object_get(v, "type"));
-        const char *name = json_string_value(json_object_get(v, "name"));
-        const char *ref = json_string_value(json_object_get(v, "reference"));
-        const char *key = json_string_value(json_object_get(v, "key"));
-        const char *prefix = json_string_value(json_object_get(v, "prefix"));
-        if (!type || strcmp(type, "literal") == 0) {
-            const char *value = json_string_value(json_object_get(v, "value"));
-            if (name && value)
-                env_pair(r.env, name, value);
-            continue;
-        }
-        bool secret = strncmp(type, "secret_", 7) == 0;
-        bool full = strstr(type, "_full_reference") != NULL;
-        if (!ref || (!secret && strncmp(type, "config_map_", 11) != 0) ||
-            (!full && (!key || !name))) {
-            snprintf(r.why, sizeof(r.why), "invalid run_env_variables item %zu", i);
-            break;
-        }
-        _cleanup_json_ json_t *data = NULL;
-        int rc = load_ref(db, project_id, secret, ref, &data, r.why, sizeof(r.why), err);
-        if (rc < 0) {
-            sched_assign_refs_release(&r);
-            return -1;
-        }
-        if (rc > 0)
-            break;
-        if (full) {
-            const char *k;
-            json_t *x;
-            json_object_foreach(data, k, x)
-            {
-                if (!json_is_string(x))
-                    continue;
-                char *n = NULL;
-                if (asprintf(&n, "%s%s", prefix ? prefix : "", k) < 0)
-                    abort();
-                env_pair(r.env, n, json_string_value(x));
-                free(n);
-            }
-        } else {
-            const char *value = json_string_value(json_object_get(data, key));
-            if (!value) {
-                snprintf(r.why, sizeof(r.why), "key \"%.100s\" not found in %s \"%.200s\"", key,
-                         secret ? "secret" : "config map", ref);
-                break;
-            }
-            env_pair(r.env, name, value);
-        }
+    int rc = loom_refs_env(db, project_id, spec->env, r.env, r.why, sizeof(r.why), err);
+    if (rc < 0) {
+        sched_assign_refs_release(&r);
+        return -1;
     }
     json_array_foreach(r.why[0] ? NULL : spec->mounts, i, v)
     {
@@ -291,8 +172,8 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
             break;
         }
         json_t *data = NULL;
-        int rc = load_ref(db, project_id, strcmp(type, "secret") == 0, ref, &data, r.why,
-                          sizeof(r.why), err);
+        rc = loom_refs_load(db, project_id, strcmp(type, "secret") == 0, ref, &data, NULL, r.why,
+                            sizeof(r.why), err);
         if (rc < 0) {
             sched_assign_refs_release(&r);
             return -1;
@@ -306,8 +187,8 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
     if (!r.why[0] && isecret && isecret[0]) {
         _cleanup_json_ json_t *data = NULL;
         char format[32] = "";
-        int rc = load_secret(db, project_id, isecret, &data, format, sizeof(format), r.why,
-                             sizeof(r.why), err);
+        rc =
+            loom_refs_load(db, project_id, true, isecret, &data, format, r.why, sizeof(r.why), err);
         if (rc < 0) {
             sched_assign_refs_release(&r);
             return -1;
@@ -355,6 +236,8 @@ enum {
     AS_RANK,
     AS_MASTER,
     AS_PROJECT_ID,
+    AS_RUNTIME,
+    AS_RUNTIME_IMAGE,
 };
 
 static int64_t num(PGresult *res, int r, int c)
@@ -383,6 +266,9 @@ static struct sched_assign_row assign_row(PGresult *res, int r)
         .master = loom_db_val(res, r, AS_MASTER),
         .app = loom_db_val(res, r, AS_APP),
         .generation = num(res, r, AS_GENERATION),
+        .function = strcmp(PQgetvalue(res, r, AS_KIND), "function") == 0,
+        .runtime = loom_db_val(res, r, AS_RUNTIME),
+        .runtime_image = loom_db_val(res, r, AS_RUNTIME_IMAGE),
     };
 }
 
@@ -404,7 +290,8 @@ static void send_assign(struct sched *s, const struct sched_assign_row *row,
 static int load_spec(struct loom_db *db, PGresult *res, int r, struct loom_spec *spec,
                      struct sched_assign_refs *refs, struct loom_err *err)
 {
-    enum loom_kind kind = num(res, r, AS_OWNER) > 0 ? LOOM_KIND_JOBRUN : LOOM_KIND_APP;
+    enum loom_kind kind =
+        strcmp(PQgetvalue(res, r, AS_KIND), "job") == 0 ? LOOM_KIND_JOBRUN : LOOM_KIND_APP;
     struct loom_err serr = LOOM_ERR_INIT;
     *refs = (struct sched_assign_refs){0};
     if (loom_spec_decode_text(kind, PQgetvalue(res, r, AS_SPEC), spec, &serr) < 0) {
@@ -419,17 +306,18 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
     struct loom_err err = LOOM_ERR_INIT;
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, &err,
-        "SELECT i.id, i.node_name, i.kind, p.name, i.cpu_millis, i.memory_bytes, i.gpus, "
-        "  i.ephemeral_bytes, i.retry, i.array_index, r.name, r.array_size, r.retry_limit, "
-        "  a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
-        "  coalesce(i.job_run_id, -i.app_id), i.rank, "
+        "SELECT i.id, i.node_name, i.kind, coalesce(p.name, ''), i.cpu_millis, i.memory_bytes, "
+        "  i.gpus, i.ephemeral_bytes, i.retry, i.array_index, r.name, r.array_size, "
+        "  r.retry_limit, a.name, i.app_generation, coalesce(r.spec, ar.spec, a.spec)::text, "
+        "  coalesce(i.job_run_id::text, (-i.app_id)::text, i.id::text), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
-        "   WHERE g.id = i.gang), i.project_id "
-        "FROM instances i JOIN projects p ON p.id = i.project_id "
+        "   WHERE g.id = i.gang), i.project_id, i.runtime, fr.image "
+        "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "
         "LEFT JOIN app_revisions ar ON ar.app_id = i.app_id "
         "  AND ar.generation = i.app_generation "
+        "LEFT JOIN function_runtimes fr ON fr.name = i.runtime "
         "WHERE i.id = ANY($1::uuid[]) ORDER BY 17",
         ids_array);
     if (!res) {
@@ -443,6 +331,13 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
     const char *spec_owner = NULL;
     for (int r = 0; r < PQntuples(res); r++) {
         const char *owner = PQgetvalue(res, r, AS_OWNER);
+        if (strcmp(PQgetvalue(res, r, AS_KIND), "function") == 0) {
+            /* a stem cell: its runtime's image, no spec and no references */
+            struct sched_assign_refs none = {0};
+            struct sched_assign_row row = assign_row(res, r);
+            send_assign(s, &row, NULL, &none, epoch);
+            continue;
+        }
         if (!spec_owner || strcmp(owner, spec_owner) != 0) {
             loom_spec_release(&spec);
             sched_assign_refs_release(&refs);

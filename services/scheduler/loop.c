@@ -130,6 +130,9 @@ static void leader_pass(struct sched *s, struct loom_db *db, int64_t epoch)
         sched_apps_reconcile(s, db, epoch, &s->pool, &placed, &err) < 0)
         log_warn("app reconciliation failed: %s", err.msg);
 
+    if (sched_lease_current(s, NULL) && sched_functions_reconcile(s, db, epoch, &s->pool, &err) < 0)
+        log_warn("function instance reconciliation failed: %s", err.msg);
+
     if (each_second && sched_lease_current(s, NULL)) {
         s->last_resend_mono = now;
         if (sched_jobs_stop_cancelled(s, db, epoch, &err) < 0)

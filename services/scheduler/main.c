@@ -21,6 +21,9 @@ static const struct loom_opt opts[] = {
      "500ms", 0, 600000,
      "a failed index waits this long before its first retry, doubling per retry up to 60s "
      "(0: retry at once)"},
+    {"stem-cells", "LOOM_SCHEDULER_STEM_CELLS", LOOM_OPT_INT, &sched.stem_cells, "1", 0, 64,
+     "idle pre-started containers each ready node keeps of each function runtime, for the first "
+     "calls of functions (0: none; a first call then waits for one to start)"},
     {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &sched.secrets_key, NULL, 0, 0,
      "AES-256-GCM key that opens secrets, 64 hex characters, the API's key (unset: instances "
      "that name a secret fail)"},

@@ -186,8 +186,8 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
     cur = loom_db_query(
         db, err,
         "SELECT i.state, i.report_seq, i.kind, i.job_run_id, i.array_index, i.node_name, "
-        "  p.name, a.name, i.desired, i.gang "
-        "FROM instances i JOIN projects p ON p.id = i.project_id "
+        "  coalesce(p.name, ''), a.name, i.desired, i.gang "
+        "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN apps a ON a.id = i.app_id WHERE i.id = $1::uuid FOR UPDATE OF i",
         m->instance_id);
     if (!cur)
@@ -255,7 +255,7 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
         return -1;
 
     fx->freed = ended;
-    fx->app_changed = !job && strcmp(next, state) != 0 &&
+    fx->app_changed = strcmp(PQgetvalue(cur, 0, 2), "app") == 0 && strcmp(next, state) != 0 &&
                       (ended || strcmp(next, "running") == 0 || strcmp(state, "running") == 0);
     snprintf(fx->project, sizeof(fx->project), "%s", PQgetvalue(cur, 0, 6));
     snprintf(fx->app, sizeof(fx->app), "%s", PQgetvalue(cur, 0, 7));

@@ -33,6 +33,8 @@
 
 /* Most members of one gang (scale_nodes). */
 #define SCHED_GANG_MAX 1000
+/* The port a function runtime's proxy listens on. */
+#define SCHED_FUNCTION_PORT 8080
 /* The port rank 0 of a gang is told to listen on (MASTER_PORT). */
 #define SCHED_GANG_MASTER_PORT 29500
 
@@ -135,6 +137,7 @@ struct sched {
     int64_t batch_max;        /* instances per placement transaction */
     int64_t resend_ms;        /* assign / stop resend period */
     int64_t retry_backoff_ms; /* first retry delay of a failed index; doubles */
+    int64_t stem_cells;       /* idle instances per ready node and function runtime */
     char holder[160];         /* this replica's identity in the lease row */
     char *secrets_key;        /* LOOM_SECRETS_KEY: opens secrets for env and mounts */
 
@@ -243,6 +246,9 @@ struct sched_assign_row {
     /* apps */
     const char *app;
     int64_t generation;
+    /* functions: the runtime's image (a stem cell has no spec of its own) */
+    bool function;
+    const char *runtime, *runtime_image;
 };
 
 /* The message and the storage it points into. */
@@ -253,8 +259,9 @@ struct sched_assign {
 /* Builds the InstanceAssign of row (pure): the image, command and limits of
  * spec, the resolved env and mounts of refs (every variable the user gave,
  * then Loom's: JOB_INDEX..., PORT..., which win when a name repeats), and
- * the probes. The message points into row, spec and refs, which must
- * outlive it. */
+ * the probes. A function instance (a stem cell) has no spec (NULL) and no
+ * refs: its runtime's image, port 8080 and a readiness probe on /health.
+ * The message points into row, spec and refs, which must outlive it. */
 void sched_assign_build(const struct sched_assign_row *row, const struct loom_spec *spec,
                         const struct sched_assign_refs *refs, int64_t epoch,
                         struct sched_assign *ret);
@@ -334,6 +341,12 @@ int sched_jobs_have_work(struct loom_db *db, bool *ret, struct loom_err *err);
 int sched_apps_subscribe(struct sched *s, struct loom_err *err);
 int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
                          struct sched_pool *pool, size_t *ret_placed, struct loom_err *err);
+
+/* functions.c */
+/* Leader: refills each ready node's stem cells of each runtime and sends
+ * the stops of function instances marked to stop. */
+int sched_functions_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
+                              struct sched_pool *pool, struct loom_err *err);
 
 /* loop.c */
 int sched_start(struct loom_service *svc, struct loom_err *err);

@@ -162,6 +162,27 @@ static void test_concurrent(void **state)
     }
 }
 
+/* A stem cell's range goes back when it is gone: the next one reuses it,
+ * the others keep theirs, and releasing an unknown name changes nothing. */
+static void test_release(void **state)
+{
+    (void)state;
+    uint32_t keep = range_of("project-a");
+    uint32_t stem = range_of("stem-1");
+    assert_int_equal(stem, keep + 65536);
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(userns_release(g_file, "stem-1", &err), 0);
+    assert_int_equal(userns_release(g_file, "stem-unknown", &err), 0);
+    assert_int_equal(range_of("project-a"), keep);
+    assert_int_equal(range_of("stem-2"), stem); /* the freed range, from the file */
+    char *text = NULL;
+    assert_int_equal(loom_read_file(g_file, &text, NULL, &err), 0);
+    assert_null(strstr(text, "stem-1"));
+    assert_non_null(strstr(text, "project-a"));
+    assert_non_null(strstr(text, "stem-2"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -170,6 +191,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

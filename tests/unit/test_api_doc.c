@@ -160,6 +160,7 @@ static void test_openapi_fields(void **state)
     check_fields(schemas, "App", loom_spec_field_names(LOOM_KIND_APP));
     check_fields(schemas, "Job", loom_spec_field_names(LOOM_KIND_JOB));
     check_fields(schemas, "JobRunCreate", loom_spec_field_names(LOOM_KIND_JOBRUN));
+    check_fields(schemas, "Function", loom_spec_field_names(LOOM_KIND_FUNCTION));
     json_decref(doc);
 }
 

@@ -217,8 +217,10 @@ static void test_sizes(void **state)
     struct loom_err err = LOOM_ERR_INIT;
     assert_int_equal(parse(&err, "--mem", "512Mi", NULL), 0);
     assert_int_equal(c.mem, 512LL * 1024 * 1024);
+    loom_config_release(opts, NOPTS); /* a parse starts from no strings */
     assert_int_equal(parse(&err, "--mem", "0.5G", NULL), 0);
     assert_int_equal(c.mem, 500000000LL);
+    loom_config_release(opts, NOPTS);
     assert_int_equal(parse(&err, "--mem", "4GiB", NULL), -1);
     assert_non_null(strstr(err.msg, "--mem"));
     assert_non_null(strstr(err.msg, "not a size"));
@@ -290,7 +292,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_and_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_help_and_rest, setup, teardown),
         cmocka_unit_test(test_durations),
-        cmocka_unit_test(test_sizes),
+        cmocka_unit_test_setup_teardown(test_sizes, setup, teardown),
         cmocka_unit_test(test_ints_bools),
         cmocka_unit_test(test_hostport),
     };

@@ -210,6 +210,60 @@ static void run_http(int threads)
     loom_http_server_stop(NULL);
 }
 
+/* A catch-all route (as the activator's) claims what it serves itself and
+ * hands the rest to loom_http_serve_builtin. */
+static void h_catchall(struct loom_http_req *req)
+{
+    if (strncmp(req->path, "/app/", 5) == 0) {
+        loom_http_reply(req, 200, "text/plain", "app", 3);
+        return;
+    }
+    if (loom_http_serve_builtin(req))
+        return;
+    loom_http_reply_problem(req, 404, "mine");
+}
+
+static void test_http_serve_builtin(void **state)
+{
+    (void)state;
+    static const struct loom_http_route all[] = {{"*", "/*", h_catchall}};
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_http_server *srv;
+    struct loom_http_server_opts o = {
+        .addr = "127.0.0.1:0", .routes = all, .nroutes = 1, .ready = ready_cb, .service = "it"};
+    assert_int_equal(loom_http_server_start(&o, &srv, &err), 0);
+    char url[128];
+    struct loom_httpc_resp r;
+#define URL2(p)                                                                                    \
+    (snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", loom_http_server_port(srv), p), url)
+    assert_int_equal(do_req("GET", URL2("/livez"), NULL, NULL, &r), 200);
+    assert_string_equal(r.body.buf, "ok\n");
+    loom_httpc_resp_release(&r);
+    assert_int_equal(do_req("HEAD", URL2("/livez"), NULL, NULL, &r), 200);
+    loom_httpc_resp_release(&r);
+    assert_int_equal(do_req("GET", URL2("/readyz"), NULL, NULL, &r), 200);
+    loom_httpc_resp_release(&r);
+    is_ready = false;
+    assert_int_equal(do_req("GET", URL2("/readyz"), NULL, NULL, &r), 503);
+    loom_httpc_resp_release(&r);
+    is_ready = true;
+    assert_int_equal(do_req("GET", URL2("/metrics"), NULL, NULL, &r), 200);
+    assert_non_null(strstr(r.body.buf, "process_start_time_seconds "));
+    assert_string_equal(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    loom_httpc_resp_release(&r);
+    /* only GET and HEAD of the three paths; the route keeps the rest */
+    assert_int_equal(do_req("POST", URL2("/livez"), NULL, "", &r), 404);
+    assert_non_null(strstr(r.body.buf, "mine"));
+    loom_httpc_resp_release(&r);
+    assert_int_equal(do_req("GET", URL2("/livez/x"), NULL, NULL, &r), 404);
+    loom_httpc_resp_release(&r);
+    assert_int_equal(do_req("GET", URL2("/app/metrics"), NULL, NULL, &r), 200);
+    assert_string_equal(r.body.buf, "app");
+    loom_httpc_resp_release(&r);
+#undef URL2
+    loom_http_server_stop(srv);
+}
+
 static void test_http_thread_per_connection(void **state)
 {
     (void)state;
@@ -228,6 +282,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_thread_per_connection),
         cmocka_unit_test(test_http_thread_pool),
+        cmocka_unit_test(test_http_serve_builtin),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     loom_httpc_global_cleanup();

@@ -196,12 +196,46 @@ static void test_app_instance(void **state)
     loom_spec_release(&spec);
 }
 
+/* A stem cell: no spec, its runtime's image and proxy port, a readiness
+ * probe on /health, no project yet. */
+static void test_stem_cell(void **state)
+{
+    (void)state;
+    struct sched_assign_refs none = {0};
+    struct sched_assign_row row = {
+        .id = "i",
+        .node = "n",
+        .project = "",
+        .cpu_millis = 125,
+        .memory_bytes = 500000000,
+        .function = true,
+        .runtime = "python-3.11",
+        .runtime_image = "r/loom/runtime-python-3.11:1",
+    };
+    struct sched_assign as;
+    sched_assign_build(&row, NULL, &none, 7, &as);
+    const Loom__V1__InstanceAssign *a = as.msg;
+    assert_int_equal(a->kind, LOOM__V1__INSTANCE_KIND__INSTANCE_KIND_FUNCTION);
+    assert_string_equal(a->image, "r/loom/runtime-python-3.11:1");
+    assert_int_equal(a->port, 8080);
+    assert_int_equal(a->n_command, 0);
+    assert_string_equal(a->project, "");
+    assert_non_null(a->readiness);
+    assert_string_equal(a->readiness->type, "http");
+    assert_string_equal(a->readiness->path, "/health");
+    assert_string_equal(env_of(a, "PORT"), "8080");
+    assert_string_equal(env_of(a, "LOOM_RUNTIME"), "python-3.11");
+    assert_null(env_of(a, "K_SERVICE"));
+    sched_assign_release(&as);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_job_index),
         cmocka_unit_test(test_gang_and_daemon),
         cmocka_unit_test(test_app_instance),
+        cmocka_unit_test(test_stem_cell),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -355,6 +355,19 @@ static void test_plan_gangs_all_or_none(void **state)
     assert_int_equal(p.idx[0], 0);
     sched_run_plan_release(&p);
     loom_arrayspec_release(&run.pending);
+
+    /* binpack would put every member on the fullest node, which has room
+     * for two: a gang still spreads over three */
+    struct sched_node packed[] = {node("big", 4000, 4000, 2000, 2000), node("a", 8000, 8000, 0, 0),
+                                  node("b", 8000, 8000, 0, 0)};
+    run = run_of("0", 0, 0, 3);
+    sched_plan_run(&run, packed, 3, 100, NULL, &rng, &p);
+    assert_int_equal(p.n, 1);
+    assert_int_equal(p.nodes[0], 0); /* the fullest first */
+    assert_true(p.nodes[1] != 0 && p.nodes[2] != 0 && p.nodes[1] != p.nodes[2]);
+    assert_int_equal(packed[0].cpu_used, 3000);
+    sched_run_plan_release(&p);
+    loom_arrayspec_release(&run.pending);
 }
 
 int main(void)

@@ -40,6 +40,9 @@ static void usage(FILE *out)
           "  quota get --project P\n"
           "  quota set --project P [--cpu VCPU] [--memory 512G] [--gpus N] [--instances N]\n"
           "                                    (\"none\" removes a limit; others are kept)\n"
+          "  runtimes list\n"
+          "  runtimes register NAME --image REF --language L [--default] [--deprecated]\n"
+          "                                    (a function runtime; again to change it)\n"
           "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
           "\n"
           "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
@@ -369,26 +372,13 @@ static int keys_create(int argc, char **argv)
     if (loom_apikey_mint(&k, &err) < 0)
         return fail(&err);
 
-    struct loom_db *db = NULL;
-    if (open_db(&db, &err) < 0)
-        return fail(&err);
     const char *params[] = {k.key_id, k.secret_sha256_hex, admin ? NULL : project,
                             admin ? "admin" : role, desc};
-    PGresult *res = loom_db_exec(
-        db,
-        "INSERT INTO api_keys (key_id, secret_sha256, project_id, role, description) "
-        "SELECT $1, decode($2, 'hex'), p.id, $4, $5 FROM (SELECT NULL::bigint AS id) z "
-        "LEFT JOIN projects p ON p.name = $3 WHERE $3::text IS NULL OR p.id IS NOT NULL",
-        5, params, &err);
-    loom_db_close(db);
-    if (!res)
-        return fail(&err);
-    bool hit = atoi(PQcmdTuples(res)) > 0;
-    PQclear(res);
-    if (!hit) {
-        fprintf(stderr, "loom-admin: project \"%s\" not found\n", project);
-        return 1;
-    }
+    char notfound[128];
+    snprintf(notfound, sizeof(notfound), "project \"%s\" not found", admin ? "" : project);
+    int rc = exec_one(LOOM_APIKEY_INSERT_SQL, 5, params, notfound, NULL);
+    if (rc)
+        return rc;
     /* the only time the secret is shown */
     printf("%s\n", k.key);
     fprintf(stderr, "key id %s (%s%s%s): store it now, it cannot be shown again\n", k.key_id,
@@ -688,6 +678,60 @@ static int cmd_quota(int argc, char **argv)
         h, 1, p);
 }
 
+/* ---- function runtimes ------------------------------------------------ */
+
+static int cmd_runtimes(int argc, char **argv)
+{
+    if (argc == 1 && strcmp(argv[0], "list") == 0) {
+        static const char *const h[] = {"NAME", "LANGUAGE", "DEFAULT", "DEPRECATED", "IMAGE"};
+        return query_print("SELECT name, language, is_default, deprecated, image "
+                           "FROM function_runtimes ORDER BY name",
+                           h, 0, NULL);
+    }
+    if (argc < 2 || strcmp(argv[0], "register") != 0)
+        return usage_error("%s", "usage: runtimes list | runtimes register NAME --image REF "
+                                 "--language L [--default] [--deprecated]");
+    const char *name = argv[1], *image = NULL, *language = NULL;
+    bool is_default = false, deprecated = false;
+    static const struct option lo[] = {{"image", required_argument, NULL, 'i'},
+                                       {"language", required_argument, NULL, 'l'},
+                                       {"default", no_argument, NULL, 'd'},
+                                       {"deprecated", no_argument, NULL, 'x'},
+                                       {0}};
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc - 1, argv + 1, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 'i':
+            image = optarg;
+            break;
+        case 'l':
+            language = optarg;
+            break;
+        case 'd':
+            is_default = true;
+            break;
+        case 'x':
+            deprecated = true;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1 || !image || !language)
+        return usage_error("%s", "runtimes register needs NAME, --image and --language");
+    const char *p[] = {name, language, image, is_default ? "t" : "f", deprecated ? "t" : "f"};
+    char done[160];
+    snprintf(done, sizeof(done), "registered runtime %s (%s)", name, image);
+    /* one default per language: registering a default takes it from the others */
+    return exec_one("WITH d AS (UPDATE function_runtimes SET is_default = false "
+                    "  WHERE $4::boolean AND language = $2 AND name <> $1) "
+                    "INSERT INTO function_runtimes (name, language, image, is_default, deprecated) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET "
+                    "language = $2, image = $3, is_default = $4, deprecated = $5",
+                    5, p, "not registered", done);
+}
+
 int main(int argc, char **argv)
 {
     pg_dsn = getenv("LOOM_PG_DSN");
@@ -729,5 +773,7 @@ int main(int argc, char **argv)
         return cmd_status(sub_argc, sub_argv);
     if (strcmp(cmd, "quota") == 0)
         return cmd_quota(sub_argc, sub_argv);
+    if (strcmp(cmd, "runtimes") == 0)
+        return cmd_runtimes(sub_argc, sub_argv);
     return usage_error("unknown command \"%s\"", cmd);
 }

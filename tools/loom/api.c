@@ -154,6 +154,27 @@ int patch_current(const char *coll, const char *name, json_t *body, const char *
     return api_call_if(method, path, body, etag, ret);
 }
 
+/* Creates the resource (POST to coll) or changes it (method, with If-Match:
+ * patch_current), then prints the reply (-o json) or "<what> <name>
+ * created|updated (generation N)". */
+int write_resource(const char *coll, const char *what, const char *name, bool create,
+                   const char *method, json_t *body)
+{
+    struct reply r = {0};
+    _cleanup_free_ char *path = ppath(coll, NULL, NULL);
+    int rc =
+        create ? api_call("POST", path, body, &r) : patch_current(coll, name, body, method, &r);
+    if (rc)
+        return rc;
+    if (cfg.json)
+        print_raw(&r);
+    else
+        printf("%s %s %s (generation %lld)\n", what, name, create ? "created" : "updated",
+               jint(r.json, "generation"));
+    reply_release(&r);
+    return EXIT_OK;
+}
+
 /* DELETE that may answer 202 (instances still stopping): retries until the
  * row is gone. */
 int delete_with_retry(const char *coll, const char *name, const char *what)

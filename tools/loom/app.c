@@ -100,61 +100,6 @@ static int app_write(int argc, char **argv, bool create)
 }
 
 /* loom app logs N [-f] [--instance ID]: in time order; -f keeps polling. */
-static int app_logs(int argc, char **argv)
-{
-    struct flag flags[] = {BFLAG("follow"), VFLAG("instance")};
-    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
-    bool follow = false;
-    /* -f is the usual spelling */
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "-f") == 0)
-            argv[i] = (char *)"--follow";
-    int rc = parse_args(&a, argc, argv);
-    if (!rc && a.npos != 1)
-        rc = usage_err("%s", "usage: app logs NAME [-f] [--instance ID]");
-    if (rc) {
-        args_release(&a);
-        return rc;
-    }
-    follow = fset(&a, "follow");
-    _cleanup_free_ char *base = ppath("apps", a.pos[0], "/logs?limit=1000");
-    _cleanup_free_ char *inst = fval(&a, "instance") ? strdup(fval(&a, "instance")) : NULL;
-    args_release(&a);
-    _cleanup_free_ char *after = NULL;
-    for (;;) {
-        _cleanup_free_ char *path = NULL;
-        if (asprintf(&path, "%s%s%s%s%s", base, inst ? "&instance=" : "", inst ? inst : "",
-                     after && *after ? "&after=" : "", after && *after ? after : "") < 0)
-            abort();
-        struct reply r = {0};
-        if ((rc = api_call("GET", path, NULL, &r)))
-            return rc;
-        json_t *lines = json_object_get(r.json, "lines");
-        size_t i;
-        json_t *x;
-        if (cfg.json) {
-            json_array_foreach(lines, i, x)
-            {
-                _cleanup_free_ char *t = json_dumps(x, JSON_COMPACT);
-                printf("%s\n", t);
-            }
-        } else {
-            json_array_foreach(lines, i, x)
-                printf("[%.8s] %s\n", jstr(x, "instance"), jstr(x, "line"));
-        }
-        fflush(stdout);
-        free(after);
-        after = strdup(jstr(r.json, "next"));
-        size_t n = json_array_size(lines);
-        reply_release(&r);
-        if (n == 1000)
-            continue;
-        if (!follow)
-            return EXIT_OK;
-        sleep_ms(1000);
-    }
-}
-
 int cmd_app(const char *verb, int argc, char **argv)
 {
     int rc = need_project();
@@ -163,7 +108,7 @@ int cmd_app(const char *verb, int argc, char **argv)
     if (strcmp(verb, "create") == 0 || strcmp(verb, "update") == 0)
         return app_write(argc, argv, verb[0] == 'c');
     if (strcmp(verb, "logs") == 0)
-        return app_logs(argc, argv);
+        return follow_logs("apps", "app", argc, argv);
     struct args a = {.nflags = 0};
     if ((rc = parse_args(&a, argc, argv)))
         return rc;

@@ -2,10 +2,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cleanup.h"
 #include "json.h"
 #include "spec.h"
+#include "strbuf.h"
 #include "util.h"
 #include "cli.h"
 
@@ -293,6 +295,44 @@ static int put_commands(struct args *a, json_t *body, const struct loom_field *f
     return 0;
 }
 
+/* --inline-code FILE (one file), --code-bundle DIR|FILE.tgz (a bundle), or
+ * --code-reference as the API takes it: a data: URL in the body. */
+static int put_code(struct args *a, json_t *body, const struct loom_field *f)
+{
+    const char *inline_file = fval(a, "inline-code"), *bundle = fval(a, "code-bundle");
+    if ((inline_file != NULL) + (bundle != NULL) + (fval(a, f->flag) != NULL) > 1)
+        return usage_err("%s", "give one of --inline-code, --code-bundle and --code-reference");
+    if (fval(a, f->flag)) {
+        json_object_set_new(body, f->name, json_string(fval(a, f->flag)));
+        return 0;
+    }
+    if (!inline_file && !bundle)
+        return 0;
+    struct loom_err err = LOOM_ERR_INIT;
+    _cleanup_free_ char *data = NULL;
+    size_t len = 0;
+    struct stat st;
+    int rc;
+    if (bundle && stat(bundle, &st) == 0 && S_ISDIR(st.st_mode)) {
+        struct strbuf sb = STRBUF_INIT;
+        rc = pack_dir(bundle, &sb, &err);
+        data = strbuf_detach(&sb, &len);
+    } else {
+        rc = loom_read_file(inline_file ? inline_file : bundle, &data, &len, &err);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "loom: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    _cleanup_free_ char *b64 = loom_base64_encode(data, len);
+    _cleanup_free_ char *url = NULL;
+    if (asprintf(&url, "data:%s;base64,%s", inline_file ? "text/plain" : "application/gzip", b64) <
+        0)
+        abort();
+    json_object_set_new(body, f->name, json_string(url));
+    return 0;
+}
+
 /* How the CLI writes the fields whose flags are not one plain value, and
  * the other flags that set them. */
 static const struct builder {
@@ -331,6 +371,17 @@ static const struct builder {
        .metavar = "/DIR=C",
        .help = "a config map's keys as read-only files in DIR"}}},
     {"node_selector", put_selector, true, {{0}}},
+    {"code_reference",
+     put_code,
+     false,
+     {{.name = "inline-code",
+       .has_value = true,
+       .metavar = "FILE",
+       .help = "the function's code: one file"},
+      {.name = "code-bundle",
+       .has_value = true,
+       .metavar = "DIR|TGZ",
+       .help = "the function's code: a directory (packed as a tar.gz) or a tar.gz"}}},
     {"probe_readiness", put_probe, false, {{0}}},
     {"probe_liveness", put_probe, false, {{0}}},
 };
@@ -356,7 +407,7 @@ int spec_args(struct args *a, enum loom_kind k, const struct flag *own, size_t n
         const struct builder *b = builder_of(f);
         flags[n++] = (struct flag){
             .name = f->flag,
-            .has_value = true,
+            .has_value = f->type != LOOM_FT_BOOL,
             .repeat = f->type == LOOM_FT_STRINGS || (b && b->repeat),
             .metavar = f->metavar,
             .help = f->help,
@@ -383,6 +434,8 @@ int put_spec_fields(struct args *a, enum loom_kind k, json_t *body)
             rc = b->put(a, body, f);
         else if (f->type == LOOM_FT_INT)
             rc = put_int(a, f->flag, body, f->name);
+        else if (f->type == LOOM_FT_BOOL && fl->set)
+            json_object_set_new(body, f->name, json_true());
         else if (f->type == LOOM_FT_STRINGS && fl->values)
             json_object_set(body, f->name, fl->values);
         else if (f->type != LOOM_FT_STRINGS && fl->set)

@@ -86,6 +86,13 @@ int put_spec_fields(struct args *a, enum loom_kind k, json_t *body);
 /* One line per flag: its name, value and description. */
 void print_flags(FILE *out, const struct args *a);
 
+/* ---- pack.c --------------------------------------------------------------------- */
+
+/* DIR's files and directories as a tar.gz into out (symbolic links refused). */
+struct strbuf;
+struct loom_err;
+int pack_dir(const char *dir, struct strbuf *out, struct loom_err *err);
+
 /* ---- api.c: calls and replies ------------------------------------------------ */
 
 struct reply {
@@ -102,6 +109,8 @@ int need_project(void);
 char *ppath(const char *coll, const char *name, const char *suffix);
 int patch_current(const char *coll, const char *name, json_t *body, const char *method,
                   struct reply *ret);
+int write_resource(const char *coll, const char *what, const char *name, bool create,
+                   const char *method, json_t *body);
 int delete_with_retry(const char *coll, const char *name, const char *what);
 void sleep_ms(long ms);
 
@@ -111,6 +120,8 @@ void sleep_ms(long ms);
 const char *jstr(json_t *o, const char *k);
 long long jint(json_t *o, const char *k);
 void print_raw(const struct reply *r);
+/* NOUN logs NAME [-f] [--instance ID] of a resource under coll ("apps"). */
+int follow_logs(const char *coll, const char *noun, int argc, char **argv);
 
 /* ---- the nouns ----------------------------------------------------------------- */
 
@@ -119,5 +130,6 @@ int cmd_job(const char *verb, int argc, char **argv);
 int cmd_jobrun(const char *verb, int argc, char **argv);
 int cmd_app(const char *verb, int argc, char **argv);
 int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv);
+int cmd_fn(const char *verb, int argc, char **argv);
 
 #endif

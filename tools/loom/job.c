@@ -48,19 +48,10 @@ int cmd_job(const char *verb, int argc, char **argv)
             rc = put_spec_fields(&a, LOOM_KIND_JOB, body);
         if (!rc && !create && json_object_size(body) == 0)
             rc = usage_err("%s", "job update: nothing to change");
-        if (!rc) {
-            _cleanup_free_ char *coll = ppath("jobs", NULL, NULL);
-            rc = create ? api_call("POST", coll, body, &r)
-                        : patch_current("jobs", name, body, "PATCH", &r);
-        }
+        if (!rc)
+            rc = write_resource("jobs", "job", name, create, "PATCH", body);
         args_release(&a);
-        if (rc)
-            return rc;
-        if (cfg.json)
-            print_raw(&r);
-        else
-            printf("job %s %s (generation %lld)\n", name, create ? "created" : "updated",
-                   jint(r.json, "generation"));
+        return rc;
     } else if (strcmp(verb, "get") == 0 && a.npos == 1) {
         _cleanup_free_ char *path = ppath("jobs", a.pos[0], NULL);
         args_release(&a);

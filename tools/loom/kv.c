@@ -138,19 +138,10 @@ int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char 
             json_object_set_new(body, "format", json_string(fval(&a, "format")));
         if (!rc && create)
             json_object_set_new(body, "name", json_string(name));
-        if (!rc) {
-            _cleanup_free_ char *cpath = ppath(coll, NULL, NULL);
-            rc = create ? api_call("POST", cpath, body, &r)
-                        : patch_current(coll, name, body, "PUT", &r);
-        }
+        if (!rc)
+            rc = write_resource(coll, what, name, create, "PUT", body);
         args_release(&a);
-        if (rc)
-            return rc;
-        if (cfg.json)
-            print_raw(&r);
-        else
-            printf("%s %s %s (generation %lld)\n", what, name, create ? "created" : "updated",
-                   jint(r.json, "generation"));
+        return rc;
     } else if (strcmp(verb, "get") == 0 && a.npos == 1) {
         _cleanup_free_ char *path = ppath(coll, a.pos[0], NULL);
         args_release(&a);

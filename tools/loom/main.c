@@ -11,6 +11,7 @@
 
 #include "cleanup.h"
 #include "httpc.h"
+#include "util.h"
 #include "cli.h"
 
 static const char usage_text[] =
@@ -40,6 +41,12 @@ static const char usage_text[] =
     "          timeout=S,failure-threshold=N; without --no-wait: progress lines until ready)\n"
     "  app update N [the same flags]   (a new generation; refused if changed meanwhile)\n"
     "  app get N | list | delete N | instances N | revisions N | logs N [-f] [--instance ID]\n"
+    "  fn create N --runtime R (--inline-code FILE | --code-bundle DIR|TGZ) [--main F]\n"
+    "         [--env K=V...] [--cpu C] [--memory M] [--concurrency N] [--timeout S]\n"
+    "         [--scale-down-delay S] [--visibility public|private|project]\n"
+    "  fn update N [the same flags] | get N | list | delete N | runtimes\n"
+    "  fn invoke N [--data JSON | --data-file F] [--header K:V...]   (prints the answer)\n"
+    "  fn logs N [-f] | activations N\n"
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
@@ -130,24 +137,6 @@ static int config_dir(char *buf, size_t size)
     return 0;
 }
 
-/* mkdir -p with mode for the directories it creates. */
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 /* loom login --api URL --key KEY [--project P]: checks the key with a GET
  * that needs it (and the project, when given, exists for it), then writes
  * the config file (0600, in a 0700 directory) atomically. */
@@ -173,7 +162,12 @@ static int cmd_login(void)
         fprintf(stderr, "loom: neither XDG_CONFIG_HOME nor HOME is set\n");
         return EXIT_USAGE;
     }
-    if (mkdir_p(dir, 0700) < 0 || chmod(dir, 0700) < 0) {
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_mkdir_p(dir, 0700, &err) < 0) {
+        fprintf(stderr, "loom: %s\n", err.msg);
+        return EXIT_API;
+    }
+    if (chmod(dir, 0700) < 0) {
         fprintf(stderr, "loom: could not create \"%s\": %s\n", dir, strerror(errno));
         return EXIT_API;
     }
@@ -220,10 +214,11 @@ static int cmd_logout(void)
     return EXIT_OK;
 }
 
-int main(int argc, char **argv)
+/* The global options, which may appear anywhere, out of argv; the rest in
+ * order into rest. -1 to go on, else the exit status (--help, a usage
+ * error). */
+static int global_options(int argc, char **argv, char **rest, int *ret_nrest)
 {
-    /* global options may appear anywhere; everything else goes on */
-    char **rest = calloc((size_t)argc + 1, sizeof(*rest));
     int nrest = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -231,7 +226,6 @@ int main(int argc, char **argv)
         /* after NOUN VERB, --help lists that verb's flags (args.c) */
         if ((strcmp(s, "--help") == 0 && nrest < 2) || strcmp(s, "-h") == 0) {
             fputs(usage_text, stdout);
-            free(rest);
             return EXIT_OK;
         }
         if (strcmp(s, "--project") == 0)
@@ -241,10 +235,8 @@ int main(int argc, char **argv)
         else if (strcmp(s, "--key") == 0)
             dst = &cfg.key;
         if (dst || strcmp(s, "-o") == 0 || strcmp(s, "--output") == 0) {
-            if (i + 1 >= argc) {
-                free(rest);
+            if (i + 1 >= argc)
                 return usage_err("option \"%s\" needs a value", s);
-            }
             const char *v = argv[++i];
             if (dst) {
                 free(*dst);
@@ -252,52 +244,66 @@ int main(int argc, char **argv)
             } else if (strcmp(v, "json") == 0) {
                 cfg.json = true;
             } else if (strcmp(v, "table") != 0) {
-                free(rest);
                 return usage_err("output format \"%s\" is not json or table", v);
             }
             continue;
         }
         rest[nrest++] = argv[i];
     }
+    *ret_nrest = nrest;
+    return -1;
+}
+
+static int dispatch(const char *noun, const char *verb, int argc, char **argv)
+{
+    if (strcmp(noun, "project") == 0 || strcmp(noun, "projects") == 0)
+        return cmd_project(verb, argc, argv);
+    if (strcmp(noun, "jobrun") == 0 || strcmp(noun, "jr") == 0)
+        return cmd_jobrun(verb, argc, argv);
+    if (strcmp(noun, "app") == 0 || strcmp(noun, "application") == 0)
+        return cmd_app(verb, argc, argv);
+    if (strcmp(noun, "job") == 0)
+        return cmd_job(verb, argc, argv);
+    if (strcmp(noun, "fn") == 0 || strcmp(noun, "function") == 0)
+        return cmd_fn(verb, argc, argv);
+    if (strcmp(noun, "secret") == 0)
+        return cmd_kv("secrets", "secret", verb, argc, argv);
+    if (strcmp(noun, "configmap") == 0 || strcmp(noun, "cm") == 0)
+        return cmd_kv("config_maps", "config map", verb, argc, argv);
+    return usage_err("unknown noun \"%s\"", noun);
+}
+
+static int run(int nrest, char **rest)
+{
     setting(&cfg.api, "LOOM_API");
     setting(&cfg.key, "LOOM_KEY");
     setting(&cfg.project, "LOOM_PROJECT");
-    if (nrest == 1 && (strcmp(rest[0], "login") == 0 || strcmp(rest[0], "logout") == 0)) {
-        /* login takes only flags and the environment, never the old file */
-        loom_httpc_global_init();
-        int rc = strcmp(rest[0], "login") == 0 ? cmd_login() : cmd_logout();
-        loom_httpc_global_cleanup();
-        free(rest);
-        free(cfg.api);
-        free(cfg.key);
-        free(cfg.project);
-        return rc;
-    }
-    read_config_file();
-    if (nrest < 2) {
-        fputs(usage_text, stderr);
-        free(rest);
-        return EXIT_USAGE;
+    /* login takes only flags and the environment, never the old file */
+    bool session = nrest == 1 && (strcmp(rest[0], "login") == 0 || strcmp(rest[0], "logout") == 0);
+    if (!session) {
+        read_config_file();
+        if (nrest < 2) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
     }
     loom_httpc_global_init();
-    const char *noun = rest[0], *verb = rest[1];
-    int rc;
-    if (strcmp(noun, "project") == 0 || strcmp(noun, "projects") == 0)
-        rc = cmd_project(verb, nrest - 2, rest + 2);
-    else if (strcmp(noun, "jobrun") == 0 || strcmp(noun, "jr") == 0)
-        rc = cmd_jobrun(verb, nrest - 2, rest + 2);
-    else if (strcmp(noun, "app") == 0 || strcmp(noun, "application") == 0)
-        rc = cmd_app(verb, nrest - 2, rest + 2);
-    else if (strcmp(noun, "job") == 0)
-        rc = cmd_job(verb, nrest - 2, rest + 2);
-    else if (strcmp(noun, "secret") == 0)
-        rc = cmd_kv("secrets", "secret", verb, nrest - 2, rest + 2);
-    else if (strcmp(noun, "configmap") == 0 || strcmp(noun, "cm") == 0)
-        rc = cmd_kv("config_maps", "config map", verb, nrest - 2, rest + 2);
-    else
-        rc = usage_err("unknown noun \"%s\"", noun);
+    int rc = !session                        ? dispatch(rest[0], rest[1], nrest - 2, rest + 2)
+             : strcmp(rest[0], "login") == 0 ? cmd_login()
+                                             : cmd_logout();
     loom_httpc_global_cleanup();
-    free(rest);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    _cleanup_free_ char **rest = calloc((size_t)argc + 1, sizeof(*rest));
+    if (!rest)
+        abort();
+    int nrest = 0;
+    int rc = global_options(argc, argv, rest, &nrest);
+    if (rc < 0)
+        rc = run(nrest, rest);
     free(cfg.api);
     free(cfg.key);
     free(cfg.project);

@@ -1,0 +1,148 @@
+/* Functions (leader): every ready node keeps stem_cells idle instances of
+ * each installed runtime, pre-started and unclaimed, for the activator to
+ * claim at a function's first call; claimed instances are the function's
+ * for good. Instances an activator or the API marked to stop are told to at
+ * once (the resend timer repeats it). */
+#include "sched.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "instance_state.h"
+#include "log.h"
+#include "util.h"
+
+/* What an idle stem cell holds on its node: the smallest function shape. A
+ * claim sets the instance's row to its function's shape. */
+#define STEM_CPU_MILLIS 125
+#define STEM_MEMORY_BYTES 500000000LL
+#define STEM_EPHEMERAL_BYTES 400000000LL
+
+enum { W_NODE, W_RUNTIME, W_MISSING };
+
+/* Ready nodes, by runtime, short of idle stem cells: node, runtime, how
+ * many are missing. $1: how many each should have. */
+#define SQL_STEMS_WANTED                                                                           \
+    "SELECT n.name, r.name, $1::integer - count(i.id) "                                            \
+    "FROM nodes n CROSS JOIN function_runtimes r "                                                 \
+    "LEFT JOIN instances i ON i.node_name = n.name AND i.runtime = r.name "                        \
+    "  AND i.kind = 'function' AND i.claimed_at IS NULL AND i.desired = 'run' "                    \
+    "  AND i.state IN " LOOM_LIVE_STATES_SQL " "                                                   \
+    "WHERE n.state = 'ready' AND NOT r.deprecated AND NOT n.simulated "                            \
+    "GROUP BY n.name, r.name HAVING count(i.id) < $1::integer"
+
+/* Function instances marked to stop whose stop was not sent yet. */
+#define SQL_STOPS_UNSENT                                                                           \
+    "kind = 'function' AND desired = 'stop' AND NOT stop_sent AND state IN " LOOM_LIVE_STATES_SQL
+
+/* Places the missing stem cells, node by node, where they fit. */
+static int refill(struct sched *s, struct loom_db *db, int64_t epoch, struct sched_pool *pool,
+                  struct strbuf *ids, size_t *ret_placed, struct loom_err *err)
+{
+    char per_node[24];
+    snprintf(per_node, sizeof(per_node), "%lld", (long long)s->stem_cells);
+    _cleanup_pgres_ PGresult *want =
+        loom_db_query(db, err, SQL_STEMS_WANTED " ORDER BY n.name, r.name", per_node);
+    if (!want)
+        return -1;
+    if (PQntuples(want) == 0)
+        return 0;
+    struct sched_request req = {.cpu_millis = STEM_CPU_MILLIS,
+                                .memory_bytes = STEM_MEMORY_BYTES,
+                                .ephemeral_bytes = STEM_EPHEMERAL_BYTES};
+    _cleanup_strbuf_ struct strbuf a_id = STRBUF_INIT, a_node = STRBUF_INIT, a_rt = STRBUF_INIT;
+    size_t n = 0;
+    for (int r = 0; r < PQntuples(want); r++) {
+        struct sched_node *node = NULL;
+        for (size_t k = 0; k < pool->n && !node; k++)
+            if (strcmp(pool->nodes[k].name, PQgetvalue(want, r, W_NODE)) == 0)
+                node = &pool->nodes[k];
+        for (long m = strtol(PQgetvalue(want, r, W_MISSING), NULL, 10);
+             node && m > 0 && sched_node_fits(node, &req); m--) {
+            node->cpu_used += req.cpu_millis;
+            node->mem_used += req.memory_bytes;
+            node->disk_used += req.ephemeral_bytes;
+            char uuid[37];
+            loom_uuid4(uuid);
+            sched_pg_array_add(&a_id, uuid);
+            sched_pg_array_add(&a_node, node->name);
+            sched_pg_array_add(&a_rt, PQgetvalue(want, r, W_RUNTIME));
+            n++;
+        }
+    }
+    if (n == 0)
+        return 0;
+    sched_pg_array_end(&a_id);
+    sched_pg_array_end(&a_node);
+    sched_pg_array_end(&a_rt);
+    char ep[24], cpu[24], mem[24], eph[24];
+    snprintf(ep, sizeof(ep), "%lld", (long long)epoch);
+    snprintf(cpu, sizeof(cpu), "%d", STEM_CPU_MILLIS);
+    snprintf(mem, sizeof(mem), "%lld", STEM_MEMORY_BYTES);
+    snprintf(eph, sizeof(eph), "%lld", STEM_EPHEMERAL_BYTES);
+    _cleanup_pgres_ PGresult *ins = loom_db_query(
+        db, err,
+        "INSERT INTO instances (id, kind, runtime, node_name, epoch, cpu_millis, memory_bytes, "
+        "  ephemeral_bytes) "
+        "SELECT x.id, 'function', x.rt, x.node, $1::bigint, $2::bigint, $3::bigint, $4::bigint "
+        "FROM unnest($5::uuid[], $6::text[], $7::text[]) AS x(id, node, rt) RETURNING id",
+        ep, cpu, mem, eph, a_id.buf, a_node.buf, a_rt.buf);
+    if (!ins)
+        return -1;
+    for (int i = 0; i < PQntuples(ins); i++)
+        sched_pg_array_add(ids, PQgetvalue(ins, i, 0));
+    *ret_placed += (size_t)PQntuples(ins);
+    return 0;
+}
+
+int sched_functions_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
+                              struct sched_pool *pool, struct loom_err *err)
+{
+    /* a cheap look first: most passes have nothing to do */
+    char per_node[24];
+    snprintf(per_node, sizeof(per_node), "%lld", (long long)s->stem_cells);
+    _cleanup_pgres_ PGresult *look =
+        loom_db_query(db, err,
+                      "SELECT EXISTS (SELECT 1 FROM instances WHERE " SQL_STOPS_UNSENT ") "
+                      "  OR ($1::integer > 0 AND EXISTS (" SQL_STEMS_WANTED "))",
+                      per_node);
+    if (!look)
+        return -1;
+    if (strcmp(PQgetvalue(look, 0, 0), "t") != 0)
+        return 0;
+    if (sched_pool_get(s, db, pool, err) < 0)
+        return -1;
+    _cleanup_strbuf_ struct strbuf ids = STRBUF_INIT;
+    size_t placed = 0;
+    _cleanup_pgres_ PGresult *stops = NULL;
+    if (loom_db_begin(db, err) < 0)
+        return -1;
+    if (sched_lease_check_tx(s, db, epoch, err) < 0)
+        goto fail;
+    if (s->stem_cells > 0 && refill(s, db, epoch, pool, &ids, &placed, err) < 0)
+        goto fail;
+    stops = loom_db_exec(db,
+                         "UPDATE instances SET stop_sent = true, updated_at = now() "
+                         "WHERE " SQL_STOPS_UNSENT " RETURNING id, node_name, reason",
+                         0, NULL, err);
+    if (!stops)
+        goto fail;
+    if (loom_db_commit(db, err) < 0)
+        return -1;
+    if (placed > 0) {
+        sched_pg_array_end(&ids);
+        loom_metric_add(s->m_placements, (double)placed);
+        sched_send_assigns(s, db, epoch, ids.buf);
+        log_debug("placed %zu stem cells", placed);
+    }
+    for (int r = 0; r < PQntuples(stops); r++)
+        sched_send_stop(s, PQgetvalue(stops, r, 1), PQgetvalue(stops, r, 0), epoch,
+                        loom_db_val(stops, r, 2));
+    return 0;
+fail:
+    loom_db_rollback(db);
+    return -1;
+}
