@@ -1,6 +1,6 @@
 # Function runtimes: OCI images holding a language and Loom's action proxy
-# for it, built offline from Debian packages (sourced, not run; needs
-# tools/lib/image.sh sourced first, jq, skopeo, mmdebstrap, cc).
+# for it, built offline from Debian packages (sourced, not run; sources
+# tools/lib/image.sh; needs jq, skopeo, mmdebstrap, cc).
 # shellcheck shell=bash
 #
 # tools/runtimes/runtimes.json lists them: name, image repository and tag, the
@@ -36,6 +36,8 @@ RUNTIME_SUITE=bookworm
 RUNTIME_EPOCH=1700000000
 runtime_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 runtime_json=$runtime_repo/tools/runtimes/runtimes.json
+# shellcheck source=tools/lib/image.sh
+. "$runtime_repo/tools/lib/image.sh"
 
 runtime_names() {
 	jq -r '.runtimes[].name' "$runtime_json"
@@ -180,7 +182,8 @@ runtime_cached() {
 	mkdir -p "$cache/$name" || return 1
 	(
 		# one build of a runtime at a time, across checkouts sharing the cache
-		exec {lock}>"$cache/$name/.lock" && flock "$lock" || exit 1
+		# (fd 8: this subshell's own)
+		exec 8>"$cache/$name/.lock" && flock 8 || exit 1
 		if [ -f "$cache/$name/$key/layout/index.json" ] && [ -z "${LOOM_RUNTIME_REBUILD:-}" ]; then
 			touch "$cache/$name/$key"
 			exit 0

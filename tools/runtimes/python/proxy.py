@@ -29,8 +29,8 @@ GET /health
 
 Lines the function writes to sys.stdout and sys.stderr during a call go to the
 proxy's stdout and stderr prefixed with "<activation_id> " (threads the
-function starts itself, and child processes, write without the prefix). The
-proxy's own messages carry no id.
+function starts itself, child processes and sys.stdout.buffer write without
+the prefix). The proxy's own messages carry no id.
 """
 
 import base64
@@ -103,6 +103,11 @@ class CallOutput(io.TextIOBase):
     @property
     def encoding(self):
         return self._stream.encoding
+
+    @property
+    def buffer(self):
+        # bytes written here go out as they are, without the id
+        return self._stream.buffer
 
     def _emit(self, text):
         with self._lock:
