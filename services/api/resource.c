@@ -230,8 +230,7 @@ static void rev_build(struct api_revisioned *r)
         return;
     }
     int n_only = (int)count(r->insert_only), n_shared = (int)count(r->shared);
-    struct strbuf sql = STRBUF_INIT, cols = STRBUF_INIT, params = STRBUF_INIT,
-                  sets = STRBUF_INIT;
+    struct strbuf sql = STRBUF_INIT, cols = STRBUF_INIT, params = STRBUF_INIT, sets = STRBUF_INIT;
 
     /* INSERT: $1 project, $2 name, insert_only, shared, spec, the columns */
     int spec_at = 3 + n_only + n_shared;
@@ -297,8 +296,8 @@ static int rev_record(struct api_ctx *ctx, struct api_revisioned *r, const char 
                       struct loom_err *err)
 {
     const char *head[] = {id, gen};
-    _cleanup_pgres_ PGresult *res = rev_exec(ctx, r, r->sql_revision, head, 2, shared,
-                                             count(r->shared), spec, err);
+    _cleanup_pgres_ PGresult *res =
+        rev_exec(ctx, r, r->sql_revision, head, 2, shared, count(r->shared), spec, err);
     return res ? 0 : -1;
 }
 
@@ -311,8 +310,8 @@ int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *wh
     const char *head[2 + API_REV_MAX_FIXED] = {ctx->project.id_str, name};
     if (n_only)
         memcpy(head + 2, insert_only, n_only * sizeof(*insert_only));
-    _cleanup_pgres_ PGresult *ins = rev_exec(ctx, r, r->sql_insert, head, 2 + n_only, shared,
-                                             count(r->shared), spec, err);
+    _cleanup_pgres_ PGresult *ins =
+        rev_exec(ctx, r, r->sql_insert, head, 2 + n_only, shared, count(r->shared), spec, err);
     if (!ins) {
         if (err->code == LOOM_ECONFLICT)
             loom_err_set(err, LOOM_ECONFLICT, "%s \"%s\" already exists", what, name);

@@ -399,10 +399,9 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
     if (!st)
         return -1;
     for (int r = 0; r < PQntuples(st); r++)
-        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch,
-                        loom_db_val(st, r, 2),
+        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch, loom_db_val(st, r, 2),
                         strcmp(PQgetvalue(st, r, 3), "function") == 0 ? SCHED_FUNCTION_STOP_GRACE_S
-                                                                       : SCHED_STOP_GRACE_S);
+                                                                      : SCHED_STOP_GRACE_S);
     if (PQntuples(st) > 0)
         loom_metric_add(s->m_resends, PQntuples(st));
     return 0;
