@@ -283,6 +283,27 @@ descends_from_us() {
 	return 1
 }
 
+# runc_leftovers: every container in this platform's runc roots, one
+# "ROOT: ID" a line. Each agent runs runc with --root <state dir>/runc (the
+# platform's under $LOOM_HOME/agent, add-node's under $LOOM_HOME/nodes/*/agent);
+# a root that is missing or that runc cannot list is a line too, so that a
+# check that looks nowhere cannot pass.
+runc_leftovers() {
+	local state root out id
+	for state in "$LOOM_HOME/agent" "$LOOM_HOME"/nodes/*/agent; do
+		# (the glob stays as it is when no node was added)
+		[ "$state" = "$LOOM_HOME/agent" ] || [ -d "$state" ] || continue
+		root=$state/runc
+		if [ ! -d "$root" ]; then
+			echo "$root: missing (the agent creates it when it starts)"
+		elif ! out=$(runc --root "$root" list -q 2>&1); then
+			echo "$root: runc list failed: $out"
+		else
+			for id in $out; do echo "$root: $id"; done
+		fi
+	done
+}
+
 leak_checks() {
 	local procs mounts cgs veths netns pgdir ids p c
 	# processes: any whose command line or environment names our state dir (or
@@ -313,8 +334,6 @@ leak_checks() {
 	cgs=$(find /sys/fs/cgroup/ -mindepth 1 -type d \( -name "$LOOM_AGENT_CGROUP_PARENT" -o \
 		-name "$LOOM_AGENT_CGROUP_PARENT-*" \) -prune 2>/dev/null || true)
 	is "$cgs" "" "no cgroup named $LOOM_AGENT_CGROUP_PARENT left"
-	if [ -n "$ids" ] && command -v runc >/dev/null; then
-		is "$(runc list -q 2>/dev/null | grep -E "$ids" || true)" "" "no runc container of ours left"
-	fi
+	is "$(runc_leftovers)" "" "no container left in the agents' runc roots"
 	ok "PostgreSQL's directory $pgdir is gone" test ! -e "$pgdir"
 }
