@@ -10,6 +10,7 @@
 #   platform_up          # LOOM_HOME, LOOM_API, LOOM_KEY, LOOM_REGISTRY... exported
 #   ok "what" CMD...     # passes when CMD succeeds
 #   is "$got" "$want" "what"; like "$got" 'ERE' "what"; unlike ...; diag "text"
+#   skip "reason"        # a test that cannot run here: "ok N # SKIP reason"
 #   wait_for SECONDS CMD...      # polls CMD until it succeeds; sets waited_ms
 #   api METHOD PATH [BODY] [KEY] # the API; sets http_status, http_type, http_body
 #   get [CURL_ARGS...] URL       # a GET (or curl's -X...); sets the same, prints nothing
@@ -98,6 +99,13 @@ unlike() {
 		diag "  matches: '$2'"
 		return 1
 	fi
+}
+
+# skip REASON: a test that this host cannot run, counted and shown as
+# skipped (TAP's "# SKIP"), never passed in silence.
+skip() {
+	tap_n=$((tap_n + 1))
+	printf 'ok %d # SKIP %s\n' "$tap_n" "$1"
 }
 
 skip_all() {
