@@ -198,10 +198,10 @@ like "$(curl -s "$act/metrics")" 'loom_activator_requests_total\{code="503"\} 1'
 psql_q -c "$(app_row idle 100 1)"
 start act2 "$bin/loom-activator" --http-addr "127.0.0.1:$act2_port" --tick 200ms \
 	--stable-window 2s --panic-window 2s
-wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$act2_port/readyz)\" = 200 ]" ||
+ok "the second activator is ready" wait_for 10 ready "http://127.0.0.1:$act2_port" ||
 	bail_out "the second activator did not become ready: $(tail -5 "$tmp/act2.log")"
 t0=$(now_ms)
-wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
+ok "the idle app is scaled to zero" wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
 idle_ms=$(($(now_ms) - t0))
 ok "an idle app scales to zero after the stable window, not after one tick ($(seconds $idle_ms) s)" \
 	test $idle_ms -ge 1000 -a $idle_ms -lt 8000
