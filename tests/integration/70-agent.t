@@ -426,6 +426,8 @@ touch "$LOOM_HOME/agent/instances/$survivor_id/rootfs/go"
 wait_run survivor 60
 kill "$watcher" 2>/dev/null
 wait "$watcher" 2>/dev/null
+# the last look, after the run ended (the watcher may not have taken one since)
+survivor_row | cut -d'|' -f1,2 >>"$tmp/survivor-states"
 is "$(run_field survivor .status)" completed "the re-adopted job finishes normally"
 is "$(run_field survivor .status_details.succeeded)" 1 "its index succeeded"
 is "$(survivor_row | cut -d'|' -f1,2)" "$survivor_id|succeeded" "one instance, the same, succeeded"
