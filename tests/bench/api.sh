@@ -41,6 +41,8 @@ n=$(($$ % 1000))
 export LOOM_NODE_NAME=bapi$$ LOOM_AGENT_BRIDGE=lba$n LOOM_AGENT_CGROUP_PARENT=loom-bapi$$
 export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
 export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
+# no function runtimes (loom-dev builds them by default): nothing here runs functions
+export LOOM_DEV_RUNTIMES=${LOOM_DEV_RUNTIMES:-none}
 export LOOM_API_RATE_LIMIT=0
 export PATH=$bin:$PATH
 # nginx's workers run as nobody: its directory must be reachable

@@ -40,6 +40,8 @@ n=$(($$ % 1000))
 export LOOM_NODE_NAME=bsch$$ LOOM_AGENT_BRIDGE=lbs$n LOOM_AGENT_CGROUP_PARENT=loom-bsch$$
 export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
 export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
+# no function runtimes (loom-dev builds them by default): nothing here runs functions
+export LOOM_DEV_RUNTIMES=${LOOM_DEV_RUNTIMES:-none}
 export PATH=$bin:$PATH
 extra_pids=()
 cleanup() {

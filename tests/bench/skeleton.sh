@@ -22,6 +22,8 @@ n=$(($$ % 1000))
 export LOOM_NODE_NAME=bench$$ LOOM_AGENT_BRIDGE=lb$n LOOM_AGENT_CGROUP_PARENT=loom-bench$$
 export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
 export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
+# no function runtimes (loom-dev builds them by default): nothing here runs functions
+export LOOM_DEV_RUNTIMES=${LOOM_DEV_RUNTIMES:-none}
 trap '"$repo/tools/loom-dev" down >/dev/null 2>&1 || true; rm -rf "$LOOM_HOME"' EXIT
 
 now_ms() { date +%s%3N; }
@@ -73,7 +75,7 @@ done
 cached=$(printf '%s\n' "${starts[@]}")
 ok_runs=${#submit_times[@]}
 
-printf '\n%-66s %10s\n' "walking skeleton ($(nproc) cores, PostgreSQL ${LOOM_DEV_PG_DURABILITY:-fast})" "ms"
+printf '\n%-66s %10s\n' "walking skeleton ($(nproc) cores, PostgreSQL ${LOOM_DEV_PG_DURABILITY:-fast}, runtimes $LOOM_DEV_RUNTIMES)" "ms"
 printf '%-66s %10s\n' "------------------------------------------------------------------" "----------"
 printf '%-66s %10d\n' "loom-dev up (built) to every service ready" "$up_ms"
 printf '%-66s %10s\n' "jobrun submit to 3/3 succeeded, first run (image pull)" "$first_ms"
