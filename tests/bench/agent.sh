@@ -123,16 +123,20 @@ pull_ms=$(sed -n "s/.*instance $big_id: process running.*(image \([0-9]*\) ms.*/
 # --- 4. 100 at once ---------------------------------------------------------------------
 loom jobrun submit --name hundred --image "$image" --cmd 'sleep 20' --cpu 0.125 --memory 256M \
 	--array-indices 0-99 >/dev/null
+# the most seen running at one look (the count at the end of a wait that
+# timed out is what is left, not the peak)
+peak_running=0
 n_running() {
 	running=$(psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN job_runs r
 		ON r.id = i.job_run_id WHERE r.name = 'hundred' AND i.state = 'running'")
+	[ "$running" -le "$peak_running" ] || peak_running=$running
 	[ "$running" -ge 100 ]
 }
-wait_for 120 n_running
+all_up="all in"
+wait_for 120 n_running || all_up="never all; waited"
 all_up_ms=$waited_ms
 agent_pid=$(cat "$LOOM_HOME/run/agent.pid")
 rss_kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$agent_pid/status")
-peak_running=$running
 wait_for 120 run_ended hundred
 hundred="$(run_field hundred .status_details.succeeded) succeeded, $(run_field hundred .status_details.failed) failed"
 
@@ -168,6 +172,6 @@ printf '%-66s %s\n' "bare runc run busybox true -> exited + deleted, p99" "${run
 printf '%-66s %s\n' "bare runc runs that failed (not counted above)" "$runc_failed"
 printf '%-66s %s\n' "anchors (to exit + delete)" "crun create+start+delete 153 ms, runc 352 ms (youki), Firecracker 125 ms"
 printf '%-66s %s\n' "cold pull + unpack, 50 MB random layer" "${pull_ms:-?} ms     < 1500 ms"
-printf '%-66s %s\n' "100 x sleep 20 at once: running together" "${peak_running} (all in $(seconds "$all_up_ms") s)"
+printf '%-66s %s\n' "100 x sleep 20 at once: most running together" "${peak_running} ($all_up $(seconds "$all_up_ms") s)"
 printf '%-66s %s\n' "100 x sleep 20: outcome" "$hundred"
 printf '%-66s %s\n' "loom-agent VmRSS with 100 instances" "$((rss_kb / 1024)) MB (${rss_kb} kB)   < 30 MB"
