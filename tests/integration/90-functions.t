@@ -45,6 +45,11 @@ else
 	diag "$(sql "SELECT runtime, state, reason FROM instances WHERE kind = 'function'")"
 fi
 
+# operators see them, per runtime: free, starting, claimed, calls waiting
+out=$(loom-admin runtimes list 2>&1)
+like "$(awk '$1 == "python-3.11" { print $5 }' <<<"$out")" '^[1-9]' \
+	"loom-admin runtimes list counts python-3.11's free stem cells" || diag "$out"
+
 # --- an OpenWhisk action, unchanged ------------------------------------------
 
 cat >"$code/hello.py" <<'EOF'
