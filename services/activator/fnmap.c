@@ -2,6 +2,7 @@
  * actions do it. Pure: unit-tested without a runtime. */
 #include "activator.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -29,7 +30,13 @@ json_t *act_fn_params(const char *method, const char *path, json_t *query, json_
         json_object_set_new(p, "__ow_body", s ? s : json_string("(a body that is not UTF-8)"));
     }
     json_decref(parsed);
-    json_object_set_new(p, "__ow_method", json_string(method));
+    /* lower case, as OpenWhisk's web actions see it */
+    char m[16];
+    size_t i = 0;
+    for (; method[i] && i < sizeof(m) - 1; i++)
+        m[i] = (char)tolower((unsigned char)method[i]);
+    m[i] = '\0';
+    json_object_set_new(p, "__ow_method", json_string(m));
     json_object_set_new(p, "__ow_path", json_string(path));
     json_object_set_new(p, "__ow_headers", headers ? json_incref(headers) : json_object());
     return p;

@@ -117,14 +117,14 @@ static void publish_request(struct sched *s, const char *subject, char kind, con
 }
 
 void sched_send_stop(struct sched *s, const char *node, const char *instance_id, int64_t epoch,
-                     const char *reason)
+                     const char *reason, int grace_seconds)
 {
     Loom__V1__InstanceStop stop;
     loom__v1__instance_stop__init(&stop);
     stop.instance_id = (char *)instance_id;
     stop.epoch = epoch;
     stop.reason = (char *)(reason ? reason : "");
-    stop.grace_seconds = 10;
+    stop.grace_seconds = grace_seconds;
     char subj[320];
     snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_STOP_FMT, node);
     publish_request(s, subj, 's', instance_id, &stop.base);
@@ -399,13 +399,14 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
                       "  WHERE i.desired = 'stop' AND n.state <> 'lost' "
                       "    AND (i.state IN " LOOM_LIVE_STATES_SQL " OR i.state = 'lost') "
                       "    AND i.updated_at < now() - make_interval(secs => $1::bigint / 1000.0) "
-                      "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason",
+                      "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason, kind",
                       period);
     if (!st)
         return -1;
     for (int r = 0; r < PQntuples(st); r++)
-        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch,
-                        loom_db_val(st, r, 2));
+        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch, loom_db_val(st, r, 2),
+                        strcmp(PQgetvalue(st, r, 3), "function") == 0 ? SCHED_FUNCTION_STOP_GRACE_S
+                                                                      : SCHED_STOP_GRACE_S);
     if (PQntuples(st) > 0)
         loom_metric_add(s->m_resends, PQntuples(st));
     return 0;

@@ -23,7 +23,7 @@ static void test_params(void **state)
     assert_string_equal(json_string_value(json_object_get(p, "name")), "Ada");
     assert_string_equal(json_string_value(json_object_get(p, "q")), "1");
     assert_int_equal(json_integer_value(json_object_get(p, "n")), 2);
-    assert_string_equal(json_string_value(json_object_get(p, "__ow_method")), "POST");
+    assert_string_equal(json_string_value(json_object_get(p, "__ow_method")), "post");
     assert_string_equal(json_string_value(json_object_get(p, "__ow_path")), "/x");
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(p, "__ow_headers"), "Accept")), "*/*");

@@ -1,6 +1,6 @@
 # Function runtimes: OCI images holding a language and Loom's action proxy
-# for it, built offline from Debian packages (sourced, not run; needs
-# tools/lib/image.sh sourced first, jq, skopeo, mmdebstrap, cc).
+# for it, built offline from Debian packages (sourced, not run; sources
+# tools/lib/image.sh; needs jq, skopeo, mmdebstrap, cc).
 # shellcheck shell=bash
 #
 # tools/runtimes/runtimes.json lists them: name, image repository and tag, the
@@ -40,6 +40,8 @@ runtime_json=$runtime_repo/tools/runtimes/runtimes.json
 # the file, its list's key and what its entries are called in messages.
 runtime_catalog=runtimes
 runtime_what=runtime
+# shellcheck source=tools/lib/image.sh
+. "$runtime_repo/tools/lib/image.sh"
 
 runtime_names() {
 	jq -r --arg l "$runtime_catalog" '.[$l][].name' "$runtime_json"
@@ -185,7 +187,8 @@ runtime_cached() {
 	mkdir -p "$cache/$name" || return 1
 	(
 		# one build of a runtime at a time, across checkouts sharing the cache
-		exec {lock}>"$cache/$name/.lock" && flock "$lock" || exit 1
+		# (fd 8: this subshell's own)
+		exec 8>"$cache/$name/.lock" && flock 8 || exit 1
 		if [ -f "$cache/$name/$key/layout/index.json" ] && [ -z "${LOOM_RUNTIME_REBUILD:-}" ]; then
 			touch "$cache/$name/$key"
 			exit 0
