@@ -40,18 +40,25 @@ static int app_write(int argc, char **argv, bool create)
     };
     struct args a;
     spec_args(&a, LOOM_KIND_APP, own, LOOM_ARRAY_SIZE(own));
+    add_build_flags(&a);
     int rc = parse_args(&a, argc, argv);
     _cleanup_json_ json_t *body = json_object();
     const char *name = NULL;
+    char image[700];
     if (!rc)
         rc = take_name(&a, create ? "app create" : "app update", &name);
-    if (!rc && create && !fval(&a, "image"))
-        rc = usage_err("%s", "app create needs --image");
+    if (!rc && fval(&a, "image") && fval(&a, "build-source"))
+        rc = usage_err("%s", "give --image or --build-source, not both");
+    if (!rc && create && !fval(&a, "image") && !fval(&a, "build-source"))
+        rc = usage_err("%s", "app create needs --image or --build-source DIR|GIT_URL");
     if (!rc) {
         if (create)
             json_object_set_new(body, "name", json_string(name));
         rc = put_spec_fields(&a, LOOM_KIND_APP, body);
     }
+    /* a source is built first; the app gets the digest it pushed */
+    if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, image)))
+        json_object_set_new(body, "image_reference", json_string(image));
     if (!rc && !create && json_object_size(body) == 0)
         rc = usage_err("%s", "app update: nothing to change");
     bool wait = !fset(&a, "no-wait");

@@ -70,6 +70,88 @@ int put_source_value(const char *value, json_t *body)
     return 0;
 }
 
+/* ---- one-step deploys: --build-source ------------------------------------------------ */
+
+static const struct flag build_flags[] = {
+    {.name = "build-source",
+     .has_value = true,
+     .metavar = "DIR|GIT_URL",
+     .help = "build the image from this source first (a directory is uploaded), then deploy the "
+             "digest it pushed"},
+    {.name = "build-strategy",
+     .has_value = true,
+     .metavar = "STRATEGY",
+     .help = "buildpacks (the default: detected) or dockerfile"},
+    {.name = "build-size",
+     .has_value = true,
+     .metavar = "SIZE",
+     .help = "small, medium, large, xlarge"},
+    {.name = "build-context-dir",
+     .has_value = true,
+     .metavar = "DIR",
+     .help = "the directory of the source to build"},
+    {.name = "build-dockerfile", .has_value = true, .metavar = "FILE", .help = "the Dockerfile"},
+    {.name = "build-commit",
+     .has_value = true,
+     .metavar = "REV",
+     .help = "the branch, tag or commit of a git source"},
+    {.name = "build-git-repo-secret",
+     .has_value = true,
+     .metavar = "SECRET",
+     .help = "the git credentials of a git source"},
+    {.name = "build-timeout", .has_value = true, .metavar = "SECONDS", .help = "the build's limit"},
+};
+
+void add_build_flags(struct args *a)
+{
+    size_t n = LOOM_ARRAY_SIZE(build_flags);
+    a->flags = realloc(a->flags, (a->nflags + n) * sizeof(*a->flags));
+    if (!a->flags)
+        abort();
+    memcpy(a->flags + a->nflags, build_flags, sizeof(build_flags));
+    a->nflags += n;
+}
+
+int build_from_flags(struct args *a, const char *name, char ret_image[700])
+{
+    static const char *const fields[][2] = {
+        {"build-strategy", "strategy_type"},         {"build-size", "strategy_size"},
+        {"build-context-dir", "source_context_dir"}, {"build-dockerfile", "strategy_spec_file"},
+        {"build-commit", "source_revision"},         {"build-git-repo-secret", "source_secret"},
+    };
+    _cleanup_json_ json_t *body = json_object();
+    char run[64];
+    /* the run's name: the resource's, and when (a DNS label of at most 63) */
+    snprintf(run, sizeof(run), "%.40s-%lld", name, (long long)(loom_now_ms() / 1000));
+    json_object_set_new(body, "name", json_string(run));
+    json_object_set_new(body, "output_image", json_string(name));
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(fields); i++)
+        if (fval(a, fields[i][0]))
+            json_object_set_new(body, fields[i][1], json_string(fval(a, fields[i][0])));
+    if (fval(a, "build-timeout")) {
+        char *end;
+        long long t = strtoll(fval(a, "build-timeout"), &end, 10);
+        if (*end || !*fval(a, "build-timeout"))
+            return usage_err("%s", "--build-timeout needs seconds");
+        json_object_set_new(body, "timeout", json_integer(t));
+    }
+    int rc = put_source_value(fval(a, "build-source"), body);
+    _cleanup_free_ char *path = ppath("build_runs", NULL, NULL);
+    struct reply r = {0};
+    if (!rc)
+        rc = api_call("POST", path, body, &r);
+    reply_release(&r);
+    if (!rc)
+        rc = wait_buildrun(run, &r);
+    if (rc)
+        return rc;
+    snprintf(ret_image, 700, "%s",
+             jstr(json_object_get(r.json, "status_details"), "output_image_digest"));
+    fprintf(progress(), "build run %s pushed %s\n", run, ret_image);
+    reply_release(&r);
+    return EXIT_OK;
+}
+
 /* ---- printing ------------------------------------------------------------------ */
 
 static void print_build(json_t *b)

@@ -171,6 +171,12 @@ int upload_source(const char *dir, char ret_digest[72]);
 /* body's source from a --source value: an upload of a directory, else a git
  * URL. */
 int put_source_value(const char *value, json_t *body);
+/* The --build-* flags (--build-source DIR|GIT_URL and the build's settings)
+ * of the nouns that deploy an image, added to a's. */
+void add_build_flags(struct args *a);
+/* Builds what a's --build-* flags say as a build run named after name,
+ * waiting with progress; *ret_image: the repository@digest it pushed. */
+int build_from_flags(struct args *a, const char *name, char ret_image[700]);
 /* Waits until build run name ends, printing each step as it goes; EXIT_OK
  * when it succeeded, with *ret its last state (the caller releases). */
 int wait_buildrun(const char *name, struct reply *ret);

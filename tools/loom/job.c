@@ -30,6 +30,7 @@ int cmd_job(const char *verb, int argc, char **argv)
     static const struct flag own[] = {VFLAG("name")};
     struct args a;
     spec_args(&a, LOOM_KIND_JOB, own, LOOM_ARRAY_SIZE(own));
+    add_build_flags(&a);
     if ((rc = parse_args(&a, argc, argv))) {
         args_release(&a);
         return rc;
@@ -40,12 +41,17 @@ int cmd_job(const char *verb, int argc, char **argv)
     if (create || strcmp(verb, "update") == 0) {
         const char *name = NULL;
         rc = take_name(&a, create ? "job create" : "job update", &name);
-        if (!rc && create && !fval(&a, "image"))
-            rc = usage_err("%s", "job create needs --image");
+        char image[700];
+        if (!rc && fval(&a, "image") && fval(&a, "build-source"))
+            rc = usage_err("%s", "give --image or --build-source, not both");
+        if (!rc && create && !fval(&a, "image") && !fval(&a, "build-source"))
+            rc = usage_err("%s", "job create needs --image or --build-source DIR|GIT_URL");
         if (!rc && create)
             json_object_set_new(body, "name", json_string(name));
         if (!rc)
             rc = put_spec_fields(&a, LOOM_KIND_JOB, body);
+        if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, image)))
+            json_object_set_new(body, "image_reference", json_string(image));
         if (!rc && !create && json_object_size(body) == 0)
             rc = usage_err("%s", "job update: nothing to change");
         if (!rc)
