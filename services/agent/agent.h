@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "proc.h"
 #include "err.h"
 #include "loom/v1/instance.pb-c.h"
 
@@ -126,12 +127,6 @@ int userns_unmount_dir(const char *dir);
 int userns_probe(const char *dir, struct loom_err *err);
 
 /* ---- proc.c: running helper programs ------------------------------------- */
-
-/* Runs argv (path in argv[0]) with env (NULL: inherit), feeding stdin_data
- * (may be NULL) and collecting stdout into *ret_out (may be NULL; stderr is
- * appended to the error message on failure). Returns 0 only on exit status 0. */
-int agent_run(const char *const *argv, const char *const *env, const char *stdin_data,
-              char **ret_out, struct loom_err *err);
 
 /* The path of program name in the system's program directories (/usr/sbin,
  * /usr/bin, /sbin, /bin, /usr/local/sbin, /usr/local/bin, in that order)

@@ -85,7 +85,7 @@ static int cni_exec(const char *cni_path, const char *cmd, const char *conf, con
         e_path, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         NULL};
     const char *argv[] = {plugin, NULL};
-    if (agent_run(argv, env, conf, ret_out, err) < 0)
+    if (loom_run(argv, env, conf, ret_out, err) < 0)
         return loom_err_wrap(err, "cni %s %s", type, cmd);
     return 0;
 }
@@ -159,7 +159,7 @@ static const char *nft_prog(void)
 static int nft_batch(const char *script, struct loom_err *err)
 {
     const char *argv[] = {nft_prog(), "-f", "-", NULL};
-    return agent_run(argv, NULL, script, NULL, err);
+    return loom_run(argv, NULL, script, NULL, err);
 }
 
 uint32_t cni_project_mark(const char *project)
@@ -234,7 +234,7 @@ static int proj_mark(const char *bridge, const char *ip, uint32_t *ret, struct l
     const char *argv[] = {nft_prog(), "get", "element", "bridge", table, "proj", elem, NULL};
     _cleanup_free_ char *out = NULL;
     struct loom_err e = LOOM_ERR_INIT;
-    if (agent_run(argv, NULL, NULL, &out, &e) < 0) {
+    if (loom_run(argv, NULL, NULL, &out, &e) < 0) {
         if (strstr(e.msg, "No such file or directory"))
             return 0;
         return loom_err_set(err, e.code, "%s", e.msg);
@@ -309,10 +309,10 @@ int cni_isolation_remove(const char *bridge, struct loom_err *err)
     snprintf(table, sizeof(table), "loom-%s", bridge);
     list[4] = table;
     struct loom_err e2 = LOOM_ERR_INIT;
-    if (agent_run(list, NULL, NULL, NULL, &e2) < 0)
+    if (loom_run(list, NULL, NULL, NULL, &e2) < 0)
         return 0; /* no such table */
     const char *del[] = {nft_prog(), "delete", "table", "bridge", table, NULL};
-    if (agent_run(del, NULL, NULL, NULL, err) < 0)
+    if (loom_run(del, NULL, NULL, NULL, err) < 0)
         return loom_err_wrap(err, "removing nftables table bridge %s", table);
     return 1;
 }

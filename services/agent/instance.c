@@ -112,7 +112,7 @@ static int runc_cmd(struct agent *a, const char *cmd, const char *id, const char
     if (arg)
         argv[i++] = arg;
     argv[i] = NULL;
-    return agent_run(argv, NULL, NULL, NULL, err);
+    return loom_run(argv, NULL, NULL, NULL, err);
 }
 
 /* Reads a file inside root without following links out of it. */

@@ -46,7 +46,7 @@ void agent_detect_inventory(struct agent *a)
         const char *argv[] = {"/usr/bin/nvidia-smi", "-L", NULL};
         struct loom_err err = LOOM_ERR_INIT;
         if (access(argv[0], X_OK) == 0)
-            agent_run(argv, NULL, NULL, &smi, &err);
+            loom_run(argv, NULL, NULL, &smi, &err);
         for (size_t i = 0; i < gl.gl_pathc && a->ngpus < AGENT_MAX_GPUS; i++) {
             struct agent_gpu *g = &a->gpus[a->ngpus++];
             const char *num = gl.gl_pathv[i] + strlen("/dev/nvidia");

@@ -95,7 +95,7 @@ static int runc(struct shim *s, const char *a1, const char *a2, const char *a3,
                 struct loom_err *err)
 {
     const char *argv[] = {s->runtime, "--root", s->root, a1, a2, a3, NULL};
-    return agent_run(argv, NULL, NULL, NULL, err);
+    return loom_run(argv, NULL, NULL, NULL, err);
 }
 
 static void status_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -70,7 +70,7 @@ static int set_limits(struct agent *a, struct instance *in, int64_t cpu_millis,
     const char *argv[] = {a->o.runtime,    "--root", root,           "update", "--memory",    mem,
                           "--memory-swap", mem,      "--cpu-period", "100000", "--cpu-quota", quota,
                           in->id,          NULL};
-    return agent_run(argv, NULL, NULL, NULL, err);
+    return loom_run(argv, NULL, NULL, NULL, err);
 }
 
 static void on_specialize(struct loom_bus *bus, natsMsg *msg, void *arg)

@@ -71,7 +71,7 @@ static void remove_masquerade(const char *bridge)
     const char *argv[] = {ipt_save, "-t", "nat", NULL};
     _cleanup_free_ char *out = NULL;
     struct loom_err err = LOOM_ERR_INIT;
-    if (agent_run(argv, NULL, NULL, &out, &err) < 0)
+    if (loom_run(argv, NULL, NULL, &out, &err) < 0)
         return;
     char **chains = NULL;
     size_t nchains = 0;
@@ -90,15 +90,15 @@ static void remove_masquerade(const char *bridge)
         if (asprintf(&cmd, "iptables -t nat -D %s", line + 3) < 0)
             abort();
         const char *sh[] = {"/bin/sh", "-c", cmd, NULL};
-        if (agent_run(sh, NULL, NULL, NULL, &err) < 0)
+        if (loom_run(sh, NULL, NULL, NULL, &err) < 0)
             fprintf(stderr, "cleanup: %s\n", err.msg);
     }
     bool have_ipt = agent_find_prog("iptables", ipt, sizeof(ipt));
     for (size_t i = 0; i < nchains && have_ipt; i++) {
         const char *f[] = {ipt, "-t", "nat", "-F", chains[i], NULL};
         const char *x[] = {ipt, "-t", "nat", "-X", chains[i], NULL};
-        agent_run(f, NULL, NULL, NULL, &err);
-        agent_run(x, NULL, NULL, NULL, &err);
+        loom_run(f, NULL, NULL, NULL, &err);
+        loom_run(x, NULL, NULL, NULL, &err);
         free(chains[i]);
     }
     free(chains);
@@ -178,9 +178,9 @@ int sweep_main(int argc, char **argv)
             continue;
         const char *k[] = {runtime, "--root", runcroot, "kill", de->d_name, "KILL", NULL};
         const char *del[] = {runtime, "--root", runcroot, "delete", "--force", de->d_name, NULL};
-        agent_run(k, NULL, NULL, NULL, &err);
+        loom_run(k, NULL, NULL, NULL, &err);
         for (int i = 0; i < 20; i++) {
-            if (agent_run(del, NULL, NULL, NULL, &err) == 0)
+            if (loom_run(del, NULL, NULL, NULL, &err) == 0)
                 break;
             usleep(100000);
         }
@@ -246,8 +246,8 @@ int sweep_main(int argc, char **argv)
         bool have_ip = agent_find_prog("ip", ip, sizeof(ip));
         const char *show[] = {ip, "link", "show", bridge, NULL};
         const char *del[] = {ip, "link", "del", bridge, NULL};
-        if (have_ip && agent_run(show, NULL, NULL, NULL, &err) == 0) {
-            if (agent_run(del, NULL, NULL, NULL, &err) < 0)
+        if (have_ip && loom_run(show, NULL, NULL, NULL, &err) == 0) {
+            if (loom_run(del, NULL, NULL, NULL, &err) < 0)
                 fprintf(stderr, "cleanup: %s\n", err.msg);
             else
                 printf("bridge %s removed\n", bridge);

@@ -103,7 +103,7 @@ struct loom_db;
 struct builder {
     struct loom_service *svc;
     /* options */
-    char *registry, *work_dir, *npm_registry, *pip_index, *go_proxy, *ca_file;
+    char *registry, *work_dir, *npm_registry, *pip_index, *go_proxy, *ca_file, *secrets_key;
     int64_t workers, stale_ms, max_attempts;
     bool git_file; /* file:// git sources allowed (tests, single-machine setups) */
     char holder[160];

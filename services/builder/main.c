@@ -22,6 +22,8 @@ static const struct loom_opt opts[] = {
     {"ca-file", "LOOM_BUILDER_CA_FILE", LOOM_OPT_STRING, &builder.ca_file, NULL, 0, 0,
      "a PEM bundle of the certificate authorities steps trust when they fetch dependencies "
      "(a proxy's; unset: the stack's own)"},
+    {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &builder.secrets_key, NULL, 0, 0,
+     "the API's key of secrets (64 hex characters): opens a build's source_secret"},
     {"git-file", "LOOM_BUILDER_GIT_FILE", LOOM_OPT_BOOL, &builder.git_file, "false", 0, 0,
      "allow file:// git sources (a path on the builder's machine: tests, one-machine setups)"},
 };

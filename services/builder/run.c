@@ -15,6 +15,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "secretbox.h"
 #include "service.h"
 #include "subjects.h"
 #include "util.h"
@@ -335,6 +336,8 @@ int builder_start(struct loom_service *svc, struct loom_err *err)
                             "the builder needs the platform registry (LOOM_REGISTRY)");
     if (loom_mkdir_p(b->work_dir, 0700, err) < 0)
         return -1;
+    if (loom_secretbox_set_key(b->secrets_key, err) < 0)
+        return loom_err_wrap(err, "LOOM_SECRETS_KEY");
     if (loom_bus_subscribe(svc->bus, LOOM_SUBJ_BUILD_WAKE, NULL, on_wake, b, err) < 0)
         return loom_err_wrap(err, "subscribing to %s", LOOM_SUBJ_BUILD_WAKE);
     b->threads = calloc((size_t)b->workers, sizeof(pthread_t));

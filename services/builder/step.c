@@ -241,8 +241,15 @@ int step_run(struct brun *r, const struct step_req *s, struct step_out *ret, str
     brun_log(r, "step %s: job run %s.%d.%s on %s", s->label, r->name, r->attempt, s->label, image);
     char shown[300] = "";
     for (;;) {
-        if (brun_check(r, err) < 0)
+        if (brun_check(r, err) < 0) {
+            if (shown[0]) {
+                char msg[sizeof(err->msg)];
+                snprintf(msg, sizeof(msg), "%s", err->msg);
+                loom_err_set(err, err->code, "%.400s, while step %s waited: %s", msg, s->label,
+                             shown);
+            }
             return -1;
+        }
         _cleanup_pgres_ PGresult *res = loom_db_query(
             r->db, err,
             "SELECT j.state, ji.state, ji.reason, ji.exit_code, i.output::text, i.id, "
@@ -254,7 +261,9 @@ int step_run(struct brun *r, const struct step_req *s, struct step_out *ret, str
             return -1;
         const char *state = PQgetvalue(res, 0, W_STATE);
         const char *waiting = loom_db_val(res, 0, W_WAITING);
-        if (waiting && strcmp(shown, waiting) != 0) {
+        if (!waiting)
+            shown[0] = '\0';
+        else if (strcmp(shown, waiting) != 0) {
             snprintf(shown, sizeof(shown), "%s", waiting);
             brun_log(r, "step %s waits: %s", s->label, waiting);
         }
