@@ -258,10 +258,16 @@ static int add_entry(struct loom_layer *l, int dirfd, const char *base, const ch
     _cleanup_close_ int fd = openat(dirfd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return loom_err_sys(err, errno, "could not open \"%s\"", name);
-    if (header(l, name, AE_IFREG, st.st_mode, st.st_size, NULL, err) < 0)
+    return loom_layer_add_file_fd(l, name, st.st_mode, fd, st.st_size, err);
+}
+
+int loom_layer_add_file_fd(struct loom_layer *l, const char *name, unsigned mode, int fd,
+                           int64_t size, struct loom_err *err)
+{
+    if (header(l, name, AE_IFREG, mode, size, NULL, err) < 0)
         return -1;
     char buf[65536];
-    int64_t left = st.st_size;
+    int64_t left = size;
     while (left > 0) {
         ssize_t n = read(fd, buf, sizeof(buf) < (size_t)left ? sizeof(buf) : (size_t)left);
         if (n < 0 && errno == EINTR)

@@ -44,6 +44,9 @@ void loom_layer_free(struct loom_layer *l);
 int loom_layer_add_dir(struct loom_layer *l, const char *path, unsigned mode, struct loom_err *err);
 int loom_layer_add_file(struct loom_layer *l, const char *path, unsigned mode, const void *data,
                         size_t len, struct loom_err *err);
+/* A file of size bytes read from fd (from where it is). */
+int loom_layer_add_file_fd(struct loom_layer *l, const char *path, unsigned mode, int fd,
+                           int64_t size, struct loom_err *err);
 int loom_layer_add_symlink(struct loom_layer *l, const char *path, const char *target,
                            struct loom_err *err);
 /* The tree of directory fd dirfd, under prefix (its own entry included,

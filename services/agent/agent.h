@@ -74,6 +74,10 @@ struct bundle_spec {
     uint32_t userns_base;
     /* NULL: a new sysfs; else /sys is a read-only bind of this directory */
     const char *sysfs_source;
+    /* a Dockerfile build step: unshare, mount and umount are allowed, so that
+     * buildah makes namespaces of its own inside the container's (nested:
+     * it gets no capability the container has not) */
+    bool nested_namespaces;
 };
 
 /* A mount path a container may have: absolute, normalised (no empty, "."

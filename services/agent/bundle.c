@@ -182,9 +182,19 @@ bool bundle_mount_file_name_valid(const char *name)
     return true;
 }
 
-static json_t *seccomp(void)
+/* What a build step that makes its own namespaces needs (nested_namespaces). */
+static const char *const nested_syscalls[] = {"unshare", "mount", "umount", "umount2"};
+
+static json_t *seccomp(bool nested)
 {
-    json_t *names = str_array(denied_syscalls, LOOM_ARRAY_SIZE(denied_syscalls));
+    json_t *names = json_array();
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(denied_syscalls); i++) {
+        bool needed = false;
+        for (size_t k = 0; nested && k < LOOM_ARRAY_SIZE(nested_syscalls); k++)
+            needed = needed || strcmp(denied_syscalls[i], nested_syscalls[k]) == 0;
+        if (!needed)
+            json_array_append_new(names, json_string(denied_syscalls[i]));
+    }
     return json_pack("{s:s,s:[sss],s:[{s:o,s:s,s:i}]}", "defaultAction", "SCMP_ACT_ALLOW",
                      "architectures", "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
                      "syscalls", "names", names, "action", "SCMP_ACT_ERRNO", "errnoRet", EPERM);
@@ -283,8 +293,8 @@ int bundle_config(const struct bundle_spec *s, json_t **ret, struct loom_err *er
         json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o}", "cgroupsPath", s->cgroups_path, "namespaces", ns,
                   "resources", resources(s), "maskedPaths",
                   str_array(masked_paths, LOOM_ARRAY_SIZE(masked_paths)), "readonlyPaths",
-                  str_array(readonly_paths, LOOM_ARRAY_SIZE(readonly_paths)), "seccomp", seccomp(),
-                  "devices", devices);
+                  str_array(readonly_paths, LOOM_ARRAY_SIZE(readonly_paths)), "seccomp",
+                  seccomp(s->nested_namespaces), "devices", devices);
     if (linux_ && s->userns_base) {
         json_t *map = json_pack("[{s:I,s:I,s:I}]", "containerID", (json_int_t)0, "hostID",
                                 (json_int_t)s->userns_base, "size", (json_int_t)65536);

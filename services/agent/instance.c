@@ -472,6 +472,8 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .binds = binds,
         .nbinds = as->n_mounts,
         .userns_base = in->uid_base,
+        .nested_namespaces =
+            in->assign->build_output && in->assign->build_output->nested_namespaces,
         .sysfs_source = in->uid_base ? sysfs : NULL,
     };
     _cleanup_json_ json_t *cfg = NULL;

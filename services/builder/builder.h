@@ -82,6 +82,29 @@ void bp_plan_release(struct bp_plan *p);
 int bp_detect(const struct src_tree *t, const struct bp_options *o, struct bp_plan *ret,
               struct loom_err *err);
 
+/* ---- dfparse.c: a Dockerfile, read before buildah reads it -------------------------- */
+
+struct df_ins {
+    int line;                 /* where it starts */
+    char *keyword;            /* upper case: FROM, RUN... */
+    char *args;               /* the rest, continuation lines joined */
+    char *from_image, *stage; /* FROM: the image, and its AS name or NULL */
+};
+struct df {
+    struct df_ins *ins;
+    size_t n, nstages;
+};
+/* The instructions of a Dockerfile. Refused with the line: a FROM without an
+ * image, an instruction before the first FROM (but ARG), a COPY or ADD
+ * whose source climbs out of the build context. */
+int df_parse(const char *text, struct df *ret, struct loom_err *err);
+void df_release(struct df *d);
+/* Whether name is "scratch" or a stage named before instruction before. */
+bool df_is_stage(const struct df *d, size_t before, const char *name);
+/* The line of the instruction buildah names in a step ("STEP 3/5: RUN x",
+ * or "RUN x"), 0 when none matches. */
+int df_line_of(const struct df *d, const char *step);
+
 /* ---- reason.c: why a step failed, in one line ------------------------------------- */
 
 enum step_kind { STEP_NPM, STEP_PIP, STEP_GO, STEP_BUILDAH, STEP_OTHER };
@@ -193,7 +216,9 @@ struct step_req {
     const struct stack *stack;
     const char *script;                  /* /bin/sh -c */
     const struct loom_layer_info *input; /* the source the step gets under /app */
-    const char *output;                  /* the directory that comes back as a layer */
+    const struct img_layer *extra;       /* more layers under it (base images...) */
+    size_t nextra;
+    const char *output; /* the directory that comes back as a layer */
 };
 struct step_out {
     char digest[72], diff_id[72];
@@ -218,8 +243,14 @@ void src_tree_release(struct src_tree *t);
 int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude,
                  struct loom_layer **ret_layer, struct loom_layer_info *ret, struct loom_err *err);
 
-/* buildpacks.c */
+/* The text of file rel (relative to the context) of the source, at most
+ * max bytes; LOOM_ENOTFOUND when it has none. */
+int source_read(const char *path, const char *context, const char *rel, size_t max, char **ret,
+                struct loom_err *err);
+
+/* buildpacks.c, dockerfile.c: the strategies */
 int buildpacks_run(struct brun *r, const char *source_path, struct loom_err *err);
+int dockerfile_run(struct brun *r, const char *source_path, struct loom_err *err);
 
 int builder_start(struct loom_service *svc, struct loom_err *err);
 void builder_tick(struct loom_service *svc);

@@ -188,11 +188,8 @@ static void execute(struct brun *r)
     if (rc == 0)
         rc = source_fetch(r, source, &err);
     if (rc == 0) {
-        if (r->spec.strategy_type == LOOM_STRATEGY_BUILDPACKS)
-            rc = buildpacks_run(r, source, &err);
-        else
-            rc = loom_err_set(&err, LOOM_EINVAL,
-                              "the dockerfile strategy is not available on this builder yet");
+        rc = r->spec.strategy_type == LOOM_STRATEGY_BUILDPACKS ? buildpacks_run(r, source, &err)
+                                                               : dockerfile_run(r, source, &err);
     }
     if (rc == 0) {
         finish(r, "succeeded", NULL, strchr(r->output_ref, '@') + 1);

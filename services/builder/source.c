@@ -225,3 +225,36 @@ int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude
     *ret_layer = l;
     return 0;
 }
+
+int source_read(const char *path, const char *context, const char *rel, size_t max, char **ret,
+                struct loom_err *err)
+{
+    __attribute__((cleanup(archive_freep))) struct archive *a = loom_tarball_reader();
+    if (archive_read_open_filename(a, path, 65536) != ARCHIVE_OK)
+        return loom_err_set(err, LOOM_EINVAL, "the source: %s", archive_error_string(a));
+    _cleanup_strbuf_ struct strbuf buf = STRBUF_INIT, want = STRBUF_INIT;
+    loom_tarball_normalize(rel, &want);
+    struct archive_entry *e;
+    while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+        const char *p = under_context(archive_entry_pathname(e), context ? context : "", &buf);
+        if (!p || !want.buf || strcmp(p, want.buf) != 0 || archive_entry_filetype(e) != AE_IFREG)
+            continue;
+        if (archive_entry_size(e) > (int64_t)max)
+            return loom_err_set(err, LOOM_EINVAL, "%s is larger than %zu bytes", rel, max);
+        struct strbuf text = STRBUF_INIT;
+        char data[65536];
+        la_ssize_t n;
+        while ((n = archive_read_data(a, data, sizeof(data))) > 0)
+            strbuf_add(&text, data, (size_t)n);
+        if (n < 0) {
+            strbuf_release(&text);
+            return loom_err_set(err, LOOM_EINVAL, "the source: %s", archive_error_string(a));
+        }
+        if (!text.buf)
+            strbuf_addstr(&text, "");
+        *ret = strbuf_detach(&text, NULL);
+        return 0;
+    }
+    return loom_err_set(err, LOOM_ENOTFOUND, "the source has no %s%s%s", context ? context : "",
+                        context && *context ? "/" : "", rel);
+}

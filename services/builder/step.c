@@ -82,6 +82,8 @@ static int step_image(struct brun *r, const struct step_req *s, char ret_ref[700
     *l = (struct img_layer){.size = resolv.size, .file = resolv.path};
     snprintf(l->digest, sizeof(l->digest), "%s", resolv.digest);
     snprintf(l->diff_id, sizeof(l->diff_id), "%s", resolv.diff_id);
+    for (size_t i = 0; i < s->nextra && img.n < LOOM_ARRAY_SIZE(img.layers) - 1; i++)
+        img.layers[img.n++] = s->extra[i];
     if (s->input) {
         l = &img.layers[img.n++];
         *l = (struct img_layer){.size = s->input->size, .file = s->input->path};
@@ -156,7 +158,8 @@ static int insert_run(struct brun *r, const struct step_req *s, const char *imag
     _cleanup_free_ char *output = NULL, *repo = NULL;
     if (asprintf(&repo, "%s/%s", builder.registry, r->cache_repo) < 0)
         abort();
-    json_t *o = json_pack("{s:s,s:s}", "path", s->output, "repository", repo);
+    json_t *o = json_pack("{s:s,s:s,s:b}", "path", s->output, "repository", repo, "nested",
+                          s->kind == STEP_BUILDAH);
     output = loom_json_dumps(o);
     json_decref(o);
     char secs[24];

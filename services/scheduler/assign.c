@@ -237,6 +237,7 @@ void sched_assign_build(const struct sched_assign_row *row, const struct loom_sp
         loom__v1__build_output__init(&st->output);
         st->output.path = (char *)row->output_path;
         st->output.repository = (char *)row->output_repo;
+        st->output.nested_namespaces = row->output_nested;
         a->build_output = &st->output;
     }
     a->n_env = st->nvars;

@@ -240,6 +240,7 @@ enum {
     AS_RUNTIME_IMAGE,
     AS_OUTPUT_PATH,
     AS_OUTPUT_REPO,
+    AS_OUTPUT_NESTED,
 };
 
 static int64_t num(PGresult *res, int r, int c)
@@ -273,6 +274,7 @@ static struct sched_assign_row assign_row(PGresult *res, int r)
         .runtime_image = loom_db_val(res, r, AS_RUNTIME_IMAGE),
         .output_path = loom_db_val(res, r, AS_OUTPUT_PATH),
         .output_repo = loom_db_val(res, r, AS_OUTPUT_REPO),
+        .output_nested = strcmp(PQgetvalue(res, r, AS_OUTPUT_NESTED), "t") == 0,
     };
 }
 
@@ -316,7 +318,8 @@ void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, cons
         "  coalesce(i.job_run_id::text, (-i.app_id)::text, i.id::text), i.rank, "
         "  (SELECT n.address FROM instances g JOIN nodes n ON n.name = g.node_name "
         "   WHERE g.id = i.gang), i.project_id, i.runtime, fr.image, "
-        "  r.build_output->>'path', r.build_output->>'repository' "
+        "  r.build_output->>'path', r.build_output->>'repository', "
+        "  coalesce((r.build_output->>'nested')::boolean, false) "
         "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN job_runs r ON r.id = i.job_run_id "
         "LEFT JOIN apps a ON a.id = i.app_id "

@@ -249,8 +249,10 @@ struct sched_assign_row {
     /* functions: the runtime's image (a stem cell has no spec of its own) */
     bool function;
     const char *runtime, *runtime_image;
-    /* a build step: the directory the agent pushes once it exits 0, where */
+    /* a build step: the directory the agent pushes once it exits 0, where,
+     * and whether buildah may make namespaces of its own */
     const char *output_path, *output_repo;
+    bool output_nested;
 };
 
 /* The message and the storage it points into. */
