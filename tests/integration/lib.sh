@@ -196,6 +196,8 @@ platform_up() {
 	# (a node added with add-node NAME gets loom-NAME: name it it$$-<something>)
 	# no function runtimes (nor their stem cells) unless the test asks for some
 	export LOOM_DEV_RUNTIMES=${LOOM_DEV_RUNTIMES:-none}
+	# nor build stacks
+	export LOOM_DEV_STACKS=${LOOM_DEV_STACKS:-none}
 	tmp=$LOOM_HOME/test
 	mkdir -p "$tmp"
 	trap 'platform_trap' EXIT
