@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "strbuf.h"
 #include "util.h"
 
 /* Every statement a connection runs is prepared on first use and executed
@@ -458,4 +459,15 @@ void loom_db_rollback(struct loom_db *db)
         return;
     if (open || PQtransactionStatus(db->conn) != PQTRANS_IDLE)
         PQclear(PQexec(db->conn, "ROLLBACK"));
+}
+
+void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
+{
+    strbuf_addch(out, '"');
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            strbuf_addch(out, '\\');
+        strbuf_addch(out, s[i]);
+    }
+    strbuf_addch(out, '"');
 }

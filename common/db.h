@@ -50,6 +50,12 @@ int loom_db_commit(struct loom_db *db, struct loom_err *err);
 void loom_db_rollback(struct loom_db *db); /* safe when no transaction is open */
 bool loom_db_in_tx(struct loom_db *db);
 
+/* Appends s (len bytes) as one element of a PostgreSQL array literal:
+ * "..." with " and \ escaped. With the braces around the elements, the
+ * literal is one parameter: many rows in one statement (unnest). */
+struct strbuf;
+void loom_db_array_elem(struct strbuf *out, const char *s, size_t len);
+
 /* The loom_errc for a SQLSTATE (NULL -> LOOM_EUNAVAIL). */
 enum loom_errc loom_db_errc_for_sqlstate(const char *sqlstate);
 

@@ -150,14 +150,3 @@ void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len)
         }
     }
 }
-
-void ls_add_array_elem(struct strbuf *out, const char *s, size_t len)
-{
-    strbuf_addch(out, '"');
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            strbuf_addch(out, '\\');
-        strbuf_addch(out, s[i]);
-    }
-    strbuf_addch(out, '"');
-}

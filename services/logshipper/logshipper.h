@@ -38,10 +38,6 @@ int ls_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns);
  * them): each invalid byte and each NUL becomes U+FFFD. */
 void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len);
 
-/* Appends s as one element of a PostgreSQL array literal: "..." with " and \
- * escaped. */
-void ls_add_array_elem(struct strbuf *out, const char *s, size_t len);
-
 struct ls_config {
     char *state_dirs;     /* --agent-state-dir, comma-separated */
     int64_t retention_ms; /* --log-retention */

@@ -191,7 +191,7 @@ static void batch_add(struct batch *b, int64_t offset, const struct ls_cri_line 
     size_t tlen = b->texts.len - at;
     strbuf_addch(&b->texts, '\0');
     strbuf_addstr(&b->lines, sep);
-    ls_add_array_elem(&b->lines, b->texts.buf + at, tlen);
+    loom_db_array_elem(&b->lines, b->texts.buf + at, tlen);
     Loom__V1__LogLine *m = &b->msgs[b->n];
     loom__v1__log_line__init(m);
     m->ts_unix_ns = l->ts_ns;

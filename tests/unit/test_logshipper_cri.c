@@ -9,6 +9,7 @@
 
 #include <string.h>
 
+#include "db.h"
 #include "services/logshipper/logshipper.h"
 
 static int parse(const char *s, struct ls_cri_line *l)
@@ -99,10 +100,10 @@ static void test_array_elem(void **state)
 {
     (void)state;
     struct strbuf sb = STRBUF_INIT;
-    ls_add_array_elem(&sb, "a \"q\" \\ {b,c}", 13);
+    loom_db_array_elem(&sb, "a \"q\" \\ {b,c}", 13);
     assert_string_equal(sb.buf, "\"a \\\"q\\\" \\\\ {b,c}\"");
     strbuf_reset(&sb);
-    ls_add_array_elem(&sb, "", 0);
+    loom_db_array_elem(&sb, "", 0);
     assert_string_equal(sb.buf, "\"\"");
     strbuf_release(&sb);
 }
