@@ -922,6 +922,7 @@ static int setup(struct run *r, struct loom_err *err)
     pthread_mutex_lock(&a->mu);
     in->init_pid = init;
     pthread_mutex_unlock(&a->mu);
+    agent_usage_start(a, in);
     double lat = (double)(now - in->assigned_mono) / 1000.0;
     loom_metric_observe(a->m_start, lat);
     log_info("instance %s: process running %" PRId64 " ms after assign (image %" PRId64
@@ -1025,14 +1026,11 @@ static void finish(struct run *r)
     bool oom = have_exit && json_is_true(json_object_get(j, "oom_killed"));
     bool timed_out = have_exit && json_is_true(json_object_get(j, "timed_out"));
     const char *error = have_exit ? json_string_value(json_object_get(j, "error")) : NULL;
-    if (have_exit && json_object_get(j, "cpu_usage_ns")) {
-        /* the last sample: what ran since the previous one would be lost */
-        struct cgroup_usage u = {
-            .cpu_ns = (uint64_t)json_integer_value(json_object_get(j, "cpu_usage_ns")),
-            .mem_peak_bytes = (uint64_t)json_integer_value(json_object_get(j, "memory_peak_bytes")),
-        };
-        agent_publish_usage(r->a, in, &u);
-    }
+    /* the last sample covers what ran since the previous one, up to the
+     * exit: before the terminal report, so that it is in the outbox before
+     * anything of the instance may go */
+    if (have_exit)
+        agent_usage_final(r->a, in, j);
     char reason[700];
     struct report_extra x = {
         .exit_code = code, .oom_killed = oom, .timed_out = timed_out, .reason = reason};
@@ -1212,6 +1210,7 @@ static void adopt(struct run *r)
             pthread_mutex_lock(&r->a->mu);
             in->init_pid = (pid_t)atoi(ip);
             pthread_mutex_unlock(&r->a->mu);
+            agent_usage_adopt(r->a, in);
             log_info("instance %s: adopted running shim %d", in->id, (int)pid);
             /* hold the image's layers against eviction again (cached: no pull) */
             struct loom_err err = LOOM_ERR_INIT;
@@ -1222,8 +1221,10 @@ static void adopt(struct run *r)
         }
         return;
     }
-    if (exited)
-        return; /* finished while we were away: finish() reports it */
+    if (exited) {
+        agent_usage_adopt(r->a, in); /* for the final sample */
+        return;                      /* finished while we were away: finish() reports it */
+    }
     path_in(path, sizeof(path), in, "pid");
     if (access(path, F_OK) == 0)
         snprintf(r->fail_reason, sizeof(r->fail_reason),
