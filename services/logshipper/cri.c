@@ -1,76 +1,8 @@
 #include "logshipper.h"
 
 #include <string.h>
-#include <time.h>
 
-static int digits(const char *s, int n, int *ret)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    *ret = v;
-    return 0;
-}
-
-int ls_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns)
-{
-    /* 2026-11-28T04:25:32[.fraction](Z|+hh:mm|-hh:mm) */
-    int Y, M, D, h, m, sec;
-    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' ||
-        s[16] != ':')
-        return -1;
-    if (digits(s, 4, &Y) < 0 || digits(s + 5, 2, &M) < 0 || digits(s + 8, 2, &D) < 0 ||
-        digits(s + 11, 2, &h) < 0 || digits(s + 14, 2, &m) < 0 || digits(s + 17, 2, &sec) < 0)
-        return -1;
-    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
-        return -1;
-    size_t i = 19;
-    int64_t frac = 0;
-    if (i < len && s[i] == '.') {
-        i++;
-        int nd = 0;
-        while (i < len && s[i] >= '0' && s[i] <= '9') {
-            if (nd < 9) {
-                frac = frac * 10 + (s[i] - '0');
-                nd++;
-            }
-            i++;
-        }
-        if (nd == 0)
-            return -1;
-        for (; nd < 9; nd++)
-            frac *= 10;
-    }
-    int64_t offset_s = 0;
-    if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
-        i++;
-    } else if (i + 6 == len && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
-        int oh, om;
-        if (digits(s + i + 1, 2, &oh) < 0 || digits(s + i + 4, 2, &om) < 0 || oh > 23 || om > 59)
-            return -1;
-        offset_s = (oh * 3600 + om * 60) * (s[i] == '+' ? 1 : -1);
-        i += 6;
-    } else {
-        return -1;
-    }
-    if (i != len)
-        return -1;
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = M - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return -1;
-    *ret_ns = ((int64_t)t - offset_s) * 1000000000LL + frac;
-    return 0;
-}
+#include "util.h"
 
 int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct loom_err *err)
 {
@@ -79,7 +11,7 @@ int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct l
     if (!sp1)
         return loom_err_set(err, LOOM_EINVAL, "no space after the time");
     int64_t ts;
-    if (ls_parse_rfc3339_ns(line, (size_t)(sp1 - line), &ts) < 0)
+    if (loom_parse_rfc3339_ns(line, (size_t)(sp1 - line), &ts) < 0)
         return loom_err_set(err, LOOM_EINVAL, "bad time \"%.*s\"",
                             (int)(sp1 - line > 40 ? 40 : sp1 - line), line);
     const char *st = sp1 + 1;

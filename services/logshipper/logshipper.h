@@ -31,9 +31,6 @@ struct ls_cri_line {
  * The time may end in Z or a +hh:mm / -hh:mm offset. LOOM_EINVAL otherwise. */
 int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct loom_err *err);
 
-/* Parses an RFC 3339 timestamp (exactly len bytes) to unix nanoseconds. */
-int ls_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns);
-
 /* Appends text as valid UTF-8 without NUL bytes (PostgreSQL text cannot hold
  * them): each invalid byte and each NUL becomes U+FFFD. */
 void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len);
