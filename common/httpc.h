@@ -31,8 +31,9 @@ struct loom_httpc_req {
     const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
     const void *body;
     size_t body_len;
-    int64_t timeout_ms;   /* whole transfer; 0 = 30 s */
-    loom_httpc_sink sink; /* body to sink instead of resp->body */
+    int64_t timeout_ms;      /* whole transfer; 0 = 30 s; < 0: none (a stream) */
+    int64_t idle_timeout_ms; /* timeout_ms < 0: give up after this long without a byte (60 s) */
+    loom_httpc_sink sink;    /* body to sink instead of resp->body */
     void *sink_arg;
     size_t max_body;      /* refuse larger bodies into resp->body (0 = 64 MiB) */
     int follow_redirects; /* for blob downloads that redirect to storage */
