@@ -301,7 +301,10 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
         pthread_mutex_lock(&s->mu);
         s->woken = false;
         pthread_mutex_unlock(&s->mu);
-        if (s->fill(s->arg, &s->buf) < 0)
+        int r = s->fill(s->arg, &s->buf);
+        if (r == LOOM_HTTP_STREAM_ABORT)
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* cut: the client sees it failed */
+        if (r < 0)
             s->ended = true;
         if (s->buf.len > 0 || s->ended)
             continue;

@@ -111,6 +111,9 @@ void api_patch_release(struct api_patch *p);
 int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
                        const char *generation, struct loom_err *err);
 
+/* Authenticates an admin key (403 for others); admin routes call it first. */
+int api_admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err);
+
 /* Replies with err as a problem (logging 5xx errors once). */
 void api_fail(struct loom_http_req *req, const struct loom_err *err);
 #define API_FAIL(req, err)                                                                         \
@@ -281,6 +284,8 @@ void api_admin_keys_list(struct loom_http_req *req);
 void api_admin_keys_create(struct loom_http_req *req);
 void api_admin_keys_revoke(struct loom_http_req *req);
 void api_admin_quota_get(struct loom_http_req *req);
+void api_admin_usage_export(struct loom_http_req *req);
+void api_usage_get(struct loom_http_req *req);
 void api_admin_quota_put(struct loom_http_req *req);
 
 #endif

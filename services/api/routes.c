@@ -40,6 +40,8 @@ const struct loom_http_route api_routes[] = {
     {"GET", "/v1/projects/{}/functions/{}/logs", api_functions_logs},
     {"GET", "/v1/function_runtimes", api_function_runtimes},
 
+    {"GET", "/v1/projects/{}/usage", api_usage_get},
+
     {"POST", "/v1/projects/{}/secrets", api_secrets_create},
     {"GET", "/v1/projects/{}/secrets", api_secrets_list},
     {"GET", "/v1/projects/{}/secrets/{}", api_secrets_get},
@@ -59,6 +61,7 @@ const struct loom_http_route api_routes[] = {
     {"DELETE", "/v1/admin/keys/{}", api_admin_keys_revoke},
     {"GET", "/v1/admin/projects/{}/quota", api_admin_quota_get},
     {"PUT", "/v1/admin/projects/{}/quota", api_admin_quota_put},
+    {"GET", "/v1/admin/usage/export", api_admin_usage_export},
 };
 
 const size_t api_nroutes = sizeof(api_routes) / sizeof(api_routes[0]);
