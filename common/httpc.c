@@ -220,3 +220,15 @@ int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
     return 0;
 }
+
+char *loom_httpc_escape(const char *s)
+{
+    char *e = curl_easy_escape(thread_curl(), s, 0);
+    if (!e)
+        abort();
+    char *out = strdup(e);
+    curl_free(e);
+    if (!out)
+        abort();
+    return out;
+}

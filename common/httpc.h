@@ -45,6 +45,10 @@ struct loom_httpc_req {
 int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp,
                   struct loom_err *err);
 
+/* s percent-encoded for a URL's query or path (every byte but
+ * A-Z a-z 0-9 - . _ ~), allocated. */
+char *loom_httpc_escape(const char *s);
+
 /* Must run once in main before threads start (curl_global_init). */
 void loom_httpc_global_init(void);
 void loom_httpc_global_cleanup(void);

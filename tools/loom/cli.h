@@ -131,5 +131,7 @@ int cmd_jobrun(const char *verb, int argc, char **argv);
 int cmd_app(const char *verb, int argc, char **argv);
 int cmd_kv(const char *coll, const char *what, const char *verb, int argc, char **argv);
 int cmd_fn(const char *verb, int argc, char **argv);
+/* loom usage [flags]: no verb */
+int cmd_usage(int argc, char **argv);
 
 #endif

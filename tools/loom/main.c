@@ -50,6 +50,7 @@ static const char usage_text[] =
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
+    "  usage [--from TIME] [--to TIME] [--by resource|kind|day]   consumption and cost\n"
     "\n"
     "  ENV AND MOUNTS (repeatable): --env K=V, --env-from-secret S[:KEY[=ENV],...],\n"
     "         --env-from-configmap C[:KEY[=ENV],...], --mount-secret /DIR=S,\n"
@@ -280,15 +281,17 @@ static int run(int nrest, char **rest)
     setting(&cfg.project, "LOOM_PROJECT");
     /* login takes only flags and the environment, never the old file */
     bool session = nrest == 1 && (strcmp(rest[0], "login") == 0 || strcmp(rest[0], "logout") == 0);
+    bool no_verb = nrest >= 1 && strcmp(rest[0], "usage") == 0;
     if (!session) {
         read_config_file();
-        if (nrest < 2) {
+        if (nrest < 2 && !no_verb) {
             fputs(usage_text, stderr);
             return EXIT_USAGE;
         }
     }
     loom_httpc_global_init();
-    int rc = !session                        ? dispatch(rest[0], rest[1], nrest - 2, rest + 2)
+    int rc = no_verb                         ? cmd_usage(nrest - 1, rest + 1)
+             : !session                      ? dispatch(rest[0], rest[1], nrest - 2, rest + 2)
              : strcmp(rest[0], "login") == 0 ? cmd_login()
                                              : cmd_logout();
     loom_httpc_global_cleanup();
