@@ -145,6 +145,16 @@ static void put_sample(struct agent *a, struct instance *in, const struct usage_
     struct usage_cursor c = in->usage;
     Loom__V1__UsageSample us = LOOM__V1__USAGE_SAMPLE__INIT;
     usage_next_sample(&c, rd, &us);
+    /* a reading no container here could have made (another cgroup's) must
+     * not move the cursor: the next good one covers the interval */
+    uint64_t cpus = a->o.cpu_millis > 0 ? (uint64_t)a->o.cpu_millis / 1000 + 1 : 1024;
+    if (us.cpu_ns > ((uint64_t)us.interval_ms + 1000) * 1000000 * cpus) {
+        log_warn("instance %s: a cpu counter of %" PRIu64 " ns after %" PRIu64 " ns %" PRId64
+                 " ms before cannot be its own; not metered",
+                 in->id, rd->cpu_total_ns, in->usage.cpu_ns, us.interval_ms);
+        pthread_mutex_unlock(&a->usage_mu);
+        return;
+    }
     c.final = final;
     us.final = final;
     us.instance_id = in->id;
@@ -209,21 +219,22 @@ void agent_sample_usage(struct agent *a)
     for (struct instance *in = a->list; in; in = in->next)
         n++;
     struct instance **v = calloc(n + 1, sizeof(*v));
-    pid_t *pids = calloc(n + 1, sizeof(*pids));
-    if (!v || !pids)
+    if (!v)
         abort();
     size_t k = 0;
     for (struct instance *in = a->list; in; in = in->next)
-        if (in->running && !in->exited && in->init_pid > 0) {
-            pids[k] = in->init_pid;
+        if (in->running && !in->exited && in->init_pid > 0)
             v[k++] = in;
-        }
     pthread_mutex_unlock(&a->mu);
     for (size_t i = 0; i < k; i++) {
+        /* the instance's own cgroup, by name: through its init's pid, an
+         * init that exited but is not reaped yet shows the root cgroup's
+         * counters */
         struct cgroup_usage u;
-        struct loom_err err = LOOM_ERR_INIT;
-        if (cgroup_usage_of_pid(pids[i], &u, &err) < 0)
-            continue; /* exited in between: the final sample comes from exit.json */
+        char suffix[512];
+        snprintf(suffix, sizeof(suffix), "%s/%s", a->o.cgroup_parent, v[i]->id);
+        if (cgroup_usage_of_child(suffix, &u, NULL) < 0)
+            continue; /* gone in between: the final sample comes from exit.json */
         struct usage_reading rd = {.now_ms = loom_now_ms(),
                                    .cpu_total_ns = u.cpu_ns,
                                    .mem_bytes = u.mem_bytes,
@@ -231,7 +242,6 @@ void agent_sample_usage(struct agent *a)
         put_sample(a, v[i], &rd, false);
     }
     free(v);
-    free(pids);
 }
 
 /* ---- sending, and the commit notices --------------------------------------------- */
