@@ -31,6 +31,7 @@ struct meter_config meter_cfg;
 static natsSubscription *sub;
 static struct loom_metric *m_stored, *m_dup, *m_bad, *m_fail, *m_batch;
 static bool last_fetch_failed;
+static int fetch_failures; /* in a row */
 
 static bool kind_valid(const char *k)
 {
@@ -330,6 +331,40 @@ static void process(struct loom_service *svc, natsMsgList *list)
     loom_metric_observe(m_batch, n);
 }
 
+static int subscribe(struct loom_service *svc, struct loom_err *err)
+{
+    const char *const subjects[] = {"loom.usage.>"};
+    if (loom_bus_js_stream(svc->bus, LOOM_STREAM_USAGE, subjects, 1, STREAM_MAX_AGE_MS, err) < 0)
+        return loom_err_wrap(err, "ensuring stream %s", LOOM_STREAM_USAGE);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = LOOM_STREAM_USAGE;
+    so.Config.AckPolicy = js_AckExplicit;
+    so.Config.AckWait = 30LL * 1000 * 1000 * 1000; /* ns */
+    so.Config.MaxAckPending = METER_MAX_ACK_PENDING;
+    jsErrCode jerr = 0;
+    natsStatus s = js_PullSubscribe(&sub, loom_bus_js(svc->bus), "loom.usage.>", METER_DURABLE,
+                                    NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        sub = NULL;
+        return loom_err_set(err, LOOM_EUNAVAIL,
+                            "could not create pull consumer \"%s\" on %s: %s (%d)", METER_DURABLE,
+                            LOOM_STREAM_USAGE, natsStatus_GetText(s), (int)jerr);
+    }
+    return 0;
+}
+
+static void resubscribe(struct loom_service *svc)
+{
+    natsSubscription_Destroy(sub);
+    sub = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (subscribe(svc, &err) < 0)
+        log_warn("%s", err.msg);
+    else
+        log_info("consuming %s again as durable \"%s\"", LOOM_STREAM_USAGE, METER_DURABLE);
+}
+
 void meter_consume(struct loom_service *svc)
 {
     /* drain what is there, then return so that the service loop can
@@ -349,9 +384,15 @@ void meter_consume(struct loom_service *svc)
                          (int)jerr);
             last_fetch_failed = true;
             natsMsgList_Destroy(&list);
+            /* a nats-server killed before it synced may come back without
+             * the stream or the consumer: make them again (the agents send
+             * again what is not confirmed) */
+            if (++fetch_failures % 5 == 0)
+                resubscribe(svc);
             loom_service_sleep(svc, 1000);
             return;
         }
+        fetch_failures = 0;
         if (last_fetch_failed)
             log_info("fetching usage samples again");
         last_fetch_failed = false;
@@ -378,22 +419,8 @@ int meter_consume_start(struct loom_service *svc, struct loom_err *err)
     m_batch =
         loom_metric_histogram("loom_metering_batch_samples", NULL,
                               "samples fetched and stored together", sizes, LOOM_ARRAY_SIZE(sizes));
-    const char *const subjects[] = {"loom.usage.>"};
-    if (loom_bus_js_stream(svc->bus, LOOM_STREAM_USAGE, subjects, 1, STREAM_MAX_AGE_MS, err) < 0)
-        return loom_err_wrap(err, "ensuring stream %s", LOOM_STREAM_USAGE);
-    jsSubOptions so;
-    jsSubOptions_Init(&so);
-    so.Stream = LOOM_STREAM_USAGE;
-    so.Config.AckPolicy = js_AckExplicit;
-    so.Config.AckWait = 30LL * 1000 * 1000 * 1000; /* ns */
-    so.Config.MaxAckPending = METER_MAX_ACK_PENDING;
-    jsErrCode jerr = 0;
-    natsStatus s = js_PullSubscribe(&sub, loom_bus_js(svc->bus), "loom.usage.>", METER_DURABLE,
-                                    NULL, &so, &jerr);
-    if (s != NATS_OK)
-        return loom_err_set(err, LOOM_EUNAVAIL,
-                            "could not create pull consumer \"%s\" on %s: %s (%d)", METER_DURABLE,
-                            LOOM_STREAM_USAGE, natsStatus_GetText(s), (int)jerr);
+    if (subscribe(svc, err) < 0)
+        return -1;
     log_info("consuming %s as durable \"%s\"", LOOM_STREAM_USAGE, METER_DURABLE);
     return 0;
 }
