@@ -342,6 +342,7 @@ unhalt() {
 	(cd / && exec setsid env -i "${env_[@]}" "$@" "${cmd_[@]}" >>"$LOOM_HOME/logs/$name.log" 2>&1 \
 		</dev/null 9>&-) &
 	echo $! >"$LOOM_HOME/run/$name.pid"
+	disown $! # its end, a later halt, is no news for the shell
 }
 
 # respawn NAME [SIGNAL [VAR=VALUE...]]: halt, then unhalt.
