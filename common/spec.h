@@ -136,7 +136,9 @@ int loom_spec_jobrun(const json_t *job_spec, json_t *body, json_t **ret_spec,
 /* Function code: at most this much, given as a data: URL in code_reference
  * (base64 makes it a third longer). */
 #define LOOM_SPEC_MAX_CODE_BYTES (512 * 1024)
-#define LOOM_SPEC_MAX_CODE_REFERENCE (LOOM_SPEC_MAX_CODE_BYTES / 3 * 4 + 4 + 256)
+/* a data: URL of that much code, percent-encoded at worst; the decoded size
+ * is what is checked against LOOM_SPEC_MAX_CODE_BYTES */
+#define LOOM_SPEC_MAX_CODE_REFERENCE (LOOM_SPEC_MAX_CODE_BYTES * 3 + 256)
 
 /* The code of a data: URL code_reference: its bytes (allocated) and
  * whether it is a tar.gz bundle (application/gzip) rather than one file

@@ -745,8 +745,9 @@ int loom_spec_code_decode(const char *ref, uint8_t **ret, size_t *ret_len, bool 
     }
     if (n == 0 || n > LOOM_SPEC_MAX_CODE_BYTES) {
         free(out);
-        return loom_err_set(err, LOOM_EINVAL, "holds %zu bytes of code (1 to %d)", n,
-                            LOOM_SPEC_MAX_CODE_BYTES);
+        return loom_err_set(err, LOOM_EINVAL,
+                            "holds %zu bytes of code; a function's code is 1 byte to %d KiB", n,
+                            LOOM_SPEC_MAX_CODE_BYTES / 1024);
     }
     *ret = out;
     *ret_len = n;

@@ -59,6 +59,8 @@ ALTER TABLE instances
     ADD COLUMN function_generation integer,
     ADD COLUMN runtime text,
     ADD COLUMN claimed_at timestamptz,
+    -- its function's code is loaded (/init answered): any activator may call it
+    ADD COLUMN initialized_at timestamptz,
     -- a function instance's stop was sent at once (resends follow the timer)
     ADD COLUMN stop_sent boolean NOT NULL DEFAULT false,
     DROP CONSTRAINT instances_kind_check,

@@ -27,10 +27,12 @@ struct loom_http_req;
  * (ACT_NAME_MAX bytes each) when host names an app under domain, else -1. */
 int act_parse_host(const char *host, const char *domain, char *ret_project, char *ret_app);
 
-/* Parses the path form "/apps/<project>/<app>[/<rest>]". Returns 0 with
- * project and app filled and *ret_rest pointing into path at what follows
- * "/<app>/" ("" when nothing follows), else -1. */
-int act_parse_path(const char *path, char *ret_project, char *ret_app, const char **ret_rest);
+/* Parses the path form "<prefix><project>/<app>[/<rest>]" (prefix "/apps/"
+ * for apps, "/fns/" for functions). Returns 0 with project and app filled
+ * and *ret_rest pointing into path at what follows "/<app>/" ("" when
+ * nothing follows), else -1. */
+int act_parse_path(const char *path, const char *prefix, char *ret_project, char *ret_app,
+                   const char **ret_rest);
 
 /* Appends a raw (still percent-encoded) path or query as it came, except
  * that bytes never allowed in a URL (controls, space, non-ASCII, "<>\\^`{|})
@@ -200,20 +202,78 @@ void act_plan_request(const struct act_plan_app *app, const struct act_plan_req 
  * down, the least loaded (the first of equals). -1 when none can take it. */
 int act_pick_instance(const struct act_inst *insts, size_t n, int64_t concurrency, int64_t now);
 
+/* --- function calls (fnmap.c): pure ------------------------------------------ */
+
+#include <jansson.h>
+
+/* The parameters of a function call: the query's arguments (an object of
+ * strings), then the members of a JSON object body on top; any other body
+ * is the text __ow_body. __ow_method, __ow_path and __ow_headers say how it
+ * was called (OpenWhisk's web action parameters). A new object. */
+json_t *act_fn_params(const char *method, const char *path, json_t *query, json_t *headers,
+                      const char *body, size_t len, const char *content_type);
+
+/* The HTTP answer a function's result makes. A JSON object with statusCode,
+ * headers or body is the answer itself (a body that is text is sent as it
+ * is, anything else as JSON); any other result is the body, as JSON. */
+struct act_fn_reply {
+    int status;
+    json_t *headers; /* {"Name": "value"} without Content-Type and framing ones, or NULL */
+    char *body;      /* NULL: no body */
+    size_t len;
+    char *content_type;
+};
+int act_fn_reply_from_result(const char *text, size_t len, struct act_fn_reply *ret,
+                             struct loom_err *err);
+void act_fn_reply_release(struct act_fn_reply *r);
+
 /* --- the service (ingress.c, proxy.c) ---------------------------------------- */
 
 struct act_config {
-    char *domain;                /* --domain */
-    int64_t hold_timeout_ms;     /* --hold-timeout */
-    int64_t upstream_timeout_ms; /* --upstream-timeout */
-    int64_t cache_ttl_ms;        /* instance cache lifetime (1000) */
-    int64_t stable_window_ms;    /* --stable-window */
-    int64_t panic_window_ms;     /* --panic-window */
-    int64_t max_held_per_app;    /* --max-held */
-    char *internal_addr;         /* --internal-addr: the listener for private apps, or "" */
+    char *domain;                    /* --domain */
+    int64_t hold_timeout_ms;         /* --hold-timeout */
+    int64_t upstream_timeout_ms;     /* --upstream-timeout */
+    int64_t cache_ttl_ms;            /* instance cache lifetime (1000) */
+    int64_t stable_window_ms;        /* --stable-window */
+    int64_t panic_window_ms;         /* --panic-window */
+    int64_t max_held_per_app;        /* --max-held */
+    char *internal_addr;             /* --internal-addr: the listener for private apps, or "" */
+    char *secrets_key;               /* --secrets-key: opens the secrets functions' env names */
+    int64_t activation_retention_ms; /* --activation-retention */
 };
 
 extern struct act_config act_cfg;
+
+/* ingress.c, shared with functions.c */
+struct loom_db;
+/* A connection of the activator's small pool (blocks until one is free). */
+struct loom_db *act_db_get(struct loom_err *err);
+void act_db_put(struct loom_db *db);
+/* The client's address, as text. */
+void act_client_ip(struct loom_http_req *req, char *out, size_t n);
+/* Whether the client's source address is a running app or function
+ * instance of project (1) or not (0); -1 when PostgreSQL cannot tell. */
+int act_caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err);
+/* Counts an answer in loom_activator_requests_total. */
+/* A problem answer (with Retry-After when retry_after > 0), counted. */
+void act_reply_problem(struct loom_http_req *req, int status, int retry_after, const char *detail);
+void act_count_reply(int status);
+/* The service is stopping: held requests give up. */
+bool act_shutting_down(void);
+/* Publishes loom.sched.wake. */
+void act_wake_scheduler(void);
+
+/* functions.c */
+/* Serves a call of project's function name; path is what follows its
+ * address (for __ow_path). internal: through the internal listener. */
+void act_fn_handle(struct loom_http_req *req, const char *project, const char *name,
+                   const char *path, bool internal);
+/* Stops idle instances and those of older generations. */
+void act_fn_tick(void);
+/* Starts the activation writer (activations older than retention_ms go). */
+int act_fn_start(int64_t activation_retention_ms, struct loom_err *err);
+/* Writes what is left and frees the function table. */
+void act_fn_stop(void);
 
 int act_start(struct loom_service *svc, struct loom_err *err);
 void act_tick(struct loom_service *svc);
@@ -248,6 +308,12 @@ enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
                                 const char *upstream_path, const char *const *extra_headers,
                                 size_t nextra, int64_t timeout_ms, struct act_upstream_resp *resp,
                                 struct loom_err *err);
+
+/* POSTs a JSON body to http://address + path over the same kept-alive
+ * connections (a function runtime's /init and /run). */
+enum act_proxy_result act_call(const char *address, const char *path, const char *body, size_t len,
+                               int64_t timeout_ms, struct act_upstream_resp *resp,
+                               struct loom_err *err);
 
 int act_proxy_global_init(struct loom_err *err);
 void act_proxy_global_cleanup(void);

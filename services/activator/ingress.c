@@ -45,6 +45,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "service.h"
+#include "secretbox.h"
 #include "spec.h"
 #include "subjects.h"
 #include "util.h"
@@ -179,7 +180,7 @@ static void conc_account(struct app *a, int64_t now)
 
 /* --- PostgreSQL --------------------------------------------------------------- */
 
-static struct loom_db *pool_get(struct loom_err *err)
+struct loom_db *act_db_get(struct loom_err *err)
 {
     pthread_mutex_lock(&pool_mu);
     for (;;) {
@@ -204,7 +205,7 @@ static struct loom_db *pool_get(struct loom_err *err)
     }
 }
 
-static void pool_put(struct loom_db *db)
+void act_db_put(struct loom_db *db)
 {
     pthread_mutex_lock(&pool_mu);
     for (int i = 0; i < DB_POOL; i++)
@@ -242,7 +243,7 @@ static int64_t col(PGresult *res, int c)
  * mu). Keeps the in-flight counts of instances that are still there. */
 static int app_refresh(struct app *a, const char *project, const char *name, struct loom_err *err)
 {
-    struct loom_db *db = pool_get(err);
+    struct loom_db *db = act_db_get(err);
     if (!db)
         return -1;
     char window[32];
@@ -256,7 +257,7 @@ static int app_refresh(struct app *a, const char *project, const char *name, str
         "AND i.desired = 'run' AND i.address IS NOT NULL "
         "WHERE p.name = $1 AND a.name = $2 ORDER BY i.address",
         project, name, window);
-    pool_put(db);
+    act_db_put(db);
     if (!res)
         return -1;
     int n = PQntuples(res);
@@ -334,7 +335,7 @@ static void publish_decision(struct app *a, uint32_t desired, const char *reason
     log_info("scale %s/%s to %u: %s", a->project, a->name, desired, reason);
 }
 
-static void wake_scheduler(void)
+void act_wake_scheduler(void)
 {
     struct loom_service *svc = loom_service_current();
     struct loom_err err = LOOM_ERR_INIT;
@@ -364,7 +365,7 @@ static void note_revision(struct app *a, int64_t generation, int64_t initial, bo
              (long long)generation, (long long)initial);
     publish_decision(a, d, reason);
     if (d > 0)
-        wake_scheduler();
+        act_wake_scheduler();
 }
 
 /* Reads the app now (from a bus callback), unless a request is doing so;
@@ -458,7 +459,7 @@ static void on_app_changed(struct loom_bus *bus, natsMsg *msg, void *arg)
 
 /* On SIGTERM the server waits for its requests before act_stop runs: held
  * requests look at the service's flag themselves. */
-static bool shutting_down(void)
+bool act_shutting_down(void)
 {
     struct loom_service *svc = loom_service_current();
     return stopping || !svc || svc->stopping;
@@ -466,7 +467,7 @@ static bool shutting_down(void)
 
 /* --- requests ---------------------------------------------------------------------- */
 
-static void count_reply(int status)
+void act_count_reply(int status)
 {
     char labels[32];
     snprintf(labels, sizeof(labels), "code=\"%d\"", status);
@@ -475,8 +476,7 @@ static void count_reply(int status)
                     1);
 }
 
-static void reply_problem_retry(struct loom_http_req *req, int status, int retry_after,
-                                const char *detail)
+void act_reply_problem(struct loom_http_req *req, int status, int retry_after, const char *detail)
 {
     if (retry_after > 0) {
         char v[16];
@@ -484,10 +484,10 @@ static void reply_problem_retry(struct loom_http_req *req, int status, int retry
         loom_http_set_header(req, "Retry-After", v);
     }
     loom_http_reply_problem(req, status, "%s", detail);
-    count_reply(status);
+    act_count_reply(status);
 }
 
-static void client_ip(struct loom_http_req *req, char *out, size_t n)
+void act_client_ip(struct loom_http_req *req, char *out, size_t n)
 {
     snprintf(out, n, "unknown");
     const union MHD_ConnectionInfo *ci =
@@ -528,27 +528,28 @@ static void reply_upstream(struct loom_http_req *req, struct act_upstream_resp *
     if (*p)
         log_debug("dropped upstream response headers beyond the server's limit");
     loom_http_reply(req, (int)resp->status, resp->content_type, resp->body.buf, resp->body.len);
-    count_reply((int)resp->status);
+    act_count_reply((int)resp->status);
 }
 
-/* Whether the client's source address is a running app instance of project
+/* Whether the client's source address is a running instance of project
  * (1) or not (0); -1 when PostgreSQL cannot tell. Containers reach the
  * internal listener without address translation, so their source address is
  * the one their instance row has. */
-static int caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err)
+int act_caller_in_project(struct loom_http_req *req, const char *project, struct loom_err *err)
 {
     char ip[INET6_ADDRSTRLEN];
-    client_ip(req, ip, sizeof(ip));
-    struct loom_db *db = pool_get(err);
+    act_client_ip(req, ip, sizeof(ip));
+    struct loom_db *db = act_db_get(err);
     if (!db)
         return -1;
     _cleanup_pgres_ PGresult *res =
         loom_db_query(db, err,
                       "SELECT 1 FROM instances i JOIN projects p ON p.id = i.project_id "
-                      "WHERE p.name = $1 AND i.kind = 'app' AND i.state = 'running' "
+                      "WHERE p.name = $1 AND i.kind IN ('app', 'function') "
+                      "AND i.state = 'running' "
                       "AND i.desired = 'run' AND split_part(i.address, ':', 1) = $2 LIMIT 1",
                       project, ip);
-    pool_put(db);
+    act_db_put(db);
     if (!res)
         return -1;
     return PQntuples(res) > 0 ? 1 : 0;
@@ -557,7 +558,7 @@ static int caller_in_project(struct loom_http_req *req, const char *project, str
 static void reply_not_found(struct loom_http_req *req, const char *project, const char *name)
 {
     loom_http_reply_problem(req, 404, "app \"%s\" not found in project \"%s\"", name, project);
-    count_reply(404);
+    act_count_reply(404);
 }
 
 /* The app as act_plan_request sees it. Call with mu held. */
@@ -599,7 +600,7 @@ static void ask_for_instances(struct app *a, const struct act_plan *p, int64_t n
     a->published = d;
     a->has_published = true;
     publish_decision(a, d, reason);
-    wake_scheduler();
+    act_wake_scheduler();
 }
 
 /* Proxies req to the instance at address, with the X-Forwarded-* headers
@@ -609,7 +610,7 @@ static enum act_proxy_result forward(struct loom_http_req *req, const char *addr
                                      struct act_upstream_resp *resp, struct loom_err *err)
 {
     char xff[512], ip[INET6_ADDRSTRLEN];
-    client_ip(req, ip, sizeof(ip));
+    act_client_ip(req, ip, sizeof(ip));
     const char *prev = loom_http_header(req, "x-forwarded-for");
     if (prev && strlen(prev) < 400)
         snprintf(xff, sizeof(xff), "X-Forwarded-For: %s, %s", prev, ip);
@@ -681,7 +682,7 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
     bool counted = true;
     for (;;) {
         int64_t now = loom_mono_ms();
-        rq.shutting_down = shutting_down();
+        rq.shutting_down = act_shutting_down();
         struct act_plan_app view = app_view(a);
         act_plan_request(&view, &rq, &lim, now, &p);
         if (p.start_hold) {
@@ -706,7 +707,7 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
         } else if (p.step == ACT_STEP_CHECK_CALLER) {
             pthread_mutex_unlock(&mu);
             struct loom_err cerr = LOOM_ERR_INIT;
-            int in = caller_in_project(req, project, &cerr);
+            int in = act_caller_in_project(req, project, &cerr);
             pthread_mutex_lock(&mu);
             if (in < 0)
                 log_warn("could not check the caller of %s/%s: %s", project, name, cerr.msg);
@@ -760,7 +761,7 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
     if (p.step == ACT_STEP_REPLY && p.reply == ACT_REPLY_NOT_FOUND) {
         reply_not_found(req, project, name);
     } else if (p.step == ACT_STEP_REPLY) {
-        reply_problem_retry(req, p.status, p.retry_after, p.detail);
+        act_reply_problem(req, p.status, p.retry_after, p.detail);
     } else if (pr == ACT_PROXY_OK) {
         reply_upstream(req, &resp);
     } else if (pr == ACT_PROXY_TIMEOUT) {
@@ -769,11 +770,11 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
                                 "the app did not answer within its request timeout "
                                 "(scale_request_timeout %lld s)",
                                 (long long)(timeout_ms / 1000));
-        count_reply(504);
+        act_count_reply(504);
     } else {
         log_warn("%s", err.msg);
         loom_http_reply_problem(req, 502, "%s", err.msg);
-        count_reply(502);
+        act_count_reply(502);
     }
 }
 
@@ -807,16 +808,29 @@ static void append_query(struct strbuf *up, struct loom_http_req *req)
 
 void act_handle(struct loom_http_req *req)
 {
-    char project[ACT_NAME_MAX], name[ACT_NAME_MAX];
+    char project[ACT_NAME_MAX], name[ACT_NAME_MAX], fn_domain[300];
     const char *rest;
+    bool internal = req->server_arg == &internal_tag;
     /* the route is "/\*": rest is the whole path, still percent-encoded */
     _cleanup_strbuf_ struct strbuf raw = STRBUF_INIT, up = STRBUF_INIT;
     strbuf_addch(&raw, '/');
     strbuf_addstr(&raw, req->rest ? req->rest : "");
     const char *host = loom_http_header(req, "host");
+    /* functions: <fn>.<project>.fn.<domain> or /fns/<project>/<fn>/... */
+    snprintf(fn_domain, sizeof(fn_domain), "fn.%s", act_cfg.domain);
+    if (act_parse_host(host, fn_domain, project, name) == 0) {
+        act_fn_handle(req, project, name, raw.buf, internal);
+        return;
+    }
+    if (act_parse_path(raw.buf, "/fns/", project, name, &rest) == 0) {
+        strbuf_addch(&up, '/');
+        strbuf_addstr(&up, rest);
+        act_fn_handle(req, project, name, up.buf, internal);
+        return;
+    }
     if (act_parse_host(host, act_cfg.domain, project, name) == 0) {
         act_add_url_raw(&up, raw.buf);
-    } else if (act_parse_path(raw.buf, project, name, &rest) == 0) {
+    } else if (act_parse_path(raw.buf, "/apps/", project, name, &rest) == 0) {
         strbuf_addch(&up, '/');
         act_add_url_raw(&up, rest);
     } else {
@@ -825,14 +839,15 @@ void act_handle(struct loom_http_req *req)
         if (loom_http_serve_builtin(req))
             return;
         loom_http_reply_problem(req, 404,
-                                "no app here: use /apps/<project>/<app>/ or the host "
-                                "<app>.<project>.%s",
-                                act_cfg.domain);
-        count_reply(404);
+                                "no app or function here: use /apps/<project>/<app>/, "
+                                "/fns/<project>/<function>, or the host <app>.<project>.%s or "
+                                "<function>.<project>.fn.%s",
+                                act_cfg.domain, act_cfg.domain);
+        act_count_reply(404);
         return;
     }
     append_query(&up, req);
-    serve_app(req, project, name, up.buf, req->server_arg == &internal_tag);
+    serve_app(req, project, name, up.buf, internal);
 }
 
 /* --- the autoscaler and housekeeping ---------------------------------------------- */
@@ -881,6 +896,7 @@ static void sweep_apps(struct loom_service *svc)
 
 void act_tick(struct loom_service *svc)
 {
+    act_fn_tick();
     int64_t now = loom_mono_ms();
     if (now - last_sweep_ms >= SWEEP_EVERY_MS) {
         last_sweep_ms = now;
@@ -928,7 +944,7 @@ void act_tick(struct loom_service *svc)
                     a->has_published = true;
                     publish_decision(a, d, reason);
                     if (d > 0)
-                        wake_scheduler();
+                        act_wake_scheduler();
                 }
             }
             pp = &a->next;
@@ -947,7 +963,10 @@ static bool internal_ready(void *arg)
 
 int act_start(struct loom_service *svc, struct loom_err *err)
 {
-    if (act_proxy_global_init(err) < 0)
+    if (act_proxy_global_init(err) < 0 ||
+        loom_secretbox_set_key(
+            act_cfg.secrets_key && *act_cfg.secrets_key ? act_cfg.secrets_key : NULL, err) < 0 ||
+        act_fn_start(act_cfg.activation_retention_ms, err) < 0)
         return -1;
     m_latency = loom_metric_histogram("loom_activator_proxy_seconds", NULL,
                                       "time to proxy a request to an instance", latency_buckets,
@@ -979,8 +998,9 @@ int act_start(struct loom_service *svc, struct loom_err *err)
         log_info("internal listener (private and project apps) on port %u",
                  (unsigned)loom_http_server_port(internal_http));
     }
-    log_info("routing hosts <app>.<project>.%s and paths /apps/<project>/<app>/; hold %lld ms",
-             act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
+    log_info("routing hosts <app>.<project>.%s and <function>.<project>.fn.%s, and paths "
+             "/apps/<project>/<app>/ and /fns/<project>/<function>; hold %lld ms",
+             act_cfg.domain, act_cfg.domain, (long long)act_cfg.hold_timeout_ms);
     return 0;
 }
 
@@ -993,6 +1013,7 @@ bool act_ready(struct loom_service *svc)
 void act_stop(struct loom_service *svc)
 {
     (void)svc;
+    act_fn_stop();
     /* held requests there see the service stopping and end */
     loom_http_server_stop(internal_http);
     internal_http = NULL;

@@ -1,10 +1,11 @@
-/* loom-activator: HTTP ingress, request holding and autoscaling for apps. */
+/* loom-activator: HTTP ingress, request holding and autoscaling for apps;
+ * the calls of functions. */
 #include "activator.h"
 #include "service.h"
 
 static const struct loom_opt opts[] = {
     {"domain", "LOOM_ACTIVATOR_DOMAIN", LOOM_OPT_STRING, &act_cfg.domain, "loom.localhost", 0, 0,
-     "apps answer on <app>.<project>.<domain>"},
+     "apps answer on <app>.<project>.<domain>, functions on <fn>.<project>.fn.<domain>"},
     {"hold-timeout", "LOOM_ACTIVATOR_HOLD_TIMEOUT", LOOM_OPT_DURATION, &act_cfg.hold_timeout_ms,
      "30s", 100, 3600000, "how long a request waits for an instance before 503"},
     {"upstream-timeout", "LOOM_ACTIVATOR_UPSTREAM_TIMEOUT", LOOM_OPT_DURATION,
@@ -22,6 +23,12 @@ static const struct loom_opt opts[] = {
      "6s", 2000, 600000, "autoscaler short window for bursts"},
     {"max-held", "LOOM_ACTIVATOR_MAX_HELD", LOOM_OPT_INT, &act_cfg.max_held_per_app, "1000", 1,
      1000000, "requests held per app at most; more get 503 at once"},
+    {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &act_cfg.secrets_key, NULL, 0, 0,
+     "AES-256-GCM key that opens the secrets functions take variables from, the API's key "
+     "(unset: such functions cannot start)"},
+    {"activation-retention", "LOOM_ACTIVATOR_ACTIVATION_RETENTION", LOOM_OPT_DURATION,
+     &act_cfg.activation_retention_ms, "168h", 60000, 31536000000LL,
+     "function activation records older than this are deleted"},
 };
 
 static const struct loom_http_route routes[] = {

@@ -203,6 +203,45 @@ static enum MHD_Result add_client_header(void *arg, enum MHD_ValueKind kind, con
     return MHD_YES;
 }
 
+/* Runs the transfer set up on h with headers; the response into resp. */
+static enum act_proxy_result perform(CURL *h, const char *address, struct curl_slist *headers,
+                                     int64_t timeout_ms, struct act_upstream_resp *resp,
+                                     struct loom_err *err)
+{
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    /* on a timeout curl closes the connection: the instance sees the
+     * request end, and the connection is never reused mid-response */
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : 1));
+    /* the client asked for exactly this; no decoding, no redirects */
+    curl_easy_setopt(h, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+
+    CURLcode rc = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+    if (rc == CURLE_COULDNT_CONNECT) {
+        loom_err_set(err, LOOM_EUNAVAIL, "could not connect to instance %s: %s", address,
+                     curl_easy_strerror(rc));
+        return ACT_PROXY_CONNECT;
+    }
+    if (rc == CURLE_OPERATION_TIMEDOUT) {
+        loom_err_set(err, LOOM_ETIMEOUT, "instance %s did not answer within %lld ms", address,
+                     (long long)timeout_ms);
+        return ACT_PROXY_TIMEOUT;
+    }
+    if (rc != CURLE_OK) {
+        loom_err_set(err, LOOM_EUNAVAIL, "proxying to instance %s: %s", address,
+                     rc == CURLE_WRITE_ERROR ? "response body too large" : curl_easy_strerror(rc));
+        return ACT_PROXY_FAILED;
+    }
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+    return ACT_PROXY_OK;
+}
+
 enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
                                 const char *upstream_path, const char *const *extra_headers,
                                 size_t nextra, int64_t timeout_ms, struct act_upstream_resp *resp,
@@ -236,7 +275,6 @@ enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
     hc.list = l;
 
     curl_easy_setopt(h, CURLOPT_URL, url.buf);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hc.list);
     if (strcmp(req->method, "HEAD") == 0) {
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else if (strcmp(req->method, "GET") == 0 && req->body_len == 0) {
@@ -247,37 +285,34 @@ enum act_proxy_result act_proxy(struct loom_http_req *req, const char *address,
         if (strcmp(req->method, "POST") != 0)
             curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
     }
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-    /* on a timeout curl closes the connection: the instance sees the
-     * request end, and the connection is never reused mid-response */
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout_ms > 0 ? timeout_ms : 1));
-    /* the client asked for exactly this; no decoding, no redirects */
-    curl_easy_setopt(h, CURLOPT_HTTP_CONTENT_DECODING, 0L);
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-
-    CURLcode rc = curl_easy_perform(h);
+    enum act_proxy_result pr = perform(h, address, hc.list, timeout_ms, resp, err);
     curl_slist_free_all(hc.list);
     strbuf_release(&url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-    if (rc == CURLE_COULDNT_CONNECT) {
-        loom_err_set(err, LOOM_EUNAVAIL, "could not connect to instance %s: %s", address,
-                     curl_easy_strerror(rc));
-        return ACT_PROXY_CONNECT;
-    }
-    if (rc == CURLE_OPERATION_TIMEDOUT) {
-        loom_err_set(err, LOOM_ETIMEOUT, "instance %s did not answer within %lld ms", address,
-                     (long long)timeout_ms);
-        return ACT_PROXY_TIMEOUT;
-    }
-    if (rc != CURLE_OK) {
-        loom_err_set(err, LOOM_EUNAVAIL, "proxying to instance %s: %s", address,
-                     rc == CURLE_WRITE_ERROR ? "response body too large" : curl_easy_strerror(rc));
+    return pr;
+}
+
+enum act_proxy_result act_call(const char *address, const char *path, const char *body, size_t len,
+                               int64_t timeout_ms, struct act_upstream_resp *resp,
+                               struct loom_err *err)
+{
+    CURL *h = thread_easy();
+    if (!h) {
+        loom_err_set(err, LOOM_EINTERNAL, "could not create a curl handle");
         return ACT_PROXY_FAILED;
     }
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
-    return ACT_PROXY_OK;
+    char url[256];
+    snprintf(url, sizeof(url), "http://%s%s", address, path);
+    struct curl_slist *l = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *l2 = l ? curl_slist_append(l, "Expect:") : NULL;
+    if (!l2) {
+        curl_slist_free_all(l);
+        loom_err_set(err, LOOM_EINTERNAL, "out of memory building upstream headers");
+        return ACT_PROXY_FAILED;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    enum act_proxy_result pr = perform(h, address, l2, timeout_ms, resp, err);
+    curl_slist_free_all(l2);
+    return pr;
 }

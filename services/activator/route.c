@@ -47,12 +47,13 @@ int act_parse_host(const char *host, const char *domain, char *ret_project, char
     return 0;
 }
 
-int act_parse_path(const char *path, char *ret_project, char *ret_app, const char **ret_rest)
+int act_parse_path(const char *path, const char *prefix, char *ret_project, char *ret_app,
+                   const char **ret_rest)
 {
-    static const char prefix[] = "/apps/";
-    if (!path || strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+    size_t plen = strlen(prefix);
+    if (!path || strncmp(path, prefix, plen) != 0)
         return -1;
-    const char *p = path + sizeof(prefix) - 1;
+    const char *p = path + plen;
     const char *slash = strchr(p, '/');
     if (!slash)
         return -1;

@@ -45,8 +45,15 @@ void agent_adopt_all(struct agent *a)
         }
         in->assigned_mono = loom_mono_ms();
         const char *claimed = json_string_value(json_object_get(j, "claimed_project"));
-        if (claimed && loom_is_dns_label(claimed))
+        if (claimed && loom_is_dns_label(claimed)) {
             snprintf(in->claimed_project, sizeof(in->claimed_project), "%s", claimed);
+            json_int_t cpu = json_integer_value(json_object_get(j, "claimed_cpu_millis"));
+            json_int_t mem = json_integer_value(json_object_get(j, "claimed_memory_bytes"));
+            if (cpu > 0 && mem > 0) {
+                in->assign->cpu_millis = cpu;
+                in->assign->memory_bytes = mem;
+            }
+        }
         snprintf(p, sizeof(p), "%s/done", dir);
         struct stat st;
         if (stat(p, &st) == 0) {

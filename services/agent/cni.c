@@ -225,32 +225,79 @@ int cni_isolation_setup(const char *bridge, const char *subnet, struct loom_err 
     return rc < 0 ? loom_err_wrap(err, "network isolation rules for bridge %s", bridge) : 0;
 }
 
+/* The mark the proj map holds for ip into ret: 1, or 0 when it holds none. */
+static int proj_mark(const char *bridge, const char *ip, uint32_t *ret, struct loom_err *err)
+{
+    char table[80], elem[64];
+    snprintf(table, sizeof(table), "loom-%s", bridge);
+    snprintf(elem, sizeof(elem), "{ %s }", ip);
+    const char *argv[] = {nft_prog(), "get", "element", "bridge", table, "proj", elem, NULL};
+    _cleanup_free_ char *out = NULL;
+    struct loom_err e = LOOM_ERR_INIT;
+    if (agent_run(argv, NULL, NULL, &out, &e) < 0) {
+        if (strstr(e.msg, "No such file or directory"))
+            return 0;
+        return loom_err_set(err, e.code, "%s", e.msg);
+    }
+    /* elements = { 10.88.0.5 : 0x0000002a } */
+    const char *at = out ? strstr(out, " : 0x") : NULL;
+    char *end;
+    unsigned long v = at ? strtoul(at + 3, &end, 16) : 0;
+    if (!at || end == at + 3 || v > UINT32_MAX)
+        return loom_err_set(err, LOOM_EIO, "nft get element printed no mark for %s", ip);
+    *ret = (uint32_t)v;
+    return 1;
+}
+
+/* What removes ip from proj and member when proj maps it to cur (the
+ * member element added first, so that its delete cannot fail). */
+static void drop_script(struct strbuf *s, const char *bridge, const char *ip, uint32_t cur)
+{
+    strbuf_addf(s,
+                "add element bridge loom-%s member { %s . 0x%x }\n"
+                "delete element bridge loom-%s member { %s . 0x%x }\n"
+                "delete element bridge loom-%s proj { %s }\n",
+                bridge, ip, cur, bridge, ip, cur, bridge, ip);
+}
+
 int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
 {
-    char script[1024];
-    /* add, delete, add: replaces a stale entry a crash left for a reused address */
-    snprintf(script, sizeof(script),
-             "add element bridge loom-%s proj { %s : 0x%x }\n"
-             "delete element bridge loom-%s proj { %s }\n"
-             "add element bridge loom-%s proj { %s : 0x%x }\n"
-             "add element bridge loom-%s member { %s . 0x%x }\n",
-             bridge, ip, mark, bridge, ip, bridge, ip, mark, bridge, ip, mark);
-    if (nft_batch(script, err) < 0)
+    /* an address may still carry another mark: a stem cell's before it was
+     * specialized, or a stale entry a crash left for a reused address; it
+     * goes in the same batch, so that ip never has two */
+    uint32_t cur = 0;
+    int has = proj_mark(bridge, ip, &cur, err);
+    if (has < 0)
+        return loom_err_wrap(err, "admitting %s to its project's network", ip);
+    _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
+    if (has && cur != mark)
+        drop_script(&s, bridge, ip, cur);
+    strbuf_addf(&s,
+                "add element bridge loom-%s proj { %s : 0x%x }\n"
+                "add element bridge loom-%s member { %s . 0x%x }\n",
+                bridge, ip, mark, bridge, ip, mark);
+    if (nft_batch(s.buf, err) < 0)
         return loom_err_wrap(err, "admitting %s to its project's network", ip);
     return 0;
 }
 
 int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
 {
-    char script[1024];
-    /* add first so that the delete cannot fail on an element already gone */
-    snprintf(script, sizeof(script),
-             "add element bridge loom-%s proj { %s : 0x%x }\n"
-             "add element bridge loom-%s member { %s . 0x%x }\n"
-             "delete element bridge loom-%s proj { %s }\n"
-             "delete element bridge loom-%s member { %s . 0x%x }\n",
-             bridge, ip, mark, bridge, ip, mark, bridge, ip, bridge, ip, mark);
-    if (nft_batch(script, err) < 0)
+    /* only ip's entry for this mark: after a move to another mark, the
+     * new one stays */
+    uint32_t cur = 0;
+    int has = proj_mark(bridge, ip, &cur, err);
+    if (has < 0)
+        return loom_err_wrap(err, "removing %s from its project's network", ip);
+    _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
+    if (has && cur == mark)
+        drop_script(&s, bridge, ip, mark);
+    else
+        strbuf_addf(&s,
+                    "add element bridge loom-%s member { %s . 0x%x }\n"
+                    "delete element bridge loom-%s member { %s . 0x%x }\n",
+                    bridge, ip, mark, bridge, ip, mark);
+    if (nft_batch(s.buf, err) < 0)
         return loom_err_wrap(err, "removing %s from its project's network", ip);
     return 0;
 }

@@ -98,6 +98,9 @@ static void on_specialize(struct loom_bus *bus, natsMsg *msg, void *arg)
         refuse = "invalid limits";
     if (!refuse && !in->claimed_project[0]) {
         snprintf(in->claimed_project, sizeof(in->claimed_project), "%s", m->project);
+        /* from now on the instance holds, and is metered at, its function's shape */
+        in->assign->cpu_millis = m->cpu_millis;
+        in->assign->memory_bytes = m->memory_bytes;
         first = true;
         if (agent_write_instance_json(a, in, &err) < 0)
             log_warn("instance %s: %s", in->id, err.msg);

@@ -87,10 +87,15 @@ int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_
     Loom__V1__InstanceAssign *as = in->assign;
     _cleanup_free_ char *hex = loom_hex_alloc(in->assign_pb, in->assign_len);
     _cleanup_json_ json_t *j = json_pack(
-        "{s:s,s:s,s:s,s:s?,s:i,s:s?,s:s,s:s,s:s?}", "id", in->id, "project", as->project, "kind",
-        agent_kind_name(as->kind), "job_run", as->job_run[0] ? as->job_run : NULL, "array_index",
-        as->array_index, "app", as->app[0] ? as->app : NULL, "image", as->image, "assign", hex,
-        "claimed_project", in->claimed_project[0] ? in->claimed_project : NULL);
+        "{s:s,s:s,s:s,s:s?,s:i,s:s?,s:s,s:s,s:s?}", "id", in->id, "project", instance_project(in),
+        "kind", agent_kind_name(as->kind), "job_run", as->job_run[0] ? as->job_run : NULL,
+        "array_index", as->array_index, "app", as->app[0] ? as->app : NULL, "image", as->image,
+        "assign", hex, "claimed_project", in->claimed_project[0] ? in->claimed_project : NULL);
+    if (j && in->claimed_project[0]) {
+        /* a claimed stem cell's limits are its function's (specialize.c) */
+        json_object_set_new(j, "claimed_cpu_millis", json_integer(as->cpu_millis));
+        json_object_set_new(j, "claimed_memory_bytes", json_integer(as->memory_bytes));
+    }
     char path[4200];
     snprintf(path, sizeof(path), "%s/instance.json", in->dir);
     /* no fsync, as for the reports: an unacked assign is re-sent by the

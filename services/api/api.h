@@ -200,6 +200,30 @@ int api_spec_params(enum loom_kind k, json_t *spec, const char *const *fixed, si
 void api_spec_params_release(struct api_spec_params *p);
 #define _cleanup_spec_params_ __attribute__((cleanup(api_spec_params_release)))
 
+/* A kind kept with revisions (apps, functions): the row in table and each
+ * generation's copy in rev_table (owner_col names the row). Every statement
+ * takes the spec after the fixed values, its columns last:
+ *   INSERT: project id, name, insert_only..., shared..., spec
+ *   UPDATE: id, shared..., spec (generation + 1)
+ *   revision: id, generation, shared..., spec
+ * The SQL is built on first use. */
+#define API_REV_MAX_FIXED 3
+struct api_revisioned {
+    enum loom_kind kind;
+    const char *table, *rev_table, *owner_col;
+    const char *insert_only[API_REV_MAX_FIXED + 1]; /* NULL-terminated */
+    const char *shared[API_REV_MAX_FIXED + 1];      /* NULL-terminated */
+    char *sql_insert, *sql_update, *sql_revision;   /* built once */
+};
+/* Inserts the resource and its revision 1; the new id into ret_id. A name
+ * taken is LOOM_ECONFLICT "<what> \"<name>\" already exists". */
+int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *what,
+                   const char *name, const char *const *insert_only, const char *const *shared,
+                   json_t *spec, char ret_id[24], struct loom_err *err);
+/* Makes spec the next generation of row id, with its revision. */
+int api_rev_update(struct api_ctx *ctx, struct api_revisioned *r, const char *id,
+                   const char *const *shared, json_t *spec, struct loom_err *err);
+
 /* ---- data.c: names and the data of secrets and config maps --------------- */
 
 /* The name in a body: required DNS label. */

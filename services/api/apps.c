@@ -1,6 +1,5 @@
 /* /v1/projects/{project}/apps: an app row holds the current spec and
  * generation; app_revisions keeps every generation. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,79 +88,27 @@ static const struct api_resource app_resource = {
     .to_json = app_json,
 };
 
-/* The statements that write an app's spec with its normalised columns. */
-static char *sql_insert, *sql_update, *sql_revision;
-static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
-
-static void build_sql(void)
-{
-    struct strbuf a = STRBUF_INIT, b = STRBUF_INIT, c = STRBUF_INIT, names = STRBUF_INIT,
-                  params = STRBUF_INIT, sets = STRBUF_INIT;
-    /* $1 project, $2 name, $3 desired instances, $4 spec, the columns */
-    api_columns_sql(LOOM_KIND_APP, 5, &names, &params, NULL);
-    strbuf_addf(&a,
-                "INSERT INTO apps (project_id, name, desired_instances, spec%s) "
-                "VALUES ($1, $2, $3, $4::jsonb%s) RETURNING id",
-                names.buf, params.buf);
-    /* $1 id, $2 spec, the columns */
-    api_columns_sql(LOOM_KIND_APP, 3, NULL, NULL, &sets);
-    strbuf_addf(&b,
-                "UPDATE apps SET generation = generation + 1, spec = $2::jsonb, "
-                "updated_at = now()%s WHERE id = $1 RETURNING generation",
-                sets.buf);
-    /* $1 app id, $2 generation, $3 spec, the columns */
-    strbuf_reset(&names);
-    strbuf_reset(&params);
-    api_columns_sql(LOOM_KIND_APP, 4, &names, &params, NULL);
-    strbuf_addf(&c,
-                "INSERT INTO app_revisions (app_id, generation, spec%s) "
-                "VALUES ($1, $2, $3::jsonb%s)",
-                names.buf, params.buf);
-    sql_insert = strbuf_detach(&a, NULL);
-    sql_update = strbuf_detach(&b, NULL);
-    sql_revision = strbuf_detach(&c, NULL);
-    strbuf_release(&names);
-    strbuf_release(&params);
-    strbuf_release(&sets);
-}
-
-/* Records generation gen of app id with spec, as a revision. */
-static int insert_revision(struct api_ctx *ctx, const char *id, const char *gen, json_t *spec,
-                           struct loom_err *err)
-{
-    const char *fixed[] = {id, gen};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 2, &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *rev = loom_db_exec(ctx->db, sql_revision, n, sp.params, err);
-    return rev ? 0 : -1;
-}
+static struct api_revisioned app_rev = {
+    .kind = LOOM_KIND_APP,
+    .table = "apps",
+    .rev_table = "app_revisions",
+    .owner_col = "app_id",
+    .insert_only = {"desired_instances"},
+};
 
 static int app_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name;
     _cleanup_json_ json_t *spec = NULL;
     if (api_body_name(ctx->body, &name, err) < 0 ||
         loom_spec_validate(LOOM_KIND_APP, ctx->body, false, &spec, err) < 0)
         return -1;
-    char desired[24];
+    char desired[24], id[24];
     snprintf(desired, sizeof(desired), "%lld",
              (long long)json_integer_value(json_object_get(spec, "scale_min_instances")));
-    const char *fixed[] = {ctx->project.id_str, name, desired};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_APP, spec, fixed, 3, &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *ins = loom_db_exec(ctx->db, sql_insert, n, sp.params, err);
-    if (!ins) {
-        if (err->code == LOOM_ECONFLICT)
-            loom_err_set(err, LOOM_ECONFLICT, "app \"%s\" already exists", name);
-        return -1;
-    }
+    const char *only[] = {desired};
     _cleanup_json_ json_t *out = NULL;
-    if (insert_revision(ctx, PQgetvalue(ins, 0, 0), "1", spec, err) < 0 ||
+    if (api_rev_insert(ctx, &app_rev, "app", name, only, NULL, spec, id, err) < 0 ||
         api_resource_load(&app_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "app", "created", name, out, err) < 0)
         return -1;
@@ -181,7 +128,6 @@ void api_apps_create(struct loom_http_req *req)
  * change makes a new generation (and revision). */
 static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name = ctx->req->params[1];
     _cleanup_api_patch_ struct api_patch p = {0};
     if (api_patch_spec(ctx, LOOM_KIND_APP,
@@ -190,13 +136,7 @@ static int app_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, s
                        &p, err) < 0)
         return -1;
     if (p.changed) {
-        const char *id = PQgetvalue(p.row, 0, 0);
-        _cleanup_spec_params_ struct api_spec_params sp = {0};
-        int n = api_spec_params(LOOM_KIND_APP, p.spec, &id, 1, &sp, err);
-        if (n < 0)
-            return -1;
-        _cleanup_pgres_ PGresult *upd = loom_db_exec(ctx->db, sql_update, n, sp.params, err);
-        if (!upd || insert_revision(ctx, id, PQgetvalue(upd, 0, 0), p.spec, err) < 0)
+        if (api_rev_update(ctx, &app_rev, PQgetvalue(p.row, 0, 0), NULL, p.spec, err) < 0)
             return -1;
         ctx->wake_scheduler = true;
     }

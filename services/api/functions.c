@@ -4,7 +4,6 @@
  * "sha256:<hex>"). Calls go to the activator; the instances that serve them
  * are claimed from the agents' stem cells. /v1/function_runtimes lists what
  * an operator installed. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,39 +67,13 @@ static const struct api_resource fn_resource = {
     .to_json = fn_json,
 };
 
-/* The statements that write a function's spec with its columns. */
-static char *sql_insert, *sql_update, *sql_revision;
-static pthread_once_t sql_once = PTHREAD_ONCE_INIT;
-
-static void build_sql(void)
-{
-    struct strbuf a = STRBUF_INIT, b = STRBUF_INIT, c = STRBUF_INIT, names = STRBUF_INIT,
-                  params = STRBUF_INIT, sets = STRBUF_INIT;
-    /* $1 project, $2 name, $3 runtime, $4 code, $5 spec, the columns */
-    api_columns_sql(LOOM_KIND_FUNCTION, 6, &names, &params, NULL);
-    strbuf_addf(&a,
-                "INSERT INTO functions (project_id, name, runtime, code_sha256, spec%s) "
-                "VALUES ($1, $2, $3, $4, $5::jsonb%s) RETURNING id",
-                names.buf, params.buf);
-    /* $1 id, $2 runtime, $3 code, $4 spec, the columns */
-    api_columns_sql(LOOM_KIND_FUNCTION, 5, NULL, NULL, &sets);
-    strbuf_addf(&b,
-                "UPDATE functions SET generation = generation + 1, runtime = $2, "
-                "code_sha256 = $3, spec = $4::jsonb, updated_at = now()%s WHERE id = $1 "
-                "RETURNING generation",
-                sets.buf);
-    /* $1 function, $2 generation, $3 runtime, $4 code, $5 spec, the columns */
-    strbuf_addf(&c,
-                "INSERT INTO function_revisions (function_id, generation, runtime, code_sha256, "
-                "spec%s) VALUES ($1, $2, $3, $4, $5::jsonb%s)",
-                names.buf, params.buf);
-    sql_insert = strbuf_detach(&a, NULL);
-    sql_update = strbuf_detach(&b, NULL);
-    sql_revision = strbuf_detach(&c, NULL);
-    strbuf_release(&names);
-    strbuf_release(&params);
-    strbuf_release(&sets);
-}
+static struct api_revisioned fn_rev = {
+    .kind = LOOM_KIND_FUNCTION,
+    .table = "functions",
+    .rev_table = "function_revisions",
+    .owner_col = "function_id",
+    .shared = {"runtime", "code_sha256"},
+};
 
 /* The runtime must be installed; a deprecated one is refused for new code. */
 static int check_runtime(struct api_ctx *ctx, const char *runtime, struct loom_err *err)
@@ -156,6 +129,12 @@ static int store_code(struct api_ctx *ctx, json_t *spec, char ret_sha[65], struc
         return loom_err_wrap(err, "field \"code_reference\"");
     if (binary && loom_tarball_check(code, len, &bundle_limits, NULL, err) < 0)
         return loom_err_wrap(err, "field \"code_reference\": the bundle");
+    /* one file is source text: the runtime gets it as a JSON string */
+    _cleanup_json_ json_t *text = binary ? NULL : json_stringn((const char *)code, len);
+    if (!binary && (!text || memchr(code, 0, len)))
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"code_reference\": the code is not UTF-8 text (give a "
+                            "bundle as application/gzip)");
     loom_sha256_hex(code, len, ret_sha);
     _cleanup_free_ char *hex = loom_hex_alloc(code, len);
     _cleanup_pgres_ PGresult *ins =
@@ -172,22 +151,8 @@ static int store_code(struct api_ctx *ctx, json_t *spec, char ret_sha[65], struc
     return 0;
 }
 
-/* Records generation gen of function id with spec, as a revision. */
-static int insert_revision(struct api_ctx *ctx, const char *id, const char *gen, json_t *spec,
-                           const char *sha, struct loom_err *err)
-{
-    const char *fixed[] = {id, gen, json_string_value(json_object_get(spec, "runtime")), sha};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_FUNCTION, spec, fixed, LOOM_ARRAY_SIZE(fixed), &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *rev = loom_db_exec(ctx->db, sql_revision, n, sp.params, err);
-    return rev ? 0 : -1;
-}
-
 static int fn_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name;
     _cleanup_json_ json_t *spec = NULL;
     char sha[65];
@@ -196,20 +161,10 @@ static int fn_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body, st
         check_runtime(ctx, json_string_value(json_object_get(spec, "runtime")), err) < 0 ||
         store_code(ctx, spec, sha, err) < 0)
         return -1;
-    const char *fixed[] = {ctx->project.id_str, name,
-                           json_string_value(json_object_get(spec, "runtime")), sha};
-    _cleanup_spec_params_ struct api_spec_params sp = {0};
-    int n = api_spec_params(LOOM_KIND_FUNCTION, spec, fixed, LOOM_ARRAY_SIZE(fixed), &sp, err);
-    if (n < 0)
-        return -1;
-    _cleanup_pgres_ PGresult *ins = loom_db_exec(ctx->db, sql_insert, n, sp.params, err);
-    if (!ins) {
-        if (err->code == LOOM_ECONFLICT)
-            loom_err_set(err, LOOM_ECONFLICT, "function \"%s\" already exists", name);
-        return -1;
-    }
+    const char *shared[] = {json_string_value(json_object_get(spec, "runtime")), sha};
+    char id[24];
     _cleanup_json_ json_t *out = NULL;
-    if (insert_revision(ctx, PQgetvalue(ins, 0, 0), "1", spec, sha, err) < 0 ||
+    if (api_rev_insert(ctx, &fn_rev, "function", name, NULL, shared, spec, id, err) < 0 ||
         api_resource_load(&fn_resource, ctx->db, &ctx->project, name, &out, err) < 0 ||
         api_event(ctx, "function", "created", name, out, err) < 0)
         return -1;
@@ -228,7 +183,6 @@ void api_functions_create(struct loom_http_req *req)
  * flight finish on the instances of theirs. */
 static int fn_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, struct loom_err *err)
 {
-    pthread_once(&sql_once, build_sql);
     const char *name = ctx->req->params[1];
     _cleanup_api_patch_ struct api_patch p = {0};
     char sha[65];
@@ -245,16 +199,8 @@ static int fn_update(struct api_ctx *ctx, int *ret_status, json_t **ret_body, st
     if (!old)
         return -1;
     if (!json_equal(old, p.spec)) {
-        const char *fixed[] = {PQgetvalue(p.row, 0, 0),
-                               json_string_value(json_object_get(p.spec, "runtime")), sha};
-        _cleanup_spec_params_ struct api_spec_params sp = {0};
-        int n =
-            api_spec_params(LOOM_KIND_FUNCTION, p.spec, fixed, LOOM_ARRAY_SIZE(fixed), &sp, err);
-        if (n < 0)
-            return -1;
-        _cleanup_pgres_ PGresult *upd = loom_db_exec(ctx->db, sql_update, n, sp.params, err);
-        if (!upd || insert_revision(ctx, PQgetvalue(p.row, 0, 0), PQgetvalue(upd, 0, 0), p.spec,
-                                    sha, err) < 0)
+        const char *shared[] = {json_string_value(json_object_get(p.spec, "runtime")), sha};
+        if (api_rev_update(ctx, &fn_rev, PQgetvalue(p.row, 0, 0), shared, p.spec, err) < 0)
             return -1;
         ctx->wake_scheduler = true;
     }

@@ -1,5 +1,6 @@
 /* What the resources of a project share: list and get from one descriptor
- * per kind, and the SQL of the normalised spec columns. */
+ * per kind, the SQL of the normalised spec columns, and the writes of the
+ * kinds kept with revisions. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,4 +196,138 @@ void api_instance_logs(struct loom_http_req *req, const char *what, const char *
         json_object_set_new(out, "next", json_string(after ? after : ""));
     }
     loom_http_reply_json(req, 200, TAKE_PTR(out));
+}
+
+static size_t count(const char *const *v)
+{
+    size_t n = 0;
+    while (v[n])
+        n++;
+    return n;
+}
+
+/* ", a, b" of names; ", $first, $first+1" into params (sets: ", a = $first"). */
+static void fixed_sql(const char *const *names, int first, struct strbuf *cols,
+                      struct strbuf *params, struct strbuf *sets)
+{
+    for (size_t i = 0; names[i]; i++) {
+        if (cols)
+            strbuf_addf(cols, ", %s", names[i]);
+        if (params)
+            strbuf_addf(params, ", $%d", first + (int)i);
+        if (sets)
+            strbuf_addf(sets, ", %s = $%d", names[i], first + (int)i);
+    }
+}
+
+static pthread_mutex_t rev_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void rev_build(struct api_revisioned *r)
+{
+    pthread_mutex_lock(&rev_lock);
+    if (r->sql_insert) {
+        pthread_mutex_unlock(&rev_lock);
+        return;
+    }
+    int n_only = (int)count(r->insert_only), n_shared = (int)count(r->shared);
+    struct strbuf sql = STRBUF_INIT, cols = STRBUF_INIT, params = STRBUF_INIT, sets = STRBUF_INIT;
+
+    /* INSERT: $1 project, $2 name, insert_only, shared, spec, the columns */
+    int spec_at = 3 + n_only + n_shared;
+    fixed_sql(r->insert_only, 3, &cols, &params, NULL);
+    fixed_sql(r->shared, 3 + n_only, &cols, &params, NULL);
+    strbuf_addstr(&cols, ", spec");
+    strbuf_addf(&params, ", $%d::jsonb", spec_at);
+    api_columns_sql(r->kind, spec_at + 1, &cols, &params, NULL);
+    strbuf_addf(&sql, "INSERT INTO %s (project_id, name%s) VALUES ($1, $2%s) RETURNING id",
+                r->table, cols.buf, params.buf);
+    r->sql_insert = strbuf_detach(&sql, NULL);
+
+    /* UPDATE: $1 id, shared, spec, the columns */
+    spec_at = 2 + n_shared;
+    fixed_sql(r->shared, 2, NULL, NULL, &sets);
+    strbuf_addf(&sets, ", spec = $%d::jsonb", spec_at);
+    api_columns_sql(r->kind, spec_at + 1, NULL, NULL, &sets);
+    strbuf_addf(&sql,
+                "UPDATE %s SET generation = generation + 1, updated_at = now()%s WHERE id = $1 "
+                "RETURNING generation",
+                r->table, sets.buf);
+    r->sql_update = strbuf_detach(&sql, NULL);
+
+    /* revision: $1 id, $2 generation, shared, spec, the columns */
+    strbuf_reset(&cols);
+    strbuf_reset(&params);
+    spec_at = 3 + n_shared;
+    fixed_sql(r->shared, 3, &cols, &params, NULL);
+    strbuf_addstr(&cols, ", spec");
+    strbuf_addf(&params, ", $%d::jsonb", spec_at);
+    api_columns_sql(r->kind, spec_at + 1, &cols, &params, NULL);
+    strbuf_addf(&sql, "INSERT INTO %s (%s, generation%s) VALUES ($1, $2%s)", r->rev_table,
+                r->owner_col, cols.buf, params.buf);
+    r->sql_revision = strbuf_detach(&sql, NULL);
+    strbuf_release(&cols);
+    strbuf_release(&params);
+    strbuf_release(&sets);
+    pthread_mutex_unlock(&rev_lock);
+}
+
+/* Runs one of r's statements: the fixed values a then b, then spec. */
+static PGresult *rev_exec(struct api_ctx *ctx, struct api_revisioned *r, const char *sql,
+                          const char *const *a, size_t n_a, const char *const *b, size_t n_b,
+                          json_t *spec, struct loom_err *err)
+{
+    const char *fixed[API_SPEC_MAX_FIXED];
+    if (n_a + n_b > API_SPEC_MAX_FIXED) {
+        loom_err_set(err, LOOM_EINTERNAL, "%zu fixed values are too many", n_a + n_b);
+        return NULL;
+    }
+    memcpy(fixed, a, n_a * sizeof(*a));
+    if (n_b)
+        memcpy(fixed + n_a, b, n_b * sizeof(*b));
+    _cleanup_spec_params_ struct api_spec_params sp = {0};
+    int n = api_spec_params(r->kind, spec, fixed, n_a + n_b, &sp, err);
+    if (n < 0)
+        return NULL;
+    return loom_db_exec(ctx->db, sql, n, sp.params, err);
+}
+
+static int rev_record(struct api_ctx *ctx, struct api_revisioned *r, const char *id,
+                      const char *gen, const char *const *shared, json_t *spec,
+                      struct loom_err *err)
+{
+    const char *head[] = {id, gen};
+    _cleanup_pgres_ PGresult *res =
+        rev_exec(ctx, r, r->sql_revision, head, 2, shared, count(r->shared), spec, err);
+    return res ? 0 : -1;
+}
+
+int api_rev_insert(struct api_ctx *ctx, struct api_revisioned *r, const char *what,
+                   const char *name, const char *const *insert_only, const char *const *shared,
+                   json_t *spec, char ret_id[24], struct loom_err *err)
+{
+    rev_build(r);
+    size_t n_only = count(r->insert_only);
+    const char *head[2 + API_REV_MAX_FIXED] = {ctx->project.id_str, name};
+    if (n_only)
+        memcpy(head + 2, insert_only, n_only * sizeof(*insert_only));
+    _cleanup_pgres_ PGresult *ins =
+        rev_exec(ctx, r, r->sql_insert, head, 2 + n_only, shared, count(r->shared), spec, err);
+    if (!ins) {
+        if (err->code == LOOM_ECONFLICT)
+            loom_err_set(err, LOOM_ECONFLICT, "%s \"%s\" already exists", what, name);
+        return -1;
+    }
+    snprintf(ret_id, 24, "%s", PQgetvalue(ins, 0, 0));
+    return rev_record(ctx, r, ret_id, "1", shared, spec, err);
+}
+
+int api_rev_update(struct api_ctx *ctx, struct api_revisioned *r, const char *id,
+                   const char *const *shared, json_t *spec, struct loom_err *err)
+{
+    rev_build(r);
+    _cleanup_pgres_ PGresult *upd =
+        rev_exec(ctx, r, r->sql_update, &id, 1, shared, count(r->shared), spec, err);
+    if (!upd)
+        return -1;
+    return rev_record(ctx, r, id, PQgetvalue(upd, 0, 0), shared, spec, err);
 }

@@ -239,7 +239,7 @@ int sched_apps_reconcile(struct sched *s, struct loom_db *db, int64_t epoch,
     for (size_t i = 0; i < stops.n; i++)
         for (int k = 0; k < PQntuples(stops.res[i]); k++)
             sched_send_stop(s, PQgetvalue(stops.res[i], k, 1), PQgetvalue(stops.res[i], k, 0),
-                            epoch, "scaled down");
+                            epoch, "scaled down", SCHED_STOP_GRACE_S);
     /* the activators drop stopping instances from their ready sets */
     for (int r = 0; r < PQntuples(apps); r++) {
         char subj[300];

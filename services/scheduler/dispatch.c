@@ -16,7 +16,7 @@
 #include "log.h"
 #include "loom/v1/common.pb-c.h"
 #include "loom/v1/instance.pb-c.h"
-#include "secretbox.h"
+#include "refs.h"
 #include "spec.h"
 #include "subjects.h"
 #include "util.h"
@@ -117,14 +117,14 @@ static void publish_request(struct sched *s, const char *subject, char kind, con
 }
 
 void sched_send_stop(struct sched *s, const char *node, const char *instance_id, int64_t epoch,
-                     const char *reason)
+                     const char *reason, int grace_seconds)
 {
     Loom__V1__InstanceStop stop;
     loom__v1__instance_stop__init(&stop);
     stop.instance_id = (char *)instance_id;
     stop.epoch = epoch;
     stop.reason = (char *)(reason ? reason : "");
-    stop.grace_seconds = 10;
+    stop.grace_seconds = grace_seconds;
     char subj[320];
     snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_STOP_FMT, node);
     publish_request(s, subj, 's', instance_id, &stop.base);
@@ -138,74 +138,6 @@ void sched_assign_refs_release(struct sched_assign_refs *r)
     *r = (struct sched_assign_refs){0};
 }
 
-/* Loads a secret's data. 1 with why filled when it is missing or does not
- * open (the instance fails), -1 on a database error (try again later). */
-static int load_secret(struct loom_db *db, const char *project_id, const char *name,
-                       json_t **ret_data, char *ret_format, size_t format_len, char *why,
-                       size_t why_len, struct loom_err *err)
-{
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT format, data_enc FROM secrets WHERE project_id = $1::bigint AND name = $2",
-        project_id, name);
-    if (!res)
-        return -1;
-    if (PQntuples(res) == 0) {
-        snprintf(why, why_len, "secret \"%.200s\" not found", name);
-        return 1;
-    }
-    size_t len = 0;
-    unsigned char *sealed = PQunescapeBytea((const unsigned char *)PQgetvalue(res, 0, 1), &len);
-    if (!sealed)
-        abort();
-    char aad[512];
-    loom_secretbox_aad(project_id, name, aad, sizeof(aad));
-    struct loom_err oerr = LOOM_ERR_INIT;
-    _cleanup_free_ char *plain = NULL;
-    int rc = loom_secretbox_open(sealed, len, aad, &plain, &oerr);
-    PQfreemem(sealed);
-    if (rc < 0) {
-        snprintf(why, why_len, "secret \"%.200s\" cannot be opened: %.200s", name, oerr.msg);
-        return 1;
-    }
-    json_t *data = loom_json_parse_object(plain, strlen(plain), NULL);
-    if (!data) {
-        snprintf(why, why_len, "secret \"%.200s\" holds no JSON object", name);
-        return 1;
-    }
-    snprintf(ret_format, format_len, "%s", PQgetvalue(res, 0, 0));
-    *ret_data = data;
-    return 0;
-}
-
-/* Like load_secret, for a config map. */
-static int load_config_map(struct loom_db *db, const char *project_id, const char *name,
-                           json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
-{
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, err, "SELECT data::text FROM config_maps WHERE project_id = $1::bigint AND name = $2",
-        project_id, name);
-    if (!res)
-        return -1;
-    const char *text = PQntuples(res) ? PQgetvalue(res, 0, 0) : NULL;
-    json_t *data = text ? loom_json_parse_object(text, strlen(text), NULL) : NULL;
-    if (!data) {
-        snprintf(why, why_len, "config map \"%.200s\" not found", name);
-        return 1;
-    }
-    *ret_data = data;
-    return 0;
-}
-
-static int load_ref(struct loom_db *db, const char *project_id, bool secret, const char *name,
-                    json_t **ret_data, char *why, size_t why_len, struct loom_err *err)
-{
-    char format[32];
-    if (secret)
-        return load_secret(db, project_id, name, ret_data, format, sizeof(format), why, why_len,
-                           err);
-    return load_config_map(db, project_id, name, ret_data, why, why_len, err);
-}
-
 /* The host of an image reference ("127.0.0.1:5000/x:1" -> "127.0.0.1:5000"),
  * or of a registry server ("https://h:5000/v2/" -> "h:5000"). */
 static void ref_host(const char *s, char *out, size_t len)
@@ -216,11 +148,6 @@ static void ref_host(const char *s, char *out, size_t len)
     snprintf(out, len, "%.*s", (int)n, p);
 }
 
-static void env_pair(json_t *env, const char *name, const char *value)
-{
-    json_array_append_new(env, json_pack("[ss]", name, value));
-}
-
 /* Resolves the env references, volume mounts and image secret of spec.
  * -1 on a database error; a missing reference fills ret->why. */
 static int resolve_refs(struct loom_db *db, const char *project_id, const struct loom_spec *spec,
@@ -229,56 +156,10 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
     struct sched_assign_refs r = {.env = json_array(), .mounts = json_array()};
     size_t i;
     json_t *v;
-    json_array_foreach(spec->env, i, v)
-    {
-        const char *type = json_string_value(json_object_get(v, "type"));
-        const char *name = json_string_value(json_object_get(v, "name"));
-        const char *ref = json_string_value(json_object_get(v, "reference"));
-        const char *key = json_string_value(json_object_get(v, "key"));
-        const char *prefix = json_string_value(json_object_get(v, "prefix"));
-        if (!type || strcmp(type, "literal") == 0) {
-            const char *value = json_string_value(json_object_get(v, "value"));
-            if (name && value)
-                env_pair(r.env, name, value);
-            continue;
-        }
-        bool secret = strncmp(type, "secret_", 7) == 0;
-        bool full = strstr(type, "_full_reference") != NULL;
-        if (!ref || (!secret && strncmp(type, "config_map_", 11) != 0) ||
-            (!full && (!key || !name))) {
-            snprintf(r.why, sizeof(r.why), "invalid run_env_variables item %zu", i);
-            break;
-        }
-        _cleanup_json_ json_t *data = NULL;
-        int rc = load_ref(db, project_id, secret, ref, &data, r.why, sizeof(r.why), err);
-        if (rc < 0) {
-            sched_assign_refs_release(&r);
-            return -1;
-        }
-        if (rc > 0)
-            break;
-        if (full) {
-            const char *k;
-            json_t *x;
-            json_object_foreach(data, k, x)
-            {
-                if (!json_is_string(x))
-                    continue;
-                char *n = NULL;
-                if (asprintf(&n, "%s%s", prefix ? prefix : "", k) < 0)
-                    abort();
-                env_pair(r.env, n, json_string_value(x));
-                free(n);
-            }
-        } else {
-            const char *value = json_string_value(json_object_get(data, key));
-            if (!value) {
-                snprintf(r.why, sizeof(r.why), "key \"%.100s\" not found in %s \"%.200s\"", key,
-                         secret ? "secret" : "config map", ref);
-                break;
-            }
-            env_pair(r.env, name, value);
-        }
+    int rc = loom_refs_env(db, project_id, spec->env, r.env, r.why, sizeof(r.why), err);
+    if (rc < 0) {
+        sched_assign_refs_release(&r);
+        return -1;
     }
     json_array_foreach(r.why[0] ? NULL : spec->mounts, i, v)
     {
@@ -291,8 +172,8 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
             break;
         }
         json_t *data = NULL;
-        int rc = load_ref(db, project_id, strcmp(type, "secret") == 0, ref, &data, r.why,
-                          sizeof(r.why), err);
+        rc = loom_refs_load(db, project_id, strcmp(type, "secret") == 0, ref, &data, NULL, r.why,
+                            sizeof(r.why), err);
         if (rc < 0) {
             sched_assign_refs_release(&r);
             return -1;
@@ -306,8 +187,8 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
     if (!r.why[0] && isecret && isecret[0]) {
         _cleanup_json_ json_t *data = NULL;
         char format[32] = "";
-        int rc = load_secret(db, project_id, isecret, &data, format, sizeof(format), r.why,
-                             sizeof(r.why), err);
+        rc =
+            loom_refs_load(db, project_id, true, isecret, &data, format, r.why, sizeof(r.why), err);
         if (rc < 0) {
             sched_assign_refs_release(&r);
             return -1;
@@ -513,13 +394,14 @@ int sched_resend(struct sched *s, struct loom_db *db, int64_t epoch, struct loom
                       "  WHERE i.desired = 'stop' AND n.state <> 'lost' "
                       "    AND (i.state IN " LOOM_LIVE_STATES_SQL " OR i.state = 'lost') "
                       "    AND i.updated_at < now() - make_interval(secs => $1::bigint / 1000.0) "
-                      "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason",
+                      "  LIMIT " RESEND_LIMIT ") RETURNING id, node_name, reason, kind",
                       period);
     if (!st)
         return -1;
     for (int r = 0; r < PQntuples(st); r++)
-        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch,
-                        loom_db_val(st, r, 2));
+        sched_send_stop(s, PQgetvalue(st, r, 1), PQgetvalue(st, r, 0), epoch, loom_db_val(st, r, 2),
+                        strcmp(PQgetvalue(st, r, 3), "function") == 0 ? SCHED_FUNCTION_STOP_GRACE_S
+                                                                      : SCHED_STOP_GRACE_S);
     if (PQntuples(st) > 0)
         loom_metric_add(s->m_resends, PQntuples(st));
     return 0;

@@ -140,7 +140,7 @@ int sched_functions_reconcile(struct sched *s, struct loom_db *db, int64_t epoch
     }
     for (int r = 0; r < PQntuples(stops); r++)
         sched_send_stop(s, PQgetvalue(stops, r, 1), PQgetvalue(stops, r, 0), epoch,
-                        loom_db_val(stops, r, 2));
+                        loom_db_val(stops, r, 2), SCHED_FUNCTION_STOP_GRACE_S);
     return 0;
 fail:
     loom_db_rollback(db);

@@ -448,8 +448,8 @@ int sched_jobs_stop_cancelled(struct sched *s, struct loom_db *db, int64_t epoch
     if (loom_db_commit(db, err) < 0)
         return -1;
     for (int r = 0; r < PQntuples(res); r++)
-        sched_send_stop(s, PQgetvalue(res, r, 1), PQgetvalue(res, r, 0), epoch,
-                        "job run cancelled");
+        sched_send_stop(s, PQgetvalue(res, r, 1), PQgetvalue(res, r, 0), epoch, "job run cancelled",
+                        SCHED_STOP_GRACE_S);
     return 0;
 fail:
     loom_db_rollback(db);

@@ -271,8 +271,12 @@ void sched_assign_release(struct sched_assign *a);
 int sched_dispatch_init(struct sched *s, struct loom_err *err);
 /* Sends InstanceAssign for instance ids (rows already committed). */
 void sched_send_assigns(struct sched *s, struct loom_db *db, int64_t epoch, const char *ids_array);
+/* grace_seconds between SIGTERM and SIGKILL: SCHED_STOP_GRACE_S, and less
+ * for a function instance, which no call uses any more when it is stopped */
+#define SCHED_STOP_GRACE_S 10
+#define SCHED_FUNCTION_STOP_GRACE_S 2
 void sched_send_stop(struct sched *s, const char *node, const char *instance_id, int64_t epoch,
-                     const char *reason);
+                     const char *reason, int grace_seconds);
 /* Marks acked instances; called by the main loop. */
 void sched_flush_acks(struct sched *s, struct loom_db *db);
 /* Leader: resend unacked assigns and pending stops older than resend_ms. */

@@ -82,14 +82,22 @@ start nats nats-server -js -sd "$tmp/nats" -a 127.0.0.1 -p "$nats_port"
 wait_for 10 bash -c "echo >/dev/tcp/127.0.0.1/$nats_port" 2>/dev/null || bail_out "nats-server did not start"
 
 # --- the activator ---------------------------------------------------------------
+# app_row NAME CONCURRENCY [DESIRED]: the SQL of an app in project p as the
+# API stores it (its spec, and the spec's integers in their columns)
+app_row() {
+	echo "INSERT INTO apps (project_id, name, spec, cpu_millis, memory_bytes, ephemeral_bytes,
+	gpus, port, concurrency, target, desired_instances)
+	SELECT id, '$1', '{\"image_reference\":\"x\",\"scale_concurrency\":$2}', 1000, 4000000000,
+	400000000, 0, 8080, $2, $2, ${3:-0} FROM projects WHERE name = 'p';"
+}
 start up1 $helper upstream "$up1_port"
 start up2 $helper upstream "$up2_port"
 psql_q <<SQL
 INSERT INTO projects (name) VALUES ('p');
 INSERT INTO nodes (name, address, boot_id, cpu_millis, memory_bytes) VALUES ('n1', '127.0.0.1', 'b', 1000, 1000000000);
-INSERT INTO apps (project_id, name, spec) SELECT id, 'a', '{"image_reference":"x"}' FROM projects;
-INSERT INTO apps (project_id, name, spec) SELECT id, 'cold', '{"image_reference":"x"}' FROM projects;
-INSERT INTO apps (project_id, name, spec) SELECT id, 'two', '{"image_reference":"x","scale_concurrency":1}' FROM projects;
+$(app_row a 100)
+$(app_row cold 100)
+$(app_row two 1)
 INSERT INTO instances (project_id, kind, app_id, node_name, epoch, cpu_millis, memory_bytes, state, address)
   SELECT a.project_id, 'app', a.id, 'n1', 1, 100, 1000, 'running', '127.0.0.1:$up1_port' FROM apps a WHERE a.name = 'a';
 -- 'two': two live instances and one that refuses connections
@@ -180,8 +188,7 @@ like "$(curl -s "$act/metrics")" 'loom_activator_requests_total\{code="503"\} 1'
 # the autoscaler's windows count in ticks of the configured length: with
 # --tick 200ms, an idle app keeps its instance for the whole 2 s stable
 # window (not one 200 ms tick, as when the tick length was a constant 2 s)
-psql_q -c "INSERT INTO apps (project_id, name, spec, desired_instances)
-	SELECT id, 'idle', '{\"image_reference\":\"x\"}', 1 FROM projects WHERE name = 'p'"
+psql_q -c "$(app_row idle 100 1)"
 start act2 "$bin/loom-activator" --http-addr "127.0.0.1:$act2_port" --tick 200ms \
 	--stable-window 2s --panic-window 2s
 wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$act2_port/readyz)\" = 200 ]" ||
@@ -195,8 +202,7 @@ ok "an idle app scales to zero after the stable window, not after one tick ($(se
 # a request held (scaled to zero) while its app is deleted: a 404, and the
 # held-requests gauge goes back to 0 (it kept counting the request before)
 act2=http://127.0.0.1:$act2_port
-psql_q -c "INSERT INTO apps (project_id, name, spec)
-	SELECT id, 'gone', '{\"image_reference\":\"x\"}' FROM projects WHERE name = 'p'"
+psql_q -c "$(app_row gone 100)"
 curl -s -m 20 -o "$tmp/gone.body" -w '%{http_code}' "$act2/apps/p/gone/" >"$tmp/gone.code" 2>&1 &
 gone_pid=$!
 held_gauge() { curl -s "$act2/metrics" | sed -n 's/^loom_activator_held_requests //p'; }

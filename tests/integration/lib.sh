@@ -186,6 +186,8 @@ platform_up() {
 	export LOOM_AGENT_SUBNET=10.$((90 + n / 250)).$((n % 250)).0/24
 	export LOOM_AGENT_CGROUP_PARENT=loom-it$$
 	# (a node added with add-node NAME gets loom-NAME: name it it$$-<something>)
+	# no function runtimes (nor their stem cells) unless the test asks for some
+	export LOOM_DEV_RUNTIMES=${LOOM_DEV_RUNTIMES:-none}
 	tmp=$LOOM_HOME/test
 	mkdir -p "$tmp"
 	trap 'platform_trap' EXIT

@@ -51,25 +51,30 @@ static void test_path(void **state)
     (void)state;
     char p[ACT_NAME_MAX], a[ACT_NAME_MAX];
     const char *rest;
-    assert_int_equal(act_parse_path("/apps/shop/web/x/y", p, a, &rest), 0);
+    assert_int_equal(act_parse_path("/apps/shop/web/x/y", "/apps/", p, a, &rest), 0);
     assert_string_equal(p, "shop");
     assert_string_equal(a, "web");
     assert_string_equal(rest, "x/y");
-    assert_int_equal(act_parse_path("/apps/shop/web/", p, a, &rest), 0);
+    assert_int_equal(act_parse_path("/apps/shop/web/", "/apps/", p, a, &rest), 0);
     assert_string_equal(rest, "");
-    assert_int_equal(act_parse_path("/apps/shop/web", p, a, &rest), 0);
+    assert_int_equal(act_parse_path("/apps/shop/web", "/apps/", p, a, &rest), 0);
     assert_string_equal(a, "web");
     assert_string_equal(rest, "");
-    assert_int_equal(act_parse_path("/apps/shop/web//z", p, a, &rest), 0);
+    assert_int_equal(act_parse_path("/apps/shop/web//z", "/apps/", p, a, &rest), 0);
     assert_string_equal(rest, "/z");
 
-    assert_int_equal(act_parse_path("/apps/shop", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/apps/shop/", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/apps//web/", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/apps/Shop/web/", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/apps/shop/w%65b/", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/app/shop/web/", p, a, &rest), -1);
-    assert_int_equal(act_parse_path("/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/apps/shop", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/apps/shop/", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/apps//web/", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/apps/Shop/web/", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/apps/shop/w%65b/", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/app/shop/web/", "/apps/", p, a, &rest), -1);
+    assert_int_equal(act_parse_path("/", "/apps/", p, a, &rest), -1);
+    /* functions, under their own prefix */
+    assert_int_equal(act_parse_path("/fns/shop/hello/x", "/fns/", p, a, &rest), 0);
+    assert_string_equal(a, "hello");
+    assert_string_equal(rest, "x");
+    assert_int_equal(act_parse_path("/apps/shop/hello", "/fns/", p, a, &rest), -1);
 }
 
 static void test_url_raw(void **state)
