@@ -552,9 +552,10 @@ static void *writer_main(void *arg)
             snprintf(keep, sizeof(keep), "%" PRId64, retention_ms / 1000);
             _cleanup_pgres_ PGresult *del = loom_db_query(
                 db, &err,
+                /* an activation metering has not counted yet stays */
                 "DELETE FROM function_activations WHERE id IN (SELECT id FROM "
                 "function_activations WHERE started_at < now() - make_interval(secs => "
-                "$1::bigint) LIMIT 1000)",
+                "$1::bigint) AND metered LIMIT 1000)",
                 keep);
             if (!del)
                 log_warn("activation retention: %s", err.msg);

@@ -7,7 +7,8 @@
 #   - hourly records hold exactly what the samples say; an hour closes and
 #     never changes; a late sample gets a correction row of its own
 #   - rating: the sheet in effect at the hour, an exact SKU before '', a
-#     monthly free quantity; function activations and request counts
+#     monthly free quantity; function activations and request counts (the
+#     activator's, for an app it served)
 #   - price sheets and export parameters are checked, field by field
 #   - the FOCUS export, and the CloudEvents pushed to an endpoint that fails
 #     at first: each event once, resumed from the cursor after a restart
@@ -228,6 +229,19 @@ ok "the new correction's events are pushed after the restart" wait_for 30 more
 is "$(ids_pushed | uniq -d)" "" "and nothing was sent again"
 is "$(($(wc -l <"$tmp/events.jsonl") - pushed_before))" \
 	"$(sql "SELECT count(*) FROM usage_events WHERE seq > $cursor_before")" "exactly the new ones"
+
+# --- an app's requests, counted by the activator ------------------------------------------
+out=$(loom app create web --image "$LOOM_REGISTRY/loom/busybox:latest" --cmd 'httpd -f -p 8080 -h /etc' \
+	--port 8080 --min-scale 1 2>&1)
+is "$?" 0 "an app that answers" || diag "$out"
+url=$(loom app get web -o json | jq -r .url)
+codes=$(for i in 1 2 3 4 5; do curl -s -o /dev/null -m 10 -w '%{http_code} ' "${url}hostname"; done)
+is "$codes" "200 200 200 200 200 " "five requests reach it"
+counted() { [ "$(sql "SELECT coalesce(sum(requests), 0) FROM usage_requests WHERE app = 'web'")" = 5 ]; }
+ok "the activator counts them for metering" wait_for 10 counted
+billed() { [ "$(sql "SELECT trim_scale(sum(quantity)) FROM usage_records WHERE resource = 'web'
+	AND metric = 'requests' AND hour > to_timestamp($h)")" = 5 ]; }
+ok "and metering aggregates them" wait_for 20 billed
 
 kill "${pids[@]}" 2>/dev/null
 trap 'platform_trap' EXIT
