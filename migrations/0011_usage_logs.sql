@@ -206,15 +206,20 @@ ALTER TABLE log_lines ADD COLUMN project_id bigint;
 UPDATE log_lines l SET project_id = i.project_id FROM instances i WHERE i.id = l.instance_id;
 CREATE INDEX log_lines_project_ts ON log_lines (project_id, ts);
 
--- One row per instance whose output a logshipper ships. shipped_offset is
--- the byte offset in container.log up to which every line is in log_lines
--- (it moves in the transaction that stores them); eos_at is set once the
--- instance has exited and everything it wrote is stored.
+-- One row per instance whose output a logshipper ships, moved in the
+-- transaction that stores its lines. Lines are stored at the offset of the
+-- CRI record that ends them (a line of several partial records, joined, at
+-- its last), so they are stored in increasing offsets: covered_offset is the
+-- offset below which every line is stored, resume_offset where a restarted
+-- logshipper reads again (before a line whose first parts it has read but
+-- not stored). eos_at is set once the instance has exited and everything it
+-- wrote is stored.
 CREATE TABLE log_streams (
     instance_id     uuid PRIMARY KEY,
     project_id      bigint,
     node            text NOT NULL,
-    shipped_offset  bigint NOT NULL DEFAULT 0,
+    resume_offset   bigint NOT NULL DEFAULT 0,
+    covered_offset  bigint NOT NULL DEFAULT 0,
     lines           bigint NOT NULL DEFAULT 0,
     bytes           bigint NOT NULL DEFAULT 0,    -- of the lines still stored
     eos_at          timestamptz,

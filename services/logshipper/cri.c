@@ -2,6 +2,7 @@
 
 #include <string.h>
 
+#include "strbuf.h"
 #include "util.h"
 
 int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct loom_err *err)
@@ -81,4 +82,88 @@ void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len)
             i += n;
         }
     }
+}
+
+/* ---- joining partial records -------------------------------------------------------- */
+
+void ls_joiner_init(struct ls_joiner *j)
+{
+    memset(j, 0, sizeof(*j));
+    for (int i = 0; i < 3; i++)
+        strbuf_init(&j->text[i]);
+}
+
+void ls_joiner_release(struct ls_joiner *j)
+{
+    for (int i = 0; i < 3; i++)
+        strbuf_release(&j->text[i]);
+}
+
+void ls_joiner_reset(struct ls_joiner *j)
+{
+    for (int i = 0; i < 3; i++) {
+        strbuf_reset(&j->text[i]);
+        j->pending[i] = false;
+    }
+}
+
+static void emit_pending(struct ls_joiner *j, int s, int64_t offset, ls_emit_fn emit, void *arg)
+{
+    struct ls_line l = {.offset = offset,
+                        .ts_ns = j->ts_ns[s],
+                        .stream = (enum ls_stream)s,
+                        .text = j->text[s].buf,
+                        .len = j->text[s].len};
+    emit(arg, &l);
+    strbuf_reset(&j->text[s]);
+    j->pending[s] = false;
+}
+
+void ls_joiner_feed(struct ls_joiner *j, int64_t offset, const struct ls_cri_line *rec,
+                    ls_emit_fn emit, void *arg)
+{
+    int s = rec->stream == LS_STDERR ? 2 : 1;
+    if (!j->pending[s] && !rec->partial) {
+        /* the common case: a whole line in one record */
+        struct ls_line l = {.offset = offset,
+                            .ts_ns = rec->ts_ns,
+                            .stream = rec->stream,
+                            .text = rec->text,
+                            .len = rec->text_len};
+        emit(arg, &l);
+        return;
+    }
+    if (!j->pending[s]) {
+        j->pending[s] = true;
+        j->first_offset[s] = offset;
+        j->ts_ns[s] = rec->ts_ns;
+    }
+    strbuf_add(&j->text[s], rec->text, rec->text_len);
+    if (!rec->partial || j->text[s].len >= LS_MAX_LINE)
+        emit_pending(j, s, offset, emit, arg);
+}
+
+void ls_joiner_flush(struct ls_joiner *j, int64_t offset, ls_emit_fn emit, void *arg)
+{
+    /* in the order the lines began */
+    int first =
+        j->pending[2] && (!j->pending[1] || j->first_offset[2] < j->first_offset[1]) ? 2 : 1;
+    if (j->pending[first])
+        emit_pending(j, first, offset, emit, arg);
+    if (j->pending[3 - first])
+        emit_pending(j, 3 - first, offset, emit, arg);
+}
+
+int64_t ls_joiner_resume(const struct ls_joiner *j, int64_t scanned)
+{
+    int64_t r = scanned;
+    for (int s = 1; s <= 2; s++)
+        if (j->pending[s] && j->first_offset[s] < r)
+            r = j->first_offset[s];
+    return r;
+}
+
+bool ls_joiner_empty(const struct ls_joiner *j)
+{
+    return !j->pending[1] && !j->pending[2];
 }
