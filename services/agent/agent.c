@@ -54,6 +54,15 @@ const struct loom_opt agent_opts[] = {
      "30s", 1000, 3600000,
      "send a usage sample again when metering has not said it committed it after this "
      "(then twice as long, up to 16 times)"},
+    {"log-rate", "LOOM_AGENT_LOG_RATE", LOOM_OPT_SIZE, &g_agent.o.log_rate, "2Mi", 0, 0,
+     "bytes of output an instance may write a second (in bursts of --log-burst); the rest is "
+     "dropped, with a marker line saying how much; 0: no limit"},
+    {"log-burst", "LOOM_AGENT_LOG_BURST", LOOM_OPT_SIZE, &g_agent.o.log_burst, "16Mi", 0, 0,
+     "bytes of output an instance may write at once beyond its rate"},
+    {"log-max-disk", "LOOM_AGENT_LOG_MAX_DISK", LOOM_OPT_SIZE, &g_agent.o.log_max_disk, "256Mi", 0,
+     0,
+     "disk an instance's output not yet shipped may take; beyond, lines are dropped; 0: no "
+     "limit"},
     {"heartbeat-interval", "LOOM_AGENT_HEARTBEAT_INTERVAL", LOOM_OPT_DURATION, &g_agent.o.hb_ms,
      "1s", 100, 60000, "heartbeat interval"},
     {"userns", "LOOM_AGENT_USERNS", LOOM_OPT_STRING, &g_agent.o.userns, "auto", 0, 0,

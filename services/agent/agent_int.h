@@ -77,7 +77,7 @@ struct agent {
         char *node_name, *node_address, *state_dir, *subnet, *bridge, *cgroup_parent, *runtime,
             *cni_path, *insecure, *labels, *gpus, *userns, *userns_ranges;
         int64_t userns_base, image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms,
-            retention_ms, usage_resend_ms;
+            retention_ms, usage_resend_ms, log_rate, log_burst, log_max_disk;
     } o;
     struct loom_service *svc;
     pthread_mutex_t mu;

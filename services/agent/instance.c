@@ -699,10 +699,11 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
     char path[4200], root[4200], cg[512];
     snprintf(root, sizeof(root), "%s/runc", a->o.state_dir);
     snprintf(cg, sizeof(cg), "%s/%s", a->o.cgroup_parent, in->id);
-    _cleanup_json_ json_t *sj =
-        json_pack("{s:s,s:s,s:s,s:I,s:I}", "runtime", a->o.runtime, "root", root, "cgroup", cg,
-                  "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds,
-                  "gpu_mask", (json_int_t)in->gpu_mask);
+    _cleanup_json_ json_t *sj = json_pack(
+        "{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I}", "runtime", a->o.runtime, "root", root, "cgroup", cg,
+        "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds, "gpu_mask",
+        (json_int_t)in->gpu_mask, "log_rate", (json_int_t)a->o.log_rate, "log_burst",
+        (json_int_t)a->o.log_burst, "log_max_disk", (json_int_t)a->o.log_max_disk);
     path_in(path, sizeof(path), in, "shim.json");
     if (agent_write_json_nosync(path, sj, err) < 0)
         return -1;
