@@ -16,9 +16,10 @@
 
 /* Service-wide settings (from the options). */
 struct api_config {
-    char *activator_url; /* LOOM_ACTIVATOR_URL, without a trailing slash */
-    char *secrets_key;   /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
-    int64_t rate_limit;  /* requests a second per API key and replica; 0 = no limit */
+    char *activator_url;  /* LOOM_ACTIVATOR_URL, without a trailing slash */
+    int64_t logs_wait_ms; /* how long a read of a finished instance's logs waits for their end */
+    char *secrets_key;    /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
+    int64_t rate_limit;   /* requests a second per API key and replica; 0 = no limit */
 };
 extern struct api_config api_cfg;
 
@@ -111,6 +112,12 @@ void api_patch_release(struct api_patch *p);
 int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
                        const char *generation, struct loom_err *err);
 
+/* ---- logs.c --------------------------------------------------------------- */
+
+/* Wakes every log follower: keepalives, and a look at PostgreSQL for what
+ * NATS did not bring (the service's tick, once a second). */
+void api_logs_heartbeat(void);
+
 /* Authenticates an admin key (403 for others); admin routes call it first. */
 int api_admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err);
 
@@ -171,13 +178,6 @@ int api_resource_load(const struct api_resource *k, struct loom_db *db, const st
                       const char *name, json_t **ret, struct loom_err *err);
 void api_resource_list(struct loom_http_req *req, const struct api_resource *k);
 void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
-/* GET .../<kind>/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: the
- * lines of the instances whose instance_column ("i.app_id") is the id that
- * sql_lookup ($1 project id, $2 name) finds, in time order. "next" is the
- * cursor after the last line returned (always set, so a follower can poll
- * with it). what names the resource in a 404. */
-void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
-                       const char *instance_column);
 /* ETag: "<generation>" of a resource's JSON. */
 void api_set_etag(struct loom_http_req *req, json_t *item);
 

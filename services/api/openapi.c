@@ -49,7 +49,10 @@ static const struct op ops[] = {
     {"delete", "/v1/projects/{project}/job_runs/{name}", "deleteJobRun",
      "Delete a job run; 202 while its instances are being stopped (delete again)", NULL, 204, NULL},
     {"get", "/v1/projects/{project}/job_runs/{name}/logs", "getJobRunLogs",
-     "Output lines of a run's instances (?index=N for one index)", NULL, 200, "LogLines"},
+     "Output lines of a run's instances, index by index (?index=N, ?instance=ID, "
+     "?stream=stdout|stderr, ?since=TIME|DURATION, ?tail=N; a finished index's lines are all "
+     "there, else \"incomplete\" says why; ?follow=true: server-sent events, ending with the run)",
+     NULL, 200, "LogLines"},
     {"post", "/v1/projects/{project}/job_runs/{name}/cancel", "cancelJobRun",
      "Cancel a pending or running run and stop its instances", NULL, 200, "JobRun"},
     {"post", "/v1/projects/{project}/job_runs/{name}/resubmit", "resubmitJobRun",
@@ -70,8 +73,9 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/apps/{name}/revisions", "listAppRevisions",
      "An app's generations, newest first", NULL, 200, "RevisionList"},
     {"get", "/v1/projects/{project}/apps/{name}/logs", "getAppLogs",
-     "Output lines of an app's instances in time order (?instance=, ?limit=, ?after=<next>)", NULL,
-     200, "AppLogLines"},
+     "Output lines of an app's instances in time order (?instance=, ?stream=, ?since=, ?tail=, "
+     "?limit=, ?after=<next>; ?follow=true: server-sent events)",
+     NULL, 200, "AppLogLines"},
     {"post", "/v1/projects/{project}/functions", "createFunction",
      "Create a function from inline code or a tar.gz bundle (a data: URL)", "Function", 201,
      "Function"},
@@ -146,6 +150,9 @@ static const struct {
     const char *id, *media;
 } streams[] = {
     {"exportUsage", "text/csv"},
+    {"getJobRunLogs", "text/event-stream"},
+    {"getAppLogs", "text/event-stream"},
+    {"getFunctionLogs", "text/event-stream"},
 };
 
 static const char *stream_media(const struct op *o)
@@ -209,12 +216,19 @@ static const char *const schemas[][2] = {
                  "\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},\"retry\":"
                  "{\"type\":\"integer\"},\"instance\":{\"type\":\"string\"},\"ts\":{\"type\":"
                  "\"string\"},\"stream\":{\"enum\":[\"stdout\",\"stderr\"]},\"line\":{\"type\":"
-                 "\"string\"}}}},\"truncated\":{\"type\":\"boolean\"}}}"},
+                 "\"string\"}}}},\"truncated\":{\"type\":\"boolean\"},\"incomplete\":{"
+                 "\"$ref\":\"#/components/schemas/LogsIncomplete\"}}}"},
+    {"LogsIncomplete",
+     "{\"type\":\"array\",\"description\":\"finished instances whose last lines may be "
+     "missing, and why\",\"items\":{\"type\":\"object\",\"properties\":{\"instance\":{"
+     "\"type\":\"string\"},\"node\":{\"type\":\"string\"},\"reason\":{\"type\":"
+     "\"string\"}}}}"},
     {"AppLogLines", "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"array\","
                     "\"items\":{\"type\":\"object\",\"properties\":{\"instance\":{\"type\":"
                     "\"string\"},\"ts\":{\"type\":\"string\"},\"stream\":{\"enum\":["
                     "\"stdout\",\"stderr\"]},\"line\":{\"type\":\"string\"}}}},\"next\":{"
-                    "\"type\":\"string\",\"description\":\"cursor for ?after=\"}}}"},
+                    "\"type\":\"string\",\"description\":\"cursor for ?after=\"},"
+                    "\"incomplete\":{\"$ref\":\"#/components/schemas/LogsIncomplete\"}}}"},
     {"NodeList",
      "{\"type\":\"object\",\"properties\":{\"nodes\":{\"type\":\"array\",\"items\":{\"type\":"
      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"state\":{\"enum\":[\"ready\","
