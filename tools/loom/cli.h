@@ -105,6 +105,12 @@ void reply_release(struct reply *r);
 int api_call_if(const char *method, const char *path, json_t *body, const char *if_match,
                 struct reply *ret);
 int api_call(const char *method, const char *path, json_t *body, struct reply *ret);
+/* A GET whose answer is a stream: body bytes go to sink as they come (no
+ * overall time limit, but 60 s of silence ends it). An error answer is
+ * printed as api_call does; returns the exit code. */
+struct loom_httpc_resp;
+int api_stream(const char *path, const char *accept,
+               int (*sink)(const void *data, size_t len, void *arg), void *arg);
 int need_project(void);
 char *ppath(const char *coll, const char *name, const char *suffix);
 int patch_current(const char *coll, const char *name, json_t *body, const char *method,
@@ -120,8 +126,13 @@ void sleep_ms(long ms);
 const char *jstr(json_t *o, const char *k);
 long long jint(json_t *o, const char *k);
 void print_raw(const struct reply *r);
-/* NOUN logs NAME [-f] [--instance ID] of a resource under coll ("apps"). */
-int follow_logs(const char *coll, const char *noun, int argc, char **argv);
+
+/* ---- logs.c ------------------------------------------------------------------ */
+
+/* NOUN logs NAME [-f] [--instance ID] [--index I] [--since T] [--tail N]
+ * [--stream S] of a resource under coll ("apps"); is_run: a job run (its
+ * indices, and -f ends with the run). */
+int cmd_logs(const char *coll, const char *noun, bool is_run, int argc, char **argv);
 
 /* ---- the nouns ----------------------------------------------------------------- */
 
