@@ -117,8 +117,9 @@ static void write_log_line(struct shim *s, int stream, const char *text, size_t 
             report_drops(s);
         return;
     }
-    /* written again after drops: say so first */
-    if (c->dropped_lines || c->dropped_bytes)
+    /* written again after drops: say so first, once a second at most (the
+     * markers are not counted against the rate) */
+    if ((c->dropped_lines || c->dropped_bytes) && loom_mono_ms() - c->marker_ms >= MARKER_EVERY_MS)
         report_drops(s);
     c->partial[stream] = partial;
     write_record(s, stream, text, len, partial);
