@@ -536,11 +536,10 @@ void loom_db_copy_field(struct strbuf *out, const char *s, size_t len)
 {
     size_t run = 0;
     for (size_t i = 0; i < len; i++) {
-        char e = s[i] == '\\'   ? '\\'
-                 : s[i] == '\t' ? 't'
-                 : s[i] == '\n' ? 'n'
-                 : s[i] == '\r' ? 'r'
-                                : 0;
+        char c = s[i];
+        if (c != '\\' && (unsigned char)c >= 0x20)
+            continue;
+        char e = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : 0;
         if (!e)
             continue;
         strbuf_add(out, s + run, i - run);

@@ -511,16 +511,26 @@ int loom_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns)
     }
     if (i != len)
         return -1;
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = M - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return -1;
+    /* lines come in runs of the same second: remember the last one */
+    static __thread char last_secs[19];
+    static __thread time_t last_t = -1;
+    time_t t;
+    if (last_t != -1 && memcmp(s, last_secs, 19) == 0) {
+        t = last_t;
+    } else {
+        struct tm tm = {0};
+        tm.tm_year = Y - 1900;
+        tm.tm_mon = M - 1;
+        tm.tm_mday = D;
+        tm.tm_hour = h;
+        tm.tm_min = m;
+        tm.tm_sec = sec;
+        t = timegm(&tm);
+        if (t == (time_t)-1)
+            return -1;
+        memcpy(last_secs, s, 19);
+        last_t = t;
+    }
     *ret_ns = ((int64_t)t - offset_s) * 1000000000LL + frac;
     return 0;
 }

@@ -71,17 +71,25 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
 void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len)
 {
     const unsigned char *p = (const unsigned char *)text;
-    size_t i = 0;
+    strbuf_grow(out, len + 16);
+    size_t i = 0, run = 0; /* valid bytes from run to i, added at once */
     while (i < len) {
-        size_t n = utf8_seq(p + i, len - i);
-        if (n == 0) {
-            strbuf_add(out, "\xef\xbf\xbd", 3);
+        /* the common case: printable ASCII */
+        if (p[i] >= 0x20 && p[i] < 0x80) {
             i++;
-        } else {
-            strbuf_add(out, p + i, n);
-            i += n;
+            continue;
         }
+        size_t n = utf8_seq(p + i, len - i);
+        if (n > 0) {
+            i += n;
+            continue;
+        }
+        strbuf_add(out, p + run, i - run);
+        strbuf_add(out, "\xef\xbf\xbd", 3);
+        i++;
+        run = i;
     }
+    strbuf_add(out, p + run, len - run);
 }
 
 /* ---- joining partial records -------------------------------------------------------- */

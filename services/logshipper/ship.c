@@ -200,18 +200,45 @@ static int start_tracking(struct loom_service *svc, const char *dir, const char 
     return 0;
 }
 
-static void format_ts(int64_t ns, char out[40])
+/* "2026-11-28 04:25:32.123456+00" into out (30 bytes and a NUL), the
+ * date and time part kept from the last call of the same second. */
+static size_t format_ts(int64_t ns, char out[40])
 {
+    static time_t last = -1;
+    static char last_text[20];
     time_t s = (time_t)(ns / 1000000000LL);
     long us = (long)((ns % 1000000000LL) / 1000);
     if (ns < 0) {
         s = 0;
         us = 0;
     }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, 40, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%06ld+00", us);
+    if (s != last) {
+        struct tm tm;
+        gmtime_r(&s, &tm);
+        strftime(last_text, sizeof(last_text), "%Y-%m-%d %H:%M:%S", &tm);
+        last = s;
+    }
+    memcpy(out, last_text, 19);
+    out[19] = '.';
+    for (int i = 25; i >= 20; i--, us /= 10)
+        out[i] = (char)('0' + us % 10);
+    memcpy(out + 26, "+00", 4);
+    return 29;
+}
+
+/* Appends v in decimal. */
+static void add_int(struct strbuf *sb, int64_t v)
+{
+    char buf[24];
+    int n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        buf[sizeof(buf) - 1 - n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        buf[sizeof(buf) - 1 - n++] = '-';
+    strbuf_add(sb, buf + sizeof(buf) - n, (size_t)n);
 }
 
 /* ---- a round ------------------------------------------------------------------------- */
@@ -248,12 +275,21 @@ static void take_line(void *arg, const struct ls_line *l)
                                              .stream = l->stream,
                                              .text_at = at,
                                              .text_len = len};
+    /* one COPY row: id, offset, ts, stream, line, project id */
     char ts[40];
-    format_ts(l->ts_ns, ts);
-    strbuf_addf(&rnd.copy, "%s\t%" PRId64 "\t%s\t%s\t", t->id, l->offset, ts,
-                l->stream == LS_STDERR ? "stderr" : "stdout");
-    loom_db_copy_field(&rnd.copy, rnd.texts.buf + at, len);
-    strbuf_addf(&rnd.copy, "\t%s\n", t->project_id[0] ? t->project_id : "\\N");
+    size_t tsn = format_ts(l->ts_ns, ts);
+    struct strbuf *c = &rnd.copy;
+    strbuf_grow(c, 36 + 24 + tsn + 8 + len + 32);
+    strbuf_add(c, t->id, 36);
+    strbuf_addch(c, '\t');
+    add_int(c, l->offset);
+    strbuf_addch(c, '\t');
+    strbuf_add(c, ts, tsn);
+    strbuf_add(c, l->stream == LS_STDERR ? "\tstderr\t" : "\tstdout\t", 8);
+    loom_db_copy_field(c, rnd.texts.buf + at, len);
+    strbuf_addch(c, '\t');
+    strbuf_addstr(c, t->project_id[0] ? t->project_id : "\\N");
+    strbuf_addch(c, '\n');
     t->round_bytes += (int64_t)len;
 }
 
