@@ -131,6 +131,8 @@ CREATE TABLE usage_records (
     UNIQUE (hour, project_id, kind, resource, revision, metric, sku, correction)
 );
 CREATE INDEX usage_records_project_hour ON usage_records (project_id, hour);
+-- the export's order and keyset
+CREATE INDEX usage_records_hour_id ON usage_records (hour, id);
 CREATE INDEX usage_records_open ON usage_records (hour) WHERE closed_pass IS NULL;
 CREATE INDEX usage_records_closed_pass ON usage_records (closed_pass);
 

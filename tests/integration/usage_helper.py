@@ -10,6 +10,8 @@ comes from LOOM_NATS_URL.
                                         JetStream ack; prints "<id> stored|duplicate"
   usage_helper.py sub SUBJ SECONDS      prints one line per message: subject, then the
                                         strings of a UsageCommitted ("ids=a,b refused=c")
+  usage_helper.py flood N NODE PROJECT  publish N samples of 100 instances as fast as
+                                        JetStream takes them (pipelined); prints samples/s
   usage_helper.py receiver PORT LOG FAIL   a CloudEvents batch endpoint (POST /events):
                                         the first FAIL requests get a 500; every accepted
                                         event is appended to LOG as one JSON line
@@ -129,6 +131,41 @@ def publish(path):
     s.close()
 
 
+def flood(n, node, project):
+    import uuid
+    s, f = nats()
+    inbox = "_INBOX.usage_flood.%d" % os.getpid()
+    s.sendall(("SUB %s 1\r\n" % inbox).encode())
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    base = int(time.time() * 1000) - n
+    t0 = time.time()
+    window, sent, acked, out = 2000, 0, 0, []
+    while acked < n:
+        while sent < n and sent - acked < window:
+            inst, seq = ids[sent % 100], base + sent
+            payload = encode({"instance_id": inst, "node": node, "project": project, "seq": seq,
+                              "ts_unix_ms": seq, "start_unix_ms": seq - 5000, "interval_ms": 5000,
+                              "cpu_ns": 1000000, "cpu_usage_ns": 1000000 * (sent + 1),
+                              "cpu_millis_alloc": 1000, "memory_bytes_alloc": 1 << 30,
+                              "kind": "job", "resource": "bench"})
+            hdr = ("NATS/1.0\r\nNats-Msg-Id: %s:%d\r\n\r\n" % (inst, seq)).encode()
+            out.append(("HPUB loom.usage.%s %s %d %d\r\n" % (node, inbox, len(hdr), len(hdr) + len(payload))).encode()
+                       + hdr + payload + b"\r\n")
+            sent += 1
+            if len(out) >= 200:
+                s.sendall(b"".join(out))
+                out = []
+        if out:
+            s.sendall(b"".join(out))
+            out = []
+        _, ack = read_msg(s, f)
+        if b'"error"' in ack:
+            sys.exit("publish failed: %s" % ack.decode())
+        acked += 1
+    dt = time.time() - t0
+    print("%d %.3f %.0f" % (n, dt, n / dt))
+
+
 def sub(subj, seconds):
     s, f = nats()
     s.sendall(("SUB %s 1\r\nPING\r\n" % subj).encode())
@@ -189,6 +226,8 @@ if __name__ == "__main__":
         publish(sys.argv[2])
     elif cmd == "sub":
         sub(sys.argv[2], sys.argv[3])
+    elif cmd == "flood":
+        flood(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "receiver":
         receiver(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

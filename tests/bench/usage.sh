@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Metering's figures, on a platform of its own:
+#   - samples/s one metering replica stores (JetStream filled while it is
+#     stopped, then drained), and two replicas
+#   - the FOCUS export of one month for INSTANCES instances (hourly records
+#     made in PostgreSQL: every hour of 30 days, 5 metrics each): time, size,
+#     rows, through the API's stream
+# Prints a table; never fails on a time.
+#   tests/bench/usage.sh [SAMPLES [INSTANCES]]     (default 100000 and 1000)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+build=${LOOM_BUILD:-build}
+case "$build" in /*) bin=$build/bin ;; *) bin=$repo/$build/bin ;; esac
+samples=${1:-100000}
+instances=${2:-1000}
+
+export LOOM_HOME
+LOOM_HOME=$(mktemp -d /tmp/loom-bench.XXXXXX)
+n=$(($$ % 1000))
+export LOOM_NODE_NAME=bench$$ LOOM_AGENT_BRIDGE=lb$n LOOM_AGENT_CGROUP_PARENT=loom-bench$$
+export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
+export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
+# aggregation off the drain's path: it runs once the samples are in
+export LOOM_METERING_AGGREGATE_INTERVAL=1h
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	"$repo/tools/loom-dev" down >/dev/null 2>&1 || true
+	rm -rf "$LOOM_HOME"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+"$repo/tools/loom-dev" up >"$LOOM_HOME/up.out" 2>&1
+eval "$("$repo/tools/loom-dev" env)"
+export PATH=$bin:$PATH LOOM_NATS_URL
+helper="python3 $repo/tests/integration/usage_helper.py"
+sql() { psql "$LOOM_PG_DSN" -XAtq -c "$1"; }
+
+metering_pid=$(cat "$LOOM_HOME/run/metering.pid")
+mapfile -d '' -t metering_env <"/proc/$metering_pid/environ"
+kill "$metering_pid"
+while kill -0 "$metering_pid" 2>/dev/null; do sleep 0.1; done
+
+# start_metering K: K replicas, each on its own HTTP port
+start_metering() {
+	local i port
+	for i in $(seq 1 "$1"); do
+		port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+		env -i "${metering_env[@]}" LOOM_METERING_ADDR="127.0.0.1:$port" "$bin/loom-metering" \
+			>>"$LOOM_HOME/logs/metering-bench.log" 2>&1 &
+		pids+=($!)
+	done
+}
+stop_metering() {
+	local p
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	pids=()
+}
+# drain K: fill the stream with $samples samples, start K replicas, time
+# until all are stored; prints "publish_rate drain_ms"
+drain() {
+	local before pub t0
+	before=$(sql "SELECT count(*) FROM usage_samples")
+	pub=$($helper flood "$samples" "n$1" default | awk '{ print $3 }')
+	t0=$(now_ms)
+	start_metering "$1"
+	while [ "$(sql "SELECT count(*) FROM usage_samples")" -lt $((before + samples)) ]; do sleep 0.2; done
+	echo "$pub $(($(now_ms) - t0))"
+	stop_metering
+}
+read -r pub1 ms1 <<<"$(drain 1)"
+read -r pub2 ms2 <<<"$(drain 2)"
+
+# one month of hourly records for $instances job runs, 5 metrics each
+sql "INSERT INTO usage_records (hour, project_id, project, kind, resource, metric, quantity,
+	sources, closed_pass, unit_price, list_cost, billed_cost)
+	SELECT h, 1, 'default', 'job', 'run-' || r, m, 3600.123456789, 720, 1, 0.00003, 0.108, 0.108
+	FROM generate_series(date_trunc('month', now()) - interval '1 month',
+	                     date_trunc('month', now()) - interval '1 hour', interval '1 hour') h,
+	     generate_series(1, $instances) r,
+	     unnest(ARRAY['vcpu_seconds_allocated', 'vcpu_seconds_used', 'memory_gb_seconds',
+	                  'ephemeral_gb_seconds', 'gpu_seconds']) m" >/dev/null
+sql "ANALYZE usage_records" >/dev/null
+rows=$(sql "SELECT count(*) FROM usage_records WHERE hour < date_trunc('month', now())")
+from=$(date -u -d "$(date -u +%Y-%m-01) -1 month" +%Y-%m)
+to=$(date -u +%Y-%m)
+t0=$(now_ms)
+bytes=$(curl -sS -N -H "Authorization: Bearer $LOOM_KEY" \
+	"$LOOM_API/v1/admin/usage/export?format=focus&from=$from&to=$to" | wc -c)
+export_ms=$(($(now_ms) - t0))
+t0=$(now_ms)
+admin_bytes=$(loom-admin usage export --format focus --from "$from" --to "$to" | wc -c)
+admin_ms=$(($(now_ms) - t0))
+
+rate() { awk -v n="$1" -v ms="$2" 'BEGIN { printf "%.0f", n * 1000 / (ms > 0 ? ms : 1) }'; }
+printf '\n%-62s %14s\n' "metering ($(nproc) cores, $samples samples per run)" "figure"
+printf '%-62s %14s\n' "--------------------------------------------------------------" "--------------"
+printf '%-62s %14s\n' "samples/s into JetStream (one publisher, pipelined)" "$pub1"
+printf '%-62s %14s\n' "samples/s stored, one metering replica" "$(rate "$samples" "$ms1")"
+printf '%-62s %14s\n' "samples/s stored, two metering replicas" "$(rate "$samples" "$ms2")"
+printf '%-62s %14s\n' "FOCUS export of a month, $instances instances: rows" "$rows"
+printf '%-62s %14s\n' "  through the API (streamed): seconds" "$(awk -v m="$export_ms" 'BEGIN { printf "%.1f", m / 1000 }')"
+printf '%-62s %14s\n' "  through the API: MB" "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')"
+printf '%-62s %14s\n' "  through the API: rows/s" "$(rate "$rows" "$export_ms")"
+printf '%-62s %14s\n' "  through loom-admin: seconds" "$(awk -v m="$admin_ms" 'BEGIN { printf "%.1f", m / 1000 }')"
+printf '%-62s %14s\n' "  the two are the same size" "$([ "$bytes" = "$admin_bytes" ] && echo yes || echo "no ($admin_bytes)")"
