@@ -62,10 +62,8 @@ static bool cursor_load(const struct instance *in, struct usage_cursor *ret)
 {
     char path[4200];
     snprintf(path, sizeof(path), "%s/usage.json", in->dir);
-    _cleanup_free_ char *text = NULL;
-    _cleanup_json_ json_t *j = NULL;
-    if (loom_read_file(path, &text, NULL, NULL) < 0 ||
-        !(j = loom_json_parse_object(text, strlen(text), NULL)))
+    _cleanup_json_ json_t *j = loom_json_read_file(path, NULL);
+    if (!j)
         return false;
     ret->seq = (uint64_t)json_integer_value(json_object_get(j, "seq"));
     ret->ts_ms = json_integer_value(json_object_get(j, "ts"));

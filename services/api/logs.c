@@ -495,28 +495,42 @@ found:
     follower_free(f);
 }
 
-/* The instances of the selection now, with the offset up to which their
- * lines are stored: what the history holds. */
-static int snapshot(struct loom_db *db, struct follower *f, struct loom_err *err)
+/* The instances of the selection now: id, index, retry, the offset up to
+ * which their lines are stored, whether their end of stream is marked, and
+ * whether they are over (finished, and their output all in, or never to
+ * come: never started, or on a lost node). */
+enum { S_ID, S_INDEX, S_RETRY, S_COVERED, S_EOS, S_OVER };
+static PGresult *instances_now(struct loom_db *db, const struct follower *f, struct loom_err *err)
 {
     struct strbuf sql = STRBUF_INIT;
     strbuf_addf(&sql,
                 "SELECT i.id, i.array_index, i.retry, coalesce(s.covered_offset, 0), "
-                "s.eos_at IS NOT NULL FROM instances i LEFT JOIN log_streams s ON s.instance_id = "
-                "i.id WHERE %s = $1 AND ($2::uuid IS NULL OR i.id = $2::uuid) "
+                "s.eos_at IS NOT NULL, i.state IN " TERMINAL_SQL
+                " AND (s.eos_at IS NOT NULL OR (i.started_at IS NULL AND s.instance_id IS NULL) "
+                "OR i.state = 'lost' OR coalesce(n.state, 'lost') = 'lost') "
+                "FROM instances i LEFT JOIN log_streams s ON s.instance_id = i.id "
+                "LEFT JOIN nodes n ON n.name = i.node_name WHERE %s = $1 "
+                "AND ($2::uuid IS NULL OR i.id = $2::uuid) "
                 "AND ($3::int IS NULL OR i.array_index = $3::int)",
                 f->q.kind->column);
     const char *params[] = {f->q.owner, f->q.instance[0] ? f->q.instance : NULL,
                             f->q.index[0] ? f->q.index : NULL};
     PGresult *res = loom_db_exec(db, sql.buf, 3, params, err);
     strbuf_release(&sql);
+    return res;
+}
+
+/* What the history holds: the instances now, below their stored offsets. */
+static int snapshot(struct loom_db *db, struct follower *f, struct loom_err *err)
+{
+    PGresult *res = instances_now(db, f, err);
     if (!res)
         return -1;
     for (int r = 0; r < PQntuples(res); r++) {
-        struct inst *i = inst_add(f, PQgetvalue(res, r, 0), true, loom_db_val(res, r, 1),
-                                  loom_db_val(res, r, 2));
-        i->bound = i->covered = strtoll(PQgetvalue(res, r, 3), NULL, 10);
-        i->eos = PQgetvalue(res, r, 4)[0] == 't';
+        struct inst *i = inst_add(f, PQgetvalue(res, r, S_ID), true, loom_db_val(res, r, S_INDEX),
+                                  loom_db_val(res, r, S_RETRY));
+        i->bound = i->covered = strtoll(PQgetvalue(res, r, S_COVERED), NULL, 10);
+        i->eos = PQgetvalue(res, r, S_EOS)[0] == 't';
     }
     PQclear(res);
     return 0;
@@ -715,37 +729,23 @@ static int take_batch(struct loom_db *db, struct follower *f, const struct queue
 static int check(struct loom_db *db, struct follower *f, struct strbuf *out, struct loom_err *err)
 {
     f->last_check_ms = loom_mono_ms();
-    struct strbuf sql = STRBUF_INIT;
-    strbuf_addf(&sql,
-                "SELECT i.id, i.array_index, i.retry, coalesce(s.covered_offset, 0), "
-                "s.eos_at IS NOT NULL, i.state IN " TERMINAL_SQL
-                " AND (s.eos_at IS NOT NULL OR (i.started_at IS NULL AND s.instance_id IS NULL) "
-                "OR i.state = 'lost' OR coalesce(n.state, 'lost') = 'lost') "
-                "FROM instances i LEFT JOIN log_streams s ON s.instance_id = i.id "
-                "LEFT JOIN nodes n ON n.name = i.node_name WHERE %s = $1 "
-                "AND ($2::uuid IS NULL OR i.id = $2::uuid) "
-                "AND ($3::int IS NULL OR i.array_index = $3::int)",
-                f->q.kind->column);
-    const char *params[] = {f->q.owner, f->q.instance[0] ? f->q.instance : NULL,
-                            f->q.index[0] ? f->q.index : NULL};
-    PGresult *res = loom_db_exec(db, sql.buf, 3, params, err);
-    strbuf_release(&sql);
+    PGresult *res = instances_now(db, f, err);
     if (!res)
         return -1;
     bool all_done = true;
     int rc = 0;
     for (int r = 0; r < PQntuples(res) && rc == 0; r++) {
-        const char *id = PQgetvalue(res, r, 0);
+        const char *id = PQgetvalue(res, r, S_ID);
         struct inst *i = inst_find(f, id);
         if (!i)
-            i = inst_add(f, id, true, loom_db_val(res, r, 1), loom_db_val(res, r, 2));
+            i = inst_add(f, id, true, loom_db_val(res, r, S_INDEX), loom_db_val(res, r, S_RETRY));
         i->member = true;
-        int64_t stored = strtoll(PQgetvalue(res, r, 3), NULL, 10);
+        int64_t stored = strtoll(PQgetvalue(res, r, S_COVERED), NULL, 10);
         if (stored > i->covered)
             rc = catch_up(db, f, i, stored, out, err);
-        if (PQgetvalue(res, r, 4)[0] == 't')
+        if (PQgetvalue(res, r, S_EOS)[0] == 't')
             i->eos = true;
-        all_done &= PQgetvalue(res, r, 5)[0] == 't';
+        all_done &= PQgetvalue(res, r, S_OVER)[0] == 't';
     }
     PQclear(res);
     if (rc < 0)

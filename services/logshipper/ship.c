@@ -115,15 +115,12 @@ static void tracked_free(struct tracked *t)
  * A stem cell has none until a project claims it. */
 static int read_project(const char *dir, char *out, size_t n, struct loom_err *err)
 {
-    _cleanup_free_ char *path = NULL, *text = NULL;
-    size_t len;
+    _cleanup_free_ char *path = NULL;
     if (asprintf(&path, "%s/instance.json", dir) < 0)
         abort();
-    if (loom_read_file(path, &text, &len, err) < 0)
-        return -1;
-    _cleanup_json_ json_t *obj = loom_json_parse_object(text, len, err);
+    _cleanup_json_ json_t *obj = loom_json_read_file(path, err);
     if (!obj)
-        return loom_err_wrap(err, "%s", path);
+        return -1;
     const char *project = NULL, *claimed = NULL;
     if (loom_json_get_string(obj, "project", false, 63, &project, err) < 0 ||
         loom_json_get_string(obj, "claimed_project", false, 63, &claimed, err) < 0)

@@ -9,33 +9,10 @@
 #     to its arrival: p50, p99, max
 # Prints a table; never fails on a time.
 #   tests/bench/logs.sh [INSTANCES [LINES]]      (default 10 and 100000)
-set -euo pipefail
-
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-build=${LOOM_BUILD:-build}
-case "$build" in /*) bin=$build/bin ;; *) bin=$repo/$build/bin ;; esac
+. "$(dirname "$0")/lib.sh"
 instances=${1:-10}
 lines=${2:-100000}
-
-export LOOM_HOME
-LOOM_HOME=$(mktemp -d /tmp/loom-bench.XXXXXX)
-n=$(($$ % 1000))
-export LOOM_NODE_NAME=bench$$ LOOM_AGENT_BRIDGE=lb$n LOOM_AGENT_CGROUP_PARENT=loom-bench$$
-export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
-export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	"$repo/tools/loom-dev" down >/dev/null 2>&1 || true
-	rm -rf "$LOOM_HOME"
-}
-trap cleanup EXIT
-
-now_ms() { date +%s%3N; }
-"$repo/tools/loom-dev" up >"$LOOM_HOME/up.out" 2>&1
-eval "$("$repo/tools/loom-dev" env)"
-export PATH=$bin:$PATH
+bench_up
 sql() { psql "$LOOM_PG_DSN" -XAtq -c "$1"; }
 
 # --- shipping ------------------------------------------------------------------------------
@@ -53,7 +30,7 @@ for i in $(seq 1 "$instances"); do
 done
 total_bytes=$(cat "$state"/instances/*/container.log | wc -c)
 total_lines=$((instances * lines))
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(bench_free_port)
 t0=$(now_ms)
 LOOM_PG_DSN=$LOOM_PG_DSN LOOM_NATS_URL=$LOOM_NATS_URL "$bin/loom-logshipper" --agent-state-dir "$state" \
 	--node-name benchnode --http-addr "127.0.0.1:$port" >>"$LOOM_HOME/logs/logshipper-bench.log" 2>&1 &
@@ -97,11 +74,10 @@ EOF
 pct() { tr ' ' '\n' <<<"$lat" | awk -v p="$1" 'NF { v[++n] = $1 } END { if (!n) { print "-"; exit }
 	i = int(p / 100 * n + 0.999); if (i < 1) i = 1; print v[i] }'; }
 
-rate() { awk -v n="$1" -v ms="$2" 'BEGIN { printf "%.0f", n * 1000 / (ms > 0 ? ms : 1) }'; }
 printf '\n%-62s %14s\n' "logs ($(nproc) cores)" "figure"
 printf '%-62s %14s\n' "--------------------------------------------------------------" "--------------"
 printf '%-62s %14s\n' "shipped: $instances files x $lines lines, $((total_bytes / 1000000)) MB" "$total_lines"
-printf '%-62s %14s\n' "  seconds until every line is in PostgreSQL" "$(awk -v m="$ship_ms" 'BEGIN { printf "%.1f", m / 1000 }')"
+printf '%-62s %14s\n' "  seconds until every line is in PostgreSQL" "$(secs "$ship_ms")"
 printf '%-62s %14s\n' "  lines/s" "$(rate "$total_lines" "$ship_ms")"
 printf '%-62s %14s\n' "  MB/s" "$(awk -v b="$total_bytes" -v m="$ship_ms" 'BEGIN { printf "%.1f", b / 1000 / m }')"
 printf '%-62s %14s\n' "  rounds (one COPY and commit each)" "${rounds:-?}"

@@ -7,35 +7,12 @@
 #     rows, through the API's stream
 # Prints a table; never fails on a time.
 #   tests/bench/usage.sh [SAMPLES [INSTANCES]]     (default 100000 and 1000)
-set -euo pipefail
-
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-build=${LOOM_BUILD:-build}
-case "$build" in /*) bin=$build/bin ;; *) bin=$repo/$build/bin ;; esac
+. "$(dirname "$0")/lib.sh"
 samples=${1:-100000}
 instances=${2:-1000}
-
-export LOOM_HOME
-LOOM_HOME=$(mktemp -d /tmp/loom-bench.XXXXXX)
-n=$(($$ % 1000))
-export LOOM_NODE_NAME=bench$$ LOOM_AGENT_BRIDGE=lb$n LOOM_AGENT_CGROUP_PARENT=loom-bench$$
-export LOOM_AGENT_SUBNET=10.$((94 + n / 250)).$((n % 250)).0/24
-export XDG_CONFIG_HOME=$LOOM_HOME/config LOOM_BUILD=$build
 # aggregation off the drain's path: it runs once the samples are in
 export LOOM_METERING_AGGREGATE_INTERVAL=1h
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	"$repo/tools/loom-dev" down >/dev/null 2>&1 || true
-	rm -rf "$LOOM_HOME"
-}
-trap cleanup EXIT
-
-now_ms() { date +%s%3N; }
-"$repo/tools/loom-dev" up >"$LOOM_HOME/up.out" 2>&1
-eval "$("$repo/tools/loom-dev" env)"
-export PATH=$bin:$PATH LOOM_NATS_URL
+bench_up
 helper="python3 $repo/tests/integration/usage_helper.py"
 sql() { psql "$LOOM_PG_DSN" -XAtq -c "$1"; }
 
@@ -48,7 +25,7 @@ while kill -0 "$metering_pid" 2>/dev/null; do sleep 0.1; done
 start_metering() {
 	local i port
 	for i in $(seq 1 "$1"); do
-		port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+		port=$(bench_free_port)
 		env -i "${metering_env[@]}" LOOM_METERING_ADDR="127.0.0.1:$port" "$bin/loom-metering" \
 			>>"$LOOM_HOME/logs/metering-bench.log" 2>&1 &
 		pids+=($!)
@@ -61,19 +38,23 @@ stop_metering() {
 	pids=()
 }
 # drain K: fill the stream with $samples samples, start K replicas, time
-# until all are stored; prints "publish_rate drain_ms"
+# until all are stored; sets pub (samples/s published) and drain_ms
 drain() {
-	local before pub t0
+	local before t0
 	before=$(sql "SELECT count(*) FROM usage_samples")
 	pub=$($helper flood "$samples" "n$1" default | awk '{ print $3 }')
-	t0=$(now_ms)
 	start_metering "$1"
-	while [ "$(sql "SELECT count(*) FROM usage_samples")" -lt $((before + samples)) ]; do sleep 0.2; done
-	echo "$pub $(($(now_ms) - t0))"
+	# from the first sample stored (the replicas' start is not counted)
+	while [ "$(sql "SELECT count(*) FROM usage_samples")" -le "$before" ]; do sleep 0.05; done
+	t0=$(now_ms)
+	while [ "$(sql "SELECT count(*) FROM usage_samples")" -lt $((before + samples)) ]; do sleep 0.1; done
+	drain_ms=$(($(now_ms) - t0))
 	stop_metering
 }
-read -r pub1 ms1 <<<"$(drain 1)"
-read -r pub2 ms2 <<<"$(drain 2)"
+drain 1
+pub1=$pub ms1=$drain_ms
+drain 2
+ms2=$drain_ms
 
 # one month of hourly records for $instances job runs, 5 metrics each
 sql "INSERT INTO usage_records (hour, project_id, project, kind, resource, metric, quantity,
@@ -96,15 +77,14 @@ t0=$(now_ms)
 admin_bytes=$(loom-admin usage export --format focus --from "$from" --to "$to" | wc -c)
 admin_ms=$(($(now_ms) - t0))
 
-rate() { awk -v n="$1" -v ms="$2" 'BEGIN { printf "%.0f", n * 1000 / (ms > 0 ? ms : 1) }'; }
 printf '\n%-62s %14s\n' "metering ($(nproc) cores, $samples samples per run)" "figure"
 printf '%-62s %14s\n' "--------------------------------------------------------------" "--------------"
 printf '%-62s %14s\n' "samples/s into JetStream (one publisher, pipelined)" "$pub1"
 printf '%-62s %14s\n' "samples/s stored, one metering replica" "$(rate "$samples" "$ms1")"
 printf '%-62s %14s\n' "samples/s stored, two metering replicas" "$(rate "$samples" "$ms2")"
 printf '%-62s %14s\n' "FOCUS export of a month, $instances instances: rows" "$rows"
-printf '%-62s %14s\n' "  through the API (streamed): seconds" "$(awk -v m="$export_ms" 'BEGIN { printf "%.1f", m / 1000 }')"
+printf '%-62s %14s\n' "  through the API (streamed): seconds" "$(secs "$export_ms")"
 printf '%-62s %14s\n' "  through the API: MB" "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')"
 printf '%-62s %14s\n' "  through the API: rows/s" "$(rate "$rows" "$export_ms")"
-printf '%-62s %14s\n' "  through loom-admin: seconds" "$(awk -v m="$admin_ms" 'BEGIN { printf "%.1f", m / 1000 }')"
+printf '%-62s %14s\n' "  through loom-admin: seconds" "$(secs "$admin_ms")"
 printf '%-62s %14s\n' "  the two are the same size" "$([ "$bytes" = "$admin_bytes" ] && echo yes || echo "no ($admin_bytes)")"

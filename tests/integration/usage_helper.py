@@ -80,29 +80,27 @@ def encode(sample):
     return out
 
 
+def read_varint(data, i):
+    """The varint at data[i]: (value, the index after it)."""
+    v, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return v, i
+
+
 def decode_strings(data):
     """The repeated string fields of a message: {field number: [strings]}."""
     out, i = {}, 0
     while i < len(data):
-        key, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        key, i = read_varint(data, i)
         num, wt = key >> 3, key & 7
         if wt != 2:
             return out
-        n, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        n, i = read_varint(data, i)
         out.setdefault(num, []).append(data[i:i + n].decode())
         i += n
     return out

@@ -70,14 +70,22 @@ static int count_files(const char *dir)
     return n;
 }
 
-static void test_outbox(void **state)
+/* An outbox in a new temporary directory (dir: a mkdtemp template). */
+static struct usage_outbox *temp_outbox(char *dir)
 {
-    (void)state;
-    char dir[] = "/tmp/loom-outbox-test.XXXXXX";
     assert_non_null(mkdtemp(dir));
     struct usage_outbox *ob = NULL;
     struct loom_err err = LOOM_ERR_INIT;
     assert_int_equal(usage_outbox_open(dir, &ob, &err), 0);
+    return ob;
+}
+
+static void test_outbox(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/loom-outbox-test.XXXXXX";
+    struct usage_outbox *ob = temp_outbox(dir);
+    struct loom_err err = LOOM_ERR_INIT;
     assert_int_equal(usage_outbox_count(ob), 0);
     assert_int_equal(usage_outbox_next_due_ms(ob), INT64_MAX);
 
@@ -170,10 +178,8 @@ static void test_outbox_many(void **state)
 {
     (void)state;
     char dir[] = "/tmp/loom-outbox-test.XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    struct usage_outbox *ob = NULL;
+    struct usage_outbox *ob = temp_outbox(dir);
     struct loom_err err = LOOM_ERR_INIT;
-    assert_int_equal(usage_outbox_open(dir, &ob, &err), 0);
     const uint8_t d[] = {9};
     char id[64];
     for (int i = 0; i < 700; i++) {
