@@ -96,3 +96,15 @@ CREATE TABLE function_activations (
 );
 CREATE INDEX function_activations_function ON function_activations (function_id, started_at DESC);
 CREATE INDEX function_activations_started ON function_activations (started_at);
+
+-- Calls waiting for a stem cell, by activator and runtime: the scheduler
+-- places stem cells beyond the per-node pools for them when the pools run
+-- dry (a burst of cold calls, or pools of size 0). Rows older than a few
+-- seconds are stale (an activator that stopped).
+CREATE TABLE function_stem_demand (
+    activator   text NOT NULL,
+    runtime     text NOT NULL,
+    waiting     integer NOT NULL CHECK (waiting >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (activator, runtime)
+);

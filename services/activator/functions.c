@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "cleanup.h"
@@ -180,8 +181,9 @@ static void inst_remove(struct fn *f, const char *id)
  * has been idle longest (of any function this activator serves), whose
  * room the scheduler gives to a new stem cell. */
 
-/* 1 when a stem cell of runtime is on its way or free (the scheduler found
- * room), 0 when none is, -1 on error. */
+/* 1 when a stem cell of runtime is on its way (the scheduler found room
+ * for one), 0 when none is, -1 on error. A free one the call could not
+ * claim is one whose node has no room for the function. */
 static int stem_coming(const char *runtime)
 {
     struct loom_err err = LOOM_ERR_INIT;
@@ -192,12 +194,93 @@ static int stem_coming(const char *runtime)
         loom_db_query(db, &err,
                       "SELECT EXISTS (SELECT 1 FROM instances WHERE kind = 'function' "
                       "AND runtime = $1 AND claimed_at IS NULL AND desired = 'run' "
-                      "AND state IN " LOOM_LIVE_STATES_SQL ")",
+                      "AND state IN ('assigned', 'pulling', 'starting'))",
                       runtime);
     act_db_put(db);
     if (!res)
         return -1;
     return strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+}
+
+/* Calls waiting for a stem cell, by runtime (mu), for the scheduler: it
+ * places stem cells beyond its pools for them (function_stem_demand). A
+ * count is written when it grows and on every tick while it is not 0 or
+ * changed, so that the rows of a live activator stay fresh. */
+#define DEMAND_RUNTIMES 32
+static struct demand {
+    char runtime[64];
+    int waiting, written;
+} demand[DEMAND_RUNTIMES];
+static char replica[96]; /* this activator in function_stem_demand */
+
+static struct demand *demand_slot(const char *runtime)
+{
+    struct demand *free_slot = NULL;
+    for (size_t i = 0; i < DEMAND_RUNTIMES; i++) {
+        if (strcmp(demand[i].runtime, runtime) == 0)
+            return &demand[i];
+        if (!free_slot && !demand[i].runtime[0])
+            free_slot = &demand[i];
+    }
+    if (free_slot)
+        snprintf(free_slot->runtime, sizeof(free_slot->runtime), "%s", runtime);
+    return free_slot; /* NULL: more runtimes than slots; no demand for this one */
+}
+
+static void demand_write(const char *runtime, int waiting)
+{
+    char n[24];
+    snprintf(n, sizeof(n), "%d", waiting);
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_db *db = act_db_get(&err);
+    _cleanup_pgres_ PGresult *res = NULL;
+    if (db) {
+        res = loom_db_query(db, &err,
+                            "INSERT INTO function_stem_demand (activator, runtime, waiting) "
+                            "VALUES ($1, $2, $3::integer) ON CONFLICT (activator, runtime) DO "
+                            "UPDATE SET waiting = EXCLUDED.waiting, updated_at = now()",
+                            replica, runtime, n);
+        act_db_put(db);
+    }
+    if (!res)
+        log_warn("could not record %d calls waiting for runtime %s: %s", waiting, runtime, err.msg);
+}
+
+/* A call starts (+1) or stops (-1) waiting for a stem cell of runtime (mu
+ * held; taken and given back around the write). */
+static void demand_change(const char *runtime, int delta)
+{
+    struct demand *d = demand_slot(runtime);
+    if (!d)
+        return;
+    d->waiting += delta;
+    if (delta > 0) {
+        int n = d->waiting;
+        d->written = n;
+        char rt[64];
+        snprintf(rt, sizeof(rt), "%s", runtime);
+        pthread_mutex_unlock(&mu);
+        demand_write(rt, n);
+        act_wake_scheduler();
+        pthread_mutex_lock(&mu);
+    }
+}
+
+/* On the tick: the counts that are not 0 or changed since written. */
+static void demand_tick(void)
+{
+    for (size_t i = 0; i < DEMAND_RUNTIMES; i++) {
+        pthread_mutex_lock(&mu);
+        char rt[sizeof(demand[i].runtime)];
+        memcpy(rt, demand[i].runtime, sizeof(rt));
+        int n = demand[i].waiting;
+        bool due = rt[0] && (n > 0 || n != demand[i].written);
+        if (due)
+            demand[i].written = n;
+        pthread_mutex_unlock(&mu);
+        if (due)
+            demand_write(rt, n);
+    }
 }
 
 /* Takes the longest idle instance out of its function's table (mu held):
@@ -368,9 +451,15 @@ static int claim(struct fn *f, char id[40], char address[64], char node[256], st
         "UPDATE instances SET project_id = $2::bigint, function_id = $3::bigint, "
         "  function_generation = $4::integer, claimed_at = now(), cpu_millis = $5::bigint, "
         "  memory_bytes = $6::bigint, updated_at = now() "
-        "WHERE id = (SELECT id FROM instances WHERE kind = 'function' AND runtime = $1 "
-        "  AND claimed_at IS NULL AND state = 'running' AND desired = 'run' "
-        "  AND address IS NOT NULL ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "WHERE id = (SELECT s.id FROM instances s JOIN nodes n ON n.name = s.node_name "
+        "  WHERE s.kind = 'function' AND s.runtime = $1 AND s.claimed_at IS NULL "
+        "  AND s.state = 'running' AND s.desired = 'run' AND s.address IS NOT NULL "
+        /* the node has room for the function's shape in place of the stem's */
+        "  AND (SELECT n.cpu_millis - sum(j.cpu_millis) >= $5::bigint - s.cpu_millis "
+        "      AND n.memory_bytes - sum(j.memory_bytes) >= $6::bigint - s.memory_bytes "
+        "      FROM instances j WHERE j.node_name = n.name AND j.desired = 'run' "
+        "      AND j.state IN " LOOM_LIVE_STATES_SQL ") "
+        "  ORDER BY s.created_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED) "
         "RETURNING id, address, node_name",
         runtime, pid, fid, gen, cpu, mem);
     act_db_put(db);
@@ -798,8 +887,10 @@ static void serve(struct call *c, const char *path, bool internal)
             if (!waited) {
                 waited = true;
                 loom_metric_add(m_claims_waited, 1);
+                demand_change(f->runtime, +1);
+            } else {
+                act_wake_scheduler();
             }
-            act_wake_scheduler();
             now = loom_mono_ms();
             if (now - start >= EVICT_AFTER_MS && now >= next_evict_ms) {
                 next_evict_ms = now + EVICT_AFTER_MS;
@@ -829,6 +920,8 @@ static void serve(struct call *c, const char *path, bool internal)
         struct timespec ts = {(time_t)(until / 1000), (long)(until % 1000) * 1000000L};
         pthread_cond_timedwait(&f->cond, &mu, &ts);
     }
+    if (waited)
+        demand_change(f->runtime, -1);
     int64_t timeout = f->timeout_ms, memory = f->memory_bytes;
     c->act.project_id = f->project_id;
     c->act.function_id = f->id;
@@ -987,6 +1080,7 @@ void act_fn_tick(void)
     pthread_mutex_unlock(&mu);
     for (size_t i = 0; i < nstops; i++)
         inst_update(stops[i].id, stops[i].why);
+    demand_tick();
 }
 
 int act_fn_start(int64_t activation_retention_ms, struct loom_err *err)
@@ -994,6 +1088,11 @@ int act_fn_start(int64_t activation_retention_ms, struct loom_err *err)
     static const double buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                      0.25,  0.5,    1,     2.5,  5,     10,   60};
     retention_ms = activation_retention_ms;
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    char rnd[37];
+    loom_uuid4(rnd);
+    snprintf(replica, sizeof(replica), "%s:%d:%.8s", host, (int)getpid(), rnd);
     m_calls_cold = loom_metric_counter("loom_activator_function_calls_total", "cold=\"true\"",
                                        "function calls, by whether they loaded an instance");
     m_calls_warm = loom_metric_counter("loom_activator_function_calls_total", "cold=\"false\"",

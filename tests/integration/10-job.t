@@ -90,14 +90,23 @@ odd_logs() {
 ok "index 3's logs show both tries" wait_for 15 odd_logs || diag "$logs"
 
 # --- a malformed body -----------------------------------------------------------
-count_runs() { api GET /v1/projects/default/job_runs && jq '.job_runs | length' <<<"$http_body"; }
-before=$(count_runs)
+# count_runs: how many job runs the project has; "HTTP <status>" and a
+# failure unless the API answers the list with 200
+count_runs() {
+	api GET /v1/projects/default/job_runs
+	if [ "$http_status" != 200 ]; then
+		echo "HTTP $http_status"
+		return 1
+	fi
+	jq -e '.job_runs | length' <<<"$http_body"
+}
+is "$(count_runs)" 3 "the project lists the 3 runs submitted above"
 api POST /v1/projects/default/job_runs '{"name": "broken", "image_reference": '
 is "$http_status" 400 "a malformed body gets 400"
 is "$http_type" application/problem+json "the error is application/problem+json"
 is "$(jq -r .status <<<"$http_body" 2>/dev/null)" 400 "the problem's status is 400"
 like "$(jq -r .detail <<<"$http_body" 2>/dev/null)" 'JSON' "the problem's detail says the JSON is invalid"
-is "$(count_runs)" "$before" "a malformed body creates nothing"
+is "$(count_runs)" 3 "a malformed body creates nothing (still 3 runs)"
 api GET /v1/projects/default/job_runs/broken
 is "$http_status" 404 "no job run named broken exists"
 

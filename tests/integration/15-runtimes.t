@@ -46,6 +46,16 @@ proxy_start() {
 		diag "$name did not answer /health: $(cat "$dir/err")"
 }
 
+# shell_stop: SIGTERM to the shell proxy under ASan and UBSan; it must end
+# with status 0 and no sanitizer report.
+shell_stop() {
+	kill "$proxy_pid"
+	wait "$proxy_pid"
+	is "$?" 0 "shell: the proxy ends on SIGTERM with status 0"
+	unlike "$(cat "$dir/err")" 'AddressSanitizer|LeakSanitizer|runtime error' "shell: no ASan or UBSan report"
+	proxy_pids=()
+}
+
 # post PATH BODY: sets http_status and http_body (a bundle is too long for an argument).
 post() {
 	printf '%s' "$2" >"$tmp/body"
@@ -325,11 +335,7 @@ is "$(answer)" '200 {"greeting": "Hello Ada"}' "shell: the last line of stdout i
 is "$(grep -c '^act-1 greeting someone$' "$dir/out")" 1 "shell: the earlier lines are logged with the id"
 init_code 'echo {}'
 is "$(answer)" '403 {"error":"cannot initialize the action more than once"}' "shell: a second /init is 403"
-kill "$proxy_pid"
-wait "$proxy_pid"
-is "$?" 0 "shell: the proxy ends on SIGTERM with status 0"
-unlike "$(cat "$dir/err")" 'AddressSanitizer|LeakSanitizer|runtime error' "shell: no ASan or UBSan report"
-proxy_pids=()
+shell_stop
 
 proxy_start shell "$san"
 init_code 'case "$1" in
@@ -380,11 +386,7 @@ is "$(answer)" '200 {"left": true}' "shell: a script that leaves a process holdi
 ok "shell: ... is answered when it ends, not when that process does" test $(($(now_ms) - start)) -lt 5000
 ok "shell: ... and that process is killed" wait_for 5 gone "$dir/action/left.pid"
 check_concurrent shell
-kill "$proxy_pid"
-wait "$proxy_pid"
-is "$?" 0 "shell: the proxy ends on SIGTERM with status 0"
-unlike "$(cat "$dir/err")" 'AddressSanitizer|LeakSanitizer|runtime error' "shell: no ASan or UBSan report"
-proxy_pids=()
+shell_stop
 
 proxy_start shell "$san"
 init_bundle "$(bundle tgz '[["exec", "file", "#!/bin/sh\n. ./lib.sh\ngreet\n", 493], ["lib.sh", "file", "greet() { echo \"{\\\"from\\\": \\\"tar\\\"}\"; }\n"]]')"

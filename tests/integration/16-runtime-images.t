@@ -4,7 +4,8 @@
 # cached one under a second), has the command and environment runtimes.json
 # gives it, and really works: its layer unpacked and run with runc (read-only
 # root, a tmpfs /tmp, the host's network), the proxy answers /health, /init
-# and /run of a hello world and prefixes its output with the activation id.
+# and /run of a hello world, prefixes its output with the activation id and
+# stops on SIGTERM.
 # A Debian runtime is skipped only when it is not cached and the Debian
 # archive cannot be reached.
 # shellcheck source=tests/integration/lib.sh
@@ -103,6 +104,10 @@ for name in $(runtime_names); do
 	post /run '{"value": {"name": "Ada"}, "activation_id": "act-img"}'
 	like "$http_status $http_body" '^200 \{"greeting": ?"Hello Ada"\}' "$name: /run answers its greeting"
 	ok "$name: its line is logged with the activation id" grep -q "^act-img hello from $language\$" "$bundle/out"
+	# as PID 1 a process ignores signals it has no handler for
+	runc --root "$tmp/runc" kill "$id" TERM
+	stopped() { [ "$(runc --root "$tmp/runc" state "$id" 2>/dev/null | jq -r .status)" = stopped ]; }
+	ok "$name: SIGTERM stops the proxy, PID 1 of its container" wait_for 5 stopped
 	cleanup
 	is "$(awk '{ print $5 }' /proc/self/mountinfo | grep -F "$bundle" || true)" "" \
 		"$name: nothing left mounted after runc delete"

@@ -65,6 +65,13 @@ start() {
 	eval "${name}_pid=$!"
 }
 psql_q() { psql -X -qAt -h 127.0.0.1 -p "$pg_port" -U loom -d loom -v ON_ERROR_STOP=1 "$@"; }
+# listens PORT...: something accepts connections on each port of 127.0.0.1
+listens() {
+	local p
+	for p; do (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || return 1; done
+}
+# ready URL: the service at URL answers /readyz with 200
+ready() { [ "$(http_code "$1/readyz")" = 200 ]; }
 
 # --- PostgreSQL and NATS -------------------------------------------------------
 mkdir -p "$tmp/pg" "$tmp/nats"
@@ -79,7 +86,7 @@ for f in "$repo"/migrations/*.sql; do
 	psql_q -f "$f" >/dev/null || bail_out "migration $f failed"
 done
 start nats nats-server -js -sd "$tmp/nats" -a 127.0.0.1 -p "$nats_port"
-wait_for 10 bash -c "echo >/dev/tcp/127.0.0.1/$nats_port" 2>/dev/null || bail_out "nats-server did not start"
+ok "nats-server listens" wait_for 10 listens "$nats_port" || bail_out "nats-server did not start"
 
 # --- the activator ---------------------------------------------------------------
 # app_row NAME CONCURRENCY [DESIRED]: the SQL of an app in project p as the
@@ -110,9 +117,9 @@ INSERT INTO instances (project_id, kind, app_id, node_name, epoch, cpu_millis, m
 SQL
 start act "$bin/loom-activator" --http-addr "127.0.0.1:$act_port" --hold-timeout 2s
 act=http://127.0.0.1:$act_port
-wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' $act/readyz)\" = 200 ]" ||
+ok "the activator is ready" wait_for 10 ready "$act" ||
 	bail_out "the activator did not become ready: $(tail -5 "$tmp/act.log")"
-wait_for 10 bash -c "echo >/dev/tcp/127.0.0.1/$up1_port && echo >/dev/tcp/127.0.0.1/$up2_port" 2>/dev/null
+ok "both upstreams listen" wait_for 10 listens "$up1_port" "$up2_port"
 
 jq_body() { jq -r "$1" <<<"$http_body"; }
 
@@ -150,7 +157,7 @@ is "$(http_code "$act/livez")/$(http_code "$act/metrics")" 200/200 "/livez and /
 
 # scaled to zero: held, a ScaleDecision goes out, 503 + Retry-After at the deadline
 start scalesub $helper sub 'loom.>' 30
-wait_for 5 grep -q subscribed "$tmp/scalesub.log"
+ok "a subscriber to loom.> is subscribed" wait_for 5 grep -q subscribed "$tmp/scalesub.log"
 t0=$(now_ms)
 get -D "$tmp/h" "$act/apps/p/cold/"
 held_ms=$(($(now_ms) - t0))
@@ -191,10 +198,10 @@ like "$(curl -s "$act/metrics")" 'loom_activator_requests_total\{code="503"\} 1'
 psql_q -c "$(app_row idle 100 1)"
 start act2 "$bin/loom-activator" --http-addr "127.0.0.1:$act2_port" --tick 200ms \
 	--stable-window 2s --panic-window 2s
-wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$act2_port/readyz)\" = 200 ]" ||
+ok "the second activator is ready" wait_for 10 ready "http://127.0.0.1:$act2_port" ||
 	bail_out "the second activator did not become ready: $(tail -5 "$tmp/act2.log")"
 t0=$(now_ms)
-wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
+ok "the idle app is scaled to zero" wait_for 10 grep -q 'scale p/idle to 0' "$tmp/act2.log"
 idle_ms=$(($(now_ms) - t0))
 ok "an idle app scales to zero after the stable window, not after one tick ($(seconds $idle_ms) s)" \
 	test $idle_ms -ge 1000 -a $idle_ms -lt 8000
@@ -221,7 +228,7 @@ mkdir -p "$idir"
 echo "{\"id\":\"$id\",\"project\":\"p\",\"kind\":\"app\",\"app\":\"a\"}" >"$idir/instance.json"
 printf '2026-11-28T04:25:32.123456789Z stdout F hello\n2026-11-28T04:25:33Z stderr F err "q" \\ {x,y}\nnot a cri line\n2026-11-28T04:25:34Z stdout F part' >"$idir/container.log"
 start logsub $helper sub "loom.logs.p.$id" 30
-wait_for 5 grep -q subscribed "$tmp/logsub.log"
+ok "a subscriber to the instance's logs is subscribed" wait_for 5 grep -q subscribed "$tmp/logsub.log"
 start ls "$bin/loom-logshipper" --http-addr "127.0.0.1:$ls_port" --agent-state-dir "$tmp/none,$tmp/agent"
 lines() { psql_q -F '|' -c "SELECT \"offset\", stream, line FROM log_lines WHERE instance_id = '$id' ORDER BY 1"; }
 count2() { [ "$(lines | wc -l)" -ge 2 ]; }
@@ -257,7 +264,7 @@ ok "retention deletes lines older than 7 days" wait_for 5 retained
 
 # --- metering ------------------------------------------------------------------------
 start met "$bin/loom-metering" --http-addr "127.0.0.1:$met_port"
-wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$met_port/readyz)\" = 200 ]"
+ok "metering is ready" wait_for 10 ready "http://127.0.0.1:$met_port"
 inst=11111111-1111-4111-8111-111111111111
 $helper usage $inst 1 2 2 garbage 3
 samples() { psql_q -c "SELECT seq FROM usage_samples WHERE instance_id = '$inst' ORDER BY 1" | paste -sd,; }
@@ -284,7 +291,7 @@ ok "and nothing acknowledged before is delivered again" wait_for 3 stored1
 
 # --- builder --------------------------------------------------------------------------
 start bld "$bin/loom-builder" --http-addr "127.0.0.1:$bld_port"
-wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$bld_port/readyz)\" = 200 ]"
+ok "the builder is ready" wait_for 10 ready "http://127.0.0.1:$bld_port"
 like "$($helper request loom.build.request)" 'builds are not implemented yet' "the builder refuses build requests, saying why"
 
 kill "$act_pid"

@@ -132,12 +132,37 @@ run_reason() {
 	j=$(noenv -o json jobrun get "$1") || return 1
 	jq -r '.status_details.waiting_reason // ""' <<<"$j"
 }
-reason_like() { [[ "$(run_reason "$1")" =~ $2 ]]; }
+reason_is() { [ "$(run_reason "$1")" = "$2" ]; }
+run_instances() {
+	psql "$LOOM_PG_DSN" -Atc "SELECT count(*) FROM instances i JOIN job_runs r
+		ON r.id = i.job_run_id WHERE r.name = '$1'" 2>&1
+}
+# stays_pending NAME SECONDS REASON: at every look for SECONDS, NAME is
+# pending with REASON and has no instance; says what it saw otherwise
+stays_pending() {
+	local deadline=$(($(now_ms) + $2 * 1000)) status reason n
+	while [ "$(now_ms)" -lt "$deadline" ]; do
+		status=$(noenv -o json jobrun get "$1" | jq -r .status)
+		reason=$(run_reason "$1")
+		n=$(run_instances "$1")
+		if [ "$status" != pending ] || [ "$reason" != "$3" ] || [ "$n" != 0 ]; then
+			diag "$1: status '$status', reason '$reason', $n instance(s)"
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+# the quota above holds 0 instances
+quota_reason="quota: the project's instances limit is reached"
+# what a cordoned cluster says of a run of the shape small (and the default
+# ephemeral storage)
+no_node_reason="no node fits cpu=125m memory=256M ephemeral=400M"
 
 ok "submit a run beyond the quota" noenv jobrun submit --name overquota --image "$image" \
 	"${small[@]}" --cmd true
-ok "it waits with reason quota" wait_for 60 reason_like overquota '^quota'
+ok "it waits with reason \"$quota_reason\"" wait_for 60 reason_is overquota "$quota_reason"
 diag "reason: $(run_reason overquota)"
+ok "it stays pending, unplaced, for 3 s" stays_pending overquota 3 "$quota_reason"
 ok "cancel it" noenv jobrun cancel overquota
 
 # --- nodes ----------------------------------------------------------------------
@@ -146,7 +171,7 @@ ok "cancel it" noenv jobrun cancel overquota
 # then the quota is lifted and the run must wait for a node instead.
 ok "submit a run while the quota holds it" noenv jobrun submit --name cordoned \
 	--image "$image" "${small[@]}" --cmd true
-ok "it waits with reason quota" wait_for 60 reason_like cordoned '^quota'
+ok "it waits with reason \"$quota_reason\"" wait_for 60 reason_is cordoned "$quota_reason"
 nodes=$(admin nodes list | awk 'NR > 1 { print $1 }')
 for n in $nodes; do admin nodes cordon "$n" >/dev/null || fail "cordon $n"; done
 ok "nodes cordoned" test -n "$nodes"
@@ -155,11 +180,13 @@ like "$(admin nodes list)" 'cordoned' "nodes list shows them cordoned"
 # lifted quota below meets the cordoned states at once.
 ok "remove the limits" admin quota set --project default --cpu none --memory none --gpus none \
 	--instances none
-ok "the run now waits for a node" wait_for 60 reason_like cordoned '^[^q]'
+ok "the run now waits for a node (\"$no_node_reason\")" wait_for 60 reason_is cordoned "$no_node_reason"
 diag "reason: $(run_reason cordoned)"
-is "$(noenv -o json jobrun get cordoned | jq -r .status)" pending "and stays pending"
+ok "it stays pending, unplaced, for 5 s while the nodes are cordoned" \
+	stays_pending cordoned 5 "$no_node_reason"
 for n in $nodes; do admin nodes uncordon "$n" >/dev/null || fail "uncordon $n"; done
-ok "cancel it" noenv jobrun cancel cordoned
+run_completed() { [ "$(noenv -o json jobrun get cordoned | jq -r .status)" = completed ]; }
+ok "uncordoned, the nodes run it to completion" wait_for 60 run_completed
 
 ok "logout" noenv logout
 ok "removes the config" test ! -e "$cfgdir/loom/config"

@@ -45,6 +45,11 @@ else
 	diag "$(sql "SELECT runtime, state, reason FROM instances WHERE kind = 'function'")"
 fi
 
+# operators see them, per runtime: free, starting, claimed, calls waiting
+out=$(loom-admin runtimes list 2>&1)
+like "$(awk '$1 == "python-3.11" { print $5 }' <<<"$out")" '^[1-9]' \
+	"loom-admin runtimes list counts python-3.11's free stem cells" || diag "$out"
+
 # --- an OpenWhisk action, unchanged ------------------------------------------
 
 cat >"$code/hello.py" <<'EOF'
@@ -358,7 +363,7 @@ is "$(jq -r .reached <<<"$http_body" 2>&1)" false "but not default's" || diag "$
 cat >"$code/v1.py" <<'EOF'
 import time
 def main(args):
-    time.sleep(2)
+    time.sleep(5)  # over two of the activator's ticks, which stop old instances
     return {"v": 1}
 EOF
 cat >"$code/v2.py" <<'EOF'
@@ -375,10 +380,15 @@ sleep 0.5
 out=$(loom fn update rev --inline-code "$code/v2.py" 2>&1)
 is "$?" 0 "fn update rev while three calls run" || diag "$out"
 like "$out" "generation 2" "makes generation 2"
+# a new call, while those three still run, runs revision 2: past its cache
+# TTL (1 s) the activator reads the function again before it serves a call
+sleep 1.5
+call "$LOOM_ACTIVATOR_URL/fns/default/rev"
+is "$(jq -c . <<<"$http_body" 2>&1)" '{"v":2}' "a new call runs revision 2 while the old calls run"
+running=$(jobs -r | wc -l)
+is "$running" 3 "(the three old calls were still running then)"
 wait
 is "$(cat "$tmp"/rev.? | jq -s -c 'map(.v)')" "[1,1,1]" "the calls in flight finish on revision 1"
-call "$LOOM_ACTIVATOR_URL/fns/default/rev"
-is "$(jq -c . <<<"$http_body")" '{"v":2}' "the next call runs revision 2"
 is "$(activation_field "$activation" generation)" 2 \
 	"its activation says generation 2"
 

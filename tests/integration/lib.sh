@@ -10,6 +10,7 @@
 #   platform_up          # LOOM_HOME, LOOM_API, LOOM_KEY, LOOM_REGISTRY... exported
 #   ok "what" CMD...     # passes when CMD succeeds
 #   is "$got" "$want" "what"; like "$got" 'ERE' "what"; unlike ...; diag "text"
+#   skip "reason"        # a test that cannot run here: "ok N # SKIP reason"
 #   wait_for SECONDS CMD...      # polls CMD until it succeeds; sets waited_ms
 #   api METHOD PATH [BODY] [KEY] # the API; sets http_status, http_type, http_body
 #   get [CURL_ARGS...] URL       # a GET (or curl's -X...); sets the same, prints nothing
@@ -98,6 +99,13 @@ unlike() {
 		diag "  matches: '$2'"
 		return 1
 	fi
+}
+
+# skip REASON: a test that this host cannot run, counted and shown as
+# skipped (TAP's "# SKIP"), never passed in silence.
+skip() {
+	tap_n=$((tap_n + 1))
+	printf 'ok %d # SKIP %s\n' "$tap_n" "$1"
 }
 
 skip_all() {
@@ -283,6 +291,27 @@ descends_from_us() {
 	return 1
 }
 
+# runc_leftovers: every container in this platform's runc roots, one
+# "ROOT: ID" a line. Each agent runs runc with --root <state dir>/runc (the
+# platform's under $LOOM_HOME/agent, add-node's under $LOOM_HOME/nodes/*/agent);
+# a root that is missing or that runc cannot list is a line too, so that a
+# check that looks nowhere cannot pass.
+runc_leftovers() {
+	local state root out id
+	for state in "$LOOM_HOME/agent" "$LOOM_HOME"/nodes/*/agent; do
+		# (the glob stays as it is when no node was added)
+		[ "$state" = "$LOOM_HOME/agent" ] || [ -d "$state" ] || continue
+		root=$state/runc
+		if [ ! -d "$root" ]; then
+			echo "$root: missing (the agent creates it when it starts)"
+		elif ! out=$(runc --root "$root" list -q 2>&1); then
+			echo "$root: runc list failed: $out"
+		else
+			for id in $out; do echo "$root: $id"; done
+		fi
+	done
+}
+
 leak_checks() {
 	local procs mounts cgs veths netns pgdir ids p c
 	# processes: any whose command line or environment names our state dir (or
@@ -313,9 +342,7 @@ leak_checks() {
 	cgs=$(find /sys/fs/cgroup/ -mindepth 1 -type d \( -name "$LOOM_AGENT_CGROUP_PARENT" -o \
 		-name "$LOOM_AGENT_CGROUP_PARENT-*" \) -prune 2>/dev/null || true)
 	is "$cgs" "" "no cgroup named $LOOM_AGENT_CGROUP_PARENT left"
-	if [ -n "$ids" ] && command -v runc >/dev/null; then
-		is "$(runc list -q 2>/dev/null | grep -E "$ids" || true)" "" "no runc container of ours left"
-	fi
+	is "$(runc_leftovers)" "" "no container left in the agents' runc roots"
 	ok "PostgreSQL's directory $pgdir is gone" test ! -e "$pgdir"
 }
 

@@ -691,10 +691,22 @@ static int cmd_quota(int argc, char **argv)
 static int cmd_runtimes(int argc, char **argv)
 {
     if (argc == 1 && strcmp(argv[0], "list") == 0) {
-        static const char *const h[] = {"NAME", "LANGUAGE", "DEFAULT", "DEPRECATED", "IMAGE"};
-        return query_print("SELECT name, language, is_default, deprecated, image "
-                           "FROM function_runtimes ORDER BY name",
-                           h, 0, NULL);
+        /* with its instances: the free stem cells, those starting, those
+         * claimed by functions, and the calls waiting for one now */
+        static const char *const h[] = {"NAME",     "LANGUAGE", "DEFAULT", "DEPRECATED", "FREE",
+                                        "STARTING", "CLAIMED",  "WAITING", "IMAGE"};
+        return query_print(
+            "SELECT r.name, r.language, r.is_default, r.deprecated, "
+            "  count(*) FILTER (WHERE i.claimed_at IS NULL AND i.state = 'running'), "
+            "  count(*) FILTER (WHERE i.claimed_at IS NULL AND i.state <> 'running'), "
+            "  count(*) FILTER (WHERE i.claimed_at IS NOT NULL), "
+            "  (SELECT coalesce(sum(d.waiting), 0) FROM function_stem_demand d "
+            "   WHERE d.runtime = r.name AND d.updated_at > now() - interval '5 seconds'), "
+            "  r.image "
+            "FROM function_runtimes r LEFT JOIN instances i ON i.kind = 'function' "
+            "  AND i.runtime = r.name AND i.desired = 'run' AND i.state IN " LOOM_LIVE_STATES_SQL
+            " GROUP BY r.name ORDER BY r.name",
+            h, 0, NULL);
     }
     if (argc < 2 || strcmp(argv[0], "register") != 0)
         return usage_error("%s", "usage: runtimes list | runtimes register NAME --image REF "

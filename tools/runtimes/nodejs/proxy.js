@@ -445,6 +445,15 @@ async function handle(req, res) {
   return answer(...(await (req.url === '/init' ? init(msg) : run(msg))));
 }
 
+// SIGTERM and SIGINT end the proxy at once: the platform stops an instance only
+// when no call uses it any more, or when a call ran past its deadline; as PID 1
+// of a container, node would otherwise ignore them.
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => {
+    log(`stopping on ${sig}`);
+    process.exit(0);
+  });
+}
 process.on('uncaughtException', (e) => log(`uncaught exception: ${e?.stack ?? e}`));
 process.on('unhandledRejection', (e) => log(`unhandled rejection: ${e?.stack ?? e}`));
 

@@ -27,6 +27,10 @@ POST /run {"value": {params}, "activation_id", "action_name", "namespace",
 GET /health
     200 once listening.
 
+SIGTERM and SIGINT end the proxy at once: the platform stops an instance only
+when no call uses it any more, or when a call ran past its deadline. As PID 1
+of a container the proxy would otherwise ignore them.
+
 Lines the function writes to sys.stdout and sys.stderr during a call go to the
 proxy's stdout and stderr prefixed with "<activation_id> " (threads the
 function starts itself, child processes and sys.stdout.buffer write without
@@ -40,6 +44,7 @@ import io
 import json
 import os
 import posixpath
+import signal
 import stat
 import sys
 import tarfile
@@ -396,12 +401,20 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
+def _stop(signum, _frame):
+    log(f"stopping on {signal.Signals(signum).name}")
+    sys.__stderr__.flush()
+    os._exit(0)
+
+
 def main():
     os.environ = CallEnviron(os.environ)
     sys.stdout = CallOutput(sys.stdout)
     sys.stderr = CallOutput(sys.stderr)
     port = int(os.environ.get("PORT") or 8080)
     server = Server(("0.0.0.0", port), Handler)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     log(f"listening on 0.0.0.0:{port}")
     server.serve_forever()
 
