@@ -231,16 +231,16 @@ is "$(($(wc -l <"$tmp/events.jsonl") - pushed_before))" \
 	"$(sql "SELECT count(*) FROM usage_events WHERE seq > $cursor_before")" "exactly the new ones"
 
 # --- an app's requests, counted by the activator ------------------------------------------
-out=$(loom app create web --image "$LOOM_REGISTRY/loom/busybox:latest" --cmd 'httpd -f -p 8080 -h /etc' \
+out=$(loom app create hits --image "$LOOM_REGISTRY/loom/busybox:latest" --cmd 'httpd -f -p 8080 -h /etc' \
 	--port 8080 --min-scale 1 2>&1)
 is "$?" 0 "an app that answers" || diag "$out"
-url=$(loom app get web -o json | jq -r .url)
+url=$(loom app get hits -o json | jq -r .url)
 codes=$(for i in 1 2 3 4 5; do curl -s -o /dev/null -m 10 -w '%{http_code} ' "${url}hostname"; done)
 is "$codes" "200 200 200 200 200 " "five requests reach it"
-counted() { [ "$(sql "SELECT coalesce(sum(requests), 0) FROM usage_requests WHERE app = 'web'")" = 5 ]; }
+counted() { [ "$(sql "SELECT coalesce(sum(requests), 0) FROM usage_requests WHERE app = 'hits'")" = 5 ]; }
 ok "the activator counts them for metering" wait_for 10 counted
-billed() { [ "$(sql "SELECT trim_scale(sum(quantity)) FROM usage_records WHERE resource = 'web'
-	AND metric = 'requests' AND hour > to_timestamp($h)")" = 5 ]; }
+billed() { [ "$(sql "SELECT trim_scale(sum(quantity)) FROM usage_records WHERE resource = 'hits'
+	AND metric = 'requests'")" = 5 ]; }
 ok "and metering aggregates them" wait_for 20 billed
 
 kill "${pids[@]}" 2>/dev/null

@@ -85,7 +85,7 @@ is "$(grep '^\[0\]' "$tmp/stream.out" | paste -sd,)" "$(grep '^\[0\]' <<<"$want"
 
 # an app writing a numbered line every 50 ms, followed through a kill -9 of the logshipper
 # shellcheck disable=SC2016
-out=$(loom app create ticker --image "$image" --min-scale 1 --port 8080 \
+out=$(loom app create ticker --image "$image" --min-scale 1 --port 8080 --cpu 0.25 --memory 1G \
 	--cmd 'i=0; (while :; do i=$((i + 1)); echo "tick $i"; sleep 0.05; done) & exec httpd -f -p 8080 -h /etc' 2>&1)
 is "$?" 0 "an app that writes a line every 50 ms" || diag "$out"
 loom app logs ticker -f >"$tmp/ticker.out" 2>"$tmp/ticker.err" &
@@ -106,14 +106,17 @@ is "$(paste -sd, <<<"$nums")" "$(seq "$first" "$last" | paste -sd,)" \
 
 # --- a flood ----------------------------------------------------------------------------------
 # shellcheck disable=SC2016
-loom jobrun submit --name flood --image "$image" --maxexecutiontime 120 --retrylimit 0 \
+# (small requests: the ticker, the flood and the quiet job fit on the node at once)
+loom jobrun submit --name flood --image "$image" --maxexecutiontime 300 --retrylimit 0 \
+	--cpu 0.25 --memory 1G \
 	--cmd 'while :; do echo "flooding flooding flooding flooding flooding flooding flooding"; done' \
 	>/dev/null 2>&1
 flooding() { [ "$(run_status flood)" = running ]; }
 ok "a job floods its output" wait_for 60 flooding
 sleep 3
 # shellcheck disable=SC2016
-loom jobrun submit --name quiet --image "$image" --wait --cmd 'echo still heard' >/dev/null 2>&1
+loom jobrun submit --name quiet --image "$image" --cpu 0.25 --memory 1G --wait \
+	--cmd 'echo still heard' >/dev/null 2>&1
 is "$(loom jobrun logs quiet)" "[0] still heard" "another job's line is all there while it floods"
 fid=$(sql "SELECT i.id FROM instances i JOIN job_runs r ON r.id = i.job_run_id WHERE r.name = 'flood'")
 blocks=$(stat -c %b "$LOOM_HOME/agent/instances/$fid/container.log" 2>/dev/null)
