@@ -35,12 +35,16 @@ enum { W_NODE, W_RUNTIME, W_MISSING };
     "GROUP BY n.name, r.name HAVING count(i.id) < $1::integer"
 
 /* Runtimes whose waiting calls outnumber the free stem cells (placed or on
- * their way): runtime, how many more. Demand rows over 5 s old are stale. */
+ * their way) and those claimed since the counts were written (a call that
+ * got one is still counted until its activator writes again): runtime,
+ * how many more. Demand rows over 5 s old are stale. */
 #define SQL_STEMS_DEMANDED                                                                         \
     "SELECT d.runtime, d.waiting - (SELECT count(*) FROM instances i "                             \
-    "  WHERE i.kind = 'function' AND i.runtime = d.runtime AND i.claimed_at IS NULL "              \
-    "  AND i.desired = 'run' AND i.state IN " LOOM_LIVE_STATES_SQL ") "                            \
-    "FROM (SELECT runtime, sum(waiting) AS waiting FROM function_stem_demand "                     \
+    "  WHERE i.kind = 'function' AND i.runtime = d.runtime AND i.desired = 'run' "                 \
+    "  AND ((i.claimed_at IS NULL AND i.state IN " LOOM_LIVE_STATES_SQL ") "                       \
+    "    OR i.claimed_at >= d.since)) "                                                            \
+    "FROM (SELECT runtime, sum(waiting) AS waiting, min(updated_at) AS since "                     \
+    "  FROM function_stem_demand "                                                                 \
     "  WHERE waiting > 0 AND updated_at > now() - interval '5 seconds' GROUP BY runtime) d "       \
     "JOIN function_runtimes r ON r.name = d.runtime AND NOT r.deprecated"
 #define DEMAND_MAX_PER_PASS 32
