@@ -373,6 +373,16 @@ static int write_mounts(struct instance *in, uint32_t uid, uint32_t gid, struct 
     return 0;
 }
 
+/* A stem cell's CPU limit: the scheduler holds its small share for it, but
+ * its runtime starts (an interpreter's imports) at a whole vCPU's pace, and
+ * an idle stem cell uses none; a claim sets its function's (specialize.c). */
+#define STEM_CPU_LIMIT_MILLIS 1000
+static int64_t stem_cpu_limit(const Loom__V1__InstanceAssign *as)
+{
+    if (as->kind == KIND_FUNCTION && !as->project[0] && as->cpu_millis < STEM_CPU_LIMIT_MILLIS)
+        return STEM_CPU_LIMIT_MILLIS;
+    return as->cpu_millis;
+}
 static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
 {
     struct agent *a = r->a;
@@ -462,7 +472,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .gid = gid,
         .netns_path = r->netns,
         .cgroups_path = cgpath,
-        .cpu_millis = as->cpu_millis,
+        .cpu_millis = stem_cpu_limit(as),
         .memory_bytes = as->memory_bytes,
         .pids_limit = 2048,
         .nofile = nofile_limit(),
