@@ -172,6 +172,8 @@ void agent_usage_start(struct agent *a, struct instance *in);
 /* An instance adopted after a restart: its cursor from usage.json, or from
  * the outbox's newest sample of it when that is further. */
 void agent_usage_adopt(struct agent *a, struct instance *in);
+/* A stem cell claimed for a project: metered from now. */
+void agent_usage_claimed(struct agent *a, struct instance *in);
 /* The instance's last sample, from the shim's exit.json (once). */
 void agent_usage_final(struct agent *a, struct instance *in, json_t *exit_json);
 /* One usage round: a sample of every running instance into the outbox. */

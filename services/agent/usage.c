@@ -84,6 +84,31 @@ void agent_usage_start(struct agent *a, struct instance *in)
     pthread_mutex_unlock(&a->usage_mu);
 }
 
+/* The cursor from now and the counter as it is: what the instance used
+ * before (a stem cell's start and wait, for no project) is nobody's. */
+static struct usage_cursor cursor_from_now(struct agent *a, const struct instance *in)
+{
+    struct cgroup_usage u = {0};
+    char suffix[512];
+    snprintf(suffix, sizeof(suffix), "%s/%s", a->o.cgroup_parent, in->id);
+    cgroup_usage_of_child(suffix, &u, NULL);
+    return (struct usage_cursor){.ts_ms = loom_now_ms(), .cpu_ns = u.cpu_ns};
+}
+
+void agent_usage_claimed(struct agent *a, struct instance *in)
+{
+    struct usage_cursor c = cursor_from_now(a, in);
+    struct loom_err err = LOOM_ERR_INIT;
+    pthread_mutex_lock(&a->usage_mu);
+    if (in->usage_ready && !in->usage.final && in->usage.seq == 0) {
+        c.seq = in->usage.seq;
+        if (cursor_save(in, &c, &err) < 0)
+            log_warn("instance %s: usage cursor: %s", in->id, err.msg);
+        in->usage = c;
+    }
+    pthread_mutex_unlock(&a->usage_mu);
+}
+
 void agent_usage_adopt(struct agent *a, struct instance *in)
 {
     struct usage_cursor c = {0};
@@ -105,11 +130,7 @@ void agent_usage_adopt(struct agent *a, struct instance *in)
     if (!have) {
         /* started by an agent that kept no cursor: from now on, and from
          * the counter as it is (what ran before is not known) */
-        struct cgroup_usage u = {0};
-        char suffix[512];
-        snprintf(suffix, sizeof(suffix), "%s/%s", a->o.cgroup_parent, in->id);
-        cgroup_usage_of_child(suffix, &u, NULL);
-        c = (struct usage_cursor){.ts_ms = loom_now_ms(), .cpu_ns = u.cpu_ns};
+        c = cursor_from_now(a, in);
         log_warn("instance %s: no usage cursor; metering it from now", in->id);
     }
     pthread_mutex_lock(&a->usage_mu);
