@@ -70,12 +70,21 @@ rows=$(sql "SELECT count(*) FROM usage_records WHERE hour < date_trunc('month', 
 from=$(date -u -d "$(date -u +%Y-%m-01) -1 month" +%Y-%m)
 to=$(date -u +%Y-%m)
 t0=$(now_ms)
-bytes=$(curl -sS -N -H "Authorization: Bearer $LOOM_KEY" \
-	"$LOOM_API/v1/admin/usage/export?format=focus&from=$from&to=$to" | wc -c)
+curl -sS -N -H "Authorization: Bearer $LOOM_KEY" -o "$LOOM_HOME/export-api.csv" \
+	"$LOOM_API/v1/admin/usage/export?format=focus&from=$from&to=$to"
 export_ms=$(($(now_ms) - t0))
 t0=$(now_ms)
-admin_bytes=$(loom-admin usage export --format focus --from "$from" --to "$to" | wc -c)
+loom-admin usage export --format focus --from "$from" --to "$to" >"$LOOM_HOME/export-admin.csv"
 admin_ms=$(($(now_ms) - t0))
+bytes=$(stat -c %s "$LOOM_HOME/export-api.csv")
+admin_bytes=$(stat -c %s "$LOOM_HOME/export-admin.csv")
+same=yes
+if ! cmp -s "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv"; then
+	same="no: $(cmp "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv" 2>&1 | head -1)"
+	same="$same; rows $(($(wc -l <"$LOOM_HOME/export-api.csv") - 1)) and $(($(wc -l <"$LOOM_HOME/export-admin.csv") - 1))"
+	same="$same; API rows twice: $(sort "$LOOM_HOME/export-api.csv" | uniq -d | wc -l)"
+fi
+rm -f "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv"
 
 printf '\n%-62s %14s\n' "metering ($(nproc) cores, $samples samples per run)" "figure"
 printf '%-62s %14s\n' "--------------------------------------------------------------" "--------------"
@@ -87,4 +96,5 @@ printf '%-62s %14s\n' "  through the API (streamed): seconds" "$(secs "$export_m
 printf '%-62s %14s\n' "  through the API: MB" "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')"
 printf '%-62s %14s\n' "  through the API: rows/s" "$(rate "$rows" "$export_ms")"
 printf '%-62s %14s\n' "  through loom-admin: seconds" "$(secs "$admin_ms")"
-printf '%-62s %14s\n' "  the two are the same size" "$([ "$bytes" = "$admin_bytes" ] && echo yes || echo "no ($admin_bytes)")"
+printf '%-62s %14s\n' "  through loom-admin: MB" "$(awk -v b="$admin_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')"
+printf '%-62s %14s\n' "  the two are the same bytes" "$same"
