@@ -224,6 +224,19 @@ static json_t *line_json(const struct log_kind *k, const char *inst, const char 
     return o;
 }
 
+/* Wraps SQL, a query of log lines, so that it gives the last $PARAM of them,
+ * in time order. */
+static void only_last(struct strbuf *sql, int param)
+{
+    struct strbuf t = STRBUF_INIT;
+    strbuf_addf(&t,
+                "SELECT * FROM (%s ORDER BY l.ts DESC, l.instance_id DESC, l.\"offset\" "
+                "DESC LIMIT $%d) x ORDER BY 7, 1, 8",
+                sql->buf, param);
+    strbuf_release(sql);
+    *sql = t;
+}
+
 enum { L_INST, L_INDEX, L_RETRY, L_TS, L_STREAM, L_LINE, L_TS_US, L_OFFSET };
 #define LINE_COLS                                                                                  \
     "l.instance_id, i.array_index, i.retry, " API_TS("l.ts") ", l.stream, l.line, "                \
@@ -261,13 +274,7 @@ static void reply_page(struct loom_http_req *req, struct loom_db *db, const stru
     if (q->tail) {
         /* the last lines, in time order */
         snprintf(lim, sizeof(lim), "%lld", (long long)q->tail);
-        struct strbuf t = STRBUF_INIT;
-        strbuf_addf(&t,
-                    "SELECT * FROM (%s ORDER BY l.ts DESC, l.instance_id DESC, l.\"offset\" "
-                    "DESC LIMIT $6) x ORDER BY 7, 1, 8",
-                    sql.buf);
-        strbuf_release(&sql);
-        sql = t;
+        only_last(&sql, 6);
         params[np++] = lim;
     } else if (q->kind->is_run) {
         /* a run's lines index by index, each try in turn */
@@ -571,13 +578,7 @@ static int history_page(struct loom_db *db, struct follower *f, struct strbuf *o
     int np = 6;
     if (f->q.tail) {
         snprintf(lim, sizeof(lim), "%lld", (long long)f->q.tail);
-        struct strbuf t = STRBUF_INIT;
-        strbuf_addf(&t,
-                    "SELECT * FROM (%s ORDER BY l.ts DESC, l.instance_id DESC, l.\"offset\" "
-                    "DESC LIMIT $7) x ORDER BY 7, 1, 8",
-                    sql.buf);
-        strbuf_release(&sql);
-        sql = t;
+        only_last(&sql, 7);
         params[np++] = lim;
     } else {
         snprintf(lim, sizeof(lim), "%d", PAGE_LINES);
