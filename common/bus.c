@@ -386,9 +386,18 @@ int loom_bus_js_publish(struct loom_bus *bus, const char *subject, const Protobu
     size_t len;
     if (pack(msg, &buf, &len, err) < 0)
         return -1;
-    natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, subject, NULL, (const char *)buf, (int)len);
+    int r = loom_bus_js_publish_raw(bus, subject, buf, len, msg_id, ret_duplicate, err);
     free(buf);
+    return r;
+}
+
+int loom_bus_js_publish_raw(struct loom_bus *bus, const char *subject, const void *data, size_t len,
+                            const char *msg_id, bool *ret_duplicate, struct loom_err *err)
+{
+    if (len > INT32_MAX)
+        return loom_err_set(err, LOOM_ETOOBIG, "message for \"%s\" is too big", subject);
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, subject, NULL, (const char *)data, (int)len);
     if (s == NATS_OK && msg_id && *msg_id)
         s = natsMsgHeader_Set(m, "Nats-Msg-Id", msg_id);
     if (s != NATS_OK) {

@@ -75,6 +75,9 @@ int loom_bus_js_stream(struct loom_bus *bus, const char *name, const char *const
  * *ret_duplicate (may be NULL) tells whether the server dropped it as a resend. */
 int loom_bus_js_publish(struct loom_bus *bus, const char *subject, const ProtobufCMessage *msg,
                         const char *msg_id, bool *ret_duplicate, struct loom_err *err);
+/* The same with data already packed. */
+int loom_bus_js_publish_raw(struct loom_bus *bus, const char *subject, const void *data, size_t len,
+                            const char *msg_id, bool *ret_duplicate, struct loom_err *err);
 jsCtx *loom_bus_js(struct loom_bus *bus);
 
 #endif

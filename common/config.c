@@ -70,7 +70,7 @@ static const char *parse_duration_reason(const char *s, int64_t *ret)
     const char *unit;
     if (!parse_number_prefix(s, &v, &unit))
         return *s && isdigit((unsigned char)*s) ? "out of range"
-                                                : "not a duration (like 250ms, 5s, 2m, 1h)";
+                                                : "not a duration (like 250ms, 5s, 2m, 1h, 7d)";
     int64_t mul;
     if (*unit == '\0' || strcmp(unit, "s") == 0)
         mul = 1000;
@@ -80,8 +80,10 @@ static const char *parse_duration_reason(const char *s, int64_t *ret)
         mul = 60 * 1000;
     else if (strcmp(unit, "h") == 0)
         mul = 3600 * 1000;
+    else if (strcmp(unit, "d") == 0)
+        mul = 24 * 3600 * 1000;
     else
-        return "not a duration (like 250ms, 5s, 2m, 1h)";
+        return "not a duration (like 250ms, 5s, 2m, 1h, 7d)";
     if (v > INT64_MAX / mul)
         return "out of range";
     *ret = v * mul;

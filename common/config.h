@@ -17,7 +17,8 @@ enum loom_opt_type {
     LOOM_OPT_STRING,   /* dst: char ** (allocated; free with loom_config_release) */
     LOOM_OPT_INT,      /* dst: int64_t *, bounded by min and max */
     LOOM_OPT_BOOL,     /* dst: bool *; "1/0/true/false/yes/no/on/off"; a bare flag is true */
-    LOOM_OPT_DURATION, /* dst: int64_t * in milliseconds; "250ms", "5s", "2m", "1h", bare = s */
+    LOOM_OPT_DURATION, /* dst: int64_t * in milliseconds; "250ms", "5s", "2m", "1h", "7d", bare = s
+                        */
     LOOM_OPT_SIZE, /* dst: int64_t * in bytes; "512", "64K", "512Mi", "4G" (common/quantity.h) */
     LOOM_OPT_ADDR, /* dst: char **; "host:port" or ":port" (host defaults to 127.0.0.1) */
 };

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "strbuf.h"
 #include "util.h"
 
 /* Every statement a connection runs is prepared on first use and executed
@@ -458,4 +459,93 @@ void loom_db_rollback(struct loom_db *db)
         return;
     if (open || PQtransactionStatus(db->conn) != PQTRANS_IDLE)
         PQclear(PQexec(db->conn, "ROLLBACK"));
+}
+
+int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_t len,
+                    struct loom_err *err)
+{
+    if (PQstatus(db->conn) != CONNECTION_OK) {
+        /* as a query would: reconnect once, unless a transaction was open */
+        if (db->in_tx && !db->begin_pending) {
+            db->in_tx = false;
+            return loom_err_set(err, LOOM_EUNAVAIL,
+                                "connection to PostgreSQL lost during a transaction");
+        }
+        PQreset(db->conn);
+        stmts_clear(db);
+        if (PQstatus(db->conn) != CONNECTION_OK) {
+            db->in_tx = db->begin_pending = false;
+            set_conn_error(err, LOOM_EUNAVAIL, "could not reconnect to PostgreSQL", db->conn);
+            return -1;
+        }
+        PQsetNoticeProcessor(db->conn, ignore_notice, NULL);
+    }
+    if (db->begin_pending) {
+        PGresult *b = PQexec(db->conn, "BEGIN");
+        bool ok = PQresultStatus(b) == PGRES_COMMAND_OK;
+        if (!ok)
+            set_result_error(err, db->conn, b);
+        PQclear(b);
+        if (!ok)
+            return -1;
+        db->begin_pending = false;
+    }
+    PGresult *res = PQexec(db->conn, sql);
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        set_result_error(err, db->conn, res);
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    /* in pieces: libpq queues what it cannot send at once */
+    int ok = 1;
+    for (size_t off = 0; ok == 1 && off < len;) {
+        size_t n = len - off > (1u << 20) ? 1u << 20 : len - off;
+        ok = PQputCopyData(db->conn, data + off, (int)n);
+        off += n;
+    }
+    if (ok == 1)
+        ok = PQputCopyEnd(db->conn, NULL);
+    if (ok != 1) {
+        set_conn_error(err, LOOM_EUNAVAIL, "COPY to PostgreSQL failed", db->conn);
+        return -1;
+    }
+    int rc = 0;
+    while ((res = PQgetResult(db->conn))) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK && rc == 0) {
+            set_result_error(err, db->conn, res);
+            rc = -1;
+        }
+        PQclear(res);
+    }
+    return rc;
+}
+
+void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
+{
+    strbuf_addch(out, '"');
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            strbuf_addch(out, '\\');
+        strbuf_addch(out, s[i]);
+    }
+    strbuf_addch(out, '"');
+}
+
+void loom_db_copy_field(struct strbuf *out, const char *s, size_t len)
+{
+    size_t run = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c != '\\' && (unsigned char)c >= 0x20)
+            continue;
+        char e = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : 0;
+        if (!e)
+            continue;
+        strbuf_add(out, s + run, i - run);
+        strbuf_addch(out, '\\');
+        strbuf_addch(out, e);
+        run = i + 1;
+    }
+    strbuf_add(out, s + run, len - run);
 }

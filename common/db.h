@@ -50,6 +50,22 @@ int loom_db_commit(struct loom_db *db, struct loom_err *err);
 void loom_db_rollback(struct loom_db *db); /* safe when no transaction is open */
 bool loom_db_in_tx(struct loom_db *db);
 
+/* COPY ... FROM STDIN with data (text format, as PostgreSQL reads it), in
+ * the open transaction (BEGIN goes out first when it is still to send).
+ * Errors as loom_db_exec's: a unique violation is LOOM_ECONFLICT. */
+int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_t len,
+                    struct loom_err *err);
+/* Appends s (len bytes) as one field of COPY's text format: backslash,
+ * tab, newline and carriage return escaped. */
+struct strbuf;
+void loom_db_copy_field(struct strbuf *out, const char *s, size_t len);
+
+/* Appends s (len bytes) as one element of a PostgreSQL array literal:
+ * "..." with " and \ escaped. With the braces around the elements, the
+ * literal is one parameter: many rows in one statement (unnest). */
+struct strbuf;
+void loom_db_array_elem(struct strbuf *out, const char *s, size_t len);
+
 /* The loom_errc for a SQLSTATE (NULL -> LOOM_EUNAVAIL). */
 enum loom_errc loom_db_errc_for_sqlstate(const char *sqlstate);
 

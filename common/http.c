@@ -7,6 +7,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -39,6 +40,24 @@ struct loom_http_server {
     /* loom_http_requests_total{code} by status, looked up once each */
     _Atomic(struct loom_metric *) requests_by_code[600];
     atomic_bool stopping;
+    /* the streams being answered, so that stop can end them */
+    pthread_mutex_t streams_mu;
+    struct loom_http_stream *streams;
+};
+
+struct loom_http_stream {
+    struct loom_http_server *srv;
+    struct MHD_Connection *conn;
+    loom_http_stream_fill fill;
+    loom_http_stream_done done;
+    void *arg;
+    struct strbuf buf; /* filled, not yet sent from off on */
+    size_t off;
+    bool ended; /* fill said it is over (or the server stops) */
+    /* under mu: the connection is suspended; a wake came since the last fill */
+    pthread_mutex_t mu;
+    bool suspended, woken;
+    struct loom_http_stream *prev, *next; /* srv->streams */
 };
 
 /* Per request: the body so far and everything the request struct points into. */
@@ -256,6 +275,136 @@ void loom_http_reply(struct loom_http_req *req, int status, const char *content_
     MHD_destroy_response(r);
     req->replied = true;
     req->status = status;
+}
+
+/* --- streamed replies ------------------------------------------------------------- */
+
+/* MHD asks for more of the body. What fill made goes out first; with
+ * nothing to send the connection is suspended until a wake. The suspend
+ * happens under the stream's lock, so a wake (which takes it too) never
+ * resumes a connection that is not suspended yet. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    struct loom_http_stream *s = cls;
+    for (;;) {
+        if (s->off < s->buf.len) {
+            size_t n = s->buf.len - s->off;
+            if (n > max)
+                n = max;
+            memcpy(out, s->buf.buf + s->off, n);
+            s->off += n;
+            if (s->off == s->buf.len) {
+                strbuf_reset(&s->buf);
+                s->off = 0;
+            }
+            return (ssize_t)n;
+        }
+        if (s->ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (atomic_load(&s->srv->stopping)) {
+            s->ended = true;
+            continue;
+        }
+        pthread_mutex_lock(&s->mu);
+        s->woken = false;
+        pthread_mutex_unlock(&s->mu);
+        int r = s->fill(s->arg, &s->buf);
+        if (r == LOOM_HTTP_STREAM_ABORT)
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* cut: the client sees it failed */
+        if (r < 0)
+            s->ended = true;
+        if (s->buf.len > 0 || s->ended)
+            continue;
+        pthread_mutex_lock(&s->mu);
+        if (s->woken || atomic_load(&s->srv->stopping)) {
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
+        s->suspended = true;
+        MHD_suspend_connection(s->conn);
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+}
+
+void loom_http_stream_wake(struct loom_http_stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->woken = true;
+    bool resume = s->suspended;
+    s->suspended = false;
+    if (resume)
+        MHD_resume_connection(s->conn);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The response is gone (the stream ended, the client left or the server
+ * stopped): the owner is told, then the stream is freed. */
+static void stream_free(void *cls)
+{
+    struct loom_http_stream *s = cls;
+    struct loom_http_server *srv = s->srv;
+    pthread_mutex_lock(&srv->streams_mu);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    pthread_mutex_unlock(&srv->streams_mu);
+    if (s->done)
+        s->done(s->arg);
+    strbuf_release(&s->buf);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+struct loom_http_stream *loom_http_reply_stream(struct loom_http_req *req, int status,
+                                                const char *content_type,
+                                                loom_http_stream_fill fill,
+                                                loom_http_stream_done done, void *arg)
+{
+    struct loom_http_server *srv = req_state(req)->srv;
+    if (req->replied || srv->opts.threads <= 0) {
+        /* a server with a thread per connection cannot suspend one */
+        if (!req->replied)
+            loom_http_reply_problem(req, 500, "this server cannot stream replies");
+        if (done)
+            done(arg);
+        return NULL;
+    }
+    struct loom_http_stream *s = calloc(1, sizeof(*s));
+    if (!s)
+        abort();
+    s->srv = srv;
+    s->conn = req->conn;
+    s->fill = fill;
+    s->done = done;
+    s->arg = arg;
+    strbuf_init(&s->buf);
+    pthread_mutex_init(&s->mu, NULL);
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s, stream_free);
+    if (!r)
+        abort();
+    if (content_type)
+        MHD_add_response_header(r, "Content-Type", content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Request-Id", req->request_id);
+    for (int i = 0; i < req->nhdrs; i++)
+        MHD_add_response_header(r, req->hdr_names[i], req->hdr_values[i]);
+    pthread_mutex_lock(&srv->streams_mu);
+    s->next = srv->streams;
+    if (s->next)
+        s->next->prev = s;
+    srv->streams = s;
+    pthread_mutex_unlock(&srv->streams_mu);
+    MHD_queue_response(req->conn, (unsigned)status, r);
+    MHD_destroy_response(r); /* MHD keeps it until the connection is done: then stream_free */
+    req->replied = true;
+    req->status = status;
+    return s;
 }
 
 void loom_http_reply_json(struct loom_http_req *req, int status, json_t *body)
@@ -725,13 +874,15 @@ int loom_http_server_start(const struct loom_http_server_opts *opts, struct loom
     if (!srv->service)
         abort();
     srv->opts.service = srv->service;
+    pthread_mutex_init(&srv->streams_mu, NULL);
     srv->start_time = (double)loom_now_ms() / 1000.0;
     srv->latency =
         loom_metric_histogram("loom_http_request_duration_seconds", NULL, "HTTP request latency",
                               latency_buckets, LOOM_ARRAY_SIZE(latency_buckets));
     /* MHD_USE_ITC: loom_http_server_stop quiesces the daemon first */
     if (opts->threads > 0)
-        flags |= MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC;
+        flags |= MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                 MHD_ALLOW_SUSPEND_RESUME;
     else
         flags |= MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
                  MHD_USE_ITC;
@@ -761,6 +912,12 @@ void loom_http_server_stop(struct loom_http_server *srv)
      * every connection, which would cut them off without an answer. */
     atomic_store(&srv->stopping, true);
     MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
+    /* streams end at their next read: wake the suspended ones (MHD must
+     * not be stopped with a connection suspended) */
+    pthread_mutex_lock(&srv->streams_mu);
+    for (struct loom_http_stream *st = srv->streams; st; st = st->next)
+        loom_http_stream_wake(st);
+    pthread_mutex_unlock(&srv->streams_mu);
     int64_t deadline =
         loom_mono_ms() + (srv->opts.drain_ms > 0 ? srv->opts.drain_ms : DEFAULT_DRAIN_MS);
     while (atomic_load(&srv->inflight) > 0 && loom_mono_ms() < deadline) {
@@ -770,6 +927,7 @@ void loom_http_server_stop(struct loom_http_server *srv)
     MHD_stop_daemon(srv->daemon);
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
+    pthread_mutex_destroy(&srv->streams_mu);
     free(srv->service);
     free(srv);
 }

@@ -109,6 +109,30 @@ void loom_http_set_header(struct loom_http_req *req, const char *name, const cha
 void loom_http_reply(struct loom_http_req *req, int status, const char *content_type,
                      const void *body, size_t len);
 void loom_http_reply_json(struct loom_http_req *req, int status, json_t *body);
+/* A streamed reply (chunked; server-sent events or CSV), for servers with a
+ * thread pool (opts.threads > 0). fill runs on the server's thread when the
+ * client can take more: it appends what is ready to out and returns > 0 (or
+ * 0 with out still empty: nothing yet, the connection waits, costing no
+ * thread, until loom_http_stream_wake), or -1 once the stream is over (what
+ * out holds still goes out), or LOOM_HTTP_STREAM_ABORT when it failed
+ * midway (the connection is cut without the last chunk, so that the client
+ * sees an error rather than a short body). done runs once, when the connection is
+ * finished (the stream ended, the client left, the server stops); after it
+ * returns the stream is freed. Returns the stream, or NULL (done has run,
+ * a problem was sent). */
+struct loom_http_stream;
+struct strbuf;
+#define LOOM_HTTP_STREAM_ABORT (-2)
+typedef int (*loom_http_stream_fill)(void *arg, struct strbuf *out);
+typedef void (*loom_http_stream_done)(void *arg);
+struct loom_http_stream *loom_http_reply_stream(struct loom_http_req *req, int status,
+                                                const char *content_type,
+                                                loom_http_stream_fill fill,
+                                                loom_http_stream_done done, void *arg);
+/* From any thread, until done has returned: fill has something new. The
+ * caller makes sure the two do not cross (a lock that done takes too). */
+void loom_http_stream_wake(struct loom_http_stream *s);
+
 /* application/problem+json: {"type","title","status","detail","instance","request_id"}. */
 void loom_http_reply_problem(struct loom_http_req *req, int status, const char *detail_fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -163,7 +163,16 @@ int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms > 0 ? req->timeout_ms : 30000));
+    if (req->timeout_ms < 0) {
+        /* a stream: no end in sight, but silence is a dead peer */
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 0L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+                         (long)(req->idle_timeout_ms > 999 ? req->idle_timeout_ms / 1000 : 60));
+    } else {
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
+                         (long)(req->timeout_ms > 0 ? req->timeout_ms : 30000));
+    }
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
@@ -217,4 +226,16 @@ int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
     return 0;
+}
+
+char *loom_httpc_escape(const char *s)
+{
+    char *e = curl_easy_escape(thread_curl(), s, 0);
+    if (!e)
+        abort();
+    char *out = strdup(e);
+    curl_free(e);
+    if (!out)
+        abort();
+    return out;
 }

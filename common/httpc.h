@@ -31,9 +31,10 @@ struct loom_httpc_req {
     const char *const *headers; /* "Name: value" strings, NULL-terminated, or NULL */
     const void *body;
     size_t body_len;
-    FILE *body_file;      /* or the body is body_len bytes read from here */
-    int64_t timeout_ms;   /* whole transfer; 0 = 30 s */
-    loom_httpc_sink sink; /* body to sink instead of resp->body */
+    FILE *body_file;         /* or the body is body_len bytes read from here */
+    int64_t timeout_ms;      /* whole transfer; 0 = 30 s; < 0: none (a stream) */
+    int64_t idle_timeout_ms; /* timeout_ms < 0: give up after this long without a byte (60 s) */
+    loom_httpc_sink sink;    /* body to sink instead of resp->body */
     void *sink_arg;
     size_t max_body;      /* refuse larger bodies into resp->body (0 = 64 MiB) */
     int follow_redirects; /* for blob downloads that redirect to storage */
@@ -44,6 +45,10 @@ struct loom_httpc_req {
  * is in resp->status. */
 int loom_httpc_do(const struct loom_httpc_req *req, struct loom_httpc_resp *resp,
                   struct loom_err *err);
+
+/* s percent-encoded for a URL's query or path (every byte but
+ * A-Z a-z 0-9 - . _ ~), allocated. */
+char *loom_httpc_escape(const char *s);
 
 /* Must run once in main before threads start (curl_global_init). */
 void loom_httpc_global_init(void);

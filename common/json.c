@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cleanup.h"
+#include "util.h"
+
 json_t *loom_json_parse_object(const char *text, size_t len, struct loom_err *err)
 {
     json_error_t jerr;
@@ -148,4 +151,16 @@ char *loom_json_dumps(const json_t *j)
     if (!s)
         abort();
     return s;
+}
+
+json_t *loom_json_read_file(const char *path, struct loom_err *err)
+{
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    if (loom_read_file(path, &text, &len, err) < 0)
+        return NULL;
+    json_t *j = loom_json_parse_object(text, len, err);
+    if (!j)
+        loom_err_wrap(err, "%s", path);
+    return j;
 }

@@ -20,6 +20,8 @@ static inline void loom_json_decrefp(json_t **j)
  * caller's: bodies are capped before this). */
 json_t *loom_json_parse_object(const char *text, size_t len, struct loom_err *err);
 
+/* Reads a file that must hold one JSON object (NULL with err otherwise). */
+json_t *loom_json_read_file(const char *path, struct loom_err *err);
 /* Refuses members not in allowed (NULL-terminated): `unknown field "x"`. */
 int loom_json_check_fields(json_t *obj, const char *const *allowed, struct loom_err *err);
 

@@ -28,6 +28,8 @@
 /* agent -> metering, JetStream stream LOOM_USAGE, UsageSample */
 #define LOOM_STREAM_USAGE "LOOM_USAGE"
 #define LOOM_SUBJ_USAGE_FMT "loom.usage.%s"
+/* metering -> agent <node>, publish UsageCommitted after COMMIT */
+#define LOOM_SUBJ_METERED_FMT "loom.metered.%s"
 /* logshipper -> followers, publish LogBatch on loom.logs.<project>.<instance> */
 #define LOOM_SUBJ_LOGS_FMT "loom.logs.%s.%s"
 /* api -> anyone, CloudEvents JSON on loom.events.<project>.<kind> */

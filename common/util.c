@@ -453,3 +453,100 @@ int loom_base64_decode(const char *s, size_t len, uint8_t **ret, size_t *ret_len
     *ret_len = o;
     return 0;
 }
+
+/* --- time ---------------------------------------------------------------------- */
+
+static int digits(const char *s, int n, int *ret)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *ret = v;
+    return 0;
+}
+
+int loom_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns)
+{
+    /* 2026-11-28T04:25:32[.fraction](Z|+hh:mm|-hh:mm) */
+    int Y, M, D, h, m, sec;
+    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' ||
+        s[16] != ':')
+        return -1;
+    if (digits(s, 4, &Y) < 0 || digits(s + 5, 2, &M) < 0 || digits(s + 8, 2, &D) < 0 ||
+        digits(s + 11, 2, &h) < 0 || digits(s + 14, 2, &m) < 0 || digits(s + 17, 2, &sec) < 0)
+        return -1;
+    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+        return -1;
+    size_t i = 19;
+    int64_t frac = 0;
+    if (i < len && s[i] == '.') {
+        i++;
+        int nd = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9') {
+            if (nd < 9) {
+                frac = frac * 10 + (s[i] - '0');
+                nd++;
+            }
+            i++;
+        }
+        if (nd == 0)
+            return -1;
+        for (; nd < 9; nd++)
+            frac *= 10;
+    }
+    int64_t offset_s = 0;
+    if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
+        i++;
+    } else if (i + 6 == len && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
+        int oh, om;
+        if (digits(s + i + 1, 2, &oh) < 0 || digits(s + i + 4, 2, &om) < 0 || oh > 23 || om > 59)
+            return -1;
+        offset_s = (oh * 3600 + om * 60) * (s[i] == '+' ? 1 : -1);
+        i += 6;
+    } else {
+        return -1;
+    }
+    if (i != len)
+        return -1;
+    /* lines come in runs of the same second: remember the last one */
+    static __thread char last_secs[19];
+    static __thread time_t last_t = -1;
+    time_t t;
+    if (last_t != -1 && memcmp(s, last_secs, 19) == 0) {
+        t = last_t;
+    } else {
+        struct tm tm = {0};
+        tm.tm_year = Y - 1900;
+        tm.tm_mon = M - 1;
+        tm.tm_mday = D;
+        tm.tm_hour = h;
+        tm.tm_min = m;
+        tm.tm_sec = sec;
+        t = timegm(&tm);
+        if (t == (time_t)-1)
+            return -1;
+        memcpy(last_secs, s, 19);
+        last_t = t;
+    }
+    *ret_ns = ((int64_t)t - offset_s) * 1000000000LL + frac;
+    return 0;
+}
+
+int loom_parse_time_param(const char *s, int64_t *ret_ns)
+{
+    size_t n = strlen(s);
+    char buf[32];
+    /* a month or a day stand for their first instant, in UTC */
+    if (n == 7 && s[4] == '-') {
+        snprintf(buf, sizeof(buf), "%s-01T00:00:00Z", s);
+        return loom_parse_rfc3339_ns(buf, strlen(buf), ret_ns);
+    }
+    if (n == 10 && s[4] == '-' && s[7] == '-') {
+        snprintf(buf, sizeof(buf), "%sT00:00:00Z", s);
+        return loom_parse_rfc3339_ns(buf, strlen(buf), ret_ns);
+    }
+    return loom_parse_rfc3339_ns(s, n, ret_ns);
+}

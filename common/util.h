@@ -37,6 +37,12 @@ int loom_sha256_file(const char *path, char out[65], struct loom_err *err);
 int64_t loom_now_ms(void);  /* CLOCK_REALTIME in milliseconds */
 int64_t loom_mono_ms(void); /* CLOCK_MONOTONIC in milliseconds */
 int64_t loom_now_ns(void);  /* CLOCK_REALTIME in nanoseconds */
+/* Parses an RFC 3339 timestamp (exactly len bytes; up to 9 fraction digits;
+ * Z or a +hh:mm / -hh:mm offset) to unix nanoseconds; -1 otherwise. */
+int loom_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns);
+/* A time as a user writes one in a query: RFC 3339, or a day "2026-05-01"
+ * or a month "2026-05" (their first instant, UTC). -1 otherwise. */
+int loom_parse_time_param(const char *s, int64_t *ret_ns);
 /* RFC 3339 UTC with milliseconds: "2026-11-28T04:25:32.123Z" (25 bytes + NUL). */
 void loom_format_time_ms(int64_t unix_ms, char out[32]);
 

@@ -263,6 +263,12 @@ bool act_shutting_down(void);
 /* Publishes loom.sched.wake. */
 void act_wake_scheduler(void);
 
+/* usage.c: requests that reached an app, for metering */
+void act_usage_request(const char *project, const char *app);
+/* Writes the counts so far to usage_requests (kept for the next time when
+ * that fails). */
+void act_usage_flush(struct loom_db *db);
+
 /* functions.c */
 /* Serves a call of project's function name; path is what follows its
  * address (for __ow_path). internal: through the internal listener. */

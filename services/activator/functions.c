@@ -254,14 +254,17 @@ static void demand_change(const char *runtime, int delta)
     if (!d)
         return;
     d->waiting += delta;
-    if (delta > 0) {
+    /* written both ways: a count left high after the calls got their stem
+     * cells would have the scheduler start more than they need */
+    {
         int n = d->waiting;
         d->written = n;
         char rt[64];
         snprintf(rt, sizeof(rt), "%s", runtime);
         pthread_mutex_unlock(&mu);
         demand_write(rt, n);
-        act_wake_scheduler();
+        if (delta > 0)
+            act_wake_scheduler();
         pthread_mutex_lock(&mu);
     }
 }
@@ -496,27 +499,22 @@ static void specialize(const struct fn *f, const char *id, const char *node)
         log_warn("instance %s: could not tell node %s of its claim: %s", id, node, err.msg);
 }
 
-/* Records that an instance's code is loaded (other replicas may then use
- * it), or asks for it to stop with reason. */
-static void inst_update(const char *id, const char *reason)
+/* Asks for an instance to stop, saying why. */
+static void inst_stop(const char *id, const char *reason)
 {
     struct loom_err err = LOOM_ERR_INIT;
     struct loom_db *db = act_db_get(&err);
     _cleanup_pgres_ PGresult *res = NULL;
-    if (db && reason)
+    if (db)
         res = loom_db_query(db, &err,
                             "UPDATE instances SET desired = 'stop', reason = $2, "
                             "updated_at = now() WHERE id = $1 AND desired = 'run'",
                             id, reason);
-    else if (db)
-        res = loom_db_query(db, &err, "UPDATE instances SET initialized_at = now() WHERE id = $1",
-                            id);
     if (db)
         act_db_put(db);
     if (!res)
-        log_warn("instance %s: could not record %s: %s", id, reason ? "its stop" : "its code",
-                 err.msg);
-    else if (reason)
+        log_warn("instance %s: could not record its stop (%s): %s", id, reason, err.msg);
+    else
         act_wake_scheduler();
 }
 
@@ -566,7 +564,9 @@ static int flush(struct loom_db *db, const struct activation *b, size_t n, struc
                             starts.buf, durs.buf, mems.buf, sts.buf,   https.buf, colds.buf};
     _cleanup_pgres_ PGresult *res = loom_db_exec(
         db,
-        "INSERT INTO function_activations (id, project_id, function_id, function_name, "
+        /* and the instances a cold call loaded: others may use them now */
+        "WITH ins AS (INSERT INTO function_activations (id, project_id, function_id, "
+        "function_name, "
         "  generation, instance_id, started_at, duration_us, billed_ms, memory_bytes, status, "
         "  http_status, cold) "
         "SELECT x.id, x.pid, f.id, x.name, x.gen, x.inst, "
@@ -576,7 +576,10 @@ static int flush(struct loom_db *db, const struct activation *b, size_t n, struc
         "  $6::uuid[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::int[], "
         "  $12::boolean[]) AS x(id, pid, fid, name, gen, inst, start, dur, mem, st, http, cold) "
         "JOIN projects p ON p.id = x.pid LEFT JOIN functions f ON f.id = x.fid "
-        "ON CONFLICT (id) DO NOTHING",
+        "ON CONFLICT (id) DO NOTHING RETURNING instance_id, cold, status) "
+        "UPDATE instances SET initialized_at = now() WHERE id IN (SELECT instance_id FROM ins "
+        "  WHERE cold AND status IN ('success', 'application_error')) "
+        "  AND initialized_at IS NULL AND desired = 'run'",
         LOOM_ARRAY_SIZE(params), params, err);
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(all); i++)
         strbuf_release(all[i]);
@@ -641,9 +644,10 @@ static void *writer_main(void *arg)
             snprintf(keep, sizeof(keep), "%" PRId64, retention_ms / 1000);
             _cleanup_pgres_ PGresult *del = loom_db_query(
                 db, &err,
+                /* an activation metering has not counted yet stays */
                 "DELETE FROM function_activations WHERE id IN (SELECT id FROM "
                 "function_activations WHERE started_at < now() - make_interval(secs => "
-                "$1::bigint) LIMIT 1000)",
+                "$1::bigint) AND metered LIMIT 1000)",
                 keep);
             if (!del)
                 log_warn("activation retention: %s", err.msg);
@@ -866,7 +870,7 @@ static void serve(struct call *c, const char *path, bool internal)
                         inst_remove(f, inst_id);
                     in = NULL;
                     pthread_mutex_unlock(&mu);
-                    inst_update(inst_id, rc > 0 ? "its code did not load" : "unreachable");
+                    inst_stop(inst_id, rc > 0 ? "its code did not load" : "unreachable");
                     pthread_mutex_lock(&mu);
                     status = 502;
                     snprintf(detail, sizeof(detail), "%s", why);
@@ -876,9 +880,7 @@ static void serve(struct call *c, const char *path, bool internal)
                 }
                 if (in)
                     in->ready = true;
-                pthread_mutex_unlock(&mu);
-                inst_update(inst_id, NULL);
-                pthread_mutex_lock(&mu);
+                /* recorded with the call's activation (flush), off the cold path */
                 pthread_cond_broadcast(&f->cond);
                 break;
             }
@@ -903,7 +905,7 @@ static void serve(struct call *c, const char *path, bool internal)
                     log_info("instance %s: evicted, its node's room going to a cold call of %s/%s",
                              victim, f->project, f->name);
                     loom_metric_add(m_evictions, 1);
-                    inst_update(victim, "evicted: its room went to a cold call");
+                    inst_stop(victim, "evicted: its room went to a cold call");
                     pthread_mutex_lock(&mu);
                 }
             }
@@ -961,7 +963,7 @@ static void serve(struct call *c, const char *path, bool internal)
         pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&mu);
         if (stop)
-            inst_update(inst_id, stop);
+            inst_stop(inst_id, stop);
     }
 
     char id_header[64];
@@ -1078,7 +1080,7 @@ void act_fn_tick(void)
     }
     pthread_mutex_unlock(&mu);
     for (size_t i = 0; i < nstops; i++)
-        inst_update(stops[i].id, stops[i].why);
+        inst_stop(stops[i].id, stops[i].why);
     demand_tick();
 }
 

@@ -764,7 +764,9 @@ static void serve_app(struct loom_http_req *req, const char *project, const char
         act_reply_problem(req, p.status, p.retry_after, p.detail);
     } else if (pr == ACT_PROXY_OK) {
         reply_upstream(req, &resp);
+        act_usage_request(project, name);
     } else if (pr == ACT_PROXY_TIMEOUT) {
+        act_usage_request(project, name); /* it reached the app, which used it */
         log_warn("%s", err.msg);
         loom_http_reply_problem(req, 504,
                                 "the app did not answer within its request timeout "
@@ -897,6 +899,7 @@ static void sweep_apps(struct loom_service *svc)
 void act_tick(struct loom_service *svc)
 {
     act_fn_tick();
+    act_usage_flush(svc->db);
     int64_t now = loom_mono_ms();
     if (now - last_sweep_ms >= SWEEP_EVERY_MS) {
         last_sweep_ms = now;
@@ -1012,11 +1015,12 @@ bool act_ready(struct loom_service *svc)
 
 void act_stop(struct loom_service *svc)
 {
-    (void)svc;
     act_fn_stop();
     /* held requests there see the service stopping and end */
     loom_http_server_stop(internal_http);
     internal_http = NULL;
+    /* both listeners are stopped: the last counts */
+    act_usage_flush(svc->db);
     pthread_mutex_lock(&pool_mu);
     for (int i = 0; i < DB_POOL; i++) {
         loom_db_close(pool[i]);

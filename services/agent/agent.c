@@ -50,6 +50,19 @@ const struct loom_opt agent_opts[] = {
      "GPUs id:model,... (default: detect /dev/nvidiaN)"},
     {"usage-interval", "LOOM_AGENT_USAGE_INTERVAL", LOOM_OPT_DURATION, &g_agent.o.usage_ms, "5s",
      100, 3600000, "usage sample interval"},
+    {"usage-resend", "LOOM_AGENT_USAGE_RESEND", LOOM_OPT_DURATION, &g_agent.o.usage_resend_ms,
+     "30s", 1000, 3600000,
+     "send a usage sample again when metering has not said it committed it after this "
+     "(then twice as long, up to 16 times)"},
+    {"log-rate", "LOOM_AGENT_LOG_RATE", LOOM_OPT_SIZE, &g_agent.o.log_rate, "2Mi", 0, 0,
+     "bytes of output an instance may write a second (in bursts of --log-burst); the rest is "
+     "dropped, with a marker line saying how much; 0: no limit"},
+    {"log-burst", "LOOM_AGENT_LOG_BURST", LOOM_OPT_SIZE, &g_agent.o.log_burst, "16Mi", 0, 0,
+     "bytes of output an instance may write at once beyond its rate"},
+    {"log-max-disk", "LOOM_AGENT_LOG_MAX_DISK", LOOM_OPT_SIZE, &g_agent.o.log_max_disk, "256Mi", 0,
+     0,
+     "disk an instance's output not yet shipped may take; beyond, lines are dropped; 0: no "
+     "limit"},
     {"heartbeat-interval", "LOOM_AGENT_HEARTBEAT_INTERVAL", LOOM_OPT_DURATION, &g_agent.o.hb_ms,
      "1s", 100, 60000, "heartbeat interval"},
     {"userns", "LOOM_AGENT_USERNS", LOOM_OPT_STRING, &g_agent.o.userns, "auto", 0, 0,
@@ -168,6 +181,9 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&a->cond, &ca);
     pthread_cond_init(&a->report_cond, &ca);
+    pthread_mutex_init(&a->usage_mu, NULL);
+    pthread_mutex_init(&a->usage_wake_mu, NULL);
+    pthread_cond_init(&a->usage_wake, &ca);
     pthread_condattr_destroy(&ca);
 
     char p[4200];
@@ -201,6 +217,9 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
                                            "time to get an image (pull + unpack, or cached)",
                                            buckets, LOOM_ARRAY_SIZE(buckets));
 
+    /* before adoption: an adopted instance's cursor may be in the outbox */
+    if (agent_usage_open(a, err) < 0)
+        return -1;
     pthread_mutex_lock(&a->mu);
     agent_adopt_all(a);
     pthread_mutex_unlock(&a->mu);
@@ -209,8 +228,10 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
     if (agent_subscribe_commands(a, err) < 0 || agent_subscribe_specialize(a, err) < 0)
         return -1;
     if (pthread_create(&a->reporter, NULL, agent_reporter_main, a) != 0 ||
-        pthread_create(&a->housekeeping, NULL, agent_housekeeping_main, a) != 0)
+        pthread_create(&a->housekeeping, NULL, agent_housekeeping_main, a) != 0 ||
+        pthread_create(&a->usage_sender, NULL, agent_usage_sender_main, a) != 0)
         return loom_err_set(err, LOOM_EINTERNAL, "could not start threads");
+    a->usage_sender_started = true;
     log_info("agent %s: state %s, bridge %s, subnet %s, cgroup parent %s", a->o.node_name,
              a->o.state_dir, a->o.bridge, a->o.subnet, a->o.cgroup_parent);
     return 0;
@@ -247,8 +268,13 @@ void agent_stop(struct loom_service *svc)
     pthread_cond_broadcast(&a->report_cond);
     pthread_mutex_unlock(&a->mu);
     loom_service_wake(svc);
+    pthread_mutex_lock(&a->usage_wake_mu);
+    pthread_cond_broadcast(&a->usage_wake);
+    pthread_mutex_unlock(&a->usage_wake_mu);
     pthread_join(a->reporter, NULL);
     pthread_join(a->housekeeping, NULL);
+    if (a->usage_sender_started)
+        pthread_join(a->usage_sender, NULL);
     if (a->heartbeater_started)
         pthread_join(a->heartbeater, NULL);
     /* instance threads notice `stopping` within 100 ms; setup threads in the

@@ -5,6 +5,7 @@
  *   epoch                      highest scheduler epoch accepted
  *   images/                    the image store (image.h)
  *   runc/                      runc --root
+ *   usage-outbox/<id>          usage samples not yet committed by metering (outbox.c)
  *   cni/                       host-local IPAM data
  *   netns/<id>                 network namespace bind mounts (<id>: an instance, or
  *                              pool-<uuid> for one made ahead by the pool)
@@ -22,7 +23,10 @@
  *     mounts/<n>/              the files of the assign's n-th mount (secrets,
  *                              config maps), bound read-only; removed at teardown
  *     container.log            CRI-format stdout/stderr (the shim writes it)
- *     exit.json                {"exit_code","oom_killed","timed_out","finished_at"}
+ *     usage.json               the usage cursor {"seq","ts","cpu","final"}: where the
+ *                              last sample put in the outbox ended
+ *     exit.json                {"exit_code","oom_killed","timed_out","finished_at",
+ *                              "cpu_usage_ns","memory_peak_bytes"}
  *     done                     terminal report acknowledged and resources freed */
 #ifndef LOOM_AGENT_AGENT_H
 #define LOOM_AGENT_AGENT_H
@@ -38,6 +42,75 @@
 #include "proc.h"
 #include "err.h"
 #include "loom/v1/instance.pb-c.h"
+#include "loom/v1/usage.pb-c.h"
+
+/* ---- outbox.c: the durable usage outbox -----------------------------------
+ * One file per sample in a directory, named by the sample's id
+ * "<instance>:<seq>" (its Nats-Msg-Id), written (fsync of the file, rename,
+ * fsync of the directory) before it is first sent and removed when metering
+ * says the sample is committed: neither a NATS outage, an agent restart nor
+ * a reboot loses one. Samples are sent in the order they were put, sent
+ * again while no commit notice comes (after resend_ms, then later each
+ * time), and retried with backoff while sending fails. Thread-safe. */
+
+#define USAGE_OUTBOX_ID_MAX 96
+
+struct usage_outbox;
+struct usage_outbox_entry {
+    char id[USAGE_OUTBOX_ID_MAX];
+    uint8_t *data; /* the packed sample (a copy: usage_outbox_entry_release) */
+    size_t len;
+    int attempts; /* sends JetStream acknowledged before */
+};
+
+/* Opens dir (made when missing) and loads the samples there, all due now. */
+int usage_outbox_open(const char *dir, struct usage_outbox **ret, struct loom_err *err);
+void usage_outbox_free(struct usage_outbox *ob); /* accepts NULL */
+/* Writes a sample durably and queues it, due at now_ms. */
+int usage_outbox_put(struct usage_outbox *ob, const char *id, const uint8_t *data, size_t len,
+                     int64_t now_ms, struct loom_err *err);
+/* Drops a sample (committed or refused by metering); false if it was not there. */
+bool usage_outbox_done(struct usage_outbox *ob, const char *id);
+/* The sample due first, if it is due at now_ms. */
+bool usage_outbox_next_due(struct usage_outbox *ob, int64_t now_ms, struct usage_outbox_entry *ret);
+void usage_outbox_entry_release(struct usage_outbox_entry *e);
+/* After a send: ok (JetStream acknowledged it) makes it due again after
+ * resend_ms times 2^attempts (at most 16 times); a failure, after 1 s
+ * doubling up to 30 s. */
+void usage_outbox_sent(struct usage_outbox *ob, const char *id, bool ok, int64_t now_ms,
+                       int64_t resend_ms);
+size_t usage_outbox_count(struct usage_outbox *ob);
+/* When the first sample is due (INT64_MAX when there is none). */
+int64_t usage_outbox_next_due_ms(struct usage_outbox *ob);
+/* The instance's sample with the highest seq still held (a copy of its
+ * packed data), for an agent that crashed between putting a sample and
+ * moving the instance's cursor. */
+bool usage_outbox_last(struct usage_outbox *ob, const char *instance, uint64_t *ret_seq,
+                       uint8_t **ret_data, size_t *ret_len);
+
+/* ---- usage.c: the samples of an instance ------------------------------------ */
+
+/* Where an instance's last sample ended: the next covers (ts_ms, now]. */
+struct usage_cursor {
+    uint64_t seq;    /* of the last sample (0: none yet) */
+    int64_t ts_ms;   /* its end (at first: the container's start) */
+    uint64_t cpu_ns; /* the cgroup's counter then */
+    bool final;      /* the last sample (from the exit) is taken */
+};
+
+struct usage_reading {
+    int64_t now_ms;
+    uint64_t cpu_total_ns; /* the cgroup's cumulative counter */
+    uint64_t mem_bytes, mem_peak_bytes;
+};
+
+/* The next sample of an instance from its cursor and a reading, into the
+ * sample's seq, times and cpu fields; moves the cursor. The seq is the
+ * wall clock in ms, kept strictly increasing; the interval never runs
+ * backwards; a counter lower than the cursor's (it cannot happen with one
+ * cgroup) counts as no cpu used. */
+void usage_next_sample(struct usage_cursor *c, const struct usage_reading *rd,
+                       Loom__V1__UsageSample *ret);
 
 /* ---- bundle.c: OCI runtime config ---------------------------------------- */
 

@@ -53,7 +53,9 @@ struct instance {
     /* a function instance assigned without a project (a stem cell) belongs
      * to the project that claimed it once specialized (under agent.mu) */
     char claimed_project[72];
-    uint64_t usage_seq;
+    /* where the last usage sample ended (under agent.usage_mu) */
+    struct usage_cursor usage;
+    bool usage_ready;
     /* stop request */
     bool stop_requested;
     int64_t stop_grace_ms;
@@ -75,7 +77,7 @@ struct agent {
         char *node_name, *node_address, *state_dir, *subnet, *bridge, *cgroup_parent, *runtime,
             *cni_path, *insecure, *labels, *gpus, *userns, *userns_ranges;
         int64_t userns_base, image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms,
-            retention_ms;
+            retention_ms, usage_resend_ms, log_rate, log_burst, log_max_disk;
     } o;
     struct loom_service *svc;
     pthread_mutex_t mu;
@@ -95,6 +97,13 @@ struct agent {
     volatile bool stopping, registered;
     volatile bool reregister; /* the scheduler asked for a new NodeRegister */
     bool stream_ok;
+    /* usage: the outbox, its sender, and the lock that orders each
+     * instance's samples (a round and the final one) */
+    struct usage_outbox *outbox;
+    pthread_mutex_t usage_mu, usage_wake_mu;
+    pthread_cond_t usage_wake;
+    pthread_t usage_sender;
+    bool usage_sender_started;
     uint64_t hb_seq;
     pthread_t reporter, housekeeping, heartbeater;
     bool heartbeater_started;
@@ -164,10 +173,23 @@ struct instance *agent_find(struct agent *a, const char *id);
 /* The housekeeping thread: registers, starts the heartbeat thread, then runs
  * usage rounds and retention until a->stopping. */
 void *agent_housekeeping_main(void *arg);
-/* One usage round: a sample of every running instance. */
+/* usage.c: opens the outbox (<state>/usage-outbox) and subscribes to this
+ * node's commit notices. */
+int agent_usage_open(struct agent *a, struct loom_err *err);
+/* The sender thread: the outbox's due samples to JetStream. */
+void *agent_usage_sender_main(void *arg);
+/* The container started: its first sample covers the time from now and
+ * the cgroup's counter from 0. */
+void agent_usage_start(struct agent *a, struct instance *in);
+/* An instance adopted after a restart: its cursor from usage.json, or from
+ * the outbox's newest sample of it when that is further. */
+void agent_usage_adopt(struct agent *a, struct instance *in);
+/* A stem cell claimed for a project: metered from now. */
+void agent_usage_claimed(struct agent *a, struct instance *in);
+/* The instance's last sample, from the shim's exit.json (once). */
+void agent_usage_final(struct agent *a, struct instance *in, json_t *exit_json);
+/* One usage round: a sample of every running instance into the outbox. */
 void agent_sample_usage(struct agent *a);
-/* Publishes a UsageSample of in with u (JetStream, waits for the ack). */
-void agent_publish_usage(struct agent *a, struct instance *in, const struct cgroup_usage *u);
 
 /* Fills in cpu, memory, disk and GPUs where the options leave them to detect. */
 void agent_detect_inventory(struct agent *a);

@@ -374,6 +374,16 @@ static int write_mounts(struct instance *in, uint32_t uid, uint32_t gid, struct 
     return 0;
 }
 
+/* A stem cell's CPU limit: the scheduler holds its small share for it, but
+ * its runtime starts (an interpreter's imports) at a whole vCPU's pace, and
+ * an idle stem cell uses none; a claim sets its function's (specialize.c). */
+#define STEM_CPU_LIMIT_MILLIS 1000
+static int64_t stem_cpu_limit(const Loom__V1__InstanceAssign *as)
+{
+    if (as->kind == KIND_FUNCTION && !as->project[0] && as->cpu_millis < STEM_CPU_LIMIT_MILLIS)
+        return STEM_CPU_LIMIT_MILLIS;
+    return as->cpu_millis;
+}
 static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
 {
     struct agent *a = r->a;
@@ -463,7 +473,7 @@ static int write_bundle(struct run *r, struct image *img, struct loom_err *err)
         .gid = gid,
         .netns_path = r->netns,
         .cgroups_path = cgpath,
-        .cpu_millis = as->cpu_millis,
+        .cpu_millis = stem_cpu_limit(as),
         .memory_bytes = as->memory_bytes,
         .pids_limit = 2048,
         .nofile = nofile_limit(),
@@ -702,10 +712,11 @@ static int launch_shim(struct run *r, int *ret_status, struct loom_err *err)
     char path[4200], root[4200], cg[512];
     snprintf(root, sizeof(root), "%s/runc", a->o.state_dir);
     snprintf(cg, sizeof(cg), "%s/%s", a->o.cgroup_parent, in->id);
-    _cleanup_json_ json_t *sj =
-        json_pack("{s:s,s:s,s:s,s:I,s:I}", "runtime", a->o.runtime, "root", root, "cgroup", cg,
-                  "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds,
-                  "gpu_mask", (json_int_t)in->gpu_mask);
+    _cleanup_json_ json_t *sj = json_pack(
+        "{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I}", "runtime", a->o.runtime, "root", root, "cgroup", cg,
+        "max_execution_seconds", (json_int_t)in->assign->max_execution_seconds, "gpu_mask",
+        (json_int_t)in->gpu_mask, "log_rate", (json_int_t)a->o.log_rate, "log_burst",
+        (json_int_t)a->o.log_burst, "log_max_disk", (json_int_t)a->o.log_max_disk);
     path_in(path, sizeof(path), in, "shim.json");
     if (agent_write_json_nosync(path, sj, err) < 0)
         return -1;
@@ -925,6 +936,7 @@ static int setup(struct run *r, struct loom_err *err)
     pthread_mutex_lock(&a->mu);
     in->init_pid = init;
     pthread_mutex_unlock(&a->mu);
+    agent_usage_start(a, in);
     double lat = (double)(now - in->assigned_mono) / 1000.0;
     loom_metric_observe(a->m_start, lat);
     log_info("instance %s: process running %" PRId64 " ms after assign (image %" PRId64
@@ -1028,14 +1040,11 @@ static void finish(struct run *r)
     bool oom = have_exit && json_is_true(json_object_get(j, "oom_killed"));
     bool timed_out = have_exit && json_is_true(json_object_get(j, "timed_out"));
     const char *error = have_exit ? json_string_value(json_object_get(j, "error")) : NULL;
-    if (have_exit && json_object_get(j, "cpu_usage_ns")) {
-        /* the last sample: what ran since the previous one would be lost */
-        struct cgroup_usage u = {
-            .cpu_ns = (uint64_t)json_integer_value(json_object_get(j, "cpu_usage_ns")),
-            .mem_peak_bytes = (uint64_t)json_integer_value(json_object_get(j, "memory_peak_bytes")),
-        };
-        agent_publish_usage(r->a, in, &u);
-    }
+    /* the last sample covers what ran since the previous one, up to the
+     * exit: before the terminal report, so that it is in the outbox before
+     * anything of the instance may go */
+    if (have_exit)
+        agent_usage_final(r->a, in, j);
     char reason[700];
     struct loom_layer_info out;
     struct report_extra x = {
@@ -1233,6 +1242,7 @@ static void adopt(struct run *r)
             pthread_mutex_lock(&r->a->mu);
             in->init_pid = (pid_t)atoi(ip);
             pthread_mutex_unlock(&r->a->mu);
+            agent_usage_adopt(r->a, in);
             log_info("instance %s: adopted running shim %d", in->id, (int)pid);
             /* hold the image's layers against eviction again (cached: no pull) */
             struct loom_err err = LOOM_ERR_INIT;
@@ -1243,8 +1253,10 @@ static void adopt(struct run *r)
         }
         return;
     }
-    if (exited)
-        return; /* finished while we were away: finish() reports it */
+    if (exited) {
+        agent_usage_adopt(r->a, in); /* for the final sample */
+        return;                      /* finished while we were away: finish() reports it */
+    }
     path_in(path, sizeof(path), in, "pid");
     if (access(path, F_OK) == 0)
         snprintf(r->fail_reason, sizeof(r->fail_reason),

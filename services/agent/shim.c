@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +29,23 @@
 #include "util.h"
 
 #define LOG_PARTIAL_MAX 16384
+#define MARKER_EVERY_MS 1000
+
+/* What keeps one instance's output from filling the disk or drowning the
+ * others': a byte rate (a token bucket) and a cap on what container.log
+ * holds on disk (the logshipper punches out what it stored, so this is what
+ * waits to be shipped). Over either, whole lines are dropped and counted,
+ * and a marker line on stderr says how many and why. */
+struct log_caps {
+    int64_t rate, burst, max_disk; /* bytes/s, bytes, bytes; 0: no cap */
+    double tokens;
+    int64_t refilled_ns;
+    bool dropping[2]; /* the rest of the stream's current line goes */
+    bool partial[2];  /* part of the stream's current line was written */
+    int64_t dropped_lines, dropped_bytes;
+    const char *why; /* of the drops not yet reported */
+    int64_t marker_ms;
+};
 
 struct shim {
     char *dir, *id, *runtime, *root, *cgsuffix;
@@ -35,9 +53,79 @@ struct shim {
     int logfd;
     char line[2][LOG_PARTIAL_MAX];
     size_t linelen[2];
+    struct log_caps caps;
 };
 
+static void write_record(struct shim *s, int stream, const char *text, size_t len, bool partial);
+
+/* The marker line for what was dropped since the last one. */
+static void report_drops(struct shim *s)
+{
+    struct log_caps *c = &s->caps;
+    if (c->dropped_lines == 0 && c->dropped_bytes == 0)
+        return;
+    char msg[320];
+    int n = snprintf(msg, sizeof(msg), "[loom] %lld lines (%lld bytes) of output dropped: %s",
+                     (long long)c->dropped_lines, (long long)c->dropped_bytes, c->why);
+    write_record(s, 1, msg, (size_t)n, false);
+    c->dropped_lines = c->dropped_bytes = 0;
+    c->marker_ms = loom_mono_ms();
+}
+
+/* Whether a record of size bytes may be written now; false sets why. */
+static bool admit(struct shim *s, size_t size)
+{
+    struct log_caps *c = &s->caps;
+    if (c->max_disk > 0) {
+        struct stat st;
+        if (fstat(s->logfd, &st) == 0 && (int64_t)st.st_blocks * 512 > c->max_disk) {
+            c->why = "the output waiting to be shipped reached the instance's cap";
+            return false;
+        }
+    }
+    if (c->rate <= 0)
+        return true;
+    int64_t now = loom_now_ns();
+    c->tokens += (double)(now - c->refilled_ns) * (double)c->rate / 1e9;
+    if (c->tokens > (double)c->burst)
+        c->tokens = (double)c->burst;
+    c->refilled_ns = now;
+    if (c->tokens < (double)size) {
+        c->why = "the instance writes faster than its log rate";
+        return false;
+    }
+    c->tokens -= (double)size;
+    return true;
+}
+
+/* A record of the container's output, through the caps: a line is written
+ * whole or dropped whole (a line whose first parts went out and whose rest
+ * may not gets an empty last part, so that it ends). */
 static void write_log_line(struct shim *s, int stream, const char *text, size_t len, bool partial)
+{
+    struct log_caps *c = &s->caps;
+    if (c->dropping[stream] || !admit(s, len + 40)) {
+        if (c->partial[stream]) {
+            write_record(s, stream, "", 0, false);
+            c->partial[stream] = false;
+        }
+        c->dropping[stream] = partial;
+        c->dropped_bytes += (int64_t)len;
+        if (!partial)
+            c->dropped_lines++;
+        if (loom_mono_ms() - c->marker_ms >= MARKER_EVERY_MS)
+            report_drops(s);
+        return;
+    }
+    /* written again after drops: say so first, once a second at most (the
+     * markers are not counted against the rate) */
+    if ((c->dropped_lines || c->dropped_bytes) && loom_mono_ms() - c->marker_ms >= MARKER_EVERY_MS)
+        report_drops(s);
+    c->partial[stream] = partial;
+    write_record(s, stream, text, len, partial);
+}
+
+static void write_record(struct shim *s, int stream, const char *text, size_t len, bool partial)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -85,10 +173,11 @@ static void feed(struct shim *s, int stream, const char *data, size_t len)
 static void flush_partial(struct shim *s)
 {
     for (int i = 0; i < 2; i++)
-        if (s->linelen[i]) {
+        if (s->linelen[i] || s->caps.partial[i] || s->caps.dropping[i]) {
             write_log_line(s, i, s->line[i], s->linelen[i], false);
             s->linelen[i] = 0;
         }
+    report_drops(s);
 }
 
 static int runc(struct shim *s, const char *a1, const char *a2, const char *a3,
@@ -351,6 +440,11 @@ int shim_main(int argc, char **argv)
     s.root = (char *)json_string_value(json_object_get(cfg, "root"));
     s.cgsuffix = (char *)json_string_value(json_object_get(cfg, "cgroup"));
     s.max_exec_s = json_integer_value(json_object_get(cfg, "max_execution_seconds"));
+    s.caps.rate = json_integer_value(json_object_get(cfg, "log_rate"));
+    s.caps.burst = json_integer_value(json_object_get(cfg, "log_burst"));
+    s.caps.max_disk = json_integer_value(json_object_get(cfg, "log_max_disk"));
+    s.caps.tokens = (double)s.caps.burst;
+    s.caps.refilled_ns = loom_now_ns();
     if (!s.runtime || !s.root || !s.cgsuffix) {
         status_msg("err bad shim.json\n");
         return 1;

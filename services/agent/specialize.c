@@ -112,9 +112,11 @@ static void on_specialize(struct loom_bus *bus, natsMsg *msg, void *arg)
         log_warn("instance %s: specializing for %s: %s", m->instance_id, m->project, err.msg);
         refuse = "could not specialize";
     }
-    if (!refuse && first)
+    if (!refuse && first) {
+        agent_usage_claimed(a, in);
         log_info("instance %s: claimed by %s/%s (generation %" PRId64 ")", in->id, m->project,
                  m->function, m->generation);
+    }
     loom_bus_ack(bus, msg, refuse, false);
     loom__v1__instance_specialize__free_unpacked(m, NULL);
 }

@@ -18,7 +18,7 @@ static int need_admin(const struct api_caller *c, struct loom_err *err)
     return 0;
 }
 
-static int admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err)
+int api_admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err)
 {
     struct api_caller caller;
     if (api_begin(req, false, ret_db, &caller, NULL, err) < 0 || need_admin(&caller, err) < 0)
@@ -30,7 +30,7 @@ void api_admin_nodes_list(struct loom_http_req *req)
 {
     struct loom_err err = LOOM_ERR_INIT;
     struct loom_db *db;
-    if (admin_begin(req, &db, &err) < 0)
+    if (api_admin_begin(req, &db, &err) < 0)
         API_FAIL(req, &err);
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, &err,
@@ -113,7 +113,7 @@ void api_admin_keys_list(struct loom_http_req *req)
 {
     struct loom_err err = LOOM_ERR_INIT;
     struct loom_db *db;
-    if (admin_begin(req, &db, &err) < 0)
+    if (api_admin_begin(req, &db, &err) < 0)
         API_FAIL(req, &err);
     _cleanup_pgres_ PGresult *res = loom_db_query(
         db, &err,

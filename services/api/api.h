@@ -16,11 +16,12 @@
 
 /* Service-wide settings (from the options). */
 struct api_config {
-    char *activator_url;         /* LOOM_ACTIVATOR_URL, without a trailing slash */
-    char *registry;              /* LOOM_REGISTRY: host:port of the platform's registry, or NULL */
-    char *secrets_key;           /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
-    int64_t rate_limit;          /* requests a second per API key and replica; 0 = no limit */
-    int64_t max_upload;          /* LOOM_API_MAX_UPLOAD: bytes of one source upload */
+    char *activator_url;  /* LOOM_ACTIVATOR_URL, without a trailing slash */
+    int64_t logs_wait_ms; /* how long a read of a finished instance's logs waits for their end */
+    char *secrets_key;    /* LOOM_SECRETS_KEY: 64 hex characters, or NULL */
+    int64_t rate_limit;   /* requests a second per API key and replica; 0 = no limit */
+    char *registry;       /* LOOM_REGISTRY: host:port of the platform's registry, or NULL */
+    int64_t max_upload;   /* LOOM_API_MAX_UPLOAD: bytes of one source upload */
     int64_t max_upload_unpacked; /* what it may unpack to */
 };
 extern struct api_config api_cfg;
@@ -115,6 +116,15 @@ void api_patch_release(struct api_patch *p);
 int api_check_if_match(struct loom_http_req *req, const char *what, const char *name,
                        const char *generation, struct loom_err *err);
 
+/* ---- logs.c --------------------------------------------------------------- */
+
+/* Wakes every log follower: keepalives, and a look at PostgreSQL for what
+ * NATS did not bring (the service's tick, once a second). */
+void api_logs_heartbeat(void);
+
+/* Authenticates an admin key (403 for others); admin routes call it first. */
+int api_admin_begin(struct loom_http_req *req, struct loom_db **ret_db, struct loom_err *err);
+
 /* Replies with err as a problem (logging 5xx errors once). */
 void api_fail(struct loom_http_req *req, const struct loom_err *err);
 #define API_FAIL(req, err)                                                                         \
@@ -173,13 +183,6 @@ int api_resource_load(const struct api_resource *k, struct loom_db *db, const st
                       const char *name, json_t **ret, struct loom_err *err);
 void api_resource_list(struct loom_http_req *req, const struct api_resource *k);
 void api_resource_get(struct loom_http_req *req, const struct api_resource *k);
-/* GET .../<kind>/{name}/logs[?instance=ID][&limit=N][&after=CURSOR]: the
- * lines of the instances whose instance_column ("i.app_id") is the id that
- * sql_lookup ($1 project id, $2 name) finds, in time order. "next" is the
- * cursor after the last line returned (always set, so a follower can poll
- * with it). what names the resource in a 404. */
-void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
-                       const char *instance_column);
 /* The row sql ($1 project id, $2 name) finds, or NULL with LOOM_ENOTFOUND
  * `<what> "<name>" not found` (or the database's error). */
 PGresult *api_find(struct loom_db *db, const struct api_project *p, const char *sql,
@@ -377,6 +380,8 @@ void api_admin_keys_list(struct loom_http_req *req);
 void api_admin_keys_create(struct loom_http_req *req);
 void api_admin_keys_revoke(struct loom_http_req *req);
 void api_admin_quota_get(struct loom_http_req *req);
+void api_admin_usage_export(struct loom_http_req *req);
+void api_usage_get(struct loom_http_req *req);
 void api_admin_quota_put(struct loom_http_req *req);
 
 #endif

@@ -308,10 +308,3 @@ void api_apps_instances(struct loom_http_req *req)
     }
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
-
-/* GET .../apps/{name}/logs: api_instance_logs over the app's instances. */
-void api_apps_logs(struct loom_http_req *req)
-{
-    api_instance_logs(req, "app", "SELECT id FROM apps WHERE project_id = $1 AND name = $2",
-                      "i.app_id");
-}

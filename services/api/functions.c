@@ -323,14 +323,6 @@ void api_functions_activations(struct loom_http_req *req)
     loom_http_reply_json(req, 200, TAKE_PTR(out));
 }
 
-/* GET .../functions/{name}/logs: as an app's (api_instance_logs). */
-void api_functions_logs(struct loom_http_req *req)
-{
-    api_instance_logs(req, "function",
-                      "SELECT id FROM functions WHERE project_id = $1 AND name = $2",
-                      "i.function_id");
-}
-
 /* GET /v1/function_runtimes: what an operator installed, for any key. */
 void api_function_runtimes(struct loom_http_req *req)
 {

@@ -14,7 +14,6 @@
 #include "util.h"
 
 #define MAX_INDEX_DETAILS 1000
-#define MAX_LOG_LINES 10000
 
 #define RUN_COLS                                                                                   \
     "r.id, r.name, r.spec::text, r.array_spec, r.array_size, r.pending::text, r.state, "           \
@@ -423,60 +422,4 @@ static int jobrun_delete(struct api_ctx *ctx, int *ret_status, json_t **ret_body
 void api_jobruns_delete(struct loom_http_req *req)
 {
     api_write(req, true, jobrun_delete);
-}
-
-void api_jobruns_logs(struct loom_http_req *req)
-{
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
-        API_FAIL(req, &err);
-    const char *name = req->params[1];
-    const char *index = loom_http_query(req, "index");
-    int64_t idx = 0;
-    if (index && loom_parse_int(index, 0, 9999999, &idx) < 0) {
-        loom_err_set(&err, LOOM_EINVAL, "query parameter \"index\": not an array index");
-        API_FAIL(req, &err);
-    }
-    _cleanup_pgres_ PGresult *run = loom_db_query(
-        db, &err,
-        "SELECT id FROM job_runs WHERE project_id = $1 AND name = $2 AND build_run_id IS NULL",
-        proj.id_str, name);
-    if (!run)
-        API_FAIL(req, &err);
-    if (PQntuples(run) == 0) {
-        loom_err_set(&err, LOOM_ENOTFOUND, "job run \"%s\" not found", name);
-        API_FAIL(req, &err);
-    }
-    char lim[16];
-    snprintf(lim, sizeof(lim), "%d", MAX_LOG_LINES + 1);
-    _cleanup_pgres_ PGresult *res = loom_db_query(
-        db, &err,
-        "SELECT i.array_index, i.retry, i.id, " API_TS(
-            "l.ts") ", l.stream, l.line "
-                    "FROM log_lines l JOIN instances i ON i.id = l.instance_id "
-                    "WHERE i.job_run_id = $1 AND ($2::int IS NULL OR i.array_index = $2) "
-                    "ORDER BY i.array_index, i.created_at, l.\"offset\" LIMIT $3",
-        PQgetvalue(run, 0, 0), index, lim);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *lines = json_array();
-    json_object_set_new(out, "lines", lines);
-    int n = PQntuples(res);
-    for (int r = 0; r < n && r < MAX_LOG_LINES; r++) {
-        json_t *o = json_object();
-        api_json_set_int(o, "index", loom_db_val(res, r, 0));
-        api_json_set_int(o, "retry", loom_db_val(res, r, 1));
-        api_json_set_str(o, "instance", loom_db_val(res, r, 2));
-        api_json_set_str(o, "ts", loom_db_val(res, r, 3));
-        api_json_set_str(o, "stream", loom_db_val(res, r, 4));
-        api_json_set_str(o, "line", loom_db_val(res, r, 5));
-        json_array_append_new(lines, o);
-    }
-    if (n > MAX_LOG_LINES)
-        json_object_set_new(out, "truncated", json_true());
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
 }

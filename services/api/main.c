@@ -21,6 +21,9 @@ static const struct loom_opt api_opts[] = {
      "what one source upload may unpack to (a bigger one is refused as a bomb)"},
     {"secrets-key", "LOOM_SECRETS_KEY", LOOM_OPT_STRING, &api_cfg.secrets_key, NULL, 0, 0,
      "AES-256-GCM key for secrets, 64 hex characters (unset: secrets are disabled)"},
+    {"logs-wait", "LOOM_API_LOGS_WAIT", LOOM_OPT_DURATION, &api_cfg.logs_wait_ms, "5s", 0, 60000,
+     "how long a read of a finished instance's logs waits for the logshipper to have stored its "
+     "last lines"},
     {"rate-limit", "LOOM_API_RATE_LIMIT", LOOM_OPT_INT, &api_cfg.rate_limit, "200", 0, 1000000,
      "requests a second per API key (bursts of twice that); 0 = no limit"},
 };
@@ -62,6 +65,7 @@ static void api_tick(struct loom_service *svc)
         ;
     if (n < 0)
         log_warn("could not publish events: %s", err.msg);
+    api_logs_heartbeat();
 }
 
 static const struct loom_service_def api_def = {

@@ -49,7 +49,10 @@ static const struct op ops[] = {
     {"delete", "/v1/projects/{project}/job_runs/{name}", "deleteJobRun",
      "Delete a job run; 202 while its instances are being stopped (delete again)", NULL, 204, NULL},
     {"get", "/v1/projects/{project}/job_runs/{name}/logs", "getJobRunLogs",
-     "Output lines of a run's instances (?index=N for one index)", NULL, 200, "LogLines"},
+     "Output lines of a run's instances, index by index (?index=N, ?instance=ID, "
+     "?stream=stdout|stderr, ?since=TIME|DURATION, ?tail=N; a finished index's lines are all "
+     "there, else \"incomplete\" says why; ?follow=true: server-sent events, ending with the run)",
+     NULL, 200, "LogLines"},
     {"post", "/v1/projects/{project}/job_runs/{name}/cancel", "cancelJobRun",
      "Cancel a pending or running run and stop its instances", NULL, 200, "JobRun"},
     {"post", "/v1/projects/{project}/job_runs/{name}/resubmit", "resubmitJobRun",
@@ -70,8 +73,9 @@ static const struct op ops[] = {
     {"get", "/v1/projects/{project}/apps/{name}/revisions", "listAppRevisions",
      "An app's generations, newest first", NULL, 200, "RevisionList"},
     {"get", "/v1/projects/{project}/apps/{name}/logs", "getAppLogs",
-     "Output lines of an app's instances in time order (?instance=, ?limit=, ?after=<next>)", NULL,
-     200, "AppLogLines"},
+     "Output lines of an app's instances in time order (?instance=, ?stream=, ?since=, ?tail=, "
+     "?limit=, ?after=<next>; ?follow=true: server-sent events)",
+     NULL, 200, "AppLogLines"},
     {"post", "/v1/projects/{project}/functions", "createFunction",
      "Create a function from inline code or a tar.gz bundle (a data: URL)", "Function", 201,
      "Function"},
@@ -165,7 +169,34 @@ static const struct op ops[] = {
     {"put", "/v1/admin/projects/{project}/quota", "replaceQuota",
      "Replace a project's quota; absent or null members are no limit (admin keys)", "Quota", 200,
      "Quota"},
+    {"get", "/v1/projects/{project}/usage", "getUsage",
+     "What the project consumed and what it cost, by resource (default), kind or day "
+     "(?from=&to= RFC 3339, a day or a month; default this month; ?group_by=resource|kind|day). "
+     "Hours not closed yet are provisional (final: false)",
+     NULL, 200, "Usage"},
+    {"get", "/v1/admin/usage/export", "exportUsage",
+     "The hourly usage records as FinOps FOCUS 1.2 CSV, streamed (?format=focus&from=&to= "
+     "required; &project=, &include_open=true for hours not closed yet; admin keys)",
+     NULL, 200, NULL},
 };
+
+/* Operations that answer with a stream too, or only: its media type. */
+static const struct {
+    const char *id, *media;
+} streams[] = {
+    {"exportUsage", "text/csv"},
+    {"getJobRunLogs", "text/event-stream"},
+    {"getAppLogs", "text/event-stream"},
+    {"getFunctionLogs", "text/event-stream"},
+};
+
+static const char *stream_media(const struct op *o)
+{
+    for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++)
+        if (strcmp(streams[i].id, o->id) == 0)
+            return streams[i].media;
+    return NULL;
+}
 
 /* Component schemas, one JSON text each (ISO C caps a literal at 4095). */
 static const char *const schemas[][2] = {
@@ -220,12 +251,19 @@ static const char *const schemas[][2] = {
                  "\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},\"retry\":"
                  "{\"type\":\"integer\"},\"instance\":{\"type\":\"string\"},\"ts\":{\"type\":"
                  "\"string\"},\"stream\":{\"enum\":[\"stdout\",\"stderr\"]},\"line\":{\"type\":"
-                 "\"string\"}}}},\"truncated\":{\"type\":\"boolean\"}}}"},
+                 "\"string\"}}}},\"truncated\":{\"type\":\"boolean\"},\"incomplete\":{"
+                 "\"$ref\":\"#/components/schemas/LogsIncomplete\"}}}"},
+    {"LogsIncomplete",
+     "{\"type\":\"array\",\"description\":\"finished instances whose last lines may be "
+     "missing, and why\",\"items\":{\"type\":\"object\",\"properties\":{\"instance\":{"
+     "\"type\":\"string\"},\"node\":{\"type\":\"string\"},\"reason\":{\"type\":"
+     "\"string\"}}}}"},
     {"AppLogLines", "{\"type\":\"object\",\"properties\":{\"lines\":{\"type\":\"array\","
                     "\"items\":{\"type\":\"object\",\"properties\":{\"instance\":{\"type\":"
                     "\"string\"},\"ts\":{\"type\":\"string\"},\"stream\":{\"enum\":["
                     "\"stdout\",\"stderr\"]},\"line\":{\"type\":\"string\"}}}},\"next\":{"
-                    "\"type\":\"string\",\"description\":\"cursor for ?after=\"}}}"},
+                    "\"type\":\"string\",\"description\":\"cursor for ?after=\"},"
+                    "\"incomplete\":{\"$ref\":\"#/components/schemas/LogsIncomplete\"}}}"},
     {"NodeList",
      "{\"type\":\"object\",\"properties\":{\"nodes\":{\"type\":\"array\",\"items\":{\"type\":"
      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"state\":{\"enum\":[\"ready\","
@@ -238,6 +276,20 @@ static const char *const schemas[][2] = {
               "\"type\":[\"integer\",\"null\"],\"minimum\":0},\"instances\":{\"type\":["
               "\"integer\",\"null\"],\"minimum\":0},\"updated_at\":{\"type\":[\"string\","
               "\"null\"],\"readOnly\":true}}}"},
+    {"Usage",
+     "{\"type\":\"object\",\"properties\":{\"project\":{\"type\":\"string\"},\"from\":{"
+     "\"type\":\"string\"},\"to\":{\"type\":\"string\"},\"group_by\":{\"enum\":[\"resource\","
+     "\"kind\",\"day\"]},\"items\":{\"type\":\"array\",\"items\":{\"type\":\"object\","
+     "\"properties\":{\"kind\":{\"type\":\"string\"},\"resource\":{\"type\":\"string\"},"
+     "\"day\":{\"type\":\"string\"},\"metric\":{\"type\":\"string\"},\"unit\":{\"type\":"
+     "\"string\"},\"quantity\":{\"type\":\"string\",\"description\":\"an exact decimal\"},"
+     "\"cost\":{\"type\":\"string\"},\"list_cost\":{\"type\":\"string\"},\"currency\":{"
+     "\"type\":\"string\"},\"final\":{\"type\":\"boolean\"}}}},\"totals\":{\"type\":"
+     "\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"currency\":{\"type\":"
+     "\"string\"},\"cost\":{\"type\":\"string\"},\"list_cost\":{\"type\":\"string\"}}}},"
+     "\"peaks\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"properties\":{"
+     "\"kind\":{\"type\":\"string\"},\"resource\":{\"type\":\"string\"},"
+     "\"memory_peak_bytes\":{\"type\":\"integer\"}}}}}}"},
     {"NodeState", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
                   "\"state\":{\"type\":\"string\"}}}"},
     {"KeyCreate", "{\"type\":\"object\",\"required\":[\"role\"],\"additionalProperties\":false,"
@@ -468,12 +520,19 @@ static json_t *operation(const struct op *o)
     snprintf(st, sizeof(st), "%d", o->status);
     if (strcmp(o->path, "/openapi.json") == 0) {
         json_object_set_new(responses, st, json_pack("{s:s}", "description", "OpenAPI 3.1"));
-    } else if (o->response) {
-        char ref[96];
-        snprintf(ref, sizeof(ref), "#/components/schemas/%s", o->response);
+    } else if (o->response || stream_media(o)) {
+        json_t *content = json_object();
+        if (o->response) {
+            char ref[96];
+            snprintf(ref, sizeof(ref), "#/components/schemas/%s", o->response);
+            json_object_set_new(content, "application/json",
+                                json_pack("{s:{s:s}}", "schema", "$ref", ref));
+        }
+        if (stream_media(o))
+            json_object_set_new(content, stream_media(o),
+                                json_pack("{s:{s:s}}", "schema", "type", "string"));
         json_object_set_new(responses, st,
-                            json_pack("{s:s,s:{s:{s:{s:s}}}}", "description", "OK", "content",
-                                      "application/json", "schema", "$ref", ref));
+                            json_pack("{s:s,s:o}", "description", "OK", "content", content));
     } else {
         json_object_set_new(responses, st, json_pack("{s:s}", "description", "Done"));
     }

@@ -168,62 +168,6 @@ void api_log_cursor_next(json_t *out, PGresult *res, int col, const char *after)
     json_object_set_new(out, "next", json_string(tok));
 }
 
-void api_instance_logs(struct loom_http_req *req, const char *what, const char *sql_lookup,
-                       const char *instance_column)
-{
-    struct loom_err err = LOOM_ERR_INIT;
-    struct loom_db *db;
-    struct api_caller caller;
-    struct api_project proj;
-    if (api_begin(req, true, &db, &caller, &proj, &err) < 0)
-        API_FAIL(req, &err);
-    const char *name = req->params[1];
-    const char *instance = loom_http_query(req, "instance");
-    const char *after = loom_http_query(req, "after");
-    char lim[24];
-    if (api_log_limit(req, lim, &err) < 0)
-        API_FAIL(req, &err);
-    /* cursor: "<epoch microseconds>|<instance uuid>|<offset>" */
-    struct api_log_cursor cur;
-    if (api_log_cursor_parse(after, &cur, &err) < 0)
-        API_FAIL(req, &err);
-    _cleanup_pgres_ PGresult *owner = api_find(db, &proj, sql_lookup, what, name, &err);
-    if (!owner)
-        API_FAIL(req, &err);
-    char sql[1024];
-    snprintf(sql, sizeof(sql),
-             "SELECT l.instance_id, " API_TS(
-                 "l.ts") ", l.stream, l.line, "
-                         "(extract(epoch FROM l.ts) * 1000000)::bigint, "
-                         "l.instance_id, l.\"offset\" FROM log_lines l JOIN instances i "
-                         "ON i.id = l.instance_id WHERE %s = $1 AND "
-                         "($2::uuid IS NULL OR i.id = $2::uuid) AND "
-                         "($3::bigint IS NULL OR (l.ts, l.instance_id, "
-                         "l.\"offset\") > (timestamptz 'epoch' + "
-                         "$3::bigint * interval '1 microsecond', "
-                         "$4::uuid, $5::bigint)) ORDER BY l.ts, "
-                         "l.instance_id, l.\"offset\" LIMIT $6",
-             instance_column);
-    const char *params[] = {PQgetvalue(owner, 0, 0), instance, cur.ts, cur.src, cur.seq, lim};
-    _cleanup_pgres_ PGresult *res = loom_db_exec(db, sql, 6, params, &err);
-    if (!res)
-        API_FAIL(req, &err);
-    _cleanup_json_ json_t *out = json_object();
-    json_t *lines = json_array();
-    json_object_set_new(out, "lines", lines);
-    int n = PQntuples(res);
-    for (int r = 0; r < n; r++) {
-        json_t *o = json_object();
-        api_json_set_str(o, "instance", loom_db_val(res, r, 0));
-        api_json_set_str(o, "ts", loom_db_val(res, r, 1));
-        api_json_set_str(o, "stream", loom_db_val(res, r, 2));
-        api_json_set_str(o, "line", loom_db_val(res, r, 3));
-        json_array_append_new(lines, o);
-    }
-    api_log_cursor_next(out, res, 4, after);
-    loom_http_reply_json(req, 200, TAKE_PTR(out));
-}
-
 static size_t count(const char *const *v)
 {
     size_t n = 0;

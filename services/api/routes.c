@@ -55,6 +55,7 @@ const struct loom_http_route api_routes[] = {
     {"DELETE", "/v1/projects/{}/build_runs/{}", api_buildruns_delete},
     {"POST", "/v1/projects/{}/build_runs/{}/cancel", api_buildruns_cancel},
     {"GET", "/v1/projects/{}/build_runs/{}/logs", api_buildruns_logs},
+    {"GET", "/v1/projects/{}/usage", api_usage_get},
 
     {"POST", "/v1/projects/{}/secrets", api_secrets_create},
     {"GET", "/v1/projects/{}/secrets", api_secrets_list},
@@ -75,6 +76,7 @@ const struct loom_http_route api_routes[] = {
     {"DELETE", "/v1/admin/keys/{}", api_admin_keys_revoke},
     {"GET", "/v1/admin/projects/{}/quota", api_admin_quota_get},
     {"PUT", "/v1/admin/projects/{}/quota", api_admin_quota_put},
+    {"GET", "/v1/admin/usage/export", api_admin_usage_export},
 };
 
 const size_t api_nroutes = sizeof(api_routes) / sizeof(api_routes[0]);

@@ -1,76 +1,9 @@
 #include "logshipper.h"
 
 #include <string.h>
-#include <time.h>
 
-static int digits(const char *s, int n, int *ret)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    *ret = v;
-    return 0;
-}
-
-int ls_parse_rfc3339_ns(const char *s, size_t len, int64_t *ret_ns)
-{
-    /* 2026-11-28T04:25:32[.fraction](Z|+hh:mm|-hh:mm) */
-    int Y, M, D, h, m, sec;
-    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' ||
-        s[16] != ':')
-        return -1;
-    if (digits(s, 4, &Y) < 0 || digits(s + 5, 2, &M) < 0 || digits(s + 8, 2, &D) < 0 ||
-        digits(s + 11, 2, &h) < 0 || digits(s + 14, 2, &m) < 0 || digits(s + 17, 2, &sec) < 0)
-        return -1;
-    if (Y < 1970 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
-        return -1;
-    size_t i = 19;
-    int64_t frac = 0;
-    if (i < len && s[i] == '.') {
-        i++;
-        int nd = 0;
-        while (i < len && s[i] >= '0' && s[i] <= '9') {
-            if (nd < 9) {
-                frac = frac * 10 + (s[i] - '0');
-                nd++;
-            }
-            i++;
-        }
-        if (nd == 0)
-            return -1;
-        for (; nd < 9; nd++)
-            frac *= 10;
-    }
-    int64_t offset_s = 0;
-    if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
-        i++;
-    } else if (i + 6 == len && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
-        int oh, om;
-        if (digits(s + i + 1, 2, &oh) < 0 || digits(s + i + 4, 2, &om) < 0 || oh > 23 || om > 59)
-            return -1;
-        offset_s = (oh * 3600 + om * 60) * (s[i] == '+' ? 1 : -1);
-        i += 6;
-    } else {
-        return -1;
-    }
-    if (i != len)
-        return -1;
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = M - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return -1;
-    *ret_ns = ((int64_t)t - offset_s) * 1000000000LL + frac;
-    return 0;
-}
+#include "strbuf.h"
+#include "util.h"
 
 int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct loom_err *err)
 {
@@ -79,7 +12,7 @@ int ls_parse_cri(const char *line, size_t len, struct ls_cri_line *ret, struct l
     if (!sp1)
         return loom_err_set(err, LOOM_EINVAL, "no space after the time");
     int64_t ts;
-    if (ls_parse_rfc3339_ns(line, (size_t)(sp1 - line), &ts) < 0)
+    if (loom_parse_rfc3339_ns(line, (size_t)(sp1 - line), &ts) < 0)
         return loom_err_set(err, LOOM_EINVAL, "bad time \"%.*s\"",
                             (int)(sp1 - line > 40 ? 40 : sp1 - line), line);
     const char *st = sp1 + 1;
@@ -138,26 +71,107 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
 void ls_add_clean_utf8(struct strbuf *out, const char *text, size_t len)
 {
     const unsigned char *p = (const unsigned char *)text;
-    size_t i = 0;
+    strbuf_grow(out, len + 16);
+    size_t i = 0, run = 0; /* valid bytes from run to i, added at once */
     while (i < len) {
-        size_t n = utf8_seq(p + i, len - i);
-        if (n == 0) {
-            strbuf_add(out, "\xef\xbf\xbd", 3);
+        /* the common case: printable ASCII */
+        if (p[i] >= 0x20 && p[i] < 0x80) {
             i++;
-        } else {
-            strbuf_add(out, p + i, n);
-            i += n;
+            continue;
         }
+        size_t n = utf8_seq(p + i, len - i);
+        if (n > 0) {
+            i += n;
+            continue;
+        }
+        strbuf_add(out, p + run, i - run);
+        strbuf_add(out, "\xef\xbf\xbd", 3);
+        i++;
+        run = i;
+    }
+    strbuf_add(out, p + run, len - run);
+}
+
+/* ---- joining partial records -------------------------------------------------------- */
+
+void ls_joiner_init(struct ls_joiner *j)
+{
+    memset(j, 0, sizeof(*j));
+    for (int i = 0; i < 3; i++)
+        strbuf_init(&j->text[i]);
+}
+
+void ls_joiner_release(struct ls_joiner *j)
+{
+    for (int i = 0; i < 3; i++)
+        strbuf_release(&j->text[i]);
+}
+
+void ls_joiner_reset(struct ls_joiner *j)
+{
+    for (int i = 0; i < 3; i++) {
+        strbuf_reset(&j->text[i]);
+        j->pending[i] = false;
     }
 }
 
-void ls_add_array_elem(struct strbuf *out, const char *s, size_t len)
+static void emit_pending(struct ls_joiner *j, int s, int64_t offset, ls_emit_fn emit, void *arg)
 {
-    strbuf_addch(out, '"');
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            strbuf_addch(out, '\\');
-        strbuf_addch(out, s[i]);
+    struct ls_line l = {.offset = offset,
+                        .ts_ns = j->ts_ns[s],
+                        .stream = (enum ls_stream)s,
+                        .text = j->text[s].buf,
+                        .len = j->text[s].len};
+    emit(arg, &l);
+    strbuf_reset(&j->text[s]);
+    j->pending[s] = false;
+}
+
+void ls_joiner_feed(struct ls_joiner *j, int64_t offset, const struct ls_cri_line *rec,
+                    ls_emit_fn emit, void *arg)
+{
+    int s = rec->stream == LS_STDERR ? 2 : 1;
+    if (!j->pending[s] && !rec->partial) {
+        /* the common case: a whole line in one record */
+        struct ls_line l = {.offset = offset,
+                            .ts_ns = rec->ts_ns,
+                            .stream = rec->stream,
+                            .text = rec->text,
+                            .len = rec->text_len};
+        emit(arg, &l);
+        return;
     }
-    strbuf_addch(out, '"');
+    if (!j->pending[s]) {
+        j->pending[s] = true;
+        j->first_offset[s] = offset;
+        j->ts_ns[s] = rec->ts_ns;
+    }
+    strbuf_add(&j->text[s], rec->text, rec->text_len);
+    if (!rec->partial || j->text[s].len >= LS_MAX_LINE)
+        emit_pending(j, s, offset, emit, arg);
+}
+
+void ls_joiner_flush(struct ls_joiner *j, int64_t offset, ls_emit_fn emit, void *arg)
+{
+    /* in the order the lines began */
+    int first =
+        j->pending[2] && (!j->pending[1] || j->first_offset[2] < j->first_offset[1]) ? 2 : 1;
+    if (j->pending[first])
+        emit_pending(j, first, offset, emit, arg);
+    if (j->pending[3 - first])
+        emit_pending(j, 3 - first, offset, emit, arg);
+}
+
+int64_t ls_joiner_resume(const struct ls_joiner *j, int64_t scanned)
+{
+    int64_t r = scanned;
+    for (int s = 1; s <= 2; s++)
+        if (j->pending[s] && j->first_offset[s] < r)
+            r = j->first_offset[s];
+    return r;
+}
+
+bool ls_joiner_empty(const struct ls_joiner *j)
+{
+    return !j->pending[1] && !j->pending[2];
 }

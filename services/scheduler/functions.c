@@ -35,15 +35,33 @@ enum { W_NODE, W_RUNTIME, W_MISSING };
     "GROUP BY n.name, r.name HAVING count(i.id) < $1::integer"
 
 /* Runtimes whose waiting calls outnumber the free stem cells (placed or on
- * their way): runtime, how many more. Demand rows over 5 s old are stale. */
+ * their way) and those claimed since the counts were written (a call that
+ * got one is still counted until its activator writes again): runtime,
+ * how many more. Demand rows over 5 s old are stale. */
 #define SQL_STEMS_DEMANDED                                                                         \
     "SELECT d.runtime, d.waiting - (SELECT count(*) FROM instances i "                             \
-    "  WHERE i.kind = 'function' AND i.runtime = d.runtime AND i.claimed_at IS NULL "              \
-    "  AND i.desired = 'run' AND i.state IN " LOOM_LIVE_STATES_SQL ") "                            \
-    "FROM (SELECT runtime, sum(waiting) AS waiting FROM function_stem_demand "                     \
+    "  WHERE i.kind = 'function' AND i.runtime = d.runtime AND i.desired = 'run' "                 \
+    "  AND ((i.claimed_at IS NULL AND i.state IN " LOOM_LIVE_STATES_SQL ") "                       \
+    "    OR i.claimed_at >= d.since)) "                                                            \
+    "FROM (SELECT runtime, sum(waiting) AS waiting, min(updated_at) AS since "                     \
+    "  FROM function_stem_demand "                                                                 \
     "  WHERE waiting > 0 AND updated_at > now() - interval '5 seconds' GROUP BY runtime) d "       \
     "JOIN function_runtimes r ON r.name = d.runtime AND NOT r.deprecated"
 #define DEMAND_MAX_PER_PASS 32
+
+/* Free stem cells beyond a node's pool (demand placed them) that stayed
+ * unclaimed for a minute while no call of their runtime waits: told to
+ * stop, the newest of each node's kept. $1: the pool size. */
+#define SQL_STEMS_SURPLUS                                                                          \
+    "UPDATE instances SET desired = 'stop', reason = 'a stem cell beyond the pool, unused', "      \
+    "  updated_at = now() WHERE id IN (SELECT id FROM (SELECT i.id, i.created_at, i.runtime, "     \
+    "    row_number() OVER (PARTITION BY i.node_name, i.runtime ORDER BY i.created_at DESC) AS k " \
+    "    FROM instances i WHERE i.kind = 'function' AND i.claimed_at IS NULL "                     \
+    "    AND i.desired = 'run' AND i.state IN " LOOM_LIVE_STATES_SQL ") x "                        \
+    "  WHERE x.k > $1::integer AND x.created_at < now() - interval '60 seconds' "                  \
+    "  AND NOT EXISTS (SELECT 1 FROM function_stem_demand d WHERE d.runtime = x.runtime "          \
+    "    AND d.waiting > 0 AND d.updated_at > now() - interval '5 seconds')) "                     \
+    "RETURNING id"
 
 /* Function instances marked to stop whose stop was not sent yet. */
 #define SQL_STOPS_UNSENT                                                                           \
@@ -183,7 +201,12 @@ int sched_functions_reconcile(struct sched *s, struct loom_db *db, int64_t epoch
                       "SELECT EXISTS (SELECT 1 FROM instances WHERE " SQL_STOPS_UNSENT ") "
                       "  OR ($1::integer > 0 AND EXISTS (" SQL_STEMS_WANTED ")) "
                       "  OR EXISTS (SELECT 1 FROM function_stem_demand WHERE waiting > 0 "
-                      "    AND updated_at > now() - interval '5 seconds')",
+                      "    AND updated_at > now() - interval '5 seconds') "
+                      "  OR EXISTS (SELECT 1 FROM instances WHERE kind = 'function' "
+                      "    AND claimed_at IS NULL AND desired = 'run' "
+                      "    AND state IN " LOOM_LIVE_STATES_SQL " "
+                      "    AND created_at < now() - interval '60 seconds' "
+                      "    GROUP BY node_name, runtime HAVING count(*) > $1::integer)",
                       per_node);
     if (!look)
         return -1;
@@ -193,13 +216,16 @@ int sched_functions_reconcile(struct sched *s, struct loom_db *db, int64_t epoch
         return -1;
     _cleanup_strbuf_ struct strbuf ids = STRBUF_INIT;
     size_t placed = 0;
-    _cleanup_pgres_ PGresult *stops = NULL;
+    _cleanup_pgres_ PGresult *stops = NULL, *surplus = NULL;
     if (loom_db_begin(db, err) < 0)
         return -1;
     if (sched_lease_check_tx(s, db, epoch, err) < 0)
         goto fail;
     if ((s->stem_cells > 0 && refill(s, db, epoch, pool, &ids, &placed, err) < 0) ||
         demand(db, epoch, pool, &ids, &placed, err) < 0)
+        goto fail;
+    surplus = loom_db_query(db, err, SQL_STEMS_SURPLUS, per_node);
+    if (!surplus)
         goto fail;
     stops = loom_db_exec(db,
                          "UPDATE instances SET stop_sent = true, updated_at = now() "

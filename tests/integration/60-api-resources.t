@@ -537,16 +537,18 @@ is "$(jqr '.components.schemas.AppFields.properties | has("scale_initial_instanc
 	"the document has the app fields"
 
 # every member of a reply is in the document (top level and status_details)
-openapi=$http_body
+# (the document is larger than one argument may be: jq reads it from a file)
+printf '%s' "$http_body" >"$tmp/openapi.json"
 undocumented() { # SCHEMA JSON: the members of JSON that SCHEMA does not describe
-	jq -rn --argjson doc "$openapi" --argjson obj "$2" --arg s "$1" '
-		def props(x): (if x["$ref"] then props($doc.components.schemas[x["$ref"] | split("/") | last])
+	jq -rn --slurpfile docs "$tmp/openapi.json" --argjson obj "$2" --arg s "$1" '
+		$docs[0] as $doc
+		| def props(x): (if x["$ref"] then props($doc.components.schemas[x["$ref"] | split("/") | last])
 			else {} end) + ([x.allOf[]? | props(.)] | add // {}) + (x.properties // {});
 		props($doc.components.schemas[$s]) as $p
 		| ([$obj | keys[]] - [$p | keys[]])
 		+ ([($obj.status_details // {}) | keys[]] - [($p.status_details.properties // {}) | keys[]]
 			| map("status_details." + .))
-		| join(",")'
+		| join(",")' || echo "(jq could not compare)"
 }
 for r in App:apps/full Job:jobs/full JobRun:job_runs/run-003 Secret:secrets/tls1 \
 	ConfigMap:config_maps/cm-010; do

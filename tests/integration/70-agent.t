@@ -9,6 +9,10 @@
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
+# The agent killed below must be back before its node counts as lost: on a
+# loaded machine a restart (exec, inventory, user namespace probe) has taken
+# 7 s, past the default 5 s.
+export LOOM_SCHEDULER_NODE_TIMEOUT=30s
 platform_up
 image=$LOOM_REGISTRY/loom/busybox:latest
 

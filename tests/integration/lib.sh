@@ -347,3 +347,38 @@ leak_checks() {
 	is "$(runc_leftovers)" "" "no container left in the agents' runc roots"
 	ok "PostgreSQL's directory $pgdir is gone" test ! -e "$pgdir"
 }
+
+# --- stopping and restarting a component -------------------------------------
+
+# halt NAME [SIGNAL]: stops a component of the platform (run/NAME.pid: a
+# service, or nats) with SIGNAL (KILL by default) and waits until it is gone,
+# keeping its command line and environment for unhalt.
+halt() {
+	local name=$1 sig=${2:-KILL} pid
+	pid=$(cat "$LOOM_HOME/run/$name.pid") || return 1
+	cp "/proc/$pid/environ" "$tmp/$name.environ" && cp "/proc/$pid/cmdline" "$tmp/$name.cmdline" ||
+		return 1
+	kill -"$sig" "$pid" || return 1
+	wait_for 30 eval '! kill -0 '"$pid"' 2>/dev/null'
+}
+
+# unhalt NAME [VAR=VALUE...]: starts what halt stopped again, the same way
+# (plus VARs), logging to logs/NAME.log.
+unhalt() {
+	local name=$1
+	shift
+	local -a env_ cmd_
+	mapfile -d '' -t env_ <"$tmp/$name.environ" || return 1
+	mapfile -d '' -t cmd_ <"$tmp/$name.cmdline" || return 1
+	(cd / && exec setsid env -i "${env_[@]}" "$@" "${cmd_[@]}" >>"$LOOM_HOME/logs/$name.log" 2>&1 \
+		</dev/null 9>&-) &
+	echo $! >"$LOOM_HOME/run/$name.pid"
+	disown $! # its end, a later halt, is no news for the shell
+}
+
+# respawn NAME [SIGNAL [VAR=VALUE...]]: halt, then unhalt.
+respawn() {
+	local name=$1 sig=${2:-KILL}
+	shift $(($# < 2 ? $# : 2))
+	halt "$name" "$sig" && unhalt "$name" "$@"
+}

@@ -196,13 +196,15 @@ static void test_durations(void **state)
     assert_int_equal(v, 3600000);
     assert_int_equal(loom_parse_duration_ms("7", &v), 0);
     assert_int_equal(v, 7000);
+    assert_int_equal(loom_parse_duration_ms("7d", &v), 0);
+    assert_int_equal(v, 7 * 86400000LL);
     assert_int_equal(loom_parse_duration_ms("0", &v), 0);
     assert_int_equal(v, 0);
     v = 42;
     assert_int_equal(loom_parse_duration_ms("", &v), -1);
     assert_int_equal(loom_parse_duration_ms("-1s", &v), -1);
     assert_int_equal(loom_parse_duration_ms("5 s", &v), -1);
-    assert_int_equal(loom_parse_duration_ms("5d", &v), -1);
+    assert_int_equal(loom_parse_duration_ms("5w", &v), -1);
     assert_int_equal(loom_parse_duration_ms("ms", &v), -1);
     assert_int_equal(loom_parse_duration_ms("99999999999999999999s", &v), -1);
     assert_int_equal(loom_parse_duration_ms("9223372036854775807h", &v), -1);

@@ -9,10 +9,13 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
+
 #include "http.h"
 #include "httpc.h"
 #include "json.h"
 #include "log.h"
+#include "strbuf.h"
 
 /* The HTTP server and client against each other on loopback. */
 
@@ -248,6 +251,166 @@ static void run_http(int threads)
     loom_http_server_stop(NULL);
 }
 
+/* ---- streamed replies ---- */
+
+/* A pushed stream: a producer thread queues lines and wakes the stream, as
+ * a NATS handler does for a log follower; fill hands out what is queued. */
+struct pushed {
+    pthread_mutex_t mu;
+    struct loom_http_stream *stream; /* NULL once done ran */
+    struct strbuf queued;
+    int produced, total;
+    bool finished;
+    int done_calls;
+};
+static struct pushed pushed = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int pushed_fill(void *arg, struct strbuf *out)
+{
+    struct pushed *p = arg;
+    pthread_mutex_lock(&p->mu);
+    strbuf_add(out, p->queued.buf, p->queued.len);
+    strbuf_reset(&p->queued);
+    bool over = p->finished && p->produced == p->total;
+    pthread_mutex_unlock(&p->mu);
+    return over ? -1 : 1;
+}
+
+static void pushed_done(void *arg)
+{
+    struct pushed *p = arg;
+    pthread_mutex_lock(&p->mu);
+    p->stream = NULL;
+    p->done_calls++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *producer(void *arg)
+{
+    struct pushed *p = arg;
+    for (int i = 0; i < p->total; i++) {
+        usleep(i % 10 == 0 ? 20000 : 200); /* pauses: the connection waits suspended */
+        pthread_mutex_lock(&p->mu);
+        strbuf_addf(&p->queued, "line %d\n", i);
+        p->produced++;
+        p->finished = p->produced == p->total;
+        if (p->stream)
+            loom_http_stream_wake(p->stream);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return NULL;
+}
+
+static void h_pushed(struct loom_http_req *req)
+{
+    pthread_mutex_lock(&pushed.mu);
+    pushed.stream =
+        loom_http_reply_stream(req, 200, "text/plain", pushed_fill, pushed_done, &pushed);
+    pthread_mutex_unlock(&pushed.mu);
+}
+
+/* A pulled stream: fill makes the next page each time (the export). */
+static int pages;
+static int pulled_fill(void *arg, struct strbuf *out)
+{
+    int *n = arg;
+    strbuf_addf(out, "page %d\n", *n);
+    return ++*n == pages ? -1 : 1;
+}
+
+static int pulled_n;
+static void h_pulled(struct loom_http_req *req)
+{
+    pulled_n = 0;
+    loom_http_reply_stream(req, 200, "text/csv", pulled_fill, NULL, &pulled_n);
+}
+
+/* A stream that never ends: stopping the server ends it. */
+static int forever_fill(void *arg, struct strbuf *out)
+{
+    (void)arg;
+    (void)out;
+    return 0;
+}
+
+static int forever_done_calls;
+static void forever_done(void *arg)
+{
+    (void)arg;
+    forever_done_calls++;
+}
+
+static void h_forever(struct loom_http_req *req)
+{
+    loom_http_reply_stream(req, 200, "text/plain", forever_fill, forever_done, NULL);
+}
+
+static const struct loom_http_route stream_routes[] = {
+    {"GET", "/pushed", h_pushed},
+    {"GET", "/pulled", h_pulled},
+    {"GET", "/forever", h_forever},
+};
+
+static void *stop_later(void *arg)
+{
+    usleep(300000);
+    loom_http_server_stop(arg);
+    return NULL;
+}
+
+static void test_http_stream(void **state)
+{
+    (void)state;
+    struct loom_err err = LOOM_ERR_INIT;
+    struct loom_http_server *srv;
+    struct loom_http_server_opts o = {.addr = "127.0.0.1:0",
+                                      .threads = 2,
+                                      .routes = stream_routes,
+                                      .nroutes = 3,
+                                      .service = "it"};
+    assert_int_equal(loom_http_server_start(&o, &srv, &err), 0);
+    char url[128];
+    struct loom_httpc_resp r;
+#define URL3(p)                                                                                    \
+    (snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", loom_http_server_port(srv), p), url)
+
+    /* every pushed line arrives, once, in order, across many suspends */
+    pushed.total = 300;
+    strbuf_init(&pushed.queued);
+    pthread_t t;
+    pthread_create(&t, NULL, producer, &pushed);
+    assert_int_equal(do_req("GET", URL3("/pushed"), NULL, NULL, &r), 200);
+    pthread_join(t, NULL);
+    struct strbuf want = STRBUF_INIT;
+    for (int i = 0; i < pushed.total; i++)
+        strbuf_addf(&want, "line %d\n", i);
+    assert_string_equal(r.body.buf, want.buf);
+    assert_string_equal(r.content_type, "text/plain");
+    loom_httpc_resp_release(&r);
+    strbuf_release(&want);
+    assert_int_equal(pushed.done_calls, 1);
+    strbuf_release(&pushed.queued);
+
+    /* pages made on demand */
+    pages = 1000;
+    assert_int_equal(do_req("GET", URL3("/pulled"), NULL, NULL, &r), 200);
+    assert_non_null(strstr(r.body.buf, "page 0\npage 1\n"));
+    assert_non_null(strstr(r.body.buf, "page 999\n"));
+    assert_null(strstr(r.body.buf, "page 1000"));
+    loom_httpc_resp_release(&r);
+
+    /* a stream waiting for data ends when the server stops, and is told */
+    pthread_t stopper;
+    pthread_create(&stopper, NULL, stop_later, srv);
+    struct loom_httpc_req rq = {.url = URL3("/forever"), .timeout_ms = -1, .idle_timeout_ms = 5000};
+    int rc = loom_httpc_do(&rq, &r, &err);
+    pthread_join(stopper, NULL);
+    assert_true(rc == -1 || r.status == 200);
+    loom_httpc_resp_release(&r);
+    assert_int_equal(forever_done_calls, 1);
+#undef URL3
+}
+
 /* A catch-all route (as the activator's) claims what it serves itself and
  * hands the rest to loom_http_serve_builtin. */
 static void h_catchall(struct loom_http_req *req)
@@ -321,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_http_thread_per_connection),
         cmocka_unit_test(test_http_thread_pool),
         cmocka_unit_test(test_http_serve_builtin),
+        cmocka_unit_test(test_http_stream),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     loom_httpc_global_cleanup();

@@ -7,8 +7,10 @@
 
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
 #include "services/logshipper/logshipper.h"
 
 static int parse(const char *s, struct ls_cri_line *l)
@@ -99,20 +101,92 @@ static void test_array_elem(void **state)
 {
     (void)state;
     struct strbuf sb = STRBUF_INIT;
-    ls_add_array_elem(&sb, "a \"q\" \\ {b,c}", 13);
+    loom_db_array_elem(&sb, "a \"q\" \\ {b,c}", 13);
     assert_string_equal(sb.buf, "\"a \\\"q\\\" \\\\ {b,c}\"");
     strbuf_reset(&sb);
-    ls_add_array_elem(&sb, "", 0);
+    loom_db_array_elem(&sb, "", 0);
     assert_string_equal(sb.buf, "\"\"");
     strbuf_release(&sb);
+}
+
+/* The joiner: lines of partial records put back together, handed out at the
+ * offset of the record that ends them, in increasing offsets. */
+static void collect_line(void *arg, const struct ls_line *l)
+{
+    struct strbuf *out = arg;
+    strbuf_addf(out, "%lld:%s:%lld:%.*s|", (long long)l->offset,
+                l->stream == LS_STDERR ? "err" : "out", (long long)l->ts_ns, (int)l->len, l->text);
+}
+
+static void rec(struct ls_joiner *j, int64_t off, enum ls_stream s, bool partial, const char *text,
+                struct strbuf *out)
+{
+    struct ls_cri_line r = {
+        .ts_ns = off * 10, .stream = s, .partial = partial, .text = text, .text_len = strlen(text)};
+    ls_joiner_feed(j, off, &r, collect_line, out);
+}
+
+static void test_joiner(void **state)
+{
+    (void)state;
+    struct ls_joiner j;
+    ls_joiner_init(&j);
+    struct strbuf out = STRBUF_INIT;
+    rec(&j, 0, LS_STDOUT, true, "aaa", &out);
+    assert_int_equal(ls_joiner_resume(&j, 10), 0);
+    assert_false(ls_joiner_empty(&j));
+    rec(&j, 10, LS_STDERR, false, "e", &out); /* the other stream goes on meanwhile */
+    rec(&j, 20, LS_STDOUT, true, "bbb", &out);
+    rec(&j, 30, LS_STDOUT, false, "c", &out);
+    assert_true(ls_joiner_empty(&j));
+    assert_int_equal(ls_joiner_resume(&j, 40), 40);
+    /* the joined line: at its last record's offset, with its first's time */
+    assert_string_equal(out.buf, "10:err:100:e|30:out:0:aaabbbc|");
+    strbuf_reset(&out);
+
+    /* pending on both streams, then the writer is gone: flushed in the
+     * order the lines began */
+    rec(&j, 50, LS_STDERR, true, "x", &out);
+    rec(&j, 60, LS_STDOUT, true, "y", &out);
+    assert_int_equal(ls_joiner_resume(&j, 70), 50);
+    ls_joiner_flush(&j, 70, collect_line, &out);
+    assert_string_equal(out.buf, "70:err:500:x|70:out:600:y|");
+    assert_true(ls_joiner_empty(&j));
+    strbuf_reset(&out);
+
+    /* a reader starting again drops what is pending */
+    rec(&j, 80, LS_STDOUT, true, "lost", &out);
+    ls_joiner_reset(&j);
+    rec(&j, 90, LS_STDOUT, false, "z", &out);
+    assert_string_equal(out.buf, "90:out:900:z|");
+    strbuf_reset(&out);
+
+    /* a line past LS_MAX_LINE is handed out at that size, the rest goes on */
+    char *part = malloc(16384 + 1);
+    memset(part, 'p', 16384);
+    part[16384] = 0;
+    int64_t off = 100;
+    for (int i = 0; i < LS_MAX_LINE / 16384 + 1; i++, off += 16400)
+        rec(&j, off, LS_STDOUT, true, part, &out);
+    rec(&j, off, LS_STDOUT, false, "end", &out);
+    free(part);
+    const char *second = strchr(out.buf, '|');
+    assert_non_null(second);
+    assert_int_equal(second - strchr(out.buf, 'p'), LS_MAX_LINE);
+    /* the second: the last part and the end */
+    const char *text2 = strrchr(second + 1 - 1, ':');
+    assert_non_null(text2);
+    assert_int_equal(strlen(text2 + 1), 16384 + strlen("end|"));
+    assert_string_equal(text2 + 1 + 16384, "end|");
+    strbuf_release(&out);
+    ls_joiner_release(&j);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cri_ok),
-        cmocka_unit_test(test_cri_bad),
-        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_joiner),     cmocka_unit_test(test_cri_ok),
+        cmocka_unit_test(test_cri_bad),    cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_array_elem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

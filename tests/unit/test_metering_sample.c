@@ -14,6 +14,8 @@ static char id_badhex[] = "0f4c7b1e-5d0a-4e4e-9a53-6b7e2f7d9c1g";
 static char node[] = "node-1";
 static char project[] = "shop";
 static char empty[] = "";
+static char kind_job[] = "job";
+static char kind_bad[] = "vm";
 
 static void good(Loom__V1__UsageSample *s)
 {
@@ -64,6 +66,32 @@ static void test_check(void **state)
     good(&s);
     s.memory_bytes_alloc = -1;
     assert_int_equal(meter_sample_check(&s, &err), -1);
+
+    /* the interval: its start, end and length agree */
+    good(&s);
+    s.start_unix_ms = s.ts_unix_ms - 1000;
+    s.cpu_ns = 900000000;
+    s.kind = kind_job;
+    assert_int_equal(meter_sample_check(&s, &err), 0);
+    s.start_unix_ms = s.ts_unix_ms - 999;
+    assert_int_equal(meter_sample_check(&s, &err), -1);
+    assert_string_equal(err.msg, "the interval (1795839931124, 1795839932123] is not 1000 ms long");
+    good(&s);
+    s.interval_ms = -1;
+    assert_int_equal(meter_sample_check(&s, &err), -1);
+    good(&s);
+    s.interval_ms = 32LL * 86400 * 1000;
+    assert_int_equal(meter_sample_check(&s, &err), -1);
+    /* no more cpu than 4096 cpus could use in the interval */
+    good(&s);
+    s.cpu_ns = 4096ULL * 1000 * 1000000;
+    assert_int_equal(meter_sample_check(&s, &err), 0);
+    s.cpu_ns = 4097ULL * 1000 * 1000000;
+    assert_int_equal(meter_sample_check(&s, &err), -1);
+    good(&s);
+    s.kind = kind_bad;
+    assert_int_equal(meter_sample_check(&s, &err), -1);
+    assert_string_equal(err.msg, "kind \"vm\" is not app, job or function");
 }
 
 int main(void)

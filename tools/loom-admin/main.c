@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "apikey.h"
 #include "bus.h"
 #include "cleanup.h"
@@ -52,6 +53,16 @@ static void usage(FILE *out)
         "                                    (a build stack of tools/stacks/stacks.json, made\n"
         "                                    offline with mmdebstrap, cached, pushed, registered)\n"
         "  stack register NAME --image HOST:PORT/REPO@DIGEST [--description D]\n"
+        "  prices set (--file SHEET.json | --currency C --price METRIC[/SKU]=PRICE...\n"
+        "             [--free METRIC[/SKU]=QUANTITY...]) [--effective-from TIME]\n"
+        "             [--description D]      a new price sheet (versioned; never changed)\n"
+        "  prices get [--at TIME] | list      the sheet in effect (now, or at TIME); all of them\n"
+        "  usage export --format focus --from TIME --to TIME [--project P] [--include-open]\n"
+        "                                    FinOps FOCUS 1.2 CSV of the hourly records, on "
+        "stdout\n"
+        "  logs retention get [--project P]\n"
+        "  logs retention set [--project P] [--max-age 7d] [--max-size 10G|none]\n"
+        "                                    (no --project: the default of every project)\n"
         "  status                            PostgreSQL, NATS and every LOOM_<SVC>_ADDR /readyz\n"
         "\n"
         "environment: LOOM_PG_DSN, LOOM_NATS_URL, LOOM_<SERVICE>_ADDR\n"
@@ -59,13 +70,13 @@ static void usage(FILE *out)
         out);
 }
 
-static int fail(const struct loom_err *err)
+int fail(const struct loom_err *err)
 {
     fprintf(stderr, "loom-admin: %s\n", err->msg);
     return 1;
 }
 
-static int usage_error(const char *fmt, const char *arg)
+int usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, "loom-admin: ");
     fprintf(stderr, fmt, arg);
@@ -73,7 +84,7 @@ static int usage_error(const char *fmt, const char *arg)
     return 2;
 }
 
-static int open_db(struct loom_db **ret, struct loom_err *err)
+int open_db(struct loom_db **ret, struct loom_err *err)
 {
     if (!pg_dsn || !*pg_dsn)
         return loom_err_set(err, LOOM_EINVAL, "no database: set --pg-dsn or LOOM_PG_DSN");
@@ -253,8 +264,7 @@ out:
 
 /* ---- tables ------------------------------------------------------------ */
 
-/* Prints a result as an aligned table with the given headers. */
-static void print_table(PGresult *res, const char *const *headers)
+void print_table(PGresult *res, const char *const *headers)
 {
     int nc = PQnfields(res), nr = PQntuples(res);
     size_t w[32] = {0};
@@ -274,8 +284,7 @@ static void print_table(PGresult *res, const char *const *headers)
                    c + 1 < nc ? "  " : "\n");
 }
 
-static int query_print(const char *sql, const char *const *headers, int n,
-                       const char *const *params)
+int query_print(const char *sql, const char *const *headers, int n, const char *const *params)
 {
     struct loom_err err = LOOM_ERR_INIT;
     struct loom_db *db = NULL;
@@ -292,10 +301,8 @@ static int query_print(const char *sql, const char *const *headers, int n,
     return 0;
 }
 
-/* Runs an UPDATE/INSERT that must touch exactly one row; notfound is the
- * message when it touches none. */
-static int exec_one(const char *sql, int n, const char *const *params, const char *notfound,
-                    const char *done)
+int exec_one(const char *sql, int n, const char *const *params, const char *notfound,
+             const char *done)
 {
     struct loom_err err = LOOM_ERR_INIT;
     struct loom_db *db = NULL;
@@ -929,5 +936,11 @@ int main(int argc, char **argv)
         return cmd_runtimes(sub_argc, sub_argv);
     if (strcmp(cmd, "stack") == 0 || strcmp(cmd, "stacks") == 0)
         return cmd_stack(sub_argc, sub_argv);
+    if (strcmp(cmd, "prices") == 0)
+        return cmd_prices(sub_argc, sub_argv);
+    if (strcmp(cmd, "usage") == 0)
+        return cmd_usage(sub_argc, sub_argv);
+    if (strcmp(cmd, "logs") == 0)
+        return cmd_logs(sub_argc, sub_argv);
     return usage_error("unknown command \"%s\"", cmd);
 }

@@ -47,6 +47,29 @@ static void print_problem(const struct reply *r)
         fprintf(stderr, "request id: %s\n", rid);
 }
 
+/* The API's base URL without a trailing slash, and path, allocated; NULL
+ * (printed why) when there is no API address or key. */
+static char *api_url(const char *path, int *ret_rc)
+{
+    if (!cfg.api || !*cfg.api) {
+        fprintf(stderr, "loom: no API address: run loom login, or set LOOM_API or --api\n");
+        *ret_rc = EXIT_USAGE;
+        return NULL;
+    }
+    if (!cfg.key || !*cfg.key) {
+        fprintf(stderr, "loom: no API key: run loom login, or set LOOM_KEY or --key\n");
+        *ret_rc = EXIT_AUTH;
+        return NULL;
+    }
+    size_t n = strlen(cfg.api);
+    while (n && cfg.api[n - 1] == '/')
+        n--;
+    char *url = NULL;
+    if (asprintf(&url, "%.*s%s", (int)n, cfg.api, path) < 0)
+        abort();
+    return url;
+}
+
 /* Calls the API. Returns an exit code: EXIT_OK for 2xx (then *ret holds the
  * reply), else prints the problem to stderr. */
 /* One call: a JSON body (body), a file body (f, len bytes of content_type)
@@ -55,20 +78,10 @@ static int api_request(const char *method, const char *path, json_t *body, FILE 
                        const char *content_type, const char *if_match, const char *const *extra,
                        bool quiet, struct reply *ret)
 {
-    if (!cfg.api || !*cfg.api) {
-        fprintf(stderr, "loom: no API address: run loom login, or set LOOM_API or --api\n");
-        return EXIT_USAGE;
-    }
-    if (!cfg.key || !*cfg.key) {
-        fprintf(stderr, "loom: no API key: run loom login, or set LOOM_KEY or --key\n");
-        return EXIT_AUTH;
-    }
-    size_t n = strlen(cfg.api);
-    while (n && cfg.api[n - 1] == '/')
-        n--;
-    _cleanup_free_ char *url = NULL;
-    if (asprintf(&url, "%.*s%s", (int)n, cfg.api, path) < 0)
-        abort();
+    int urc = EXIT_OK;
+    _cleanup_free_ char *url = api_url(path, &urc);
+    if (!url)
+        return urc;
     _cleanup_free_ char *auth = NULL;
     if (asprintf(&auth, "Authorization: Bearer %s", cfg.key) < 0)
         abort();
@@ -148,6 +161,67 @@ int api_post_file(const char *path, FILE *f, int64_t len, const char *content_ty
 int api_call(const char *method, const char *path, json_t *body, struct reply *ret)
 {
     return api_call_if(method, path, body, NULL, ret);
+}
+
+struct stream_sink {
+    struct loom_httpc_resp *resp;
+    const char *accept;
+    int (*sink)(const void *data, size_t len, void *arg);
+    void *arg;
+    struct strbuf other; /* a body of another type: a problem */
+};
+
+static int stream_to(const void *data, size_t len, void *arg)
+{
+    struct stream_sink *s = arg;
+    const char *ct = s->resp->content_type;
+    if (ct && strncmp(ct, s->accept, strlen(s->accept)) == 0)
+        return s->sink(data, len, s->arg);
+    if (s->other.len < 65536)
+        strbuf_add(&s->other, data, len);
+    return 0;
+}
+
+int api_stream(const char *path, const char *accept,
+               int (*sink)(const void *data, size_t len, void *arg), void *arg)
+{
+    int rc = EXIT_OK;
+    _cleanup_free_ char *url = api_url(path, &rc);
+    if (!url)
+        return rc;
+    _cleanup_free_ char *auth = NULL, *acc = NULL;
+    if (asprintf(&auth, "Authorization: Bearer %s", cfg.key) < 0 ||
+        asprintf(&acc, "Accept: %s", accept) < 0)
+        abort();
+    const char *headers[] = {auth, acc, NULL};
+    struct loom_httpc_resp resp = {.body = STRBUF_INIT};
+    struct stream_sink s = {.resp = &resp, .accept = accept, .sink = sink, .arg = arg};
+    strbuf_init(&s.other);
+    struct loom_httpc_req req = {.url = url,
+                                 .headers = headers,
+                                 .timeout_ms = -1,
+                                 .idle_timeout_ms = 60000,
+                                 .sink = stream_to,
+                                 .sink_arg = &s};
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_httpc_do(&req, &resp, &err) < 0) {
+        /* the reader stopping the transfer is not an error */
+        if (err.code != LOOM_EIO) {
+            fprintf(stderr, "loom: %s\n", err.msg);
+            rc = EXIT_UNAVAIL;
+        }
+    } else if (resp.status < 200 || resp.status > 299) {
+        struct reply r = {.status = resp.status};
+        r.raw = strbuf_detach(&s.other, NULL);
+        if (r.raw && *r.raw)
+            r.json = json_loads(r.raw, 0, NULL);
+        rc = exit_for_status(r.status);
+        print_problem(&r);
+        reply_release(&r);
+    }
+    strbuf_release(&s.other);
+    loom_httpc_resp_release(&resp);
+    return rc;
 }
 
 int need_project(void)

@@ -106,7 +106,6 @@ static int app_write(int argc, char **argv, bool create)
     return EXIT_OK;
 }
 
-/* loom app logs N [-f] [--instance ID]: in time order; -f keeps polling. */
 int cmd_app(const char *verb, int argc, char **argv)
 {
     int rc = need_project();
@@ -115,7 +114,7 @@ int cmd_app(const char *verb, int argc, char **argv)
     if (strcmp(verb, "create") == 0 || strcmp(verb, "update") == 0)
         return app_write(argc, argv, verb[0] == 'c');
     if (strcmp(verb, "logs") == 0)
-        return follow_logs("apps", "app", argc, argv);
+        return cmd_logs("apps", "app", false, argc, argv);
     struct args a = {.nflags = 0};
     if ((rc = parse_args(&a, argc, argv)))
         return rc;

@@ -133,6 +133,12 @@ int api_call_quiet(const char *method, const char *path, struct reply *ret);
  * (NULL-terminated, or NULL). */
 int api_post_file(const char *path, FILE *f, int64_t len, const char *content_type,
                   const char *const *extra, struct reply *ret);
+/* A GET whose answer is a stream: body bytes go to sink as they come (no
+ * overall time limit, but 60 s of silence ends it). An error answer is
+ * printed as api_call does; returns the exit code. */
+struct loom_httpc_resp;
+int api_stream(const char *path, const char *accept,
+               int (*sink)(const void *data, size_t len, void *arg), void *arg);
 int need_project(void);
 char *ppath(const char *coll, const char *name, const char *suffix);
 int patch_current(const char *coll, const char *name, json_t *body, const char *method,
@@ -148,8 +154,15 @@ void sleep_ms(long ms);
 const char *jstr(json_t *o, const char *k);
 long long jint(json_t *o, const char *k);
 void print_raw(const struct reply *r);
-/* NOUN logs NAME [-f] [--instance ID] of a resource under coll ("apps"). */
+/* buildrun logs NAME [-f] of a build run under coll ("build_runs"), polled. */
 int follow_logs(const char *coll, const char *noun, int argc, char **argv);
+
+/* ---- logs.c ------------------------------------------------------------------ */
+
+/* NOUN logs NAME [-f] [--instance ID] [--index I] [--since T] [--tail N]
+ * [--stream S] of a resource under coll ("apps"); is_run: a job run (its
+ * indices, and -f ends with the run). */
+int cmd_logs(const char *coll, const char *noun, bool is_run, int argc, char **argv);
 
 /* ---- the nouns ----------------------------------------------------------------- */
 
@@ -180,5 +193,7 @@ int build_from_flags(struct args *a, const char *name, char ret_image[700]);
 /* Waits until build run name ends, printing each step as it goes; EXIT_OK
  * when it succeeded, with *ret its last state (the caller releases). */
 int wait_buildrun(const char *name, struct reply *ret);
+/* loom usage [flags]: no verb */
+int cmd_usage(int argc, char **argv);
 
 #endif

@@ -204,7 +204,7 @@ int cmd_fn(const char *verb, int argc, char **argv)
     if (strcmp(verb, "invoke") == 0)
         return fn_invoke(argc, argv);
     if (strcmp(verb, "logs") == 0)
-        return follow_logs("functions", "fn", argc, argv);
+        return cmd_logs("functions", "fn", false, argc, argv);
     if (strcmp(verb, "runtimes") == 0 && argc == 0)
         return fn_runtimes();
     if (strcmp(verb, "activations") == 0 && argc == 1)

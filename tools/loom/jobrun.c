@@ -170,8 +170,9 @@ int cmd_jobrun(const char *verb, int argc, char **argv)
         return jobrun_submit(argc, argv);
     if (strcmp(verb, "resubmit") == 0)
         return jobrun_resubmit(argc, argv);
-    struct flag flags[] = {VFLAG("index")};
-    struct args a = {.flags = flags, .nflags = LOOM_ARRAY_SIZE(flags)};
+    if (strcmp(verb, "logs") == 0)
+        return cmd_logs("job_runs", "jobrun", true, argc, argv);
+    struct args a = {.nflags = 0};
     rc = parse_args(&a, argc, argv);
     if (rc)
         return rc;
@@ -203,24 +204,6 @@ int cmd_jobrun(const char *verb, int argc, char **argv)
             print_raw(&r);
         else
             print_run(r.json);
-    } else if (strcmp(verb, "logs") == 0 && a.npos == 1) {
-        char q[64] = "";
-        if (fval(&a, "index"))
-            snprintf(q, sizeof(q), "?index=%.40s", fval(&a, "index"));
-        _cleanup_free_ char *path = ppath("job_runs", a.pos[0], "/logs");
-        _cleanup_free_ char *full = NULL;
-        if (asprintf(&full, "%s%s", path, q) < 0)
-            abort();
-        if ((rc = api_call("GET", full, NULL, &r)))
-            return rc;
-        if (cfg.json) {
-            print_raw(&r);
-        } else {
-            size_t i;
-            json_t *x;
-            json_array_foreach(json_object_get(r.json, "lines"), i, x)
-                printf("[%lld] %s\n", jint(x, "index"), jstr(x, "line"));
-        }
     } else if (strcmp(verb, "delete") == 0 && a.npos == 1) {
         return delete_with_retry("job_runs", a.pos[0], "job run");
     } else if (strcmp(verb, "cancel") == 0 && a.npos == 1) {

@@ -26,7 +26,8 @@ static const char usage_text[] =
     "         [--mode task|daemon] [--gpus N] [--gpu-model M] [--nodes N] [--priority 0-100]\n"
     "         [--node-selector LABEL=VALUE...] [--placement binpack|spread]\n"
     "         [--gang-timeout S] [ENV AND MOUNTS] [--registry-secret S] [--wait]\n"
-    "  jobrun get N | logs N [--index I] | list | delete N | cancel N\n"
+    "  jobrun get N | list | delete N | cancel N\n"
+    "  jobrun logs N [-f] [--index I] [LOG FILTERS]   (-f: as written, until the run ends)\n"
     "  jobrun resubmit N [--array-indices SPEC] [--name NEW] [--wait]\n"
     "         (reruns N's failed indices, or SPEC, as a new run)\n"
     "  job create N --image IMG [same flags as jobrun submit] | update N [flags]\n"
@@ -40,13 +41,13 @@ static const char usage_text[] =
     "         (probe LIST: type=http|tcp,path=/p,port=N,initial-delay=S,interval=S,\n"
     "          timeout=S,failure-threshold=N; without --no-wait: progress lines until ready)\n"
     "  app update N [the same flags]   (a new generation; refused if changed meanwhile)\n"
-    "  app get N | list | delete N | instances N | revisions N | logs N [-f] [--instance ID]\n"
+    "  app get N | list | delete N | instances N | revisions N | logs N [-f] [LOG FILTERS]\n"
     "  fn create N --runtime R (--inline-code FILE | --code-bundle DIR|TGZ) [--main F]\n"
     "         [--env K=V...] [--cpu C] [--memory M] [--concurrency N] [--timeout S]\n"
     "         [--scale-down-delay S] [--visibility public|private|project]\n"
     "  fn update N [the same flags] | get N | list | delete N | runtimes\n"
     "  fn invoke N [--data JSON | --data-file F] [--header K:V...]   (prints the answer)\n"
-    "  fn logs N [-f] | activations N\n"
+    "  fn logs N [-f] [LOG FILTERS] | activations N\n"
     "  build create N --source DIR|GIT_URL [--strategy buildpacks|dockerfile] [--image REF]\n"
     "         [--size small|medium|large|xlarge] [--commit REV] [--context-dir D]\n"
     "         [--dockerfile F] [--git-repo-secret S] [--registry-secret S] [--timeout S]\n"
@@ -54,10 +55,18 @@ static const char usage_text[] =
     "  buildrun submit --name N (--build B | --source DIR|GIT_URL [build flags]) [--wait]\n"
     "         (a directory is uploaded: .ceignore, else .gitignore, leaves files out)\n"
     "  buildrun get N | list | logs N [-f] | cancel N | delete N\n"
+    "  app create|update N, job create N: --build-source DIR|GIT_URL [--build-strategy S]\n"
+    "         [--build-size S] [--build-commit REV] ... instead of --image: builds, then\n"
+    "         deploys the digest the build pushed\n"
     "  secret create N [--format generic|registry|tls] DATA | update N DATA\n"
     "  secret get N | list | delete N\n"
     "  configmap create|update N DATA | get N | list | delete N\n"
+    "  usage [--from TIME] [--to TIME] [--by resource|kind|day]   consumption and cost\n";
+
+/* (two strings: C17 promises no more than 4095 characters in one) */
+static const char usage_more[] =
     "\n"
+    "  LOG FILTERS: --instance ID, --since TIME|DURATION, --tail N, --stream stdout|stderr\n"
     "  ENV AND MOUNTS (repeatable): --env K=V, --env-from-secret S[:KEY[=ENV],...],\n"
     "         --env-from-configmap C[:KEY[=ENV],...], --mount-secret /DIR=S,\n"
     "         --mount-configmap /DIR=C\n"
@@ -233,6 +242,7 @@ static int global_options(int argc, char **argv, char **rest, int *ret_nrest)
         /* after NOUN VERB, --help lists that verb's flags (args.c) */
         if ((strcmp(s, "--help") == 0 && nrest < 2) || strcmp(s, "-h") == 0) {
             fputs(usage_text, stdout);
+            fputs(usage_more, stdout);
             return EXIT_OK;
         }
         if (strcmp(s, "--project") == 0)
@@ -291,15 +301,18 @@ static int run(int nrest, char **rest)
     setting(&cfg.project, "LOOM_PROJECT");
     /* login takes only flags and the environment, never the old file */
     bool session = nrest == 1 && (strcmp(rest[0], "login") == 0 || strcmp(rest[0], "logout") == 0);
+    bool no_verb = nrest >= 1 && strcmp(rest[0], "usage") == 0;
     if (!session) {
         read_config_file();
-        if (nrest < 2) {
+        if (nrest < 2 && !no_verb) {
             fputs(usage_text, stderr);
+            fputs(usage_more, stderr);
             return EXIT_USAGE;
         }
     }
     loom_httpc_global_init();
-    int rc = !session                        ? dispatch(rest[0], rest[1], nrest - 2, rest + 2)
+    int rc = no_verb                         ? cmd_usage(nrest - 1, rest + 1)
+             : !session                      ? dispatch(rest[0], rest[1], nrest - 2, rest + 2)
              : strcmp(rest[0], "login") == 0 ? cmd_login()
                                              : cmd_logout();
     loom_httpc_global_cleanup();

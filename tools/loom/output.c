@@ -25,9 +25,8 @@ void print_raw(const struct reply *r)
         putchar('\n');
 }
 
-/* loom app|fn|buildrun logs NAME [-f] [--instance ID]: in time order; -f
- * keeps polling, until the resource says it has "finished" (a build run).
- * A line is prefixed with its build step, else its instance. */
+/* loom buildrun logs NAME [-f]: in time order; -f keeps polling until the
+ * run says it has "finished". A line is prefixed with its build step. */
 int follow_logs(const char *coll, const char *noun, int argc, char **argv)
 {
     struct flag flags[] = {BFLAG("follow"), VFLAG("instance")};
