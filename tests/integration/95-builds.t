@@ -12,7 +12,9 @@
 # or package, leaving no tag; a build over its time limit says so and leaves
 # no step running; the builder killed mid-build takes the run up again; a
 # cancel stops the step. Uploads: hostile tarballs refused with the entry
-# named and nothing stored; the same upload twice stored once.
+# named and nothing stored; the same upload twice stored once; the CLI's
+# .ceignore over .gitignore, a link out of the directory refused. A saved
+# build created, run by name, updated, deleted.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -364,5 +366,29 @@ rc=$?
 ok "a source with a symbolic link out of its directory is refused" [ "$rc" -ne 0 ]
 like "$out" 'passwd" is a symbolic link to "/etc/passwd", outside' "the CLI names the link" || diag "$out"
 is "$(sql "SELECT count(*) FROM build_runs WHERE name = 'linkout'")" 0 "and submits no run"
+
+# --- a saved build: create, run by name, update, delete ---------------------------------------
+out=$(loom build create saved --source "$src/site" --size small 2>&1)
+is "$?" 0 "build create: a saved build of a directory" || diag "$out"
+is "$(loom build get saved -o json 2>/dev/null | jq -r '"\(.source_type) \(.strategy_size)"')" \
+	"local small" "build get shows its source and size"
+like "$(loom build list 2>&1)" '^saved +' "build list shows it"
+out=$(loom buildrun submit --name fromsaved --build saved --wait 2>&1)
+is "$?" 0 "buildrun submit --build runs it" || diag "$out"
+is "$(run_field fromsaved .build_name)" saved "the run names its build"
+like "$(run_field fromsaved .status_details.output_image_digest)" '/default/saved@sha256:' \
+	"and pushes the build's image by digest"
+out=$(loom build update saved --strategy dockerfile 2>&1)
+is "$?" 0 "build update" || diag "$out"
+loom buildrun submit --name fromsaved2 --build saved --wait >/dev/null 2>&1
+is "$(run_field fromsaved2 .status)" failed "a run of the updated build fails"
+reason=$(run_field fromsaved2 .status_details.reason)
+like "$reason" 'Dockerfile' "it took the new strategy (the site has no Dockerfile)" || diag "$reason"
+loom build get nosuch >/dev/null 2>&1
+is "$?" 3 "build get of an unknown build exits 3"
+loom build delete saved >/dev/null 2>&1
+is "$?" 0 "build delete"
+loom build get saved >/dev/null 2>&1
+is "$?" 3 "and it is gone"
 
 finish
