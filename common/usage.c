@@ -296,7 +296,8 @@ static const char page_sql[] =
     "  jsonb_build_object('loom:kind', kind, 'loom:revision', revision)::text, "
     "  metric, revision, sources::text, trim_scale(free_quantity)::text, "
     "  CASE WHEN closed_pass IS NULL THEN 'false' ELSE 'true' END, id::text, "
-    "  hour::text, id::text FROM r ORDER BY hour, id";
+    /* r.: the output's "hour" and "id" are the text columns, whose order is not theirs */
+    "  hour::text, id::text FROM r ORDER BY r.hour, r.id";
 
 int loom_focus_page(struct loom_db *db, const struct loom_focus_query *q,
                     struct loom_focus_cursor *cur, size_t max_rows, struct strbuf *out,

@@ -80,9 +80,11 @@ bytes=$(stat -c %s "$LOOM_HOME/export-api.csv")
 admin_bytes=$(stat -c %s "$LOOM_HOME/export-admin.csv")
 same=yes
 if ! cmp -s "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv"; then
-	same="no: $(cmp "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv" 2>&1 | head -1)"
+	same="no: $(cmp "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv" 2>&1 | head -1 || true)"
 	same="$same; rows $(($(wc -l <"$LOOM_HOME/export-api.csv") - 1)) and $(($(wc -l <"$LOOM_HOME/export-admin.csv") - 1))"
-	same="$same; API rows twice: $(sort "$LOOM_HOME/export-api.csv" | uniq -d | wc -l)"
+	kept=$(mktemp -d /tmp/loom-usage-export.XXXXXX)
+	mv "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv" "$kept/"
+	same="$same; both kept in $kept"
 fi
 rm -f "$LOOM_HOME/export-api.csv" "$LOOM_HOME/export-admin.csv"
 
