@@ -7,14 +7,15 @@
 # that runs no step; Python with a vendored wheel, and without dependencies
 # (as a job built by job create --build-source); a Procfile; a static site; a
 # Go program; a multi-stage Dockerfile; a git source from a local repository
-# pinned to a commit. Failures: a Dockerfile RUN, a Go compile error, a
-# missing Python package and a broken package.json each named with its line
-# or package, leaving no tag; a build over its time limit says so and leaves
-# no step running; the builder killed mid-build takes the run up again; a
-# cancel stops the step. Uploads: hostile tarballs refused with the entry
-# named and nothing stored; the same upload twice stored once; the CLI's
-# .ceignore over .gitignore, a link out of the directory refused. A saved
-# build created, run by name, updated, deleted.
+# pinned to a commit, and over http with a password from a secret that
+# appears in no answer, log, build record or image. Failures: a Dockerfile
+# RUN, a Go compile error, a missing Python package and a broken package.json
+# each named with its line or package, leaving no tag; a build over its time
+# limit says so and leaves no step running; the builder killed mid-build
+# takes the run up again; a cancel stops the step. Uploads: hostile tarballs
+# refused with the entry named and nothing stored; the same upload twice
+# stored once; the CLI's .ceignore over .gitignore, a link out of the
+# directory refused. A saved build created, run by name, updated, deleted.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -218,6 +219,81 @@ ok "the image serves that commit's tree" wait_for 60 serves gitsite "" "git at c
 loom app delete gitsite >/dev/null 2>&1
 out=$(loom buildrun submit --name git2 --source "file://$repo" --commit no-such-branch --wait 2>&1)
 like "$out" 'has no branch, tag or commit "no-such-branch"' "an unknown revision is named"
+
+# git over http with a password from a secret: it reaches git, and nothing else
+pw=gitpw-$RANDOM$RANDOM$RANDOM
+mkdir -p "$tmp/srv"
+git clone -q --bare "$repo" "$tmp/srv/repo.git"
+# git http-backend behind basic authentication, on a free port
+python3 - "$tmp/srv" u "$pw" "$tmp/git.port" >"$tmp/gitd.log" 2>&1 <<'EOF' &
+import base64, http.server, os, subprocess, sys
+root, user, pw, portfile = sys.argv[1:5]
+want = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+class H(http.server.BaseHTTPRequestHandler):
+    def serve(self):
+        if self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        n = int(self.headers.get("Content-Length") or 0)
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
+                   REQUEST_METHOD=self.command, QUERY_STRING=query, REMOTE_USER=user,
+                   REMOTE_ADDR="127.0.0.1", CONTENT_LENGTH=str(n),
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""),
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run(["git", "http-backend"], input=self.rfile.read(n), env=env,
+                             capture_output=True).stdout
+        head, _, body = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            k, _, v = line.partition(": ")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = serve
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+with open(portfile + ".new", "w") as f:
+    f.write(str(s.server_address[1]))
+os.rename(portfile + ".new", portfile)
+s.serve_forever()
+EOF
+gitd=$!
+wait_for 10 test -s "$tmp/git.port" || diag "$(cat "$tmp/gitd.log")"
+url=http://127.0.0.1:$(cat "$tmp/git.port")/repo.git
+loom secret create gitcred --from-literal username=u --from-literal password="$pw" >/dev/null 2>&1
+loom buildrun submit --name gitnoauth --source "$url" --commit "$one" --size small --wait >/dev/null 2>&1
+is "$(run_field gitnoauth .status)" failed "a private git source without credentials fails"
+touch "$tmp/before-gitauth"
+out=$(loom buildrun submit --name gitauth --source "$url" --commit "$one" --git-repo-secret gitcred \
+	--size small --wait 2>&1)
+is "$?" 0 "with the secret's credentials it builds" || diag "$out"
+like "$(loom buildrun logs gitauth 2>&1)" "at $one" "the commit it was pinned to"
+kill "$gitd" 2>/dev/null
+# where the password could have gone: answers, logs, the database's build records, the image
+leaks=$({
+	loom buildrun get gitauth -o json
+	loom buildrun logs gitauth
+	loom buildrun get gitnoauth -o json
+	loom buildrun logs gitnoauth
+	cat "$LOOM_HOME"/logs/*.log
+	for t in build_runs build_run_logs job_runs log_lines; do
+		psql "$LOOM_PG_DSN" -Atc "COPY $t TO STDOUT"
+	done
+	find "$LOOM_HOME/registry" -path '*/blobs/*' -name data -newer "$tmp/before-gitauth" \
+		-exec zcat -f {} + 2>/dev/null
+} 2>&1 | grep -ac -- "$pw")
+is "$leaks" 0 "the password is in no answer, log, build record or image"
 
 # --- failures: the step and the line, and no tag left --------------------------------------------
 fails() { # NAME DIR STRATEGY: submits and waits; the reason in $reason
