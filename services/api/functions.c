@@ -28,21 +28,10 @@ enum { C_ID, C_NAME, C_GEN, C_SPEC, C_CREATED, C_UPDATED, C_RUNNING };
 static int fn_json(const struct api_resource *k, struct loom_db *db, const struct api_project *p,
                    PGresult *res, int r, bool details, json_t **ret, struct loom_err *err)
 {
-    (void)k, (void)db, (void)details;
-    _cleanup_json_ json_t *o = json_object();
+    _cleanup_json_ json_t *o = NULL;
+    if (api_saved_json(k, db, p, res, r, details, &o, err) < 0)
+        return -1;
     const char *name = PQgetvalue(res, r, C_NAME);
-    api_json_set_str(o, "name", name);
-    api_json_set_int(o, "id", PQgetvalue(res, r, C_ID));
-    api_json_set_str(o, "project", p->name);
-    api_json_set_int(o, "generation", PQgetvalue(res, r, C_GEN));
-    api_json_set_str(o, "entity_tag", PQgetvalue(res, r, C_GEN));
-    api_json_set_str(o, "created_at", PQgetvalue(res, r, C_CREATED));
-    api_json_set_str(o, "updated_at", PQgetvalue(res, r, C_UPDATED));
-    const char *text = PQgetvalue(res, r, C_SPEC);
-    _cleanup_json_ json_t *spec = loom_json_parse_object(text, strlen(text), err);
-    if (!spec)
-        return loom_err_wrap(err, "stored spec of function %s", name);
-    json_object_update(o, spec);
     char url[1024];
     snprintf(url, sizeof(url), "%s/fns/%s/%s", api_cfg.activator_url ? api_cfg.activator_url : "",
              p->name, name);
