@@ -32,7 +32,7 @@ static struct loom_metric *m_passes, *m_closed, *m_corrections;
 
 /* $1 the pass, $2 how many of each source at most. Returns the ids of the
  * open rows it grew and of the correction rows it made, and the counts. */
-static const char take_sql[] =
+static const char take_sql_head[] =
     "WITH smp AS ( "
     "  UPDATE usage_samples u SET aggregated = true "
     "  FROM (SELECT instance_id, seq FROM usage_samples WHERE NOT aggregated "
@@ -53,6 +53,17 @@ static const char take_sql[] =
     "  WHERE a.id = p.id "
     "  RETURNING a.started_at, a.project_id, a.function_name, a.generation, a.billed_ms, "
     "            a.memory_bytes), "
+    "bld AS ( "
+    "  UPDATE build_runs b SET metered = true "
+    "  FROM (SELECT id FROM build_runs WHERE NOT metered AND finished_at IS NOT NULL "
+    "        ORDER BY finished_at LIMIT $2 FOR UPDATE) p "
+    "  WHERE b.id = p.id "
+    "  RETURNING b.finished_at, b.project_id, b.name, "
+    "            coalesce(b.spec->>'strategy_size', 'medium') AS size, "
+    "            extract(epoch FROM b.finished_at - coalesce(b.started_at, b.finished_at)) "
+    "              AS secs), ";
+/* (two halves: one string may not be longer than C17 promises, 4095) */
+static const char take_sql_tail[] =
     "q AS ( "
     /* samples of stem cells and function instances are kept, not billed:
      * a function's price is its activations' */
@@ -80,7 +91,11 @@ static const char take_sql[] =
     "  FROM act a JOIN projects p ON p.id = a.project_id CROSS JOIN LATERAL (VALUES "
     "    ('function_invocations', 1::numeric), "
     "    ('function_gb_seconds', a.memory_bytes::numeric * a.billed_ms * 0.000000000001) "
-    "  ) x(metric, quantity) WHERE x.quantity > 0), "
+    "  ) x(metric, quantity) WHERE x.quantity > 0 "
+    "  UNION ALL "
+    "  SELECT date_trunc('hour', b.finished_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', "
+    "         b.project_id, p.name, 'build', b.name, '', 'build_seconds', b.size, b.secs "
+    "  FROM bld b JOIN projects p ON p.id = b.project_id WHERE b.secs > 0), "
     "g AS ( "
     "  SELECT hour, project_id, min(project) AS project, kind, resource, revision, metric, sku, "
     "         sum(quantity) AS quantity, count(*) AS n, "
@@ -105,9 +120,9 @@ static const char take_sql[] =
     "SELECT coalesce((SELECT array_agg(id) FROM grown), '{}'), "
     "       coalesce((SELECT array_agg(id) FROM late), '{}'), "
     "       (SELECT count(*) FROM smp), (SELECT count(*) FROM req), (SELECT count(*) FROM act), "
-    "       (SELECT count(*) FROM smp WHERE project_id IS NULL)";
+    "       (SELECT count(*) FROM smp WHERE project_id IS NULL), (SELECT count(*) FROM bld)";
 
-enum { T_GROWN, T_LATE, T_SAMPLES, T_REQUESTS, T_ACTIVATIONS, T_ORPHANS };
+enum { T_GROWN, T_LATE, T_SAMPLES, T_REQUESTS, T_ACTIVATIONS, T_ORPHANS, T_BUILDS };
 
 /* Closes every hour whose end is close_after ($2 ms) past, in order, and
  * the rows of those hours. $1 the pass. Returns the ids closed. */
@@ -196,6 +211,9 @@ static int pass(struct loom_db *db, int64_t *ret_taken, struct loom_err *err)
     const char *passno = PQgetvalue(lock, 0, 1);
     char limit[24];
     snprintf(limit, sizeof(limit), "%" PRId64, meter_cfg.aggregate_batch);
+    _cleanup_free_ char *take_sql = NULL;
+    if (asprintf(&take_sql, "%s%s", take_sql_head, take_sql_tail) < 0)
+        abort();
     _cleanup_pgres_ PGresult *took = loom_db_query(db, err, take_sql, passno, limit);
     if (!took)
         return loom_err_wrap(err, "aggregating usage");
@@ -203,6 +221,7 @@ static int pass(struct loom_db *db, int64_t *ret_taken, struct loom_err *err)
     int64_t requests = strtoll(PQgetvalue(took, 0, T_REQUESTS), NULL, 10);
     int64_t activations = strtoll(PQgetvalue(took, 0, T_ACTIVATIONS), NULL, 10);
     int64_t orphans = strtoll(PQgetvalue(took, 0, T_ORPHANS), NULL, 10);
+    int64_t builds = strtoll(PQgetvalue(took, 0, T_BUILDS), NULL, 10);
     if (orphans > 0)
         log_warn("%" PRId64 " usage samples of unknown projects cannot be billed", orphans);
     if (rate(db, PQgetvalue(took, 0, T_GROWN), err) < 0 ||
@@ -215,7 +234,7 @@ static int pass(struct loom_db *db, int64_t *ret_taken, struct loom_err *err)
         loom_metric_add(m_corrections, 1);
     }
     bool drained = samples < meter_cfg.aggregate_batch && requests < meter_cfg.aggregate_batch &&
-                   activations < meter_cfg.aggregate_batch;
+                   activations < meter_cfg.aggregate_batch && builds < meter_cfg.aggregate_batch;
     /* an hour closes only once what waited for it is in (a pass that hit
      * its limit leaves more behind) */
     if (drained) {
@@ -236,7 +255,7 @@ static int pass(struct loom_db *db, int64_t *ret_taken, struct loom_err *err)
         loom_db_query(db, err, events_sql, passno, meter_cfg.push_source);
     if (!ev)
         return loom_err_wrap(err, "making usage events");
-    *ret_taken = samples + requests + activations;
+    *ret_taken = samples + requests + activations + builds;
     return 0;
 }
 

@@ -130,10 +130,19 @@ sql "INSERT INTO function_activations (id, project_id, function_name, generation
 	(gen_random_uuid(), 1, 'fn', 3, to_timestamp($h + 100), 1200, 2, 256000000, 'success', 200, true),
 	(gen_random_uuid(), 1, 'fn', 3, to_timestamp($h + 200), 900, 1, 256000000, 'success', 200, false);
 	INSERT INTO usage_requests (ts, project_id, project, app, requests) VALUES
-	(to_timestamp($h + 100), 1, 'default', 'web', 40), (to_timestamp($h + 300), 1, 'default', 'web', 2)" \
-	>/dev/null
-fn_done() { [ -n "$(sql "SELECT 1 FROM usage_records WHERE resource = 'web'")" ]; }
-ok "activations and request counts are aggregated" wait_for 20 fn_done
+	(to_timestamp($h + 100), 1, 'default', 'web', 40), (to_timestamp($h + 300), 1, 'default', 'web', 2);
+	INSERT INTO build_runs (project_id, name, spec, state, started_at, finished_at) VALUES
+	(1, 'b-med', '{\"strategy_size\": \"medium\"}', 'succeeded', to_timestamp($h + 100),
+	 to_timestamp($h + 142.5)),
+	(1, 'b-xl', '{\"strategy_size\": \"xlarge\"}', 'failed', to_timestamp($h + 200), to_timestamp($h + 210)),
+	(1, 'b-never', '{}', 'cancelled', NULL, to_timestamp($h + 300))" >/dev/null
+fn_done() { [ -n "$(sql "SELECT 1 FROM usage_records WHERE resource = 'web'")" ] &&
+	[ -n "$(sql "SELECT 1 FROM usage_records WHERE resource = 'b-xl'")" ]; }
+ok "activations, request counts and build runs are aggregated" wait_for 20 fn_done
+is "$(sql "SELECT resource, sku, trim_scale(sum(quantity)) FROM usage_records WHERE kind = 'build'
+	AND metric = 'build_seconds' GROUP BY resource, sku ORDER BY resource")" "b-med|medium|42.5
+b-xl|xlarge|10" "build-seconds per size, from start to finish (a run that never started: none)"
+is "$(sql "SELECT count(*) FROM build_runs WHERE NOT metered")" 0 "each build run is counted once"
 is "$(sql "SELECT metric, revision, trim_scale(quantity), trim_scale(billed_cost) FROM usage_records
 	WHERE kind = 'function' ORDER BY metric")" "function_gb_seconds|3|0.000768|0.00000001536
 function_invocations|3|2|0.0000004" "a function: 2 invocations, 0.256 GB x 3 billed ms, priced"
