@@ -178,6 +178,10 @@ void *agent_housekeeping_main(void *arg);
 int agent_usage_open(struct agent *a, struct loom_err *err);
 /* The sender thread: the outbox's due samples to JetStream. */
 void *agent_usage_sender_main(void *arg);
+/* The container is about to start: a cursor from now and a counter of 0 on
+ * disk, so that an agent that dies before agent_usage_start leaves its
+ * successor the whole of the container's counter to meter. */
+void agent_usage_prepare(struct instance *in);
 /* The container started: its first sample covers the time from now and
  * the cgroup's counter from 0. */
 void agent_usage_start(struct agent *a, struct instance *in);

@@ -922,6 +922,7 @@ static int setup(struct run *r, struct loom_err *err)
     if (stop_requested(r))
         return 0;
     int status = -1;
+    agent_usage_prepare(in);
     if (launch_shim(r, &status, err) < 0)
         return -1;
     pid_t init = -1;

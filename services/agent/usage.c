@@ -72,6 +72,14 @@ static bool cursor_load(const struct instance *in, struct usage_cursor *ret)
     return true;
 }
 
+void agent_usage_prepare(struct instance *in)
+{
+    struct usage_cursor c = {.ts_ms = loom_now_ms()};
+    struct loom_err err = LOOM_ERR_INIT;
+    if (cursor_save(in, &c, &err) < 0)
+        log_warn("instance %s: usage cursor: %s", in->id, err.msg);
+}
+
 void agent_usage_start(struct agent *a, struct instance *in)
 {
     struct usage_cursor c = {.ts_ms = loom_now_ms()};
