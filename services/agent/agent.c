@@ -217,6 +217,11 @@ int agent_start(struct loom_service *svc, struct loom_err *err)
                                            "time to get an image (pull + unpack, or cached)",
                                            buckets, LOOM_ARRAY_SIZE(buckets));
 
+    a->m_lease_out = loom_metric_counter(
+        "loom_agent_lease_expired_total", NULL,
+        "times the node lease ran out (no scheduler answered): job instances stopped");
+    agent_lease_load(a);
+
     /* before adoption: an adopted instance's cursor may be in the outbox */
     if (agent_usage_open(a, err) < 0)
         return -1;

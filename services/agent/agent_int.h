@@ -105,6 +105,12 @@ struct agent {
     pthread_t usage_sender;
     bool usage_sender_started;
     uint64_t hb_seq;
+    /* the node lease (node.c): armed by the first NodeLease, or by the
+     * previous agent's from <state>/lease; job instances stop when it runs
+     * out (under mu) */
+    bool lease_armed, lease_out;
+    int64_t lease_until; /* monotonic ms */
+    struct loom_metric *m_lease_out;
     pthread_t reporter, housekeeping, heartbeater;
     bool heartbeater_started;
     struct loom_metric *m_running, *m_start, *m_pulls, *m_pull_fail, *m_pull_secs;
@@ -170,6 +176,9 @@ struct instance *agent_find(struct agent *a, const char *id);
 
 /* ---- node.c, usage.c, inventory.c, adopt.c -------------------------------------- */
 
+/* The previous agent's node lease, from <state>/lease: it still binds the
+ * instances this one adopts. */
+void agent_lease_load(struct agent *a);
 /* The housekeeping thread: registers, starts the heartbeat thread, then runs
  * usage rounds and retention until a->stopping. */
 void *agent_housekeeping_main(void *arg);

@@ -53,6 +53,95 @@ static int do_register(struct agent *a, struct loom_err *err)
     return loom_bus_request_ack(a->svc->bus, LOOM_SUBJ_NODE_REGISTER, &r.base, 2000, NULL, err);
 }
 
+/* ---- the node lease ------------------------------------------------------------
+ * A scheduler answers each heartbeat once PostgreSQL has it: the node will
+ * not be declared lost, nor its instances placed elsewhere, before lease_ms
+ * after the heartbeat was sent. When no answer renews it in time (the bus
+ * is down, this node is cut off, no scheduler can write), the agent stops
+ * its job instances itself, before the scheduler may start them again
+ * elsewhere: no job index runs twice at once. Apps and functions keep
+ * serving; a second copy of them elsewhere is harmless. */
+
+static void lease_path(const struct agent *a, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s/lease", a->o.state_dir);
+}
+
+void agent_lease_load(struct agent *a)
+{
+    char p[4200];
+    lease_path(a, p, sizeof(p));
+    _cleanup_free_ char *text = NULL;
+    if (loom_read_file(p, &text, NULL, NULL) < 0)
+        return;
+    char *end;
+    long long until = strtoll(text, &end, 10);
+    if (end == text || until <= 0) {
+        log_warn("%s: not a lease, ignored", p);
+        return;
+    }
+    a->lease_armed = true;
+    a->lease_until = loom_mono_ms() + (until - loom_now_ms());
+    log_info("node lease of the previous agent: %lld ms left", (long long)(until - loom_now_ms()));
+}
+
+/* A heartbeat sent at sent (monotonic) was answered with lease_ms. */
+static void lease_renew(struct agent *a, int64_t sent, int64_t lease_ms)
+{
+    if (lease_ms <= 0)
+        return;
+    int64_t until = sent + lease_ms;
+    pthread_mutex_lock(&a->mu);
+    bool back = a->lease_out;
+    if (!a->lease_armed || until > a->lease_until)
+        a->lease_until = until;
+    a->lease_armed = true;
+    a->lease_out = false;
+    until = a->lease_until;
+    pthread_mutex_unlock(&a->mu);
+    if (back)
+        log_info("node lease renewed: a scheduler answers again");
+    /* the next agent, if this one dies, inherits the lease */
+    char p[4200], buf[32];
+    lease_path(a, p, sizeof(p));
+    int n = snprintf(buf, sizeof(buf), "%" PRId64 "\n", loom_now_ms() + (until - loom_mono_ms()));
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_write_file_atomic(p, buf, (size_t)n, &err) < 0)
+        log_warn("%s", err.msg);
+}
+
+/* Stops every job instance once the lease has run out. */
+static void lease_check(struct agent *a)
+{
+    int64_t now = loom_mono_ms();
+    size_t stopped = 0;
+    pthread_mutex_lock(&a->mu);
+    if (!a->lease_armed || a->lease_out || now < a->lease_until) {
+        pthread_mutex_unlock(&a->mu);
+        return;
+    }
+    a->lease_out = true;
+    for (struct instance *in = a->list; in; in = in->next) {
+        if (in->done || in->terminal || in->stop_requested || in->assign->kind == KIND_APP ||
+            in->assign->kind == KIND_FUNCTION)
+            continue;
+        in->stop_requested = true;
+        in->stop_grace_ms = 0;
+        snprintf(in->stop_reason, sizeof(in->stop_reason),
+                 "node lease expired: no scheduler answered for %" PRId64
+                 " ms, the work may be placed elsewhere",
+                 now - a->lease_until);
+        stopped++;
+    }
+    if (stopped)
+        pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->mu);
+    loom_metric_add(a->m_lease_out, 1);
+    log_warn("node lease expired (no scheduler answered a heartbeat in time): %zu job instances "
+             "stopped",
+             stopped);
+}
+
 static void heartbeat(struct agent *a)
 {
     Loom__V1__NodeHeartbeat hb = LOOM__V1__NODE_HEARTBEAT__INIT;
@@ -75,8 +164,22 @@ static void heartbeat(struct agent *a)
     hb.instance_ids = ids;
     hb.n_instance_ids = k;
     struct loom_err err = LOOM_ERR_INIT;
-    if (loom_bus_publish(a->svc->bus, LOOM_SUBJ_NODE_HEARTBEAT, &hb.base, &err) < 0)
+    Loom__V1__NodeLease *l = NULL;
+    int64_t sent = loom_mono_ms();
+    /* no longer than the lease has left: it is checked when this returns */
+    int64_t wait = a->o.hb_ms;
+    pthread_mutex_lock(&a->mu);
+    if (a->lease_armed && !a->lease_out && a->lease_until - sent < wait)
+        wait = a->lease_until - sent > 50 ? a->lease_until - sent : 50;
+    pthread_mutex_unlock(&a->mu);
+    if (loom_bus_request(a->svc->bus, LOOM_SUBJ_NODE_HEARTBEAT, &hb.base,
+                         &loom__v1__node_lease__descriptor, (int)wait, (ProtobufCMessage **)&l,
+                         &err) < 0) {
         log_debug("heartbeat: %s", err.msg);
+    } else {
+        lease_renew(a, sent, l->lease_ms);
+        loom__v1__node_lease__free_unpacked(l, NULL);
+    }
     for (size_t i = 0; i < k; i++)
         free(ids[i]);
     free(ids);
@@ -121,9 +224,10 @@ static void *heartbeat_main(void *arg)
         }
         int64_t now = loom_mono_ms();
         if (now >= next_hb) {
-            heartbeat(a);
             next_hb = now + a->o.hb_ms;
+            heartbeat(a);
         }
+        lease_check(a);
         int64_t wait = next_hb - loom_mono_ms();
         if (wait > 0)
             loom_service_sleep(a->svc, wait > 200 ? 200 : wait);
@@ -147,6 +251,7 @@ void *agent_housekeeping_main(void *arg)
             log_warn("register: %s", err.msg);
             next_reg = loom_mono_ms() + 1000;
         }
+        lease_check(a); /* adopted instances live on the previous agent's lease */
         loom_service_sleep(a->svc, 200);
     }
     /* the heartbeat has its own thread: a usage round waits for a JetStream

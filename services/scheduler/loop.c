@@ -78,8 +78,14 @@ int sched_start(struct loom_service *svc, struct loom_err *err)
         return -1;
     if (sched_heartbeats_start(s, err) < 0 || sched_lease_start(s, err) < 0)
         return -1;
-    log_info("scheduler replica %s started (lease ttl %lld ms, node timeout %lld ms)", s->holder,
-             (long long)s->lease_ttl_ms, (long long)s->node_timeout_ms);
+    log_info("scheduler replica %s started (lease ttl %lld ms, node timeout %lld ms, node lease "
+             "%lld ms)",
+             s->holder, (long long)s->lease_ttl_ms, (long long)s->node_timeout_ms,
+             (long long)sched_node_lease_ms(s));
+    if (sched_node_lease_ms(s) < 2500)
+        log_warn("a node lease of %lld ms is short: agents stop their job instances whenever "
+                 "heartbeats go unanswered that long (raise --node-timeout)",
+                 (long long)sched_node_lease_ms(s));
     return 0;
 }
 

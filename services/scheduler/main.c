@@ -11,8 +11,10 @@ static const struct loom_opt opts[] = {
      600000, "how long a leader's lease lasts without renewal"},
     {"lease-renew", "LOOM_SCHEDULER_LEASE_RENEW", LOOM_OPT_DURATION, &sched.renew_ms, "1s", 100,
      300000, "how often the lease is renewed (or a standby tries to take it)"},
-    {"node-timeout", "LOOM_SCHEDULER_NODE_TIMEOUT", LOOM_OPT_DURATION, &sched.node_timeout_ms, "5s",
-     1000, 3600000, "a node silent this long is lost and its instances replaced"},
+    {"node-timeout", "LOOM_SCHEDULER_NODE_TIMEOUT", LOOM_OPT_DURATION, &sched.node_timeout_ms,
+     "10s", 1000, 3600000,
+     "a node silent this long is lost and its instances replaced; its agent stops its job "
+     "instances itself well before (the node lease, about 57% of this)"},
     {"batch", "LOOM_SCHEDULER_BATCH", LOOM_OPT_INT, &sched.batch_max, "2000", 1, 100000,
      "most instances placed in one transaction"},
     {"resend", "LOOM_SCHEDULER_RESEND", LOOM_OPT_DURATION, &sched.resend_ms, "2s", 100, 600000,

@@ -189,8 +189,10 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     sched_pg_array_end(&ids);
     char *node = strdup(m->node);
     char *boot = strndup(m->boot_id, 128);
+    const char *to = natsMsg_GetReply(msg);
+    char *reply = to && to[0] ? strdup(to) : NULL;
     protobuf_c_message_free_unpacked(&m->base, NULL);
-    if (!node || !boot)
+    if (!node || !boot || (to && to[0] && !reply))
         abort();
 
     pthread_mutex_lock(&s->hb_mu);
@@ -203,6 +205,7 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     s->hb[s->nhb].node = node;
     s->hb[s->nhb].boot_id = boot;
     s->hb[s->nhb].instance_ids = strbuf_detach(&ids, NULL);
+    s->hb[s->nhb].reply = reply;
     s->nhb++;
     pthread_mutex_unlock(&s->hb_mu);
 }
@@ -213,6 +216,7 @@ static void hb_free(struct sched_hb_entry *e, size_t n)
         free(e[i].node);
         free(e[i].boot_id);
         free(e[i].instance_ids);
+        free(e[i].reply);
     }
     free(e);
 }
@@ -257,6 +261,37 @@ static void hb_restarted(struct sched *s, struct loom_db *db, const char *node,
     }
 }
 
+/* A heartbeat recorded at time f leaves last_heartbeat >= f - fresh (a
+ * fresh row, younger than a third of the timeout, is not rewritten), so the
+ * node is not lost before f - fresh + timeout, and f is after the agent sent
+ * it. The lease keeps a margin below that for the agent to kill its work and
+ * for clocks that tick apart. */
+int64_t sched_node_lease_ms(const struct sched *s)
+{
+    int64_t margin = s->node_timeout_ms / 10 > 500 ? s->node_timeout_ms / 10 : 500;
+    int64_t lease = s->node_timeout_ms - s->node_timeout_ms / 3 - margin;
+    return lease > 0 ? lease : 0;
+}
+
+/* Answers the recorded heartbeats of known nodes with their lease. */
+static void hb_grant(struct sched *s, const struct sched_hb_entry *e, size_t n, PGresult *res)
+{
+    Loom__V1__NodeLease l = LOOM__V1__NODE_LEASE__INIT;
+    l.lease_ms = sched_node_lease_ms(s);
+    if (l.lease_ms == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (!e[i].reply)
+            continue;
+        bool unknown = false;
+        for (int r = 0; r < PQntuples(res) && !unknown; r++)
+            unknown = PQgetisnull(res, r, 1) && strcmp(PQgetvalue(res, r, 0), e[i].node) == 0;
+        struct loom_err err = LOOM_ERR_INIT;
+        if (!unknown && loom_bus_publish(s->svc->bus, e[i].reply, &l.base, &err) < 0)
+            log_debug("lease of node \"%s\": %s", e[i].node, err.msg);
+    }
+}
+
 /* Writes one batch: one UPDATE for every node, then the exceptions it
  * returns (unknown nodes asked to register again, lost nodes back to ready). */
 static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry *e, size_t n)
@@ -294,6 +329,7 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
         log_warn("could not record %zu heartbeats: %s", n, err.msg);
         return;
     }
+    hb_grant(s, e, n, res);
     for (int r = 0; r < PQntuples(res); r++) {
         const char *node = PQgetvalue(res, r, 0);
         if (PQgetisnull(res, r, 1)) {

@@ -126,6 +126,7 @@ struct sched_hb_entry {
     char *node;
     char *boot_id;
     char *instance_ids; /* PostgreSQL uuid[] literal of the ids it holds */
+    char *reply;        /* where its NodeLease goes, or NULL */
 };
 
 struct sched {
@@ -191,6 +192,9 @@ int sched_lease_check_tx(struct sched *s, struct loom_db *db, int64_t epoch, str
 int sched_nodes_subscribe(struct sched *s, struct loom_err *err);
 int sched_heartbeats_start(struct sched *s, struct loom_err *err);
 void sched_heartbeats_stop(struct sched *s);
+/* How long after sending a heartbeat that a replica recorded a node is
+ * sure not to be declared lost: the lease its agent gets (nodes.c). */
+int64_t sched_node_lease_ms(const struct sched *s);
 /* Leader: ready nodes silent past node_timeout become lost; their live
  * instances become lost and their job indices pending again (no retry used).
  * With sweep, also live instances left on nodes already lost. */

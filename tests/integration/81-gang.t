@@ -4,12 +4,16 @@
 # gang of three (scale_nodes 3) is placed on three nodes at once with its
 # ranks in the environment; a gang of four does not fit three nodes and
 # places nothing; a gang whose one member fails restarts whole, counted as
-# one retry; a daemon run is restarted past any retry limit.
+# one retry; a daemon run is restarted past any retry limit; the bus away
+# for longer than the node lease under a running array and a running gang:
+# no index ever has two live copies.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 # two CPUs per node: a member of two CPUs fills a node
 export LOOM_AGENT_CPU_MILLIS=2000
+# nodes lost after 6 s without heartbeats: agents' leases of about 3.4 s
+export LOOM_SCHEDULER_NODE_TIMEOUT=6s
 platform_up
 image=$LOOM_REGISTRY/loom/busybox:latest
 
@@ -76,6 +80,61 @@ is "$tries" "0 0:stopped,1:failed,2:stopped
 	"phoenix: the first gang stopped when rank 1 failed; the second succeeded whole"
 is "$(run_field phoenix '.status_details.indices_details[0].retries')" 1 \
 	"phoenix: the restart counted as one retry"
+
+# --- the bus away past the node lease: no index runs twice at once ----------------------
+# Each agent stops its job instances once no scheduler has answered its
+# heartbeats for its lease; the scheduler declares the nodes lost only later,
+# and places the indices again when the bus is back. The containers mark
+# their own lives: a line every 200 ms, stamped by the shim as it reads it.
+# shellcheck disable=SC2016
+out=$(loom jobrun submit --name blip --image "$image" --cpu 0.5 --memory 1G --array-indices 0-3 \
+	--cmd 'for i in $(seq 60); do echo "alive $JOB_INDEX"; sleep 0.2; done' 2>&1)
+is "$?" 0 "jobrun submit blip (4 indices of 12 s)" || diag "$out"
+# shellcheck disable=SC2016
+gang blipgang 2 'for i in $(seq 60); do echo "alive $RANK"; sleep 0.2; done'
+is "$http_status" 201 "submit blipgang (scale_nodes 2, 12 s)" || diag "$http_body"
+blip_running() {
+	[ "$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+		WHERE r.name IN ('blip', 'blipgang') AND i.state = 'running'")" = 6 ]
+}
+ok "blip's 4 indices and blipgang's 2 members run" wait_for 60 blip_running
+sleep 1
+ok "kill -9 nats-server" halt nats KILL
+all_lost() { [ "$(sql "SELECT count(*) FROM nodes WHERE state = 'lost'")" = 3 ]; }
+ok "the scheduler declares the three nodes lost" wait_for 30 all_lost
+unhalt nats
+ok "blip ends" wait_for 120 run_over blip || diag "$(run_json blip)"
+ok "blipgang ends" wait_for 120 run_over blipgang || diag "$(run_json blipgang)"
+is "$(run_field blip .status)" completed "blip: completed"
+is "$(run_field blipgang .status)" completed "blipgang: completed"
+is "$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name = 'blip' AND i.state = 'succeeded'")" 4 "blip: each index succeeded once"
+is "$(sql "SELECT max(retries) FROM job_run_indices j JOIN job_runs r ON r.id = j.run_id
+	WHERE r.name IN ('blip', 'blipgang')")" 0 "blip, blipgang: the lost bus used no retry"
+placed=$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name IN ('blip', 'blipgang')")
+ok "the lost indices and the gang were placed again ($placed instances for 6)" test "$placed" -ge 12
+fenced=$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name IN ('blip', 'blipgang') AND i.reason LIKE 'node lease expired%'")
+ok "the agents stopped their instances when the lease ran out ($fenced)" test "$fenced" -ge 6
+# every line of the ones that ran to the end is stored: the others' are too
+shipped() {
+	[ "$(sql "SELECT count(*) FROM log_lines l JOIN instances i ON i.id = l.instance_id
+		JOIN job_runs r ON r.id = i.job_run_id
+		WHERE r.name IN ('blip', 'blipgang') AND i.state = 'succeeded'")" = 360 ]
+}
+ok "the lines of the copies that finished are stored" wait_for 30 shipped
+life="WITH life AS (SELECT l.instance_id AS id, min(l.ts) AS b, max(l.ts) AS e FROM log_lines l
+	  GROUP BY 1),
+	x AS (SELECT i.id, i.job_run_id, i.array_index, i.rank, i.gang, life.b, life.e
+	  FROM instances i JOIN job_runs r ON r.id = i.job_run_id JOIN life ON life.id = i.id
+	  WHERE r.name IN ('blip', 'blipgang'))"
+diag "$(sql "$life SELECT array_index, rank, left(id::text, 8), b::time, e::time FROM x
+	ORDER BY job_run_id, array_index, b")"
+twice=$(sql "$life SELECT count(*) FROM x a JOIN x b ON a.job_run_id = b.job_run_id
+	AND a.array_index = b.array_index AND a.id < b.id
+	AND (a.gang IS NULL OR a.gang <> b.gang) AND a.b <= b.e AND b.b <= a.e")
+is "$twice" 0 "no index and no gang had two live copies at once (from the containers' own lines)"
 
 # --- daemon: restarted without limit -----------------------------------------------------
 # shellcheck disable=SC2016
