@@ -72,6 +72,19 @@ const struct loom_opt agent_opts[] = {
      "file of the projects' host id ranges, shared by the agents of a host"},
     {"userns-base", "LOOM_AGENT_USERNS_BASE", LOOM_OPT_INT, &g_agent.o.userns_base, "1048576",
      65536, 4294836224LL, "first host id given to a project (a multiple of 65536)"},
+    {"health-interval", "LOOM_AGENT_HEALTH_INTERVAL", LOOM_OPT_DURATION, &g_agent.o.health_ms,
+     "10s", 100, 3600000, "how often the node's health checks run"},
+    {"health-script", "LOOM_AGENT_HEALTH_SCRIPT", LOOM_OPT_STRING, &g_agent.o.health_script, NULL,
+     0, 0,
+     "an operator's check, run at each health interval: a non-zero exit (its message says why) "
+     "drains the node until it passes again for a while"},
+    {"health-min-disk-free", "LOOM_AGENT_HEALTH_MIN_DISK_FREE", LOOM_OPT_INT,
+     &g_agent.o.health_min_disk_pct, "5", 0, 99,
+     "percent of the state dir's file system that must be free, else the node is unhealthy (0: "
+     "no check)"},
+    {"health-min-memory-free", "LOOM_AGENT_HEALTH_MIN_MEMORY_FREE", LOOM_OPT_INT,
+     &g_agent.o.health_min_memory_pct, "5", 0, 99,
+     "percent of memory that must be available, else the node is unhealthy (0: no check)"},
     {"finished-retention", "LOOM_AGENT_FINISHED_RETENTION", LOOM_OPT_DURATION,
      &g_agent.o.retention_ms, "10m", 0, 0, "how long finished instance dirs (logs) are kept"},
 };

@@ -14,6 +14,7 @@
 #include "metrics.h"
 
 #define AGENT_MAX_GPUS 64
+#define AGENT_HEALTH_MAX 1024 /* what the health checks found, at most */
 
 /* protoc-c keeps the proto's enum prefixes; shorter names for this code */
 #define ST_PULLING LOOM__V1__INSTANCE_STATE__INSTANCE_STATE_PULLING
@@ -77,7 +78,9 @@ struct agent {
         char *node_name, *node_address, *state_dir, *subnet, *bridge, *cgroup_parent, *runtime,
             *cni_path, *insecure, *labels, *gpus, *userns, *userns_ranges;
         int64_t userns_base, image_cache_size, cpu_millis, memory_bytes, usage_ms, hb_ms,
-            retention_ms, usage_resend_ms, log_rate, log_burst, log_max_disk;
+            retention_ms, usage_resend_ms, log_rate, log_burst, log_max_disk, health_ms,
+            health_min_disk_pct, health_min_memory_pct;
+        char *health_script;
     } o;
     struct loom_service *svc;
     pthread_mutex_t mu;
@@ -90,6 +93,8 @@ struct agent {
     int64_t disk_bytes;
     struct agent_gpu gpus[AGENT_MAX_GPUS];
     int ngpus;
+    bool gpus_detected;            /* found on the host, not configured */
+    char health[AGENT_HEALTH_MAX]; /* health.c: "" or what is wrong (under mu) */
     uint64_t gpus_held;
     bool userns; /* containers run in user namespaces (--userns) */
     char *cni_conf;
@@ -203,6 +208,9 @@ void agent_usage_claimed(struct agent *a, struct instance *in);
 void agent_usage_final(struct agent *a, struct instance *in, json_t *exit_json);
 /* One usage round: a sample of every running instance into the outbox. */
 void agent_sample_usage(struct agent *a);
+
+/* health.c: runs the node's health checks into a->health. */
+void agent_health_check(struct agent *a);
 
 /* Fills in cpu, memory, disk and GPUs where the options leave them to detect. */
 void agent_detect_inventory(struct agent *a);

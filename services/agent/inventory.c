@@ -42,6 +42,7 @@ void agent_detect_inventory(struct agent *a)
     }
     glob_t gl;
     if (glob("/dev/nvidia[0-9]*", 0, NULL, &gl) == 0) {
+        a->gpus_detected = true;
         _cleanup_free_ char *smi = NULL;
         const char *argv[] = {"/usr/bin/nvidia-smi", "-L", NULL};
         struct loom_err err = LOOM_ERR_INIT;

@@ -163,6 +163,11 @@ static void heartbeat(struct agent *a)
     pthread_mutex_unlock(&a->mu);
     hb.instance_ids = ids;
     hb.n_instance_ids = k;
+    char health[AGENT_HEALTH_MAX];
+    pthread_mutex_lock(&a->mu);
+    memcpy(health, a->health, sizeof(health));
+    pthread_mutex_unlock(&a->mu);
+    hb.health_problem = health;
     struct loom_err err = LOOM_ERR_INIT;
     Loom__V1__NodeLease *l = NULL;
     int64_t sent = loom_mono_ms();
@@ -260,7 +265,7 @@ void *agent_housekeeping_main(void *arg)
         a->heartbeater_started = true;
     else if (!a->stopping)
         log_error("could not start the heartbeat thread");
-    int64_t next_usage = 0, next_ret = 0;
+    int64_t next_usage = 0, next_ret = 0, next_health = 0;
     while (!a->stopping) {
         int64_t now = loom_mono_ms();
         if (now >= next_usage) {
@@ -271,7 +276,12 @@ void *agent_housekeeping_main(void *arg)
             retention(a);
             next_ret = now + 1000;
         }
+        if (now >= next_health) {
+            agent_health_check(a);
+            next_health = loom_mono_ms() + a->o.health_ms;
+        }
         int64_t until = next_ret < next_usage ? next_ret : next_usage;
+        until = next_health < until ? next_health : until;
         int64_t wait = until - loom_mono_ms();
         if (wait > 0)
             loom_service_sleep(a->svc, wait > 1000 ? 1000 : wait);

@@ -9,6 +9,7 @@
 #include "cleanup.h"
 #include "instance_state.h"
 #include "json.h"
+#include "nodes_sql.h"
 #include "util.h"
 
 static int need_admin(const struct api_caller *c, struct loom_err *err)
@@ -37,7 +38,8 @@ void api_admin_nodes_list(struct loom_http_req *req)
         "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes, n.labels::text, "
         "n.gpus::text, n.simulated, " API_TS("n.last_heartbeat") ", " API_TS(
             "n.registered_at") ", (SELECT count(*) FROM instances i WHERE i.node_name = n.name "
-                               "AND i.state IN " LOOM_LIVE_STATES_SQL ") "
+                               "AND i.state IN " LOOM_LIVE_STATES_SQL
+                               "), n.health_problem, n.cordoned_by "
                                "FROM nodes n WHERE n.name > $1 ORDER BY n.name",
         "");
     if (!res)
@@ -60,6 +62,12 @@ void api_admin_nodes_list(struct loom_http_req *req)
         api_json_set_str(o, "last_heartbeat", PQgetvalue(res, r, 8));
         api_json_set_str(o, "registered_at", PQgetvalue(res, r, 9));
         api_json_set_int(o, "instances", PQgetvalue(res, r, 10));
+        json_object_set_new(o, "health_problem",
+                            PQgetisnull(res, r, 11) ? json_null()
+                                                    : json_string(PQgetvalue(res, r, 11)));
+        json_object_set_new(o, "cordoned_by",
+                            PQgetisnull(res, r, 12) ? json_null()
+                                                    : json_string(PQgetvalue(res, r, 12)));
         json_array_append_new(items, o);
     }
     loom_http_reply_json(req, 200, TAKE_PTR(out));
@@ -74,14 +82,11 @@ static int node_action(struct api_ctx *ctx, int *ret_status, json_t **ret_body,
     const char *name = ctx->req->params[0], *action = ctx->req->params[1];
     const char *sql;
     if (strcmp(action, "cordon") == 0)
-        sql = "UPDATE nodes SET state = 'cordoned' WHERE name = $1 AND state <> 'lost' "
-              "RETURNING state";
+        sql = LOOM_NODE_CORDON_SQL;
     else if (strcmp(action, "drain") == 0)
-        sql = "UPDATE nodes SET state = 'draining' WHERE name = $1 AND state <> 'lost' "
-              "RETURNING state";
+        sql = LOOM_NODE_DRAIN_SQL;
     else if (strcmp(action, "uncordon") == 0)
-        sql = "UPDATE nodes SET state = 'ready' WHERE name = $1 AND state IN ('cordoned', "
-              "'draining') RETURNING state";
+        sql = LOOM_NODE_UNCORDON_SQL;
     else
         return loom_err_set(err, LOOM_ENOTFOUND,
                             "no node action \"%s\" (cordon, uncordon or drain)", action);

@@ -269,7 +269,10 @@ static const char *const schemas[][2] = {
      "\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"state\":{\"enum\":[\"ready\","
      "\"cordoned\",\"draining\",\"lost\"]},\"address\":{\"type\":\"string\"},\"cpu_millis\":{"
      "\"type\":\"integer\"},\"memory_bytes\":{\"type\":\"integer\"},\"instances\":{\"type\":"
-     "\"integer\"},\"last_heartbeat\":{\"type\":\"string\"}}}}}}"},
+     "\"integer\"},\"last_heartbeat\":{\"type\":\"string\"},\"health_problem\":{\"type\":["
+     "\"string\",\"null\"],\"description\":\"what the node's health checks found, null when "
+     "healthy\"},\"cordoned_by\":{\"enum\":[\"operator\",\"health\",null],\"description\":"
+     "\"who took the node out of service\"}}}}}}"},
     {"Quota", "{\"type\":\"object\",\"properties\":{\"project\":{\"type\":\"string\","
               "\"readOnly\":true},\"cpu_millis\":{\"type\":[\"integer\",\"null\"],\"minimum\":0},"
               "\"memory_bytes\":{\"type\":[\"integer\",\"null\"],\"minimum\":0},\"gpus\":{"

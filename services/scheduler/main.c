@@ -15,6 +15,9 @@ static const struct loom_opt opts[] = {
      "10s", 1000, 3600000,
      "a node silent this long is lost and its instances replaced; its agent stops its job "
      "instances itself well before (the node lease, about 57% of this)"},
+    {"health-settle", "LOOM_SCHEDULER_HEALTH_SETTLE", LOOM_OPT_DURATION, &sched.health_settle_ms,
+     "60s", 0, 86400000,
+     "a node drained because its health checks failed is ready again once they pass this long"},
     {"batch", "LOOM_SCHEDULER_BATCH", LOOM_OPT_INT, &sched.batch_max, "2000", 1, 100000,
      "most instances placed in one transaction"},
     {"resend", "LOOM_SCHEDULER_RESEND", LOOM_OPT_DURATION, &sched.resend_ms, "2s", 100, 600000,

@@ -189,10 +189,16 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     sched_pg_array_end(&ids);
     char *node = strdup(m->node);
     char *boot = strndup(m->boot_id, 128);
+    char *health = strndup(m->health_problem, 1000);
+    /* words for operators: printable ASCII only, whatever the agent sent (a
+     * byte PostgreSQL refuses would fail the whole batch) */
+    for (char *p = health; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            *p = '?';
     const char *to = natsMsg_GetReply(msg);
     char *reply = to && to[0] ? strdup(to) : NULL;
     protobuf_c_message_free_unpacked(&m->base, NULL);
-    if (!node || !boot || (to && to[0] && !reply))
+    if (!node || !boot || !health || (to && to[0] && !reply))
         abort();
 
     pthread_mutex_lock(&s->hb_mu);
@@ -206,6 +212,7 @@ static void on_heartbeat(struct loom_bus *bus, natsMsg *msg, void *arg)
     s->hb[s->nhb].boot_id = boot;
     s->hb[s->nhb].instance_ids = strbuf_detach(&ids, NULL);
     s->hb[s->nhb].reply = reply;
+    s->hb[s->nhb].health = health;
     s->nhb++;
     pthread_mutex_unlock(&s->hb_mu);
 }
@@ -217,6 +224,7 @@ static void hb_free(struct sched_hb_entry *e, size_t n)
         free(e[i].boot_id);
         free(e[i].instance_ids);
         free(e[i].reply);
+        free(e[i].health);
     }
     free(e);
 }
@@ -294,42 +302,87 @@ static void hb_grant(struct sched *s, const struct sched_hb_entry *e, size_t n, 
 
 /* Writes one batch: one UPDATE for every node, then the exceptions it
  * returns (unknown nodes asked to register again, lost nodes back to ready). */
+/* A node whose health checks fail is drained: its job instances are
+ * stopped, to start again elsewhere without using a retry (an app's are
+ * replaced through the draining node, see apps.c). */
+static void hb_unhealthy(struct loom_db *db, const char *node, const char *problem)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    _cleanup_pgres_ PGresult *u =
+        loom_db_query(db, &err,
+                      "UPDATE instances SET desired = 'stop', reason = 'node unhealthy: ' || $2, "
+                      "  updated_at = now() - interval '1 hour' "
+                      "WHERE node_name = $1 AND kind = 'job' AND desired = 'run' "
+                      "  AND state IN " LOOM_LIVE_STATES_SQL,
+                      node, problem);
+    if (!u)
+        log_warn("could not move the job instances off unhealthy node \"%s\": %s", node, err.msg);
+    log_warn("node \"%s\" is unhealthy (%s): draining, %s job instances to move", node, problem,
+             u ? PQcmdTuples(u) : "?");
+}
+
+/* Writes one batch: one UPDATE for every node, then the exceptions it
+ * returns (unknown nodes asked to register again, lost nodes back to ready,
+ * nodes drained for their health or back from it). */
 static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry *e, size_t n)
 {
     struct loom_err err = LOOM_ERR_INIT;
-    struct strbuf names = STRBUF_INIT;
-    for (size_t i = 0; i < n; i++)
+    struct strbuf names = STRBUF_INIT, health = STRBUF_INIT;
+    for (size_t i = 0; i < n; i++) {
         sched_pg_array_add(&names, e[i].node);
+        sched_pg_array_add(&health, e[i].health);
+    }
     sched_pg_array_end(&names);
+    sched_pg_array_end(&health);
     /* A node's row is written only once its last_heartbeat is older than a
      * third of the node timeout (at most ~1/3 timeout + one flush stale,
      * far from lost): 10,000 nodes cost ~3,000 row writes a second, not
-     * 10,000. Rows locked in name order: replicas flushing at once do not
-     * deadlock. */
-    char fresh[32];
+     * 10,000; a change of health, and a node out of service for its health,
+     * are written at once. Rows locked in name order: replicas flushing at
+     * once do not deadlock. b: each node's latest heartbeat in the batch. */
+    char fresh[32], settle[32];
     snprintf(fresh, sizeof(fresh), "%lld", (long long)(s->node_timeout_ms / 3));
-    _cleanup_pgres_ PGresult *res =
-        loom_db_query(db, &err,
-                      "WITH b AS (SELECT DISTINCT unnest($1::text[]) AS name), "
-                      "o AS (SELECT n.name, n.state FROM nodes n JOIN b USING (name) "
-                      "      WHERE n.state = 'lost' OR n.restarted_at IS NOT NULL "
-                      "        OR n.last_heartbeat < now() - make_interval(secs => $2::bigint "
-                      "          / 1000.0) "
-                      "      ORDER BY n.name FOR UPDATE OF n), "
-                      "u AS (UPDATE nodes n SET last_heartbeat = now(), "
-                      "        state = CASE WHEN n.state = 'lost' THEN 'ready' ELSE n.state END "
-                      "      FROM o WHERE n.name = o.name "
-                      "      RETURNING n.name, o.state AS old_state, n.boot_id, n.restarted_at) "
-                      "SELECT b.name, u.old_state, u.boot_id, u.restarted_at::text "
-                      "FROM b LEFT JOIN u USING (name) LEFT JOIN nodes k ON k.name = b.name "
-                      "WHERE k.name IS NULL OR u.old_state = 'lost' OR u.restarted_at IS NOT NULL",
-                      names.buf, fresh);
+    snprintf(settle, sizeof(settle), "%lld", (long long)s->health_settle_ms);
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        db, &err,
+        "WITH b AS (SELECT DISTINCT ON (name) name, nullif(health, '') AS health "
+        "      FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS x(name, health, ord) "
+        "      ORDER BY name, ord DESC), "
+        "o AS (SELECT n.name, n.state, b.health, "
+        "        b.health IS NOT NULL AND n.state IN ('ready', 'lost') AS sick, "
+        "        b.health IS NULL AND n.cordoned_by = 'health' "
+        "          AND n.healthy_since < now() - make_interval(secs => $4::bigint / 1000.0) "
+        "          AS well "
+        "      FROM nodes n JOIN b USING (name) "
+        "      WHERE n.state = 'lost' OR n.restarted_at IS NOT NULL "
+        "        OR n.last_heartbeat < now() - make_interval(secs => $2::bigint / 1000.0) "
+        "        OR n.health_problem IS DISTINCT FROM b.health OR n.cordoned_by = 'health' "
+        "      ORDER BY n.name FOR UPDATE OF n), "
+        "u AS (UPDATE nodes n SET last_heartbeat = now(), "
+        "        state = CASE WHEN o.sick THEN 'draining' "
+        "                     WHEN n.state = 'lost' OR o.well THEN 'ready' ELSE n.state END, "
+        "        cordoned_by = CASE WHEN o.sick THEN 'health' WHEN o.well THEN NULL "
+        "                           ELSE n.cordoned_by END, "
+        "        health_problem = o.health, "
+        "        healthy_since = CASE WHEN o.health IS NULL "
+        "                             THEN coalesce(n.healthy_since, now()) END "
+        "      FROM o WHERE n.name = o.name "
+        "      RETURNING n.name, o.state AS old_state, n.boot_id, n.restarted_at, "
+        "        n.state AS new_state, o.health, o.sick, o.well) "
+        "SELECT b.name, u.old_state, u.boot_id, u.restarted_at::text, u.new_state, u.health, "
+        "  u.sick, u.well "
+        "FROM b LEFT JOIN u USING (name) LEFT JOIN nodes k ON k.name = b.name "
+        "WHERE k.name IS NULL OR u.old_state = 'lost' OR u.restarted_at IS NOT NULL "
+        "  OR u.sick OR u.well",
+        names.buf, fresh, health.buf, settle);
     strbuf_release(&names);
+    strbuf_release(&health);
     if (!res) {
         log_warn("could not record %zu heartbeats: %s", n, err.msg);
         return;
     }
     hb_grant(s, e, n, res);
+    bool changed = false;
     for (int r = 0; r < PQntuples(res); r++) {
         const char *node = PQgetvalue(res, r, 0);
         if (PQgetisnull(res, r, 1)) {
@@ -342,6 +395,14 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
         const struct sched_hb_entry *hb = hb_latest(e, n, node);
         if (!PQgetisnull(res, r, 3) && strcmp(hb->boot_id, PQgetvalue(res, r, 2)) == 0)
             hb_restarted(s, db, node, PQgetvalue(res, r, 3), hb->instance_ids);
+        if (strcmp(PQgetvalue(res, r, 6), "t") == 0) {
+            hb_unhealthy(db, node, PQgetvalue(res, r, 5));
+            changed = true;
+        } else if (strcmp(PQgetvalue(res, r, 7), "t") == 0) {
+            log_info("node \"%s\" has been healthy for %lld ms: ready again", node,
+                     (long long)s->health_settle_ms);
+            changed = true;
+        }
         if (strcmp(PQgetvalue(res, r, 1), "lost") != 0)
             continue;
         /* Its instances were declared lost and replaced: the ones it still
@@ -351,10 +412,12 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
             "UPDATE instances SET desired = 'stop', updated_at = now() - interval '1 hour' "
             "WHERE id = ANY($1::uuid[]) AND node_name = $2 AND state = 'lost'",
             hb->instance_ids, node);
-        log_info("lost node \"%s\" is back: ready again, %s stale instances to stop", node,
-                 u ? PQcmdTuples(u) : "?");
+        log_info("lost node \"%s\" is back: %s, %s stale instances to stop", node,
+                 PQgetvalue(res, r, 4), u ? PQcmdTuples(u) : "?");
         sched_wake_leader(s);
     }
+    if (changed)
+        loom_bus_publish_raw(s->svc->bus, LOOM_SUBJ_SCHED_WAKE, "nodes", 5, NULL);
 }
 
 static void *hb_main(void *arg)

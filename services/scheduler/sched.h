@@ -127,6 +127,7 @@ struct sched_hb_entry {
     char *boot_id;
     char *instance_ids; /* PostgreSQL uuid[] literal of the ids it holds */
     char *reply;        /* where its NodeLease goes, or NULL */
+    char *health;       /* what its health checks found, "" when healthy */
 };
 
 struct sched {
@@ -135,6 +136,7 @@ struct sched {
     int64_t lease_ttl_ms;
     int64_t renew_ms;
     int64_t node_timeout_ms;
+    int64_t health_settle_ms; /* healthy this long: a node its checks drained is ready */
     int64_t batch_max;        /* instances per placement transaction */
     int64_t resend_ms;        /* assign / stop resend period */
     int64_t retry_backoff_ms; /* first retry delay of a failed index; doubles */

@@ -2,13 +2,16 @@
 # shellcheck disable=SC2317 # functions called through wait_for
 # The scheduler with real agents (two nodes on this machine): per-index
 # retries of a sparse array, the parallelism cap checked from the instance
-# records, the max execution time, resubmit of the failed indices, an agent
-# killed mid-run, and the leading scheduler killed mid-run with a standby.
+# records, the max execution time, resubmit of the failed indices, a node
+# whose health script fails drained and back once healthy, an agent killed
+# mid-run, and the leading scheduler killed mid-run with a standby.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 # two CPUs per node, one per index
 export LOOM_AGENT_CPU_MILLIS=2000
+# a node drained for its health is ready again after 3 s healthy
+export LOOM_SCHEDULER_HEALTH_SETTLE=3s
 platform_up
 node2=it$$-2
 image=$LOOM_REGISTRY/loom/busybox:latest
@@ -32,7 +35,11 @@ max_overlap() {
 		WHERE r.name = '$1' AND i.started_at IS NOT NULL) x"
 }
 
-out=$("$loom_dev" add-node "$node2" 2>&1)
+# node 2's agent runs an operator's health script every second
+health=$tmp/health.sh
+printf '#!/bin/sh\nexit 0\n' >"$health"
+chmod +x "$health"
+out=$(LOOM_AGENT_HEALTH_SCRIPT=$health LOOM_AGENT_HEALTH_INTERVAL=1s "$loom_dev" add-node "$node2" 2>&1)
 is "$?" 0 "loom-dev add-node $node2" || diag "$out"
 nodes_ready() {
 	nodes=$("$bin/loom-admin" nodes list 2>/dev/null)
@@ -97,6 +104,46 @@ secs=$(sql "SELECT max(extract(epoch FROM i.finished_at - i.started_at))::int FR
 	JOIN job_runs r ON r.id = i.job_run_id WHERE r.name = 'slow'")
 # SIGTERM at 2 s; `sleep` as PID 1 ignores it, so SIGKILL follows the shim's 10 s grace
 ok "slow: no try lasted past 2 s + the 10 s kill grace (longest ${secs} s)" test "${secs:-99}" -le 14
+
+# --- a node whose health checks fail is drained; back once healthy ------------------
+node_row() { sql "SELECT state, coalesce(cordoned_by, '-'), coalesce(health_problem, '-') FROM nodes
+	WHERE name = '$node2'"; }
+# shellcheck disable=SC2016
+out=$(loom jobrun submit --name sickbay --image "$image" --cpu 1 --memory 2G \
+	--cmd 'sleep 8' --array-indices 0-3 2>&1)
+is "$?" 0 "jobrun submit sickbay (4 indices of 8 s on 2 nodes of 2 CPUs)" || diag "$out"
+sick_on_node2() {
+	[ "$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+		WHERE r.name = 'sickbay' AND i.node_name = '$node2' AND i.state = 'running'")" -gt 0 ]
+}
+ok "sickbay runs on $node2" wait_for 30 sick_on_node2
+printf '#!/bin/sh\necho "gpu 3 fell off the bus" >&2\nexit 1\n' >"$health"
+drained() { [ "$(node_row | cut -d' ' -f1-2)" = "draining health" ]; }
+ok "$node2 is drained by its health checks" wait_for 20 drained || diag "$(node_row)"
+like "$(node_row)" 'health script: .* exited with status 1: gpu 3 fell off the bus' \
+	"the node's row says what the health script said"
+like "$("$bin/loom-admin" nodes list 2>&1 | grep "^$node2 ")" \
+	'gpu 3 fell off the bus \(draining by health\)' "loom-admin nodes list shows why $node2 is out"
+ok "sickbay completes" wait_for 90 run_over sickbay || diag "$(run_json sickbay)"
+is "$(run_field sickbay .status)" completed "sickbay: completed"
+moved=$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name = 'sickbay' AND i.node_name = '$node2' AND i.state = 'stopped'
+	AND i.reason LIKE 'node unhealthy: health script:%gpu 3 fell off the bus'")
+ok "sickbay: the indices on $node2 were stopped, the reason says why ($moved)" test "$moved" -ge 1
+is "$(sql "SELECT count(*) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name = 'sickbay' AND i.state = 'succeeded' AND i.node_name = '$LOOM_NODE_NAME'")" 4 \
+	"sickbay: every index succeeded on $LOOM_NODE_NAME (none on the drained node)"
+is "$(sql "SELECT max(retries) FROM job_run_indices j JOIN job_runs r ON r.id = j.run_id
+	WHERE r.name = 'sickbay'")" 0 "sickbay: moving off a sick node used no retry"
+printf '#!/bin/sh\nexit 0\n' >"$health"
+well() { [ "$(node_row)" = "ready - -" ]; }
+ok "$node2 is ready again once healthy for 3 s" wait_for 30 well || diag "$(node_row)"
+# an operator's cordon is the operator's: health does not lift it
+ok "loom-admin nodes cordon $node2" "$bin/loom-admin" nodes cordon "$node2"
+sleep 5
+is "$(node_row)" "cordoned operator -" "$node2 stays cordoned by the operator while healthy"
+ok "loom-admin nodes uncordon $node2" "$bin/loom-admin" nodes uncordon "$node2"
+is "$(node_row)" "ready - -" "$node2 is ready after the operator's uncordon"
 
 # --- an agent killed mid-run -------------------------------------------------------
 # shellcheck disable=SC2016

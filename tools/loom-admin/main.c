@@ -21,6 +21,7 @@
 #include "err.h"
 #include "httpc.h"
 #include "instance_state.h"
+#include "nodes_sql.h"
 #include "quantity.h"
 #include "subjects.h"
 #include "util.h"
@@ -450,25 +451,29 @@ static void wake_scheduler(void)
 static int cmd_nodes(int argc, char **argv)
 {
     if (argc == 1 && strcmp(argv[0], "list") == 0) {
-        static const char *const h[] = {"NAME",       "STATE",     "ADDRESS",       "CPU_MILLIS",
-                                        "MEMORY_MIB", "INSTANCES", "LAST_HEARTBEAT"};
+        static const char *const h[] = {"NAME",       "STATE",     "ADDRESS",        "CPU_MILLIS",
+                                        "MEMORY_MIB", "INSTANCES", "LAST_HEARTBEAT", "HEALTH"};
+        /* HEALTH: ok, or what the node's checks found; who took it out of
+         * service, when someone did */
         return query_print(
             "SELECT n.name, n.state, n.address, n.cpu_millis, n.memory_bytes / 1048576, "
             "(SELECT count(*) FROM instances i WHERE i.node_name = n.name "
             "AND i.state IN " LOOM_LIVE_STATES_SQL
-            "), " TS("n.last_heartbeat") " FROM nodes n ORDER BY n.name",
+            "), " TS("n.last_heartbeat") ", "
+                                         "coalesce(n.health_problem, 'ok') || coalesce(' (' || "
+                                         "n.state || ' by ' || "
+                                         "n.cordoned_by || ')', '') FROM nodes n ORDER BY n.name",
             h, 0, NULL);
     }
     if (argc == 2) {
         const char *p[] = {argv[1]};
         const char *sql = NULL;
         if (strcmp(argv[0], "cordon") == 0)
-            sql = "UPDATE nodes SET state = 'cordoned' WHERE name = $1 AND state <> 'lost'";
+            sql = LOOM_NODE_CORDON_SQL;
         else if (strcmp(argv[0], "uncordon") == 0)
-            sql = "UPDATE nodes SET state = 'ready' WHERE name = $1 AND state IN ('cordoned', "
-                  "'draining')";
+            sql = LOOM_NODE_UNCORDON_SQL;
         else if (strcmp(argv[0], "drain") == 0)
-            sql = "UPDATE nodes SET state = 'draining' WHERE name = $1 AND state <> 'lost'";
+            sql = LOOM_NODE_DRAIN_SQL;
         if (sql) {
             char done[160];
             snprintf(done, sizeof(done), "node %s: %s", argv[1],
