@@ -18,6 +18,7 @@
 #define LOOM_SUBJ_AGENT_SPECIALIZE_FMT "loom.agent.%s.specialize"
 /* agent -> scheduler (queue group "scheduler"), request InstanceReport, reply Ack */
 #define LOOM_SUBJ_INSTANCE_REPORT "loom.instance.report"
+#define LOOM_SUBJ_INSTANCE_REPORTS "loom.instance.reports" /* many at once */
 /* api/activator -> scheduler, publish (empty): new work, place now (also: a
  * stem cell was claimed, refill the pools) */
 #define LOOM_SUBJ_SCHED_WAKE "loom.sched.wake"

@@ -404,45 +404,79 @@ static void *registrar_main(void *arg)
     return NULL;
 }
 
+#define SIM_BATCH 500 /* reports a reporter sends in one loom.instance.reports */
+
+/* Sends the queue's head reports in batches; those not acknowledged stay at
+ * the head, in order, and go again (like the real agent's outbox). */
 static void *reporter_main(void *arg)
 {
     struct sim_reporter *q = arg;
+    struct sim_report *batch[SIM_BATCH];
+    Loom__V1__InstanceReport ms[SIM_BATCH], *mp[SIM_BATCH];
     for (;;) {
         pthread_mutex_lock(&q->mu);
         while (!q->head && !atomic_load(&g.quit))
             pthread_cond_wait(&q->cond, &q->mu);
-        struct sim_report *r = q->head;
-        if (!r) {
-            pthread_mutex_unlock(&q->mu);
+        size_t n = 0;
+        for (struct sim_report *r = q->head; r && n < SIM_BATCH; r = r->next)
+            batch[n++] = r;
+        pthread_mutex_unlock(&q->mu);
+        if (n == 0)
             return NULL;
+        int64_t now = loom_now_ms();
+        for (size_t i = 0; i < n; i++) {
+            struct sim_report *r = batch[i];
+            loom__v1__instance_report__init(&ms[i]);
+            ms[i].instance_id = r->id;
+            ms[i].node = g.names[r->node];
+            ms[i].state = r->state;
+            ms[i].exit_code = r->exit_code;
+            ms[i].reason = r->reason;
+            ms[i].address = r->address;
+            ms[i].ts_unix_ms = now;
+            ms[i].timed_out = r->timed_out;
+            ms[i].seq = r->seq;
+            mp[i] = &ms[i];
+        }
+        Loom__V1__InstanceReports req = LOOM__V1__INSTANCE_REPORTS__INIT;
+        req.n_reports = n;
+        req.reports = mp;
+        Loom__V1__Acks *acks = NULL;
+        struct loom_err err = LOOM_ERR_INIT;
+        bool done[SIM_BATCH] = {false};
+        size_t ok = 0;
+        if (loom_bus_request(g.svc->bus, LOOM_SUBJ_INSTANCE_REPORTS, &req.base,
+                             &loom__v1__acks__descriptor, 5000, (ProtobufCMessage **)&acks,
+                             &err) < 0) {
+            log_debug("%zu reports: %s (resending)", n, err.msg);
+        } else {
+            for (size_t i = 0; i < n && i < acks->n_acks; i++)
+                if (acks->acks[i]->ok)
+                    ok += done[i] = true;
+                else
+                    log_debug("report of %s: %s (resending)", batch[i]->id, acks->acks[i]->error);
+            loom__v1__acks__free_unpacked(acks, NULL);
+        }
+        /* the batch is the queue's first n: unlink the acknowledged ones */
+        pthread_mutex_lock(&q->mu);
+        struct sim_report **pp = &q->head, *kept = NULL;
+        for (size_t i = 0; i < n; i++) {
+            if (done[i]) {
+                *pp = batch[i]->next;
+                if (q->tail == batch[i])
+                    q->tail = kept;
+                free(batch[i]);
+            } else {
+                kept = batch[i];
+                pp = &batch[i]->next;
+            }
         }
         pthread_mutex_unlock(&q->mu);
-        Loom__V1__InstanceReport m = LOOM__V1__INSTANCE_REPORT__INIT;
-        m.instance_id = r->id;
-        m.node = g.names[r->node];
-        m.state = r->state;
-        m.exit_code = r->exit_code;
-        m.reason = r->reason;
-        m.address = r->address;
-        m.ts_unix_ms = loom_now_ms();
-        m.timed_out = r->timed_out;
-        m.seq = r->seq;
-        struct loom_err err = LOOM_ERR_INIT;
-        if (loom_bus_request_ack(g.svc->bus, LOOM_SUBJ_INSTANCE_REPORT, &m.base, 2000, NULL, &err) <
-            0) {
-            /* resent until acknowledged, like the real agent's outbox */
-            log_debug("report of %s: %s (resending)", r->id, err.msg);
+        if (ok < n)
             for (int i = 0; i < 10 && !atomic_load(&g.quit); i++)
                 usleep(50000);
-            if (!atomic_load(&g.quit))
-                continue;
-        }
-        pthread_mutex_lock(&q->mu);
-        q->head = r->next;
-        if (!q->head)
-            q->tail = NULL;
-        pthread_mutex_unlock(&q->mu);
-        free(r);
+        if (ok < n && atomic_load(&g.quit))
+            return NULL;
     }
 }
 

@@ -30,6 +30,8 @@
 /* Longest wait before an index's retry (the backoff doubles up to it). */
 #define SCHED_BACKOFF_MAX_MS 60000
 #define SCHED_BACKOFF_MAX_MS_STR "60000"
+/* most reports one loom.instance.reports message may carry */
+#define SCHED_REPORTS_MAX 1000
 
 /* Most members of one gang (scale_nodes). */
 #define SCHED_GANG_MAX 1000

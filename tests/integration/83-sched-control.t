@@ -5,7 +5,9 @@
 # places nothing (every instance placed afterwards carries the new leader's
 # epoch); an app rolled over to a new revision keeps its running count (the
 # new instances run before any old one ends); with the node full, a
-# higher-priority run's indices are placed before a lower one's.
+# higher-priority run's indices are placed before a lower one's; reports
+# sent many at once are applied in their order, each acknowledged or
+# refused on its own.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -139,6 +141,36 @@ order=$(sql "SELECT (SELECT max(i.created_at) FROM instances i JOIN job_runs r O
 	< (SELECT min(i.created_at) FROM instances i JOIN job_runs r ON r.id = i.job_run_id
 		WHERE r.name = 'low')")
 is "$order" t "high's indices were all placed before any of low's"
+
+# --- many reports at once --------------------------------------------------------------
+# One loom.instance.reports request, by hand, for a running index: its
+# failure and then its success (applied in that order, the success changes
+# only the seq), a report with no valid id, one from another node, and a
+# resend of an old seq.
+# shellcheck disable=SC2016
+out=$(loom jobrun submit --name batch --image "$image" --cpu 0.5 --memory 1G --cmd 'sleep 30' \
+	--retrylimit 2 2>&1)
+is "$?" 0 "submit batch (one index, sleep 30)" || diag "$out"
+batch_runs() { [ "$(run_field batch .status_details.running)" = 1 ]; }
+ok "batch runs" wait_for 60 batch_runs
+bid=$(sql "SELECT i.id FROM instances i JOIN job_runs r ON r.id = i.job_run_id WHERE r.name = 'batch'")
+jq -nc --arg id "$bid" --arg node "$LOOM_NODE_NAME" '
+	{instance_id: $id, node: $node, state: "failed", exit_code: 3, reason: "by hand", seq: 1000},
+	{instance_id: $id, node: $node, state: "succeeded", exit_code: 0, seq: 1001},
+	{instance_id: "not-a-uuid", node: $node, state: "running", seq: 1},
+	{instance_id: $id, node: "elsewhere", state: "succeeded", seq: 1002},
+	{instance_id: $id, node: $node, state: "running", seq: 5}' >"$tmp/reports.jsonl"
+acks=$(python3 "$(dirname "$0")/usage_helper.py" reports "$tmp/reports.jsonl" 2>&1)
+is "$acks" "ok
+ok
+refused: invalid instance id
+refused: instance $bid is not on node \"elsewhere\"
+ok" "each report of the batch has its own Ack, in order"
+is "$(sql "SELECT state, exit_code, reason, report_seq FROM instances WHERE id = '$bid'")" \
+	"failed 3 by hand 1001" "the failure was applied first; the success after it moved only the seq"
+is "$(sql "SELECT j.retries FROM job_run_indices j JOIN job_runs r ON r.id = j.run_id
+	WHERE r.name = 'batch'")" 1 "the index counted the failure as a retry"
+ok "cancel batch" loom jobrun cancel batch
 
 cleanup_83
 finish

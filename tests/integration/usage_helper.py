@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Test helper for the usage tests: UsageSamples into JetStream, NATS
-subscriptions, and a CloudEvents endpoint. No dependencies; the NATS URL
-comes from LOOM_NATS_URL.
+"""Test helper for the usage and scheduler tests: UsageSamples into
+JetStream, NATS subscriptions, a CloudEvents endpoint, and instance reports
+sent by hand. No dependencies; the NATS URL comes from LOOM_NATS_URL.
 
   usage_helper.py publish FILE          publish the samples of FILE (JSON lines, one
                                         UsageSample each, field names as in usage.proto)
@@ -15,6 +15,10 @@ comes from LOOM_NATS_URL.
   usage_helper.py receiver PORT LOG FAIL   a CloudEvents batch endpoint (POST /events):
                                         the first FAIL requests get a 500; every accepted
                                         event is appended to LOG as one JSON line
+  usage_helper.py reports FILE          the InstanceReports of FILE (JSON lines, one
+                                        InstanceReport each) as one request on
+                                        loom.instance.reports; prints each report's Ack,
+                                        in order: "ok" or "refused: <error>"
 """
 import json, os, socket, sys, threading, time
 from urllib.parse import urlparse
@@ -68,10 +72,17 @@ FIELDS = {  # name: (number, kind)
 }
 
 
-def encode(sample):
+REPORT_FIELDS = {  # InstanceReport
+    "instance_id": (1, "s"), "node": (2, "s"), "state": (3, "v"), "exit_code": (4, "v"),
+    "reason": (5, "s"), "seq": (10, "v"),
+}
+STATES = {"running": 3, "succeeded": 4, "failed": 5, "stopped": 6}
+
+
+def encode(sample, fields=FIELDS):
     out = b""
     for name, value in sample.items():
-        num, kind = FIELDS[name]
+        num, kind = fields[name]
         if kind == "s":
             v = value.encode()
             out += varint(num << 3 | 2) + varint(len(v)) + v
@@ -126,6 +137,44 @@ def publish(path):
             print("%s error %s" % (msgid, reply["error"]))
             sys.exit(1)
         print("%s %s" % (msgid, "duplicate" if reply.get("duplicate") else "stored"))
+    s.close()
+
+
+def fields_of(data):
+    """A message's fields: [(number, varint or bytes)]."""
+    out, i = [], 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = read_varint(data, i)
+        elif wt == 2:
+            n, i = read_varint(data, i)
+            v, i = data[i:i + n], i + n
+        else:
+            raise ValueError("wire type %d" % wt)
+        out.append((num, v))
+    return out
+
+
+def reports(path):
+    batch = b""
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            r["state"] = STATES[r["state"]]
+            m = encode(r, REPORT_FIELDS)
+            batch += varint(1 << 3 | 2) + varint(len(m)) + m
+    s, f = nats()
+    inbox = "_INBOX.reports_helper.%d" % os.getpid()
+    s.sendall(("SUB %s 1\r\nPUB loom.instance.reports %s %d\r\n" % (inbox, inbox, len(batch)))
+              .encode() + batch + b"\r\n")
+    _, reply = read_msg(s, f)
+    for num, ack in fields_of(reply):
+        if num != 1:
+            continue
+        a = dict(fields_of(ack))
+        print("ok" if a.get(1) else "refused: " + a.get(2, b"").decode())
     s.close()
 
 
@@ -228,5 +277,7 @@ if __name__ == "__main__":
         flood(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "receiver":
         receiver(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "reports":
+        reports(sys.argv[2])
     else:
         sys.exit("unknown command " + cmd)
