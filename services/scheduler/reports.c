@@ -339,7 +339,7 @@ static int inst_apply(struct loom_db *db, struct inst_set *is, struct loom_err *
 /* Applies the reports of one round (no instance twice) in the open
  * transaction: which ones is round[0..n). */
 static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__InstanceReport **ms,
-                       const size_t *round, size_t n, struct report_result *res,
+                       bool trusted, const size_t *round, size_t n, struct report_result *res,
                        struct report_effect *fx, struct loom_err *err)
 {
     struct strbuf ids = STRBUF_INIT;
@@ -376,7 +376,9 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
         int r = rows[k] = row_of(cur, m->instance_id);
         if (r < 0)
             continue; /* deleted with its app or run: nothing to record, do not ask again */
-        if (m->node[0] && strcmp(m->node, PQgetvalue(cur, r, COL_NODE)) != 0) {
+        /* only the node an instance was placed on speaks for it (an empty
+         * node is the scheduler's own word, never a message's) */
+        if ((m->node[0] || !trusted) && strcmp(m->node, PQgetvalue(cur, r, COL_NODE)) != 0) {
             out->code = LOOM_EINVAL;
             snprintf(out->msg, sizeof(out->msg), "instance %s is not on node \"%s\"",
                      m->instance_id, m->node);
@@ -473,10 +475,11 @@ static int by_id_then_place(const void *x, const void *y)
 }
 
 /* Applies ms[0..n) in one transaction; res[i] says what became of each. A
- * failure of the transaction (-1) leaves nothing applied. */
+ * failure of the transaction (-1) leaves nothing applied. trusted: the
+ * scheduler's own reports (they name no node). */
 static int apply_reports(struct loom_db *db, int64_t backoff_ms, Loom__V1__InstanceReport **ms,
-                         size_t n, struct report_result *res, struct report_effect *fx,
-                         struct loom_err *err)
+                         size_t n, bool trusted, struct report_result *res,
+                         struct report_effect *fx, struct loom_err *err)
 {
     struct placed *order = calloc(n + 1, sizeof(*order));
     size_t *round = calloc(n + 1, sizeof(size_t)), *occ = calloc(n + 1, sizeof(size_t));
@@ -507,7 +510,7 @@ static int apply_reports(struct loom_db *db, int64_t backoff_ms, Loom__V1__Insta
         for (size_t k = 0; k < valid; k++)
             if (occ[k] == r)
                 round[nr++] = order[k].pos;
-        if (apply_round(db, backoff_ms, ms, round, nr, res, fx, err) < 0)
+        if (apply_round(db, backoff_ms, ms, trusted, round, nr, res, fx, err) < 0)
             rc = -1;
     }
     if (valid && rc == 0)
@@ -554,7 +557,7 @@ static int apply_with_retries(struct sched *s, struct loom_db *db, Loom__V1__Ins
         loom_err_clear(err);
         strbuf_release(&fx->apps);
         fx->freed = false;
-        r = apply_reports(db, s->retry_backoff_ms, ms, n, res, fx, err);
+        r = apply_reports(db, s->retry_backoff_ms, ms, n, false, res, fx, err);
         if (r == 0 || err->code != LOOM_ERETRY)
             break;
     }
@@ -674,7 +677,7 @@ int sched_fail_instance(struct sched *s, struct loom_db *db, const char *instanc
     Loom__V1__InstanceReport *mp = &m;
     struct report_effect fx = {0};
     struct report_result res = {0};
-    if (apply_reports(db, s->retry_backoff_ms, &mp, 1, &res, &fx, err) < 0) {
+    if (apply_reports(db, s->retry_backoff_ms, &mp, 1, true, &res, &fx, err) < 0) {
         strbuf_release(&fx.apps);
         return -1;
     }

@@ -145,8 +145,8 @@ is "$order" t "high's indices were all placed before any of low's"
 # --- many reports at once --------------------------------------------------------------
 # One loom.instance.reports request, by hand, for a running index: its
 # failure and then its success (applied in that order, the success changes
-# only the seq), a report with no valid id, one from another node, and a
-# resend of an old seq.
+# only the seq), a report with no valid id, one from another node, one that
+# names no node (it once moved an app's address), and a resend of an old seq.
 # shellcheck disable=SC2016
 out=$(loom jobrun submit --name batch --image "$image" --cpu 0.5 --memory 1G --cmd 'sleep 30' \
 	--retrylimit 2 2>&1)
@@ -159,13 +159,15 @@ jq -nc --arg id "$bid" --arg node "$LOOM_NODE_NAME" '
 	{instance_id: $id, node: $node, state: "succeeded", exit_code: 0, seq: 1001},
 	{instance_id: "not-a-uuid", node: $node, state: "running", seq: 1},
 	{instance_id: $id, node: "elsewhere", state: "succeeded", seq: 1002},
+	{instance_id: $id, node: "", state: "succeeded", seq: 1003},
 	{instance_id: $id, node: $node, state: "running", seq: 5}' >"$tmp/reports.jsonl"
 acks=$(python3 "$(dirname "$0")/usage_helper.py" reports "$tmp/reports.jsonl" 2>&1)
 is "$acks" "ok
 ok
 refused: invalid instance id
 refused: instance $bid is not on node \"elsewhere\"
-ok" "each report of the batch has its own Ack, in order"
+refused: instance $bid is not on node \"\"
+ok" "each report of the batch has its own Ack, in order (one naming no node is refused)"
 is "$(sql "SELECT state, exit_code, reason, report_seq FROM instances WHERE id = '$bid'")" \
 	"failed 3 by hand 1001" "the failure was applied first; the success after it moved only the seq"
 is "$(sql "SELECT j.retries FROM job_run_indices j JOIN job_runs r ON r.id = j.run_id
