@@ -199,11 +199,23 @@ struct img {
     size_t n;
     json_t *config; /* the config, without rootfs (filled from layers) */
 };
-/* Pushes img to repo (of the platform registry) by digest only, or also
- * under tag (set last: a failed push leaves no tag); ret_digest gets the
- * manifest's digest. Every blob once: what the registry has is not sent. */
-int img_push(struct brun *r, struct img *img, const char *repo, const char *tag,
-             char ret_digest[72], struct loom_err *err);
+/* Where a run's image goes: output_image's registry, repository and tag. */
+struct out_target {
+    char host[256], repo[300], tag[200]; /* tag "": by digest only */
+    bool platform; /* the platform registry: layers are mounted from its repositories */
+    struct loom_registry_client *c;
+};
+/* A client for output_image: the platform registry's needs no credentials
+ * (an output_secret for it is refused); another registry's are those of
+ * output_secret, a registry secret whose server is that host. */
+int out_open(struct brun *r, struct out_target *ret, struct loom_err *err);
+void out_close(struct out_target *t);
+/* Pushes img to the target by digest, then under its tag (set last: a
+ * failed push leaves no tag); ret_digest gets the manifest's digest. Every
+ * blob once: what the registry has is not sent; another registry gets the
+ * platform registry's layers (stacks, the dependency cache) uploaded. */
+int img_push(struct brun *r, struct img *img, struct out_target *t, char ret_digest[72],
+             struct loom_err *err);
 /* The config of an image on stack: the stack's, Env merged with env (a name
  * in env wins), and entrypoint, cmd and working directory replaced. */
 json_t *img_config(const struct stack *s, json_t *env, json_t *entrypoint, const char *workdir);
