@@ -249,14 +249,19 @@ static int buildrun_create(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
     _cleanup_json_ json_t *spec = NULL;
     _cleanup_free_ char *image = NULL;
     if (loom_spec_buildrun(build_spec, ctx->body, &spec, err) < 0 ||
-        check_upload(ctx, spec, err) < 0 ||
-        api_output_image(ctx->project.name, build_name ? build_name : name,
-                         json_string_value(json_object_get(spec, "output_image")), &image,
-                         err) < 0 ||
-        check_output_secret(image, json_string_value(json_object_get(spec, "output_secret")), err) <
-            0)
+        check_upload(ctx, spec, err) < 0)
         return -1;
-    json_object_set_new(spec, "output_image", json_string(image));
+    /* a function's bundle goes to function_code, an image to a registry */
+    bool bundle = strcmp(json_string_value(json_object_get(spec, "output_type")), "bundle") == 0;
+    if (!bundle) {
+        if (api_output_image(ctx->project.name, build_name ? build_name : name,
+                             json_string_value(json_object_get(spec, "output_image")), &image,
+                             err) < 0 ||
+            check_output_secret(image, json_string_value(json_object_get(spec, "output_secret")),
+                                err) < 0)
+            return -1;
+        json_object_set_new(spec, "output_image", json_string(image));
+    }
     _cleanup_free_ char *text = loom_json_dumps(spec);
     _cleanup_pgres_ PGresult *ins =
         loom_db_query(ctx->db, err,

@@ -53,6 +53,7 @@ struct bp_options {
     const char *npm_registry; /* or NULL: npm's own */
     const char *pip_index;    /* or NULL: vendored wheels only (--no-index) */
     const char *go_proxy;     /* or NULL: off (vendor/ or the standard library) */
+    bool function;            /* a function's bundle: Node.js or Python, started by its runtime */
 };
 
 /* What to build. The image: run_stack's layers, then the step's output
@@ -78,7 +79,9 @@ void bp_plan_release(struct bp_plan *p);
  * error that says to use the dockerfile strategy), package.json (Node.js),
  * requirements.txt or pyproject.toml (Python), go.mod (Go), index.html (a
  * static site), an executable script; a Procfile's web: line is the command
- * in every case (alone: run on busybox). Errors name the file and the line. */
+ * in every case (alone: run on busybox). Errors name the file and the line.
+ * For a function (o->function) only Node.js and Python are built, there is
+ * no command (the runtime loads the code) and its entry file must be there. */
 int bp_detect(const struct src_tree *t, const struct bp_options *o, struct bp_plan *ret,
               struct loom_err *err);
 
@@ -255,6 +258,10 @@ void src_tree_release(struct src_tree *t);
 int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude,
                  struct loom_layer **ret_layer, struct loom_layer_info *ret, struct loom_err *err);
 
+/* The same entries added to layer l under prefix ("" for its top). */
+int source_add(struct brun *r, struct loom_layer *l, const char *path, const char *prefix,
+               json_t *only, json_t *exclude, struct loom_err *err);
+
 /* The text of file rel (relative to the context) of the source, at most
  * max bytes; LOOM_ENOTFOUND when it has none. */
 int source_read(const char *path, const char *context, const char *rel, size_t max, char **ret,
@@ -262,6 +269,14 @@ int source_read(const char *path, const char *context, const char *rel, size_t m
 
 /* buildpacks.c, dockerfile.c: the strategies */
 int buildpacks_run(struct brun *r, const char *source_path, struct loom_err *err);
+/* The layer of the plan's step (p->build_stack set): from the cache when
+ * the same inputs made it before, else made by a step and cached; the
+ * cache's repository has it. */
+int bp_deps_layer(struct brun *r, const char *source_path, const struct bp_plan *p,
+                  struct img_layer *ret, struct loom_err *err);
+/* bundle.c: a function's code bundle (output_type bundle), stored in
+ * function_code; r->output_ref gets its "sha256:<hex>". */
+int bundle_run(struct brun *r, const char *source_path, struct loom_err *err);
 int dockerfile_run(struct brun *r, const char *source_path, struct loom_err *err);
 
 int builder_start(struct loom_service *svc, struct loom_err *err);

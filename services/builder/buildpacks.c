@@ -33,9 +33,8 @@ static void cache_key(const struct stack *s, const struct bp_plan *p,
     loom_sha256_hex(text, strlen(text), ret);
 }
 
-/* The dependency (or program) layer of the plan: cached, or made by a step. */
-static int deps_layer(struct brun *r, const char *source, const struct bp_plan *p,
-                      struct img_layer *ret, struct loom_err *err)
+int bp_deps_layer(struct brun *r, const char *source, const struct bp_plan *p,
+                  struct img_layer *ret, struct loom_err *err)
 {
     struct stack bs = {0};
     struct loom_layer *in = NULL;
@@ -115,7 +114,7 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     struct img img = {0};
     struct out_target out = {0};
     char digest[72];
-    const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy};
+    const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy, false};
     brun_step(r, "detect", NULL);
     int rc = source_list(source, r->spec.source_context_dir, &t, err);
     if (rc == 0)
@@ -138,7 +137,7 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     if (rc == 0 && p.build_stack[0]) {
         rc = brun_check(r, err);
         if (rc == 0)
-            rc = deps_layer(r, source, &p, &img.layers[img.n], err);
+            rc = bp_deps_layer(r, source, &p, &img.layers[img.n], err);
         if (rc == 0)
             img.n++;
     }
