@@ -62,6 +62,7 @@ is "$(fn_field fnb .code_reference)" "$digest" "the function's code is the bundl
 is "$(fn_field fnb .code_binary)" true "and a bundle"
 is "$(run_field "$run" .output_type)" bundle "the run made a bundle"
 is "$(run_field "$run" .status_details.output_image_digest)" null "and pushed no image"
+like "$(loom buildrun get "$run" 2>&1)" "Bundle: +$digest" "buildrun get shows the bundle's digest"
 files=$(bundle_files "$digest")
 like "$files" '^node_modules/ms/index.js$' "the bundle holds the installed dependency"
 like "$files" '^index.js$' "and the code"

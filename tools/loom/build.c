@@ -171,7 +171,13 @@ static void print_build(json_t *b)
            strcmp(jstr(b, "strategy_type"), "dockerfile") == 0 ? jstr(b, "strategy_spec_file")
                                                                : "");
     printf("Size:        %s\n", jstr(b, "strategy_size"));
-    printf("Image:       %s\n", *jstr(b, "output_image") ? jstr(b, "output_image") : "(default)");
+    bool bundle = strcmp(jstr(b, "output_type"), "bundle") == 0;
+    if (bundle)
+        printf("Output:      a function's code bundle\n");
+    else
+        printf("Image:       %s%s%s\n",
+               *jstr(b, "output_image") ? jstr(b, "output_image") : "(default)",
+               *jstr(b, "output_secret") ? ", pushed with secret " : "", jstr(b, "output_secret"));
     printf("Timeout:     %lld s\n", jint(b, "timeout"));
     if (json_object_get(b, "generation"))
         printf("Generation:  %lld\n", jint(b, "generation"));
@@ -204,6 +210,8 @@ static void print_run(json_t *run)
         printf("Detected:    %s\n", jstr(d, "strategy"));
     if (*jstr(d, "output_image_digest"))
         printf("Pushed:      %s\n", jstr(d, "output_image_digest"));
+    else if (strcmp(jstr(run, "output_type"), "bundle") == 0 && *jstr(d, "output_digest"))
+        printf("Bundle:      %s (a function's code_reference)\n", jstr(d, "output_digest"));
     if (*jstr(d, "reason"))
         printf("Reason:      %s\n", jstr(d, "reason"));
     if (*jstr(run, "finished_at"))
