@@ -4,7 +4,8 @@
 # A function's code bundle: fn create --build-source for a Node.js function
 # with an npm dependency (fetched from the npm registry in a step), invoked,
 # its answer made by the dependency; the bundle is stored by digest and holds
-# node_modules but not the source's own; a code-only fn update takes the
+# node_modules but not the source's own; a Python function with a vendored
+# wheel pip installed at the bundle's top; a code-only fn update takes the
 # dependencies from the cache and runs no step; a broken package.json fails
 # the build at its line and creates no function; bad combinations refused.
 # An image pushed to another registry that wants credentials (htpasswd):
@@ -18,8 +19,8 @@
 for t in docker-registry htpasswd openssl; do
 	command -v "$t" >/dev/null || skip_all "needs $t (tools/install-deps)"
 done
-export LOOM_DEV_STACKS=busybox,nodejs,nodejs-build
-export LOOM_DEV_RUNTIMES=nodejs-18
+export LOOM_DEV_STACKS=busybox,nodejs,nodejs-build,python-build
+export LOOM_DEV_RUNTIMES=nodejs-18,python-3.11
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
 	export LOOM_BUILDER_CA_FILE=/etc/ssl/certs/ca-certificates.crt
 fi
@@ -72,6 +73,33 @@ is "$(sql "SELECT count(*) FROM job_runs j JOIN build_runs b ON b.id = j.build_r
 out=$(loom fn invoke fnb --data '{"ms": 90000}' 2>&1)
 is "$(jq -r .answer <<<"$out" 2>/dev/null)" "fn v1: 2m" "the function answers with its dependency" ||
 	diag "$out"
+
+# a Python function with a vendored wheel: pip's packages at the top of the bundle
+mkdir -p "$src/pyfn/wheels"
+python3 - "$src/pyfn/wheels" <<'EOF'
+import base64, hashlib, sys, zipfile
+files = {
+    "greet/__init__.py": "def hello():\n    return 'a python function greets from a vendored wheel'\n",
+    "greet-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greet\nVersion: 1.0\n",
+    "greet-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: loom\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+rec = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode()},{len(c)}"
+       for n, c in files.items()]
+files["greet-1.0.dist-info/RECORD"] = "\n".join(rec + ["greet-1.0.dist-info/RECORD,,"]) + "\n"
+with zipfile.ZipFile(sys.argv[1] + "/greet-1.0-py3-none-any.whl", "w") as z:
+    for n, c in files.items():
+        z.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), c)
+EOF
+echo greet==1.0 >"$src/pyfn/requirements.txt"
+printf 'import greet\n\ndef main(p):\n    return {"answer": greet.hello()}\n' >"$src/pyfn/main.py"
+out=$(loom fn create pyfn --runtime python-3.11 --build-source "$src/pyfn" 2>&1)
+is "$?" 0 "fn create --build-source: a Python function with a vendored wheel" || diag "$out"
+like "$out" 'pip install +succeeded' "pip installed the wheel in a step"
+like "$(bundle_files "$(fn_field pyfn .code_reference)")" '^greet/__init__.py$' \
+	"the package is at the top of the bundle"
+out=$(loom fn invoke pyfn 2>&1)
+is "$(jq -r .answer <<<"$out" 2>/dev/null)" "a python function greets from a vendored wheel" \
+	"the function answers with the wheel's code" || diag "$out"
 
 # a code-only change: the dependencies from the cache, no step
 sed -i 's/fn v1/fn v2/' "$src/fn/index.js"
