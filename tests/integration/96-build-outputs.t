@@ -137,6 +137,11 @@ like "$out" '"output_image": a bundle' "a bundle with an output image is refused
 is "$(sql "SELECT count(*) FROM build_runs")" "$runs" "and no run is recorded"
 out=$(loom fn create notbuilt --runtime nodejs-18 --code-reference "sha256:$(printf x | sha256sum | cut -c1-64)" 2>&1)
 like "$out" 'code_reference.*neither code of this project' "a digest no build made is refused" || diag "$out"
+out=$(loom fn create wronglang --runtime python-3.11 --code-reference "$digest" 2>&1)
+like "$out" '"code_reference": the bundle was built from nodejs source, and runtime "python-3.11" runs python' \
+	"a Node.js bundle on a Python runtime is refused" || diag "$out"
+loom fn get wronglang >/dev/null 2>&1
+is "$?" 3 "and no function is created"
 
 # --- another registry, with credentials ------------------------------------------------------------
 extra=$LOOM_HOME/extra
