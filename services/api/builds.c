@@ -252,7 +252,8 @@ static int buildrun_create(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
         check_upload(ctx, spec, err) < 0)
         return -1;
     /* a function's bundle goes to function_code, an image to a registry */
-    bool bundle = strcmp(json_string_value(json_object_get(spec, "output_type")), "bundle") == 0;
+    const char *type = json_string_value(json_object_get(spec, "output_type"));
+    bool bundle = type && strcmp(type, "bundle") == 0;
     if (!bundle) {
         if (api_output_image(ctx->project.name, build_name ? build_name : name,
                              json_string_value(json_object_get(spec, "output_image")), &image,

@@ -11,15 +11,15 @@
 # An image pushed to another registry that wants credentials (htpasswd):
 # with a wrong password the run fails naming the registry and nothing is
 # stored there; with output_secret it lands there at the recorded digest, a
-# second push sends no blob, and an app pulls and serves it with the same
-# secret as its image_secret.
+# second push sends no blob, a Dockerfile build goes there too, and an app
+# pulls and serves it with the same secret as its image_secret.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 for t in docker-registry htpasswd openssl; do
 	command -v "$t" >/dev/null || skip_all "needs $t (tools/install-deps)"
 done
-export LOOM_DEV_STACKS=busybox,nodejs,nodejs-build,python-build
+export LOOM_DEV_STACKS=busybox,nodejs,nodejs-build,python-build,buildah
 export LOOM_DEV_RUNTIMES=nodejs-18,python-3.11
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
 	export LOOM_BUILDER_CA_FILE=/etc/ssl/certs/ca-certificates.crt
@@ -207,9 +207,12 @@ is "$?" 0 "a build pushes to another registry with output_secret" || diag "$out"
 digest=$(run_field pushauth .status_details.output_digest)
 is "$(run_field pushauth .status_details.output_image_digest)" "$reg2/loom/site@$digest" \
 	"the run records the image there by digest"
-got=$(curl -s -o /dev/null -D - -u "pusher:$pw" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-	"http://$reg2/v2/loom/site/manifests/v1" | tr -d '\r' | sed -n 's/^Docker-Content-Digest: //ip')
-is "$got" "$digest" "the registry's tag v1 is that digest"
+# tag_digest REPO TAG: the digest the registry has under the tag
+tag_digest() {
+	curl -s -o /dev/null -D - -u "pusher:$pw" -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+		"http://$reg2/v2/$1/manifests/$2" | tr -d '\r' | sed -n 's/^Docker-Content-Digest: //ip'
+}
+is "$(tag_digest loom/site v1)" "$digest" "the registry's tag v1 is that digest"
 is "$(http_code "http://$reg2/v2/loom/site/manifests/v1")" 401 "and it is not there for anyone"
 blobs=$(reg2_blobs)
 loom buildrun submit --name pushagain --source "$src/site" --image "$image" --registry-secret reg2 \
@@ -218,6 +221,15 @@ is "$(run_field pushagain .status_details.output_digest)" "$digest" "the same so
 like "$(loom buildrun logs pushagain 2>&1)" "pushed $reg2/loom/site@$digest: .* 0 uploaded, 0 bytes sent" \
 	"a second push sends no blob"
 is "$(reg2_blobs)" "$blobs" "and the registry holds each blob once"
+# a Dockerfile build goes there the same way
+mkdir -p "$src/df"
+printf 'FROM busybox\nCOPY index.html /srv/\nCMD ["httpd", "-f", "-p", "8080", "-h", "/srv"]\n' >"$src/df/Dockerfile"
+cp "$src/site/index.html" "$src/df/"
+out=$(loom buildrun submit --name pushdf --source "$src/df" --strategy dockerfile --image "$reg2/loom/df:v1" \
+	--registry-secret reg2 --size small --wait 2>&1)
+is "$?" 0 "a Dockerfile build pushes to another registry with output_secret" || diag "$out"
+ddigest=$(run_field pushdf .status_details.output_digest)
+is "$(tag_digest loom/df v1)" "$ddigest" "the registry's tag is the recorded digest"
 out=$(loom buildrun submit --name platformsecret --source "$src/site" --registry-secret reg2 2>&1)
 like "$out" '"output_secret": the platform registry' "a secret for the platform registry is refused" ||
 	diag "$out"
