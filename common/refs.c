@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cleanup.h"
 #include "json.h"
@@ -75,6 +76,45 @@ int loom_refs_load(struct loom_db *db, const char *project_id, bool secret, cons
     if (secret)
         return load_secret(db, project_id, name, ret_data, ret_format, why, why_len, err);
     return load_config_map(db, project_id, name, ret_data, why, why_len, err);
+}
+
+/* The host of a registry server or image reference: what comes before the
+ * first '/', after any scheme. */
+static void host_of(const char *s, char *out, size_t len)
+{
+    const char *p = strstr(s, "://");
+    p = p ? p + 3 : s;
+    size_t n = strcspn(p, "/");
+    snprintf(out, len, "%.*s", (int)n, p);
+}
+
+int loom_refs_registry_auth(struct loom_db *db, const char *project_id, const char *name,
+                            const char *host, char **ret_auth, char *why, size_t why_len,
+                            struct loom_err *err)
+{
+    _cleanup_json_ json_t *data = NULL;
+    char format[32] = "";
+    int rc = load_secret(db, project_id, name, &data, format, why, why_len, err);
+    if (rc != 0)
+        return rc;
+    const char *server = json_string_value(json_object_get(data, "server"));
+    const char *user = json_string_value(json_object_get(data, "username"));
+    const char *pass = json_string_value(json_object_get(data, "password"));
+    if (strcmp(format, "registry") != 0 || !server || !user || !pass) {
+        snprintf(why, why_len,
+                 "secret \"%.200s\" is not a registry secret (server, username, "
+                 "password)",
+                 name);
+        return 1;
+    }
+    char h1[256], h2[256];
+    host_of(host, h1, sizeof(h1));
+    host_of(server, h2, sizeof(h2));
+    char *auth = NULL;
+    if (strcasecmp(h1, h2) == 0 && asprintf(&auth, "%s:%s", user, pass) < 0)
+        abort();
+    *ret_auth = auth;
+    return 0;
 }
 
 static void env_pair(json_t *env, const char *name, const char *value)

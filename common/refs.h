@@ -19,6 +19,15 @@ int loom_refs_load(struct loom_db *db, const char *project_id, bool secret, cons
                    json_t **ret_data, char ret_format[32], char *why, size_t why_len,
                    struct loom_err *err);
 
+/* The credentials of registry secret name for an image on host
+ * ("host[:port]"): *ret_auth "username:password" (allocated) when the
+ * secret's server is that host, NULL when it is another's. 1 with why filled
+ * when the secret is missing, does not open, or is not a registry secret
+ * (server, username, password); -1 on a database error. */
+int loom_refs_registry_auth(struct loom_db *db, const char *project_id, const char *name,
+                            const char *host, char **ret_auth, char *why, size_t why_len,
+                            struct loom_err *err);
+
 /* Appends to env ([[name, value], ...]) the variables of run_env_variables
  * items (validated by common/spec.c), in order: literals, and the keys of
  * secrets and config maps (with their prefix, or renamed). 1 with why filled

@@ -23,6 +23,7 @@ static const char *const function_cpus[] = {"0.125", "0.25", "0.5", "1", NULL};
 static const char *const source_types[] = {"local", "git", NULL};
 static const char *const strategies[] = {"dockerfile", "buildpacks", NULL};
 static const char *const build_sizes[] = {"small", "medium", "large", "xlarge", NULL};
+static const char *const output_types[] = {"image", "bundle", NULL};
 
 /* In the order a body's fields are checked, so that the first error a user
  * sees is the first field that is wrong. */
@@ -614,6 +615,18 @@ const struct loom_field loom_spec_table[] = {
      .metavar = "SIZE",
      .help = "what each build step gets: small 0.5 vCPU 2G, medium 1 vCPU 4G, large 2 vCPU 8G, "
              "xlarge 4 vCPU 16G"},
+    {.name = "output_type",
+     .type = LOOM_FT_ENUM,
+     .kinds = LOOM_K_BUILDS,
+     .choices = output_types,
+     .def_kind = LOOM_DEF_VALUE,
+     .def = "\"image\"",
+     .offset = O(output_type),
+     .flag = "output-type",
+     .metavar = "TYPE",
+     .help = "image: an OCI image pushed to output_image; bundle: a function's code bundle "
+             "(the source with its dependencies installed, buildpacks only), stored as "
+             "functions' code is and named by its digest"},
     {.name = "output_image",
      .type = LOOM_FT_STRING,
      .kinds = LOOM_K_BUILDS,
@@ -916,14 +929,36 @@ static int check_source(json_t *spec, bool whole, struct loom_err *err)
     return 0;
 }
 
+/* A function's bundle is made by buildpacks and goes to no registry. */
+static int check_output(json_t *spec, struct loom_err *err)
+{
+    const char *type = json_string_value(json_object_get(spec, "output_type"));
+    if (!type || strcmp(type, "bundle") != 0)
+        return 0;
+    const char *strategy = json_string_value(json_object_get(spec, "strategy_type"));
+    if (strategy && strcmp(strategy, "buildpacks") != 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"strategy_type\": a bundle (output_type bundle) is built by "
+                            "buildpacks, not %s",
+                            strategy);
+    static const char *const no[] = {"output_image", "output_secret"};
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(no); i++)
+        if (json_object_get(spec, no[i]))
+            return loom_err_set(err, LOOM_EINVAL,
+                                "field \"%s\": a bundle (output_type bundle) is stored as "
+                                "functions' code, not pushed to a registry",
+                                no[i]);
+    return 0;
+}
+
 static int check_build(json_t *spec, struct loom_err *err)
 {
-    return check_source(spec, false, err);
+    return check_source(spec, false, err) < 0 ? -1 : check_output(spec, err);
 }
 
 static int check_buildrun(json_t *spec, struct loom_err *err)
 {
-    return check_source(spec, true, err);
+    return check_source(spec, true, err) < 0 ? -1 : check_output(spec, err);
 }
 
 int loom_spec_complete(enum loom_kind k, json_t *spec, struct loom_err *err)

@@ -173,6 +173,7 @@ enum loom_placement { LOOM_PLACE_BINPACK, LOOM_PLACE_SPREAD };
 enum loom_visibility { LOOM_VIS_PUBLIC, LOOM_VIS_PRIVATE, LOOM_VIS_PROJECT };
 enum loom_source_type { LOOM_SOURCE_LOCAL, LOOM_SOURCE_GIT };
 enum loom_strategy { LOOM_STRATEGY_DOCKERFILE, LOOM_STRATEGY_BUILDPACKS };
+enum loom_output_type { LOOM_OUTPUT_IMAGE, LOOM_OUTPUT_BUNDLE };
 enum loom_build_size { LOOM_SIZE_SMALL, LOOM_SIZE_MEDIUM, LOOM_SIZE_LARGE, LOOM_SIZE_XLARGE };
 
 /* What a build size gives each of its steps: Code Engine's sizes. */
@@ -227,6 +228,7 @@ struct loom_spec {
     int strategy_type;                                                /* enum loom_strategy */
     const char *strategy_spec_file;
     int strategy_size;        /* enum loom_build_size */
+    int output_type;          /* enum loom_output_type */
     const char *output_image; /* NULL: the platform registry's <project>/<name> */
     const char *output_secret;
     int64_t build_timeout; /* seconds */

@@ -208,6 +208,20 @@ int api_output_image(const char *project, const char *name, const char *given, c
     return 0;
 }
 
+/* The platform registry takes the builder's pushes without credentials: a
+ * secret for it says something the run would not do. */
+static int check_output_secret(const char *image, const char *secret, struct loom_err *err)
+{
+    size_t n = strcspn(image, "/");
+    if (secret && api_cfg.registry && strlen(api_cfg.registry) == n &&
+        strncmp(image, api_cfg.registry, n) == 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"output_secret\": the platform registry %s needs none (a "
+                            "registry secret is for an output_image in another registry)",
+                            api_cfg.registry);
+    return 0;
+}
+
 static int buildrun_create(struct api_ctx *ctx, int *ret_status, json_t **ret_body,
                            struct loom_err *err)
 {
@@ -235,11 +249,20 @@ static int buildrun_create(struct api_ctx *ctx, int *ret_status, json_t **ret_bo
     _cleanup_json_ json_t *spec = NULL;
     _cleanup_free_ char *image = NULL;
     if (loom_spec_buildrun(build_spec, ctx->body, &spec, err) < 0 ||
-        check_upload(ctx, spec, err) < 0 ||
-        api_output_image(ctx->project.name, build_name ? build_name : name,
-                         json_string_value(json_object_get(spec, "output_image")), &image, err) < 0)
+        check_upload(ctx, spec, err) < 0)
         return -1;
-    json_object_set_new(spec, "output_image", json_string(image));
+    /* a function's bundle goes to function_code, an image to a registry */
+    const char *type = json_string_value(json_object_get(spec, "output_type"));
+    bool bundle = type && strcmp(type, "bundle") == 0;
+    if (!bundle) {
+        if (api_output_image(ctx->project.name, build_name ? build_name : name,
+                             json_string_value(json_object_get(spec, "output_image")), &image,
+                             err) < 0 ||
+            check_output_secret(image, json_string_value(json_object_get(spec, "output_secret")),
+                                err) < 0)
+            return -1;
+        json_object_set_new(spec, "output_image", json_string(image));
+    }
     _cleanup_free_ char *text = loom_json_dumps(spec);
     _cleanup_pgres_ PGresult *ins =
         loom_db_query(ctx->db, err,

@@ -86,27 +86,58 @@ static int check_runtime(struct api_ctx *ctx, const char *runtime, struct loom_e
     return 0;
 }
 
+/* A bundle a build run made runs on a runtime of the language it was
+ * detected as ("nodejs: ..."): node_modules mean nothing to Python. */
+static int check_built_for(struct api_ctx *ctx, json_t *spec, const char *ref, struct loom_err *err)
+{
+    const char *runtime = json_string_value(json_object_get(spec, "runtime"));
+    _cleanup_pgres_ PGresult *res = loom_db_query(
+        ctx->db, err,
+        "SELECT split_part(b.strategy, ':', 1), (SELECT language FROM function_runtimes "
+        "  WHERE name = $3) FROM build_runs b WHERE b.project_id = $1 AND b.state = 'succeeded' "
+        "AND b.spec->>'output_type' = 'bundle' AND b.output_digest = $2 LIMIT 1",
+        ctx->project.id_str, ref, runtime);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0 || PQgetisnull(res, 0, 1))
+        return 0; /* not a build's, or no such runtime (check_runtime says so) */
+    const char *built = PQgetvalue(res, 0, 0), *language = PQgetvalue(res, 0, 1);
+    if (strcmp(built, language) != 0)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "field \"code_reference\": the bundle was built from %s source, and "
+                            "runtime \"%s\" runs %s",
+                            built, runtime, language);
+    return 0;
+}
+
 /* Stores the code of spec's code_reference and replaces it with the content
  * it was stored under ("sha256:<hex>"), with code_binary saying whether it
  * is a bundle. A reference already in that form must be code this project's
- * functions use. *ret_sha is its hex. */
+ * functions use, or the bundle a build run of this project made. *ret_sha
+ * is its hex. */
 static int store_code(struct api_ctx *ctx, json_t *spec, char ret_sha[65], struct loom_err *err)
 {
     const char *ref = json_string_value(json_object_get(spec, "code_reference"));
     if (strncmp(ref, "sha256:", 7) == 0) {
         _cleanup_pgres_ PGresult *own = loom_db_query(
             ctx->db, err,
-            "SELECT c.is_bundle FROM function_code c WHERE c.sha256 = $2 AND EXISTS ("
+            "SELECT c.is_bundle FROM function_code c WHERE c.sha256 = $2 AND (EXISTS ("
             "  SELECT 1 FROM function_revisions r JOIN functions f ON f.id = r.function_id "
-            "  WHERE f.project_id = $1 AND r.code_sha256 = c.sha256)",
+            "  WHERE f.project_id = $1 AND r.code_sha256 = c.sha256) OR EXISTS ("
+            "  SELECT 1 FROM build_runs b WHERE b.project_id = $1 AND b.state = 'succeeded' "
+            "  AND b.spec->>'output_type' = 'bundle' AND b.output_digest = 'sha256:' || "
+            "  c.sha256))",
             ctx->project.id_str, ref + 7);
         if (!own)
             return -1;
         if (PQntuples(own) == 0)
             return loom_err_set(err, LOOM_EINVAL,
-                                "field \"code_reference\": \"%.80s\" is not code of this "
-                                "project's functions (give the code as a data: URL)",
+                                "field \"code_reference\": \"%.80s\" is neither code of this "
+                                "project's functions nor a bundle one of its build runs made "
+                                "(give the code as a data: URL)",
                                 ref);
+        if (check_built_for(ctx, spec, ref, err) < 0)
+            return -1;
         snprintf(ret_sha, 65, "%s", ref + 7);
         json_object_set_new(spec, "code_binary", json_boolean(*PQgetvalue(own, 0, 0) == 't'));
         return 0;

@@ -53,6 +53,7 @@ struct bp_options {
     const char *npm_registry; /* or NULL: npm's own */
     const char *pip_index;    /* or NULL: vendored wheels only (--no-index) */
     const char *go_proxy;     /* or NULL: off (vendor/ or the standard library) */
+    bool function;            /* a function's bundle: Node.js or Python, started by its runtime */
 };
 
 /* What to build. The image: run_stack's layers, then the step's output
@@ -78,7 +79,9 @@ void bp_plan_release(struct bp_plan *p);
  * error that says to use the dockerfile strategy), package.json (Node.js),
  * requirements.txt or pyproject.toml (Python), go.mod (Go), index.html (a
  * static site), an executable script; a Procfile's web: line is the command
- * in every case (alone: run on busybox). Errors name the file and the line. */
+ * in every case (alone: run on busybox). Errors name the file and the line.
+ * For a function (o->function) only Node.js and Python are built, there is
+ * no command (the runtime loads the code) and its entry file must be there. */
 int bp_detect(const struct src_tree *t, const struct bp_options *o, struct bp_plan *ret,
               struct loom_err *err);
 
@@ -199,11 +202,23 @@ struct img {
     size_t n;
     json_t *config; /* the config, without rootfs (filled from layers) */
 };
-/* Pushes img to repo (of the platform registry) by digest only, or also
- * under tag (set last: a failed push leaves no tag); ret_digest gets the
- * manifest's digest. Every blob once: what the registry has is not sent. */
-int img_push(struct brun *r, struct img *img, const char *repo, const char *tag,
-             char ret_digest[72], struct loom_err *err);
+/* Where a run's image goes: output_image's registry, repository and tag. */
+struct out_target {
+    char host[256], repo[300], tag[200]; /* tag "": by digest only */
+    bool platform; /* the platform registry: layers are mounted from its repositories */
+    struct loom_registry_client *c;
+};
+/* A client for output_image: the platform registry's needs no credentials
+ * (an output_secret for it is refused); another registry's are those of
+ * output_secret, a registry secret whose server is that host. */
+int out_open(struct brun *r, struct out_target *ret, struct loom_err *err);
+void out_close(struct out_target *t);
+/* Pushes img to the target by digest, then under its tag (set last: a
+ * failed push leaves no tag); ret_digest gets the manifest's digest. Every
+ * blob once: what the registry has is not sent; another registry gets the
+ * platform registry's layers (stacks, the dependency cache) uploaded. */
+int img_push(struct brun *r, struct img *img, struct out_target *t, char ret_digest[72],
+             struct loom_err *err);
 /* The config of an image on stack: the stack's, Env merged with env (a name
  * in env wins), and entrypoint, cmd and working directory replaced. */
 json_t *img_config(const struct stack *s, json_t *env, json_t *entrypoint, const char *workdir);
@@ -243,6 +258,10 @@ void src_tree_release(struct src_tree *t);
 int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude,
                  struct loom_layer **ret_layer, struct loom_layer_info *ret, struct loom_err *err);
 
+/* The same entries added to layer l under prefix ("" for its top). */
+int source_add(struct brun *r, struct loom_layer *l, const char *path, const char *prefix,
+               json_t *only, json_t *exclude, struct loom_err *err);
+
 /* The text of file rel (relative to the context) of the source, at most
  * max bytes; LOOM_ENOTFOUND when it has none. */
 int source_read(const char *path, const char *context, const char *rel, size_t max, char **ret,
@@ -250,6 +269,14 @@ int source_read(const char *path, const char *context, const char *rel, size_t m
 
 /* buildpacks.c, dockerfile.c: the strategies */
 int buildpacks_run(struct brun *r, const char *source_path, struct loom_err *err);
+/* The layer of the plan's step (p->build_stack set): from the cache when
+ * the same inputs made it before, else made by a step and cached; the
+ * cache's repository has it. */
+int bp_deps_layer(struct brun *r, const char *source_path, const struct bp_plan *p,
+                  struct img_layer *ret, struct loom_err *err);
+/* bundle.c: a function's code bundle (output_type bundle), stored in
+ * function_code; r->output_ref gets its "sha256:<hex>". */
+int bundle_run(struct brun *r, const char *source_path, struct loom_err *err);
 int dockerfile_run(struct brun *r, const char *source_path, struct loom_err *err);
 
 int builder_start(struct loom_service *svc, struct loom_err *err);

@@ -33,9 +33,8 @@ static void cache_key(const struct stack *s, const struct bp_plan *p,
     loom_sha256_hex(text, strlen(text), ret);
 }
 
-/* The dependency (or program) layer of the plan: cached, or made by a step. */
-static int deps_layer(struct brun *r, const char *source, const struct bp_plan *p,
-                      struct img_layer *ret, struct loom_err *err)
+int bp_deps_layer(struct brun *r, const char *source, const struct bp_plan *p,
+                  struct img_layer *ret, struct loom_err *err)
 {
     struct stack bs = {0};
     struct loom_layer *in = NULL;
@@ -105,25 +104,6 @@ static int deps_layer(struct brun *r, const char *source, const struct bp_plan *
     return rc;
 }
 
-/* output_image "host/repo:tag" of the platform registry: repo and tag. */
-static int output_repo(const char *image, char *repo, size_t rlen, char *tag, size_t tlen,
-                       struct loom_err *err)
-{
-    struct loom_registry_ref ref = {0};
-    if (loom_registry_ref_parse(image, &ref, err) < 0)
-        return loom_err_wrap(err, "field \"output_image\"");
-    int rc = 0;
-    if (strcmp(ref.host, builder.registry) != 0)
-        rc = loom_err_set(err, LOOM_EINVAL,
-                          "field \"output_image\": %s is not in the platform registry %s; pushing "
-                          "to another registry is not supported yet",
-                          image, builder.registry);
-    snprintf(repo, rlen, "%s", ref.repo);
-    snprintf(tag, tlen, "%s", ref.tag ? ref.tag : "latest");
-    loom_registry_ref_release(&ref);
-    return rc;
-}
-
 int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
 {
     struct src_tree t = {0};
@@ -132,8 +112,9 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     struct loom_layer *app = NULL;
     struct loom_layer_info app_info;
     struct img img = {0};
-    char repo[300], tag[200], digest[72];
-    const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy};
+    struct out_target out = {0};
+    char digest[72];
+    const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy, false};
     brun_step(r, "detect", NULL);
     int rc = source_list(source, r->spec.source_context_dir, &t, err);
     if (rc == 0)
@@ -146,7 +127,7 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     if (rc == 0)
         brun_step_end(r, "succeeded", "%s", p.detail);
     if (rc == 0)
-        rc = output_repo(r->spec.output_image, repo, sizeof(repo), tag, sizeof(tag), err);
+        rc = out_open(r, &out, err);
     if (rc == 0)
         rc = stack_load(r, p.run_stack, &run, err);
     if (rc == 0) {
@@ -156,7 +137,7 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     if (rc == 0 && p.build_stack[0]) {
         rc = brun_check(r, err);
         if (rc == 0)
-            rc = deps_layer(r, source, &p, &img.layers[img.n], err);
+            rc = bp_deps_layer(r, source, &p, &img.layers[img.n], err);
         if (rc == 0)
             img.n++;
     }
@@ -177,15 +158,15 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     if (rc == 0) {
         int64_t before = r->uploaded;
         brun_step(r, "push", r->spec.output_image);
-        rc = img_push(r, &img, repo, tag, digest, err);
+        rc = img_push(r, &img, &out, digest, err);
         if (rc == 0) {
-            snprintf(r->output_ref, sizeof(r->output_ref), "%s/%s@%s", builder.registry, repo,
-                     digest);
+            snprintf(r->output_ref, sizeof(r->output_ref), "%s/%s@%s", out.host, out.repo, digest);
             brun_step_end(r, "succeeded", "%s: %zu layers, %lld bytes uploaded", r->output_ref,
                           img.n, (long long)(r->uploaded - before));
         }
     }
     json_decref(img.config);
+    out_close(&out);
     loom_layer_free(app);
     stack_release(&run);
     bp_plan_release(&p);

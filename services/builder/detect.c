@@ -148,6 +148,22 @@ static void env_add(struct bp_plan *p, const char *kv)
 
 /* ---- Node.js --------------------------------------------------------------------------- */
 
+/* Whether require() finds main: the file, with .js, or its index.js. */
+static bool node_main_found(const struct src_tree *t, const char *main)
+{
+    while (strncmp(main, "./", 2) == 0)
+        main += 2;
+    static const char *const tails[] = {"", ".js", ".cjs", ".mjs", "/index.js"};
+    for (size_t i = 0; i < LOOM_ARRAY_SIZE(tails); i++) {
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "%s%s", main, tails[i]) < 0)
+            abort();
+        if (has_file(t, path))
+            return true;
+    }
+    return false;
+}
+
 static int detect_node(const struct src_tree *t, const struct bp_options *o, const char *web,
                        struct bp_plan *p, struct loom_err *err)
 {
@@ -198,7 +214,16 @@ static int detect_node(const struct src_tree *t, const struct bp_options *o, con
     const char *main = json_string_value(json_object_get(pkg, "main"));
     const char *file = first_of(t, node_mains, LOOM_ARRAY_SIZE(node_mains));
     char how[160];
-    if (web) {
+    if (o->function) {
+        /* the runtime requires the bundle's directory: main, else index.js */
+        if (!main && !has_file(t, "index.js"))
+            return loom_err_set(err, LOOM_EINVAL,
+                                "a Node.js function needs index.js, or a main in package.json");
+        if (main && !node_main_found(t, main))
+            return loom_err_set(err, LOOM_EINVAL,
+                                "package.json: its main \"%.100s\" is not in the source", main);
+        snprintf(how, sizeof(how), "function entry %.100s", main ? main : "index.js");
+    } else if (web) {
         p->cmd = shell_cmd(web);
         snprintf(how, sizeof(how), "Procfile web: %.100s", web);
     } else if (start) {
@@ -287,7 +312,15 @@ static int detect_python(const struct src_tree *t, const struct bp_options *o, c
     }
     const char *file = first_of(t, py_mains, LOOM_ARRAY_SIZE(py_mains));
     char how[160];
-    if (web) {
+    if (o->function) {
+        /* the runtime's entry point */
+        const char *entry = has_file(t, "__main__.py") ? "__main__.py"
+                            : has_file(t, "main.py")   ? "main.py"
+                                                       : NULL;
+        if (!entry)
+            return loom_err_set(err, LOOM_EINVAL, "a Python function needs __main__.py or main.py");
+        snprintf(how, sizeof(how), "function entry %s", entry);
+    } else if (web) {
         p->cmd = shell_cmd(web);
         snprintf(how, sizeof(how), "Procfile web: %.100s", web);
     } else if (file) {
@@ -414,6 +447,12 @@ int bp_detect(const struct src_tree *t, const struct bp_options *o, struct bp_pl
                           "(strategy_type dockerfile, loom --strategy dockerfile)");
     } else if (procfile_web(t, &web, err) < 0) {
         rc = -1;
+    } else if (o->function && !has_file(t, "package.json") && !has_file(t, "requirements.txt") &&
+               !has_file(t, "pyproject.toml")) {
+        rc = loom_err_set(err, LOOM_EINVAL,
+                          "a function's bundle is built from Node.js (package.json) or Python "
+                          "(requirements.txt or pyproject.toml) source, and this source has "
+                          "neither");
     } else if (has_file(t, "package.json")) {
         rc = detect_node(t, o, web, &p, err);
     } else if (has_file(t, "requirements.txt") || has_file(t, "pyproject.toml")) {

@@ -182,8 +182,8 @@ static char *rewrite(const struct df *d, const char *const *from)
 
 /* Pushes the OCI layout of the step's output (the tar.gz of /out) to repo,
  * blob by blob, the manifest by digest and then tag. */
-static int push_layout(struct brun *r, const struct step_out *out, const char *repo,
-                       const char *tag, char ret_digest[72], struct loom_err *err)
+static int push_layout(struct brun *r, const struct step_out *out, struct out_target *t,
+                       char ret_digest[72], struct loom_err *err)
 {
     char tgz[4200];
     snprintf(tgz, sizeof(tgz), "%s/output.tar.gz", r->dir);
@@ -236,9 +236,7 @@ static int push_layout(struct brun *r, const struct step_out *out, const char *r
                  ? -1
                  : 0;
     }
-    struct loom_registry_client *c = NULL;
-    if (rc == 0)
-        rc = reg_client(repo, &c, err);
+    struct loom_registry_client *c = t->c;
     int64_t sent = 0;
     for (size_t i = 0; rc == 0 && i <= m.nlayers; i++) {
         const struct loom_registry_desc *d = i < m.nlayers ? &m.layers[i] : &m.config;
@@ -255,14 +253,15 @@ static int push_layout(struct brun *r, const struct step_out *out, const char *r
     if (rc == 0)
         rc = loom_registry_put_manifest(c, mdigest, mt, manifest, mlen, err);
     if (rc == 0)
-        rc = loom_registry_put_manifest(c, tag, mt, manifest, mlen, err);
+        rc = loom_registry_put_manifest(c, t->tag, mt, manifest, mlen, err);
     if (rc == 0) {
         snprintf(ret_digest, 72, "%s", mdigest);
         r->uploaded += sent;
-        brun_log(r, "pushed %s/%s@%s: %zu layers, %lld bytes sent", builder.registry, repo, mdigest,
+        brun_log(r, "pushed %s/%s@%s: %zu layers, %lld bytes sent", t->host, t->repo, mdigest,
                  m.nlayers, (long long)sent);
+    } else if (c) {
+        loom_err_wrap(err, "pushing to %s/%s", t->host, t->repo);
     }
-    loom_registry_client_free(c);
     loom_registry_manifest_release(&m);
     return rc;
 }
@@ -299,7 +298,8 @@ int dockerfile_run(struct brun *r, const char *source, struct loom_err *err)
     size_t nbases = 0;
     struct loom_layer *in = NULL, *dl = NULL;
     struct loom_layer_info input, dinfo;
-    char repo[300], tag[200], digest[72];
+    struct out_target target = {0};
+    char digest[72];
     brun_step(r, "detect", r->spec.strategy_spec_file);
     int rc = source_read(source, context, r->spec.strategy_spec_file, MAX_DOCKERFILE, &text, err);
     if (rc == 0)
@@ -330,18 +330,8 @@ int dockerfile_run(struct brun *r, const char *source, struct loom_err *err)
             brun_step_end(r, "succeeded", "%zu instructions, %zu stages; %s", d.n, d.nstages,
                           nbases ? detail : "FROM scratch");
     }
-    if (rc == 0) {
-        struct loom_registry_ref out = {0};
-        rc = loom_registry_ref_parse(r->spec.output_image, &out, err);
-        if (rc == 0 && strcmp(out.host, builder.registry) != 0)
-            rc = loom_err_set(err, LOOM_EINVAL,
-                              "field \"output_image\": pushing to another registry than %s is "
-                              "not supported yet",
-                              builder.registry);
-        snprintf(repo, sizeof(repo), "%s", out.repo ? out.repo : "");
-        snprintf(tag, sizeof(tag), "%s", out.tag ? out.tag : "latest");
-        loom_registry_ref_release(&out);
-    }
+    if (rc == 0)
+        rc = out_open(r, &target, err);
     if (rc == 0) {
         brun_step(r, "bases", NULL);
         for (size_t i = 0; rc == 0 && i < nbases; i++)
@@ -388,13 +378,14 @@ int dockerfile_run(struct brun *r, const char *source, struct loom_err *err)
     }
     if (rc == 0) {
         brun_step(r, "push", r->spec.output_image);
-        rc = push_layout(r, &out, repo, tag, digest, err);
+        rc = push_layout(r, &out, &target, digest, err);
         if (rc == 0) {
-            snprintf(r->output_ref, sizeof(r->output_ref), "%s/%s@%s", builder.registry, repo,
+            snprintf(r->output_ref, sizeof(r->output_ref), "%s/%s@%s", target.host, target.repo,
                      digest);
             brun_step_end(r, "succeeded", "%s", r->output_ref);
         }
     }
+    out_close(&target);
     loom_layer_free(in);
     loom_layer_free(dl);
     for (size_t i = 0; i < MAX_BASES; i++)

@@ -4,12 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "builder.h"
 #include "cleanup.h"
 #include "db.h"
 #include "json.h"
 #include "metrics.h"
+#include "refs.h"
 #include "util.h"
 
 #define MEDIA_MANIFEST "application/vnd.oci.image.manifest.v1+json"
@@ -144,31 +146,102 @@ void img_add_stack(struct img *img, const struct stack *s)
     }
 }
 
-/* The blob of l in c's repository, sent only when it is not there. */
-static int layer_ensure(struct brun *r, struct loom_registry_client *c, const struct img_layer *l,
-                        int64_t *ret_sent, struct loom_err *err)
+int out_open(struct brun *r, struct out_target *ret, struct loom_err *err)
 {
-    _cleanup_fclose_ FILE *f = l->file ? fopen(l->file, "re") : NULL;
-    if (l->file && !f)
-        return loom_err_sys(err, errno, "could not open the layer %s", l->file);
-    return loom_registry_blob_ensure(c, l->digest, f, NULL, l->size,
-                                     l->mount_from[0] ? l->mount_from : NULL, ret_sent, err);
-    (void)r;
+    struct loom_registry_ref ref = {0};
+    struct out_target t = {0};
+    _cleanup_free_ char *auth = NULL;
+    const char *secret = r->spec.output_secret;
+    int rc = loom_registry_ref_parse(r->spec.output_image, &ref, err);
+    if (rc < 0)
+        return loom_err_wrap(err, "field \"output_image\"");
+    snprintf(t.host, sizeof(t.host), "%s", ref.host);
+    snprintf(t.repo, sizeof(t.repo), "%s", ref.repo);
+    snprintf(t.tag, sizeof(t.tag), "%s", ref.tag ? ref.tag : "latest");
+    t.platform = strcmp(ref.host, builder.registry) == 0;
+    if (t.platform && secret)
+        rc = loom_err_set(err, LOOM_EINVAL,
+                          "field \"output_secret\": the platform registry %s needs none",
+                          builder.registry);
+    if (rc == 0 && !t.platform && secret) {
+        char why[512] = "";
+        rc = loom_refs_registry_auth(r->db, r->project_id, secret, ref.host, &auth, why,
+                                     sizeof(why), err);
+        if (rc > 0)
+            rc = loom_err_set(err, LOOM_EINVAL, "field \"output_secret\": %s", why);
+        else if (rc == 0 && !auth)
+            rc = loom_err_set(err, LOOM_EINVAL,
+                              "field \"output_secret\": secret \"%s\" is for another registry "
+                              "than %s",
+                              secret, ref.host);
+    }
+    if (rc == 0)
+        rc = loom_registry_client_new(&ref, r->spec.output_image, auth, NULL, &t.c, err);
+    loom_registry_ref_release(&ref);
+    if (auth)
+        explicit_bzero(auth, strlen(auth));
+    if (rc < 0)
+        return -1;
+    *ret = t;
+    return 0;
 }
 
-int img_push(struct brun *r, struct img *img, const char *repo, const char *tag,
-             char ret_digest[72], struct loom_err *err)
+void out_close(struct out_target *t)
 {
-    struct loom_registry_client *c = NULL;
-    if (reg_client(repo, &c, err) < 0)
-        return -1;
+    loom_registry_client_free(t->c);
+    t->c = NULL;
+}
+
+/* The blob of l in the target's repository, sent only when it is not
+ * there: in the platform registry a layer of another repository is
+ * mounted; another registry gets it uploaded, read from the platform
+ * registry when the run has no file of it. */
+static int layer_ensure(struct brun *r, struct out_target *t, const struct img_layer *l,
+                        int64_t *ret_sent, struct loom_err *err)
+{
+    char path[4200] = "";
+    const char *file = l->file;
+    int rc = 0;
+    *ret_sent = 0;
+    if (!t->platform && !file && l->mount_from[0]) {
+        bool have = false;
+        if (loom_registry_blob_exists(t->c, l->digest, &have, err) < 0)
+            return -1;
+        if (have)
+            return 0;
+        struct loom_registry_client *from = NULL;
+        snprintf(path, sizeof(path), "%s/blob-%.71s", r->dir, l->digest + 7);
+        rc = reg_client(l->mount_from, &from, err);
+        if (rc == 0)
+            rc = loom_registry_fetch_blob(from, l->digest, l->size, l->size, r->dir, path, err);
+        loom_registry_client_free(from);
+        if (rc < 0)
+            return -1;
+        file = path;
+    }
+    _cleanup_fclose_ FILE *f = file ? fopen(file, "re") : NULL;
+    if (file && !f)
+        rc = loom_err_sys(err, errno, "could not open the layer %s", file);
+    if (rc == 0)
+        rc = loom_registry_blob_ensure(t->c, l->digest, f, NULL, l->size,
+                                       t->platform && l->mount_from[0] ? l->mount_from : NULL,
+                                       ret_sent, err);
+    if (path[0])
+        unlink(path);
+    return rc;
+}
+
+int img_push(struct brun *r, struct img *img, struct out_target *t, char ret_digest[72],
+             struct loom_err *err)
+{
+    struct loom_registry_client *c = t->c;
     json_t *diff_ids = json_array(), *layers = json_array();
     int64_t sent = 0, total = 0;
     int rc = 0, uploaded = 0;
     for (size_t i = 0; i < img->n && rc == 0; i++) {
         const struct img_layer *l = &img->layers[i];
         int64_t n = 0;
-        rc = layer_ensure(r, c, l, &n, err);
+        rc = layer_ensure(r, t, l, &n, err);
         sent += n;
         uploaded += n > 0;
         total += l->size;
@@ -199,15 +272,13 @@ int img_push(struct brun *r, struct img *img, const char *repo, const char *tag,
     if (rc == 0)
         rc = loom_registry_put_manifest(c, ret_digest, MEDIA_MANIFEST, manifest, strlen(manifest),
                                         err);
-    if (rc == 0 && tag)
-        rc = loom_registry_put_manifest(c, tag, MEDIA_MANIFEST, manifest, strlen(manifest), err);
-    loom_registry_client_free(c);
+    if (rc == 0 && t->tag[0])
+        rc = loom_registry_put_manifest(c, t->tag, MEDIA_MANIFEST, manifest, strlen(manifest), err);
     if (rc < 0)
-        return loom_err_wrap(err, "pushing to %s/%s", builder.registry, repo);
+        return loom_err_wrap(err, "pushing to %s/%s", t->host, t->repo);
     r->uploaded += sent;
     loom_metric_add(builder.m_uploaded, (double)sent);
-    brun_log(r, "pushed %s/%s@%s: %zu layers (%lld bytes), %d uploaded, %lld bytes sent",
-             builder.registry, repo, ret_digest, img->n, (long long)total, uploaded,
-             (long long)sent);
+    brun_log(r, "pushed %s/%s@%s: %zu layers (%lld bytes), %d uploaded, %lld bytes sent", t->host,
+             t->repo, ret_digest, img->n, (long long)total, uploaded, (long long)sent);
     return 0;
 }

@@ -188,11 +188,14 @@ static void execute(struct brun *r)
     if (rc == 0)
         rc = source_fetch(r, source, &err);
     if (rc == 0) {
-        rc = r->spec.strategy_type == LOOM_STRATEGY_BUILDPACKS ? buildpacks_run(r, source, &err)
-                                                               : dockerfile_run(r, source, &err);
+        rc = r->spec.output_type == LOOM_OUTPUT_BUNDLE           ? bundle_run(r, source, &err)
+             : r->spec.strategy_type == LOOM_STRATEGY_BUILDPACKS ? buildpacks_run(r, source, &err)
+                                                                 : dockerfile_run(r, source, &err);
     }
     if (rc == 0) {
-        finish(r, "succeeded", NULL, strchr(r->output_ref, '@') + 1);
+        /* repo@digest for an image, the digest alone for a bundle */
+        const char *at = strchr(r->output_ref, '@');
+        finish(r, "succeeded", NULL, at ? at + 1 : r->output_ref);
         loom_metric_add(r->b->m_succeeded, 1);
         loom_metric_observe(r->b->m_seconds, (double)(loom_mono_ms() - t0) / 1000.0);
     } else if (r->stop == STOP_BUILDER) {

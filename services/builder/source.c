@@ -191,17 +191,16 @@ static int pick_entry(const char *path, bool is_dir, void *arg, const char **ret
     if (p->only && !listed(p->only, rel, is_dir))
         return 0;
     strbuf_reset(&p->name);
-    strbuf_addf(&p->name, "%s/%s", p->prefix, rel);
+    strbuf_addf(&p->name, "%s%s%s", p->prefix, *p->prefix ? "/" : "", rel);
     *ret_name = p->name.buf;
     return 1;
 }
 
-int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude,
-                 struct loom_layer **ret_layer, struct loom_layer_info *ret, struct loom_err *err)
+int source_add(struct brun *r, struct loom_layer *l, const char *path, const char *prefix,
+               json_t *only, json_t *exclude, struct loom_err *err)
 {
-    struct loom_layer *l = NULL;
     struct pick p = {.context = r->spec.source_context_dir ? r->spec.source_context_dir : "",
-                     .prefix = "app",
+                     .prefix = prefix,
                      .only = only,
                      .exclude = exclude,
                      .buf = STRBUF_INIT,
@@ -209,15 +208,23 @@ int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     int rc = fd < 0 ? loom_err_sys(err, errno, "could not open the source") : 0;
     if (rc == 0)
-        rc = loom_layer_open(r->dir, &l, err);
+        rc = loom_layer_add_archive(l, fd, pick_entry, &p, err);
+    strbuf_release(&p.buf);
+    strbuf_release(&p.name);
+    return rc;
+}
+
+int source_layer(struct brun *r, const char *path, json_t *only, json_t *exclude,
+                 struct loom_layer **ret_layer, struct loom_layer_info *ret, struct loom_err *err)
+{
+    struct loom_layer *l = NULL;
+    int rc = loom_layer_open(r->dir, &l, err);
     if (rc == 0)
         rc = loom_layer_add_dir(l, "app", 0755, err);
     if (rc == 0)
-        rc = loom_layer_add_archive(l, fd, pick_entry, &p, err);
+        rc = source_add(r, l, path, "app", only, exclude, err);
     if (rc == 0)
         rc = loom_layer_finish(l, ret, err);
-    strbuf_release(&p.buf);
-    strbuf_release(&p.name);
     if (rc < 0) {
         loom_layer_free(l);
         return -1;

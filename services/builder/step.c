@@ -90,8 +90,12 @@ static int step_image(struct brun *r, const struct step_req *s, char ret_ref[700
         snprintf(l->digest, sizeof(l->digest), "%s", s->input->digest);
         snprintf(l->diff_id, sizeof(l->diff_id), "%s", s->input->diff_id);
     }
+    /* by digest alone: the step's image is no one's tag */
+    struct out_target t = {.platform = true, .c = r->cache};
+    snprintf(t.host, sizeof(t.host), "%s", builder.registry);
+    snprintf(t.repo, sizeof(t.repo), "%s", r->cache_repo);
     char digest[72];
-    int rc = img_push(r, &img, r->cache_repo, NULL, digest, err);
+    int rc = img_push(r, &img, &t, digest, err);
     json_decref(img.config);
     loom_layer_free(rl);
     if (rc < 0)

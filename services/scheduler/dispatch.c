@@ -138,16 +138,6 @@ void sched_assign_refs_release(struct sched_assign_refs *r)
     *r = (struct sched_assign_refs){0};
 }
 
-/* The host of an image reference ("127.0.0.1:5000/x:1" -> "127.0.0.1:5000"),
- * or of a registry server ("https://h:5000/v2/" -> "h:5000"). */
-static void ref_host(const char *s, char *out, size_t len)
-{
-    const char *p = strstr(s, "://");
-    p = p ? p + 3 : s;
-    size_t n = strcspn(p, "/");
-    snprintf(out, len, "%.*s", (int)n, p);
-}
-
 /* Resolves the env references, volume mounts and image secret of spec.
  * -1 on a database error; a missing reference fills ret->why. */
 static int resolve_refs(struct loom_db *db, const char *project_id, const struct loom_spec *spec,
@@ -185,29 +175,12 @@ static int resolve_refs(struct loom_db *db, const char *project_id, const struct
     }
     const char *isecret = spec->image_secret;
     if (!r.why[0] && isecret && isecret[0]) {
-        _cleanup_json_ json_t *data = NULL;
-        char format[32] = "";
-        rc =
-            loom_refs_load(db, project_id, true, isecret, &data, format, r.why, sizeof(r.why), err);
+        /* the secret is used when its server is the image's host */
+        rc = loom_refs_registry_auth(db, project_id, isecret, spec->image ? spec->image : "",
+                                     &r.auth, r.why, sizeof(r.why), err);
         if (rc < 0) {
             sched_assign_refs_release(&r);
             return -1;
-        }
-        const char *server = json_string_value(json_object_get(data, "server"));
-        const char *user = json_string_value(json_object_get(data, "username"));
-        const char *pass = json_string_value(json_object_get(data, "password"));
-        const char *image = spec->image;
-        if (rc == 0 && (strcmp(format, "registry") != 0 || !server || !user || !pass)) {
-            snprintf(r.why, sizeof(r.why),
-                     "image_secret \"%.200s\" is not a registry secret (server, username, "
-                     "password)",
-                     isecret);
-        } else if (rc == 0 && image) {
-            char h1[256], h2[256];
-            ref_host(image, h1, sizeof(h1));
-            ref_host(server, h2, sizeof(h2));
-            if (strcasecmp(h1, h2) == 0 && asprintf(&r.auth, "%s:%s", user, pass) < 0)
-                abort();
         }
     }
     *ret = r;

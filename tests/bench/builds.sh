@@ -15,6 +15,9 @@
 #     once with it there
 #   - `loom app create --build-source` of the Node.js app to its first 200
 #     through the activator (build, deploy, a cold start from zero)
+#   - a code-only rebuild of the Node.js source as a function's code bundle
+#     (--output-type bundle: the source and node_modules, stored by digest;
+#     the npm step from the same cache), RUNS times
 # Prints a table; never fails on a time.
 #   tests/bench/builds.sh [RUNS]      (default 5)
 set -euo pipefail
@@ -80,14 +83,15 @@ EOF
 echo w==1.0 >"$src/py/requirements.txt"
 echo 'import w; print("v0")' >"$src/py/main.py"
 
-# build NAME DIR: submits and waits; prints the milliseconds, or "-" on failure
+# build NAME DIR [FLAGS...]: submits and waits; prints the milliseconds, or "-" on failure
 build() {
-	local t0 out
+	local t0 out name=$1 dir=$2
+	shift 2
 	t0=$(now_ms)
-	if out=$(loom buildrun submit --name "$1" --source "$2" --size small --wait 2>&1); then
+	if out=$(loom buildrun submit --name "$name" --source "$dir" --size small --wait "$@" 2>&1); then
 		echo $(($(now_ms) - t0))
 	else
-		echo "$1: $out" >&2
+		echo "$name: $out" >&2
 		echo -
 	fi
 }
@@ -108,6 +112,11 @@ for i in $(seq 1 "$runs"); do
 	sed -i "s/v$((i - 1))/v$i/" "$src/py/main.py"
 	node_times+=("$(build "node-$i" "$src/node")")
 	py_times+=("$(build "py-$i" "$src/py")")
+done
+fn_times=()
+for i in $(seq 1 "$runs"); do
+	sed -i "s/ v$((runs + i - 1))/ v$((runs + i))/" "$src/node/server.js"
+	fn_times+=("$(build "fn-$i" "$src/node" --output-type bundle)")
 done
 node_push=$(pushed_bytes "node-$runs")
 py_push=$(pushed_bytes "py-$runs")
@@ -131,11 +140,14 @@ deploy_ms=$(($(now_ms) - t0))
 
 read -r node_med node_max < <(printf '%s\n' "${node_times[@]}" | grep -v -- - | stats)
 read -r py_med py_max < <(printf '%s\n' "${py_times[@]}" | grep -v -- - | stats)
+read -r fn_med fn_max < <(printf '%s\n' "${fn_times[@]}" | grep -v -- - | stats)
 printf '\n%-64s %10s %10s\n' "builds ($runs runs each)" median worst
 printf '%-64s %9ss %9ss\n' "code-only rebuild, Node.js + 1 npm dependency (upload->digest)" \
 	"$(secs "$node_med")" "$(secs "$node_max")"
 printf '%-64s %9ss %9ss\n' "code-only rebuild, Python + 1 vendored wheel (upload->digest)" \
 	"$(secs "$py_med")" "$(secs "$py_max")"
+printf '%-64s %9ss %9ss\n' "code-only rebuild, Node.js function bundle (upload->digest)" \
+	"$(secs "$fn_med")" "$(secs "$fn_max")"
 printf '%-64s %10s\n' "  its dependency step (Node.js)" "$cached"
 printf '%-64s %9sB\n' "  bytes uploaded by the CLI (Node.js source tar.gz)" "$(upload_bytes "$src/node")"
 printf '%-64s %9sB\n' "  bytes pushed to the registry (Node.js: app layer + config)" "$node_push"

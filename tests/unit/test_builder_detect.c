@@ -46,7 +46,7 @@ static void tree_release(struct src_tree *t)
     json_decref(t->texts);
 }
 
-static const struct bp_options opts = {0};
+static struct bp_options opts = {0};
 
 /* Detects files; want: a plan ("" error expected) whose language is it,
  * or the error text. Returns the plan for more checks (or an empty one). */
@@ -207,6 +207,45 @@ static void test_refusals(void **state)
     detect(weird, 1, NULL, "no stack runs that interpreter");
 }
 
+/* A function's bundle: the same steps, no command, the runtime's entry. */
+static void test_function(void **state)
+{
+    (void)state;
+    opts.function = true;
+    const struct file a[] = {
+        {"package.json", "{\"name\":\"f\",\"dependencies\":{\"ms\":\"2.1.3\"}}"},
+        {"index.js", "x"},
+    };
+    struct bp_plan p = detect(a, 2, "nodejs", NULL);
+    assert_string_equal(p.step, "npm install");
+    assert_string_equal(p.step_output, "/app/node_modules");
+    assert_null(p.cmd);
+    assert_non_null(strstr(p.detail, "function entry index.js"));
+    bp_plan_release(&p);
+    /* main, with require()'s own completion; a main that is not there */
+    const struct file b[] = {{"package.json", "{\"main\":\"./lib/fn\"}"}, {"lib/fn.js", "x"}};
+    p = detect(b, 2, "nodejs", NULL);
+    bp_plan_release(&p);
+    const struct file c[] = {{"package.json", "{\"main\":\"gone.js\"}"}, {"index.js", "x"}};
+    p = detect(c, 2, NULL, "its main \"gone.js\" is not in the source");
+    const struct file d[] = {{"package.json", "{}"}, {"server.js", "x"}};
+    p = detect(d, 2, NULL, "a Node.js function needs index.js");
+    /* Python: pip into the top of the bundle; __main__.py or main.py */
+    const struct file e[] = {{"requirements.txt", "greet==1.0\n"}, {"__main__.py", "x"}};
+    p = detect(e, 2, "python", NULL);
+    assert_string_equal(p.step, "pip install");
+    assert_non_null(strstr(p.detail, "function entry __main__.py"));
+    bp_plan_release(&p);
+    const struct file f[] = {{"requirements.txt", "greet==1.0\n"}, {"app.py", "x"}};
+    p = detect(f, 2, NULL, "a Python function needs __main__.py or main.py");
+    /* nothing else makes a function's bundle, a Procfile included */
+    const struct file g[] = {{"go.mod", "module x\n"}, {"main.go", "x"}};
+    p = detect(g, 2, NULL, "built from Node.js (package.json) or Python");
+    const struct file h[] = {{"Procfile", "web: ./run\n"}, {"run*", "#!/bin/sh\n"}};
+    p = detect(h, 2, NULL, "built from Node.js (package.json) or Python");
+    opts.function = false;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +253,7 @@ int main(void)
         cmocka_unit_test(test_python),
         cmocka_unit_test(test_go_static_scripts),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_function),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -319,6 +319,10 @@ static void test_builds(void **state)
         {"{\"source_url\":\"https://x\",\"source_type\":\"local\"}", "source_url"},
         {"{\"source_type\":\"git\"}", "source_url"},
         {"{\"source_secret\":\"creds\"}", "source_secret"},
+        {"{\"output_type\":\"tarball\"}", "output_type"},
+        {"{\"output_type\":\"bundle\",\"strategy_type\":\"dockerfile\"}", "strategy_type"},
+        {"{\"output_type\":\"bundle\",\"output_image\":\"x\"}", "output_image"},
+        {"{\"output_type\":\"bundle\",\"output_secret\":\"reg\"}", "output_secret"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         json_t *j = parse(bad[i][0]), *out = NULL;

@@ -57,7 +57,7 @@ static int app_write(int argc, char **argv, bool create)
         rc = put_spec_fields(&a, LOOM_KIND_APP, body);
     }
     /* a source is built first; the app gets the digest it pushed */
-    if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, image)))
+    if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, false, image)))
         json_object_set_new(body, "image_reference", json_string(image));
     if (!rc && !create && json_object_size(body) == 0)
         rc = usage_err("%s", "app update: nothing to change");

@@ -76,8 +76,8 @@ static const struct flag build_flags[] = {
     {.name = "build-source",
      .has_value = true,
      .metavar = "DIR|GIT_URL",
-     .help = "build the image from this source first (a directory is uploaded), then deploy the "
-             "digest it pushed"},
+     .help = "build from this source first (a directory is uploaded), then deploy what it "
+             "made by digest: an image, or a function's code bundle with its dependencies"},
     {.name = "build-strategy",
      .has_value = true,
      .metavar = "STRATEGY",
@@ -112,7 +112,7 @@ void add_build_flags(struct args *a)
     a->nflags += n;
 }
 
-int build_from_flags(struct args *a, const char *name, char ret_image[700])
+int build_from_flags(struct args *a, const char *name, bool bundle, char ret_ref[700])
 {
     static const char *const fields[][2] = {
         {"build-strategy", "strategy_type"},         {"build-size", "strategy_size"},
@@ -124,7 +124,10 @@ int build_from_flags(struct args *a, const char *name, char ret_image[700])
     /* the run's name: the resource's, and when (a DNS label of at most 63) */
     snprintf(run, sizeof(run), "%.40s-%lld", name, (long long)(loom_now_ms() / 1000));
     json_object_set_new(body, "name", json_string(run));
-    json_object_set_new(body, "output_image", json_string(name));
+    if (bundle)
+        json_object_set_new(body, "output_type", json_string("bundle"));
+    else
+        json_object_set_new(body, "output_image", json_string(name));
     for (size_t i = 0; i < LOOM_ARRAY_SIZE(fields); i++)
         if (fval(a, fields[i][0]))
             json_object_set_new(body, fields[i][1], json_string(fval(a, fields[i][0])));
@@ -145,9 +148,10 @@ int build_from_flags(struct args *a, const char *name, char ret_image[700])
         rc = wait_buildrun(run, &r);
     if (rc)
         return rc;
-    snprintf(ret_image, 700, "%s",
-             jstr(json_object_get(r.json, "status_details"), "output_image_digest"));
-    fprintf(progress(), "build run %s pushed %s\n", run, ret_image);
+    json_t *d = json_object_get(r.json, "status_details");
+    snprintf(ret_ref, 700, "%s", jstr(d, bundle ? "output_digest" : "output_image_digest"));
+    fprintf(progress(), "build run %s %s %s\n", run, bundle ? "made the bundle" : "pushed",
+            ret_ref);
     reply_release(&r);
     return EXIT_OK;
 }
@@ -167,7 +171,13 @@ static void print_build(json_t *b)
            strcmp(jstr(b, "strategy_type"), "dockerfile") == 0 ? jstr(b, "strategy_spec_file")
                                                                : "");
     printf("Size:        %s\n", jstr(b, "strategy_size"));
-    printf("Image:       %s\n", *jstr(b, "output_image") ? jstr(b, "output_image") : "(default)");
+    bool bundle = strcmp(jstr(b, "output_type"), "bundle") == 0;
+    if (bundle)
+        printf("Output:      a function's code bundle\n");
+    else
+        printf("Image:       %s%s%s\n",
+               *jstr(b, "output_image") ? jstr(b, "output_image") : "(default)",
+               *jstr(b, "output_secret") ? ", pushed with secret " : "", jstr(b, "output_secret"));
     printf("Timeout:     %lld s\n", jint(b, "timeout"));
     if (json_object_get(b, "generation"))
         printf("Generation:  %lld\n", jint(b, "generation"));
@@ -200,6 +210,8 @@ static void print_run(json_t *run)
         printf("Detected:    %s\n", jstr(d, "strategy"));
     if (*jstr(d, "output_image_digest"))
         printf("Pushed:      %s\n", jstr(d, "output_image_digest"));
+    else if (strcmp(jstr(run, "output_type"), "bundle") == 0 && *jstr(d, "output_digest"))
+        printf("Bundle:      %s (a function's code_reference)\n", jstr(d, "output_digest"));
     if (*jstr(d, "reason"))
         printf("Reason:      %s\n", jstr(d, "reason"));
     if (*jstr(run, "finished_at"))

@@ -188,8 +188,9 @@ int put_source_value(const char *value, json_t *body);
  * of the nouns that deploy an image, added to a's. */
 void add_build_flags(struct args *a);
 /* Builds what a's --build-* flags say as a build run named after name,
- * waiting with progress; *ret_image: the repository@digest it pushed. */
-int build_from_flags(struct args *a, const char *name, char ret_image[700]);
+ * waiting with progress; *ret_ref: the repository@digest it pushed, or for
+ * a function's bundle (bundle true) its "sha256:<hex>". */
+int build_from_flags(struct args *a, const char *name, bool bundle, char ret_ref[700]);
 /* Waits until build run name ends, printing each step as it goes; EXIT_OK
  * when it succeeded, with *ret its last state (the caller releases). */
 int wait_buildrun(const char *name, struct reply *ret);

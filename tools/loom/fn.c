@@ -38,8 +38,10 @@ static int fn_write(int argc, char **argv, bool create)
     };
     struct args a;
     spec_args(&a, LOOM_KIND_FUNCTION, own, LOOM_ARRAY_SIZE(own));
+    add_build_flags(&a);
     _cleanup_json_ json_t *body = json_object();
     const char *name = NULL;
+    char bundle[700];
     int rc = parse_args(&a, argc, argv);
     if (!rc)
         rc = take_name(&a, create ? "fn create" : "fn update", &name);
@@ -50,8 +52,14 @@ static int fn_write(int argc, char **argv, bool create)
             json_object_set_new(body, "name", json_string(name));
         rc = put_spec_fields(&a, LOOM_KIND_FUNCTION, body);
     }
+    if (!rc && fval(&a, "build-source") && json_object_get(body, "code_reference"))
+        rc = usage_err("%s", "give --inline-code, --code-bundle or --build-source, not two");
+    /* a source is built into a bundle first; the function gets its digest */
+    if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, true, bundle)))
+        json_object_set_new(body, "code_reference", json_string(bundle));
     if (!rc && create && !json_object_get(body, "code_reference"))
-        rc = usage_err("%s", "fn create needs --inline-code FILE or --code-bundle DIR|TGZ");
+        rc = usage_err("%s", "fn create needs --inline-code FILE, --code-bundle DIR|TGZ or "
+                             "--build-source DIR|GIT_URL");
     if (!rc && !create && json_object_size(body) == 0)
         rc = usage_err("%s", "fn update: nothing to change");
     _cleanup_free_ char *fname = name ? strdup(name) : NULL;

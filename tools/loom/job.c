@@ -50,7 +50,7 @@ int cmd_job(const char *verb, int argc, char **argv)
             json_object_set_new(body, "name", json_string(name));
         if (!rc)
             rc = put_spec_fields(&a, LOOM_KIND_JOB, body);
-        if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, image)))
+        if (!rc && fval(&a, "build-source") && !(rc = build_from_flags(&a, name, false, image)))
             json_object_set_new(body, "image_reference", json_string(image));
         if (!rc && !create && json_object_size(body) == 0)
             rc = usage_err("%s", "job update: nothing to change");
