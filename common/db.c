@@ -521,7 +521,7 @@ int loom_db_copy_put(struct loom_db *db, const void *data, size_t len, struct lo
         if (PQputCopyData(db->conn, p + off, (int)n) != 1) {
             /* PostgreSQL may have refused a row already: its error, if so */
             PGresult *res = PQgetResult(db->conn);
-            if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+            if (PQresultErrorField(res, PG_DIAG_SQLSTATE))
                 set_result_error(err, db->conn, res);
             else
                 set_conn_error(err, LOOM_EUNAVAIL, "COPY to PostgreSQL failed", db->conn);
