@@ -45,7 +45,8 @@
 #define CHUNK (256 * 1024)
 #define ROUND_BUDGET (16 * 1024 * 1024) /* bytes read per round, all files */
 #define FILE_BUDGET (4 * 1024 * 1024)   /* per file and round: no file starves the rest */
-#define PUBLISH_MAX (512 * 1024)        /* bytes of text per LogBatch */
+#define PUBLISH_MAX (512 * 1024)        /* bytes of lines per LogBatch (NATS takes 1 MiB) */
+#define LINE_PB_MAX 32                  /* bytes a LogLine adds to its text, at most */
 #define PUNCH_STEP (1024 * 1024)        /* punch once this much more is stored */
 #define COPY_PIECE (256 * 1024)         /* COPY data sent while the round reads on */
 #define SCAN_EVERY_MS 1000
@@ -422,7 +423,8 @@ out:
 }
 
 /* The lines of t in the round, as LogBatches of at most PUBLISH_MAX bytes of
- * text that tile [round_from, pos). */
+ * lines (a line's text and its other fields; short lines are mostly the
+ * latter) that tile [round_from, pos). */
 static void publish(struct loom_service *svc, struct tracked *t)
 {
     char subject[160];
@@ -430,9 +432,9 @@ static void publish(struct loom_service *svc, struct tracked *t)
     size_t i = t->first_line, end = t->first_line + t->nlines;
     int64_t from = t->round_from;
     do {
-        size_t k = i, text = 0;
-        while (k < end && (k == i || text + rnd.lines[k].text_len <= PUBLISH_MAX)) {
-            text += rnd.lines[k].text_len;
+        size_t k = i, size = 0;
+        while (k < end && (k == i || size + rnd.lines[k].text_len + LINE_PB_MAX <= PUBLISH_MAX)) {
+            size += rnd.lines[k].text_len + LINE_PB_MAX;
             k++;
         }
         size_t n = k - i;
