@@ -561,19 +561,6 @@ int loom_db_copy_end(struct loom_db *db, struct loom_err *err)
     return copy_finish(db, NULL, err);
 }
 
-int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_t len,
-                    struct loom_err *err)
-{
-    if (loom_db_copy_start(db, sql, err) < 0)
-        return -1;
-    if (loom_db_copy_put(db, data, len, err) < 0) {
-        struct loom_err ignored = LOOM_ERR_INIT;
-        copy_finish(db, "abandoned", &ignored);
-        return -1;
-    }
-    return loom_db_copy_end(db, err);
-}
-
 void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
 {
     strbuf_addch(out, '"');
@@ -583,24 +570,6 @@ void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
         strbuf_addch(out, s[i]);
     }
     strbuf_addch(out, '"');
-}
-
-void loom_db_copy_field(struct strbuf *out, const char *s, size_t len)
-{
-    size_t run = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c != '\\' && (unsigned char)c >= 0x20)
-            continue;
-        char e = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : 0;
-        if (!e)
-            continue;
-        strbuf_add(out, s + run, i - run);
-        strbuf_addch(out, '\\');
-        strbuf_addch(out, e);
-        run = i + 1;
-    }
-    strbuf_add(out, s + run, len - run);
 }
 
 /* ---- COPY's binary format ------------------------------------------------------------ */
