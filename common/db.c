@@ -1,5 +1,6 @@
 #include "db.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@ struct loom_db {
     PGconn *conn;
     bool in_tx;
     bool begin_pending; /* in_tx, but BEGIN goes out with the first statement */
+    bool in_copy;       /* between loom_db_copy_start and loom_db_copy_end */
     struct stmt *stmts; /* STMT_SLOTS slots, allocated on first use */
     size_t nstmts;
     unsigned next_id; /* statement names are never reused on a connection */
@@ -449,20 +451,27 @@ int loom_db_commit(struct loom_db *db, struct loom_err *err)
     return 0;
 }
 
+static int copy_finish(struct loom_db *db, const char *why, struct loom_err *err);
+
 void loom_db_rollback(struct loom_db *db)
 {
     if (!db)
         return;
     bool open = db->in_tx && !db->begin_pending;
     db->in_tx = db->begin_pending = false;
-    if (PQstatus(db->conn) != CONNECTION_OK)
+    if (PQstatus(db->conn) != CONNECTION_OK) {
+        db->in_copy = false;
         return;
+    }
+    if (db->in_copy) {
+        struct loom_err ignored = LOOM_ERR_INIT;
+        copy_finish(db, "rolled back", &ignored);
+    }
     if (open || PQtransactionStatus(db->conn) != PQTRANS_IDLE)
         PQclear(PQexec(db->conn, "ROLLBACK"));
 }
 
-int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_t len,
-                    struct loom_err *err)
+int loom_db_copy_start(struct loom_db *db, const char *sql, struct loom_err *err)
 {
     if (PQstatus(db->conn) != CONNECTION_OK) {
         /* as a query would: reconnect once, unless a transaction was open */
@@ -497,20 +506,44 @@ int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_
         return -1;
     }
     PQclear(res);
-    /* in pieces: libpq queues what it cannot send at once */
-    int ok = 1;
-    for (size_t off = 0; ok == 1 && off < len;) {
+    db->in_copy = true;
+    return 0;
+}
+
+int loom_db_copy_put(struct loom_db *db, const void *data, size_t len, struct loom_err *err)
+{
+    if (!db->in_copy)
+        return loom_err_set(err, LOOM_EINTERNAL, "no COPY is in progress");
+    /* in pieces: PQputCopyData takes an int */
+    const char *p = data;
+    for (size_t off = 0; off < len;) {
         size_t n = len - off > (1u << 20) ? 1u << 20 : len - off;
-        ok = PQputCopyData(db->conn, data + off, (int)n);
+        if (PQputCopyData(db->conn, p + off, (int)n) != 1) {
+            /* PostgreSQL may have refused a row already: its error, if so */
+            PGresult *res = PQgetResult(db->conn);
+            if (PQresultErrorField(res, PG_DIAG_SQLSTATE))
+                set_result_error(err, db->conn, res);
+            else
+                set_conn_error(err, LOOM_EUNAVAIL, "COPY to PostgreSQL failed", db->conn);
+            PQclear(res);
+            return -1;
+        }
         off += n;
     }
-    if (ok == 1)
-        ok = PQputCopyEnd(db->conn, NULL);
-    if (ok != 1) {
+    return 0;
+}
+
+/* Ends the COPY in progress (failing it with why, when not NULL) and reads
+ * its result. */
+static int copy_finish(struct loom_db *db, const char *why, struct loom_err *err)
+{
+    db->in_copy = false;
+    if (PQputCopyEnd(db->conn, why) != 1) {
         set_conn_error(err, LOOM_EUNAVAIL, "COPY to PostgreSQL failed", db->conn);
         return -1;
     }
     int rc = 0;
+    PGresult *res;
     while ((res = PQgetResult(db->conn))) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK && rc == 0) {
             set_result_error(err, db->conn, res);
@@ -519,6 +552,13 @@ int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_
         PQclear(res);
     }
     return rc;
+}
+
+int loom_db_copy_end(struct loom_db *db, struct loom_err *err)
+{
+    if (!db->in_copy)
+        return loom_err_set(err, LOOM_EINTERNAL, "no COPY is in progress");
+    return copy_finish(db, NULL, err);
 }
 
 void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
@@ -532,20 +572,69 @@ void loom_db_array_elem(struct strbuf *out, const char *s, size_t len)
     strbuf_addch(out, '"');
 }
 
-void loom_db_copy_field(struct strbuf *out, const char *s, size_t len)
+/* ---- COPY's binary format ------------------------------------------------------------ */
+
+static void add_be16(struct strbuf *out, uint16_t v)
 {
-    size_t run = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c != '\\' && (unsigned char)c >= 0x20)
-            continue;
-        char e = c == '\\' ? '\\' : c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : 0;
-        if (!e)
-            continue;
-        strbuf_add(out, s + run, i - run);
-        strbuf_addch(out, '\\');
-        strbuf_addch(out, e);
-        run = i + 1;
-    }
-    strbuf_add(out, s + run, len - run);
+    v = htobe16(v);
+    strbuf_add(out, &v, 2);
+}
+
+static void add_be32(struct strbuf *out, uint32_t v)
+{
+    v = htobe32(v);
+    strbuf_add(out, &v, 4);
+}
+
+static void add_be64(struct strbuf *out, uint64_t v)
+{
+    v = htobe64(v);
+    strbuf_add(out, &v, 8);
+}
+
+void loom_db_copy_bin_header(struct strbuf *out)
+{
+    /* the signature, then no flags and no header extension */
+    strbuf_add(out, "PGCOPY\n\377\r\n\0", 11);
+    add_be32(out, 0);
+    add_be32(out, 0);
+}
+
+void loom_db_copy_bin_trailer(struct strbuf *out)
+{
+    add_be16(out, 0xffff);
+}
+
+void loom_db_copy_bin_row(struct strbuf *out, int nfields)
+{
+    add_be16(out, (uint16_t)nfields);
+}
+
+void loom_db_copy_bin_null(struct strbuf *out)
+{
+    add_be32(out, 0xffffffff);
+}
+
+void loom_db_copy_bin_int8(struct strbuf *out, int64_t v)
+{
+    add_be32(out, 8);
+    add_be64(out, (uint64_t)v);
+}
+
+void loom_db_copy_bin_text(struct strbuf *out, const char *s, size_t len)
+{
+    add_be32(out, (uint32_t)len);
+    strbuf_add(out, s, len);
+}
+
+void loom_db_copy_bin_uuid(struct strbuf *out, const uint8_t uuid[16])
+{
+    add_be32(out, 16);
+    strbuf_add(out, uuid, 16);
+}
+
+void loom_db_copy_bin_timestamptz(struct strbuf *out, int64_t unix_us)
+{
+    /* microseconds since 2000-01-01 00:00 UTC, PostgreSQL's epoch */
+    loom_db_copy_bin_int8(out, unix_us - 946684800LL * 1000000);
 }

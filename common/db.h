@@ -16,6 +16,8 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "err.h"
 
@@ -50,15 +52,33 @@ int loom_db_commit(struct loom_db *db, struct loom_err *err);
 void loom_db_rollback(struct loom_db *db); /* safe when no transaction is open */
 bool loom_db_in_tx(struct loom_db *db);
 
-/* COPY ... FROM STDIN with data (text format, as PostgreSQL reads it), in
- * the open transaction (BEGIN goes out first when it is still to send).
- * Errors as loom_db_exec's: a unique violation is LOOM_ECONFLICT. */
-int loom_db_copy_in(struct loom_db *db, const char *sql, const char *data, size_t len,
-                    struct loom_err *err);
-/* Appends s (len bytes) as one field of COPY's text format: backslash,
- * tab, newline and carriage return escaped. */
+/* COPY ... FROM STDIN in pieces, so that PostgreSQL stores the first rows
+ * while the caller makes the next: loom_db_copy_start sends sql (BEGIN
+ * first when it is still to send), loom_db_copy_put sends data as it comes
+ * (it waits only while PostgreSQL is behind), loom_db_copy_end ends the
+ * COPY and says whether PostgreSQL took every row (errors as
+ * loom_db_exec's: a unique violation is LOOM_ECONFLICT). Nothing else may
+ * use db in between; loom_db_rollback abandons a COPY in progress (after a
+ * failed put, say). */
+int loom_db_copy_start(struct loom_db *db, const char *sql, struct loom_err *err);
+int loom_db_copy_put(struct loom_db *db, const void *data, size_t len, struct loom_err *err);
+int loom_db_copy_end(struct loom_db *db, struct loom_err *err);
+
+/* COPY's binary format (COPY ... FROM STDIN WITH (FORMAT binary)): the
+ * header, then for each row loom_db_copy_bin_row with the number of fields
+ * and that many fields, then the trailer. PostgreSQL reads binary values
+ * without parsing text: an int8, a uuid or a timestamptz costs it a copy.
+ * Text must be valid in the server's encoding, without NUL bytes. */
 struct strbuf;
-void loom_db_copy_field(struct strbuf *out, const char *s, size_t len);
+void loom_db_copy_bin_header(struct strbuf *out);
+void loom_db_copy_bin_trailer(struct strbuf *out);
+void loom_db_copy_bin_row(struct strbuf *out, int nfields);
+void loom_db_copy_bin_null(struct strbuf *out);
+void loom_db_copy_bin_int8(struct strbuf *out, int64_t v);
+void loom_db_copy_bin_text(struct strbuf *out, const char *s, size_t len);
+void loom_db_copy_bin_uuid(struct strbuf *out, const uint8_t uuid[16]);
+/* unix_us: microseconds since 1970-01-01 00:00 UTC */
+void loom_db_copy_bin_timestamptz(struct strbuf *out, int64_t unix_us);
 
 /* Appends s (len bytes) as one element of a PostgreSQL array literal:
  * "..." with " and \ escaped. With the braces around the elements, the

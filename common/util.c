@@ -56,6 +56,19 @@ bool loom_is_uuid(const char *s)
     return true;
 }
 
+int loom_uuid_bytes(const char *s, uint8_t out[16])
+{
+    if (!loom_is_uuid(s))
+        return -1;
+    char hex[33];
+    size_t n = 0;
+    for (const char *p = s; *p; p++)
+        if (*p != '-')
+            hex[n++] = *p;
+    hex[n] = '\0';
+    return loom_unhex(hex, out, 16);
+}
+
 void loom_hex(const void *data, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

@@ -15,6 +15,8 @@ void loom_uuid4(char out[37]);
 /* True when s is a UUID in its canonical text form: 8-4-4-4-12 hex digits
  * (either case). False for NULL. */
 bool loom_is_uuid(const char *s);
+/* The 16 bytes of a UUID in that form into out; -1 when s is not one. */
+int loom_uuid_bytes(const char *s, uint8_t out[16]);
 /* Lowercase hex of n bytes into out (2n + 1 bytes). */
 void loom_hex(const void *data, size_t n, char *out);
 /* The same, allocated (free it). */

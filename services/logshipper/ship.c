@@ -11,7 +11,12 @@
  * tile each file ([from, to) offsets) so that a follower sees a gap. A round
  * that fails to commit is forgotten: its instances are read again from their
  * committed point. Once stored, a file's beginning is punched out
- * (FALLOC_FL_PUNCH_HOLE): the disk holds only what is not shipped yet. */
+ * (FALLOC_FL_PUNCH_HOLE): the disk holds only what is not shipped yet.
+ *
+ * PostgreSQL's work on the rows is most of a round's: the COPY (in binary,
+ * which PostgreSQL takes without parsing text) starts with the round's first
+ * lines and is sent in pieces as the files are read, so that PostgreSQL
+ * stores the first rows while the logshipper reads and makes the next. */
 #include "logshipper.h"
 
 #include <errno.h>
@@ -25,7 +30,6 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "bus.h"
 #include "cleanup.h"
@@ -41,8 +45,10 @@
 #define CHUNK (256 * 1024)
 #define ROUND_BUDGET (16 * 1024 * 1024) /* bytes read per round, all files */
 #define FILE_BUDGET (4 * 1024 * 1024)   /* per file and round: no file starves the rest */
-#define PUBLISH_MAX (512 * 1024)        /* bytes of text per LogBatch */
+#define PUBLISH_MAX (512 * 1024)        /* bytes of lines per LogBatch (NATS takes 1 MiB) */
+#define LINE_PB_MAX 32                  /* bytes a LogLine adds to its text, at most */
 #define PUNCH_STEP (1024 * 1024)        /* punch once this much more is stored */
+#define COPY_PIECE (256 * 1024)         /* COPY data sent while the round reads on */
 #define SCAN_EVERY_MS 1000
 #define WAIT_MS 100
 
@@ -53,7 +59,9 @@ struct tracked {
     char *dir; /* <state-dir>/instances/<id> */
     char id[37];
     char project[64];
+    uint8_t uuid[16];    /* id, for COPY */
     char project_id[24]; /* "" while the project is not known */
+    int64_t project_num; /* project_id as a number, when it is known */
     int fd;
     bool can_punch;
     int wd; /* inotify watch on dir, or -1 */
@@ -72,7 +80,7 @@ struct tracked {
     bool round_eos;
 };
 
-/* The lines of a round, all instances: COPY's text and, for the LogBatches,
+/* The lines of a round, all instances: COPY's rows and, for the LogBatches,
  * each line's fields. */
 struct round_line {
     struct tracked *t;
@@ -82,12 +90,20 @@ struct round_line {
 };
 
 static struct {
-    struct strbuf copy;  /* COPY text */
+    struct strbuf copy;  /* COPY data (binary) not sent yet */
     struct strbuf texts; /* cleaned texts, each NUL-terminated */
     struct round_line *lines;
     size_t n, cap;
     struct tracked *t; /* the instance being read */
+    struct loom_db *db;
+    bool copying; /* the round's transaction and COPY are open */
+    bool failed;  /* sending the COPY failed: err says why */
+    struct loom_err err;
 } rnd;
+
+#define COPY_SQL                                                                                   \
+    "COPY log_lines (instance_id, \"offset\", ts, stream, line, project_id) FROM STDIN "           \
+    "WITH (FORMAT binary)"
 
 static char **dirs;
 static size_t ndirs;
@@ -167,8 +183,11 @@ static int start_tracking(struct loom_service *svc, const char *dir, const char 
         abort();
     snprintf(t->id, sizeof(t->id), "%.36s", id); /* a UUID (scan_dir) */
     snprintf(t->project, sizeof(t->project), "%s", project);
+    if (loom_uuid_bytes(t->id, t->uuid) < 0)
+        abort();
     const char *pid = loom_db_val(res, 0, 5);
     snprintf(t->project_id, sizeof(t->project_id), "%s", pid ? pid : "");
+    t->project_num = pid ? strtoll(pid, NULL, 10) : 0;
     if (loom_db_val(res, 0, 0)) {
         t->resume = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
         t->covered = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
@@ -197,54 +216,42 @@ static int start_tracking(struct loom_service *svc, const char *dir, const char 
     return 0;
 }
 
-/* "2026-11-28 04:25:32.123456+00" into out (30 bytes and a NUL), the
- * date and time part kept from the last call of the same second. */
-static size_t format_ts(int64_t ns, char out[40])
-{
-    static time_t last = -1;
-    static char last_text[20];
-    time_t s = (time_t)(ns / 1000000000LL);
-    long us = (long)((ns % 1000000000LL) / 1000);
-    if (ns < 0) {
-        s = 0;
-        us = 0;
-    }
-    if (s != last) {
-        struct tm tm;
-        gmtime_r(&s, &tm);
-        strftime(last_text, sizeof(last_text), "%Y-%m-%d %H:%M:%S", &tm);
-        last = s;
-    }
-    memcpy(out, last_text, 19);
-    out[19] = '.';
-    for (int i = 25; i >= 20; i--, us /= 10)
-        out[i] = (char)('0' + us % 10);
-    memcpy(out + 26, "+00", 4);
-    return 29;
-}
-
-/* Appends v in decimal. */
-static void add_int(struct strbuf *sb, int64_t v)
-{
-    char buf[24];
-    int n = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do {
-        buf[sizeof(buf) - 1 - n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0)
-        buf[sizeof(buf) - 1 - n++] = '-';
-    strbuf_add(sb, buf + sizeof(buf) - n, (size_t)n);
-}
-
 /* ---- a round ------------------------------------------------------------------------- */
 
-static void round_reset(void)
+static void round_reset(struct loom_db *db)
 {
     strbuf_reset(&rnd.copy);
+    loom_db_copy_bin_header(&rnd.copy);
     strbuf_reset(&rnd.texts);
     rnd.n = 0;
+    rnd.db = db;
+    rnd.copying = rnd.failed = false;
+    rnd.err = (struct loom_err)LOOM_ERR_INIT;
+}
+
+/* Sends the round's COPY data made so far, opening the round's transaction
+ * and COPY with the first piece; with last, ends the COPY (PostgreSQL has
+ * then taken every row, or said why not). Once a piece fails, the round is
+ * lost (rnd.failed, rnd.err). */
+static void send_copy(bool last)
+{
+    if (rnd.failed)
+        return;
+    int rc = 0;
+    if (!rnd.copying) {
+        rc = loom_db_begin(rnd.db, &rnd.err);
+        if (rc == 0)
+            rc = loom_db_copy_start(rnd.db, COPY_SQL, &rnd.err);
+        rnd.copying = rc == 0;
+    }
+    if (rc == 0 && last)
+        loom_db_copy_bin_trailer(&rnd.copy);
+    if (rc == 0)
+        rc = loom_db_copy_put(rnd.db, rnd.copy.buf, rnd.copy.len, &rnd.err);
+    strbuf_reset(&rnd.copy);
+    if (rc == 0 && last)
+        rc = loom_db_copy_end(rnd.db, &rnd.err);
+    rnd.failed = rc < 0;
 }
 
 /* The joiner's callback: one line of rnd.t into the rnd. Lines below
@@ -272,22 +279,23 @@ static void take_line(void *arg, const struct ls_line *l)
                                              .stream = l->stream,
                                              .text_at = at,
                                              .text_len = len};
-    /* one COPY row: id, offset, ts, stream, line, project id */
-    char ts[40];
-    size_t tsn = format_ts(l->ts_ns, ts);
+    /* one COPY row: id, offset, ts (a time before 1970 as 1970), stream,
+     * line, project id */
     struct strbuf *c = &rnd.copy;
-    strbuf_grow(c, 36 + 24 + tsn + 8 + len + 32);
-    strbuf_add(c, t->id, 36);
-    strbuf_addch(c, '\t');
-    add_int(c, l->offset);
-    strbuf_addch(c, '\t');
-    strbuf_add(c, ts, tsn);
-    strbuf_add(c, l->stream == LS_STDERR ? "\tstderr\t" : "\tstdout\t", 8);
-    loom_db_copy_field(c, rnd.texts.buf + at, len);
-    strbuf_addch(c, '\t');
-    strbuf_addstr(c, t->project_id[0] ? t->project_id : "\\N");
-    strbuf_addch(c, '\n');
+    strbuf_grow(c, 2 + 6 * 4 + 16 + 8 + 8 + 6 + len + 8);
+    loom_db_copy_bin_row(c, 6);
+    loom_db_copy_bin_uuid(c, t->uuid);
+    loom_db_copy_bin_int8(c, l->offset);
+    loom_db_copy_bin_timestamptz(c, l->ts_ns < 0 ? 0 : l->ts_ns / 1000);
+    loom_db_copy_bin_text(c, l->stream == LS_STDERR ? "stderr" : "stdout", 6);
+    loom_db_copy_bin_text(c, rnd.texts.buf + at, len);
+    if (t->project_id[0])
+        loom_db_copy_bin_int8(c, t->project_num);
+    else
+        loom_db_copy_bin_null(c);
     t->round_bytes += (int64_t)len;
+    if (c->len >= COPY_PIECE)
+        send_copy(false);
 }
 
 /* Reads what t's file holds into the round, up to budget bytes; returns the
@@ -296,7 +304,7 @@ static int64_t read_file(struct tracked *t, int64_t budget)
 {
     rnd.t = t;
     int64_t used = 0;
-    while (used < budget) {
+    while (used < budget && !rnd.failed) {
         ssize_t n = pread(t->fd, chunk, CHUNK, (off_t)t->pos);
         if (n < 0) {
             log_warn("could not read %s/container.log: %s", t->dir, strerror(errno));
@@ -352,7 +360,8 @@ static int64_t read_file(struct tracked *t, int64_t budget)
     return used;
 }
 
-/* Stores the round: the lines with COPY, the cursors in log_streams. */
+/* Stores the round: the rest of the lines' COPY, the cursors in
+ * log_streams. */
 static int commit_round(struct loom_service *svc, struct tracked **ts, size_t nt,
                         struct loom_err *err)
 {
@@ -379,13 +388,12 @@ static int commit_round(struct loom_service *svc, struct tracked **ts, size_t nt
         strbuf_release(cols[c]);
     }
     int rc = -1;
-    if (loom_db_begin(svc->db, err) < 0)
-        goto out;
-    if (rnd.copy.len > 0 &&
-        loom_db_copy_in(svc->db,
-                        "COPY log_lines (instance_id, \"offset\", ts, stream, line, project_id) "
-                        "FROM STDIN",
-                        rnd.copy.buf, rnd.copy.len, err) < 0) {
+    if (rnd.n > 0)
+        send_copy(true);
+    else if (loom_db_begin(svc->db, &rnd.err) < 0)
+        rnd.failed = true;
+    if (rnd.failed) {
+        *err = rnd.err;
         loom_db_rollback(svc->db);
         goto out;
     }
@@ -415,7 +423,8 @@ out:
 }
 
 /* The lines of t in the round, as LogBatches of at most PUBLISH_MAX bytes of
- * text that tile [round_from, pos). */
+ * lines (a line's text and its other fields; short lines are mostly the
+ * latter) that tile [round_from, pos). */
 static void publish(struct loom_service *svc, struct tracked *t)
 {
     char subject[160];
@@ -423,9 +432,9 @@ static void publish(struct loom_service *svc, struct tracked *t)
     size_t i = t->first_line, end = t->first_line + t->nlines;
     int64_t from = t->round_from;
     do {
-        size_t k = i, text = 0;
-        while (k < end && (k == i || text + rnd.lines[k].text_len <= PUBLISH_MAX)) {
-            text += rnd.lines[k].text_len;
+        size_t k = i, size = 0;
+        while (k < end && (k == i || size + rnd.lines[k].text_len + LINE_PB_MAX <= PUBLISH_MAX)) {
+            size += rnd.lines[k].text_len + LINE_PB_MAX;
             k++;
         }
         size_t n = k - i;
@@ -481,7 +490,7 @@ static void punch(struct tracked *t)
 static void ship_round(struct loom_service *svc, bool all)
 {
     int64_t t0 = loom_mono_ms();
-    round_reset();
+    round_reset(svc->db);
     size_t cap = 0, nt = 0;
     for (struct tracked *t = tracked; t; t = t->next)
         cap++;
@@ -489,7 +498,7 @@ static void ship_round(struct loom_service *svc, bool all)
     if (!ts)
         abort();
     int64_t budget = ROUND_BUDGET;
-    for (struct tracked *t = tracked; t && budget > 0; t = t->next) {
+    for (struct tracked *t = tracked; t && budget > 0 && !rnd.failed; t = t->next) {
         if (t->eos || (!t->dirty && !all))
             continue;
         t->dirty = false;

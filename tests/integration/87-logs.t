@@ -11,6 +11,9 @@
 #   - a container writing without end is held to its rate and disk caps,
 #     with a marker of what was dropped, while another's lines flow
 #   - retention by size and by age, per project
+#   - a round whose PostgreSQL connection is cut during its COPY is shipped
+#     again: every line once; the LogBatches of many short lines are
+#     published whole
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -163,5 +166,48 @@ out=$(loom-admin logs retention set --project nope --max-age 1d 2>&1)
 like "$out" 'project nope not found' "retention for an unknown project is refused"
 out=$(loom-admin logs retention set --max-age soon 2>&1)
 like "$out" '--max-age: "soon" is not a duration' "a bad age is named"
+
+# --- a round cut off in its COPY -------------------------------------------------------------
+# A logshipper of its own ships 300,000 lines of an exited instance (of a
+# project that does not exist: no retention policy touches them); its
+# backend is terminated twice while a COPY runs.
+cut=$tmp/cut-agent
+cid=$(cat /proc/sys/kernel/random/uuid)
+mkdir -p "$cut/instances/$cid"
+echo "{\"id\":\"$cid\",\"project\":\"cutoff\",\"kind\":\"job\"}" >"$cut/instances/$cid/instance.json"
+# (and what log_lines must hold: count, sum of offsets, bytes of text)
+want=$(awk -v ts="$(date -u +%Y-%m-%dT%H:%M:%S)" -v out="$cut/instances/$cid/container.log" 'BEGIN {
+	for (i = 0; i < 300000; i++) {
+		text = "cut line " i
+		rec = sprintf("%s.%09dZ stdout F %s", ts, i, text)
+		print rec >out
+		offsets += off; bytes += length(text); off += length(rec) + 1
+	}
+	printf "%d|%d|%.0f|%.0f|%d", i, i, offsets, bytes, i }')
+echo '{"exit_code":0}' >"$cut/instances/$cid/exit.json"
+LOOM_PG_DSN="$LOOM_PG_DSN?application_name=cut-logshipper" "$bin/loom-logshipper" \
+	--agent-state-dir "$cut" --node-name cutnode --http-addr 127.0.0.1:0 >"$tmp/cut.log" 2>&1 &
+cut_pid=$!
+copying() { [ "$(sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cut-logshipper'
+	AND query LIKE 'COPY log_lines%' AND state = 'active'")" = 1 ]; }
+cuts=0
+for _ in 1 2; do
+	wait_for 20 copying &&
+		[ "$(sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE application_name = 'cut-logshipper' AND state = 'active'")" = t ] &&
+		cuts=$((cuts + 1))
+	sleep 0.5
+done
+is "$cuts" 2 "the logshipper's backend is terminated twice during a COPY"
+cut_done() { [ "$(sql "SELECT eos_at IS NOT NULL FROM log_streams WHERE instance_id = '$cid'")" = t ]; }
+ok "its end of stream is marked all the same" wait_for 60 cut_done
+like "$(cat "$tmp/cut.log")" '"could not store log lines: ' "it said it lost a round"
+like "$(cat "$tmp/cut.log")" "\"storing log lines of $cid again\"" "and that it stored it again"
+unlike "$(cat "$tmp/cut.log")" 'could not publish' "each LogBatch of short lines fits in a NATS message"
+is "$(sql "SELECT count(*), count(DISTINCT line), sum(\"offset\"), sum(octet_length(line)),
+	(SELECT lines FROM log_streams WHERE instance_id = '$cid') FROM log_lines WHERE instance_id = '$cid'")" \
+	"$want" "every line once, at its offset, and log_streams counts them"
+kill "$cut_pid"
+wait "$cut_pid" 2>/dev/null
 
 finish

@@ -1,5 +1,5 @@
-/* The logshipper's CRI log line parser, timestamps, UTF-8 cleaning and
- * PostgreSQL array literal elements. */
+/* The logshipper's CRI log line parser, timestamps, UTF-8 cleaning,
+ * PostgreSQL array literal elements and COPY's binary format. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -109,6 +109,41 @@ static void test_array_elem(void **state)
     strbuf_release(&sb);
 }
 
+/* COPY's binary format, byte for byte as PostgreSQL's documentation gives it */
+static void test_copy_bin(void **state)
+{
+    (void)state;
+    struct strbuf sb = STRBUF_INIT;
+    loom_db_copy_bin_header(&sb);
+    assert_int_equal(sb.len, 19);
+    assert_memory_equal(sb.buf, "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0", 19);
+    strbuf_reset(&sb);
+    static const uint8_t uuid[16] = {0x9a, 0xbf, 0x38, 0xfa, 0xeb, 0xb7, 0x40, 0x7a,
+                                     0x97, 0xbe, 0x5b, 0x4a, 0x8f, 0x43, 0x75, 0x5d};
+    loom_db_copy_bin_row(&sb, 5);
+    loom_db_copy_bin_uuid(&sb, uuid);
+    loom_db_copy_bin_int8(&sb, 258);
+    loom_db_copy_bin_timestamptz(&sb, 946684800000001LL); /* 2000-01-01 00:00:00.000001 */
+    loom_db_copy_bin_text(&sb, "h\xc3\xa9", 3);
+    loom_db_copy_bin_null(&sb);
+    loom_db_copy_bin_trailer(&sb);
+    static const char want[] = "\0\5"                                       /* 5 fields */
+                               "\0\0\0\x10\x9a\xbf\x38\xfa\xeb\xb7\x40\x7a" /* uuid */
+                               "\x97\xbe\x5b\x4a\x8f\x43\x75\x5d"
+                               "\0\0\0\x08\0\0\0\0\0\0\x01\x02" /* int8 */
+                               "\0\0\0\x08\0\0\0\0\0\0\0\x01"   /* timestamptz */
+                               "\0\0\0\x03h\xc3\xa9"            /* text */
+                               "\xff\xff\xff\xff"               /* NULL */
+                               "\xff\xff";                      /* the end */
+    assert_int_equal(sb.len, sizeof(want) - 1);
+    assert_memory_equal(sb.buf, want, sizeof(want) - 1);
+    /* times before PostgreSQL's epoch are negative */
+    strbuf_reset(&sb);
+    loom_db_copy_bin_timestamptz(&sb, 0);
+    assert_memory_equal(sb.buf, "\0\0\0\x08\xff\xfc\xa2\xfe\xc4\xc8\x20\x00", 12);
+    strbuf_release(&sb);
+}
+
 /* The joiner: lines of partial records put back together, handed out at the
  * offset of the record that ends them, in increasing offsets. */
 static void collect_line(void *arg, const struct ls_line *l)
@@ -187,7 +222,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_joiner),     cmocka_unit_test(test_cri_ok),
         cmocka_unit_test(test_cri_bad),    cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_array_elem),
+        cmocka_unit_test(test_array_elem), cmocka_unit_test(test_copy_bin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,6 +53,19 @@ static void test_is_uuid(void **state)
     assert_false(loom_is_uuid(NULL));
 }
 
+static void test_uuid_bytes(void **state)
+{
+    (void)state;
+    uint8_t b[16];
+    assert_int_equal(loom_uuid_bytes("9abf38fa-ebb7-407A-97be-5b4a8f43755d", b), 0);
+    static const uint8_t want[16] = {0x9a, 0xbf, 0x38, 0xfa, 0xeb, 0xb7, 0x40, 0x7a,
+                                     0x97, 0xbe, 0x5b, 0x4a, 0x8f, 0x43, 0x75, 0x5d};
+    assert_memory_equal(b, want, 16);
+    assert_int_equal(loom_uuid_bytes("9abf38faebb7407a97be5b4a8f43755d", b), -1);
+    assert_int_equal(loom_uuid_bytes("9abf38fa-ebb7-407a-97be-5b4a8f43755g", b), -1);
+    assert_int_equal(loom_uuid_bytes(NULL, b), -1);
+}
+
 static void test_dns_label(void **state)
 {
     (void)state;
@@ -226,11 +239,11 @@ static void test_next_line(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid),      cmocka_unit_test(test_is_uuid),
-        cmocka_unit_test(test_dns_label), cmocka_unit_test(test_hex_sha256),
-        cmocka_unit_test(test_unhex),     cmocka_unit_test(test_files),
-        cmocka_unit_test(test_time),      cmocka_unit_test(test_random),
-        cmocka_unit_test(test_next_line),
+        cmocka_unit_test(test_uuid),       cmocka_unit_test(test_is_uuid),
+        cmocka_unit_test(test_uuid_bytes), cmocka_unit_test(test_dns_label),
+        cmocka_unit_test(test_hex_sha256), cmocka_unit_test(test_unhex),
+        cmocka_unit_test(test_files),      cmocka_unit_test(test_time),
+        cmocka_unit_test(test_random),     cmocka_unit_test(test_next_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
