@@ -63,19 +63,26 @@ static void check_memory(struct agent *a, struct strbuf *sb)
     add(sb, what);
 }
 
+/* Runs argv with a deadline; a failure adds what, then why. */
+static void check_program(const char *const *argv, int64_t limit_ms, const char *what,
+                          struct strbuf *sb)
+{
+    struct loom_err err = LOOM_ERR_INIT;
+    _cleanup_free_ char *out = NULL;
+    if (loom_run_until(argv, NULL, NULL, loom_mono_ms() + limit_ms, &out, &err) == 0)
+        return;
+    char line[300], problem[400];
+    first_line(err.msg, line, sizeof(line));
+    snprintf(problem, sizeof(problem), "%s: %s", what, line);
+    add(sb, problem);
+}
+
 static void check_runtime(struct agent *a, struct strbuf *sb)
 {
     char root[4200];
     snprintf(root, sizeof(root), "%s/runc", a->o.state_dir);
     const char *argv[] = {a->o.runtime, "--root", root, "list", "-q", NULL};
-    struct loom_err err = LOOM_ERR_INIT;
-    _cleanup_free_ char *out = NULL;
-    if (loom_run_until(argv, NULL, NULL, loom_mono_ms() + 10000, &out, &err) == 0)
-        return;
-    char line[300], what[400];
-    first_line(err.msg, line, sizeof(line));
-    snprintf(what, sizeof(what), "container runtime not answering: %s", line);
-    add(sb, what);
+    check_program(argv, 10000, "container runtime not answering", sb);
 }
 
 /* GPUs found on the host (configured ones are the operator's word). */
@@ -91,33 +98,17 @@ static void check_gpus(struct agent *a, struct strbuf *sb)
         add(sb, what);
     }
     const char *argv[] = {"/usr/bin/nvidia-smi", "-L", NULL};
-    if (access(argv[0], X_OK) < 0)
-        return;
-    struct loom_err err = LOOM_ERR_INIT;
-    _cleanup_free_ char *out = NULL;
-    if (loom_run_until(argv, NULL, NULL, loom_mono_ms() + 10000, &out, &err) == 0)
-        return;
-    char line[300], what[400];
-    first_line(err.msg, line, sizeof(line));
-    snprintf(what, sizeof(what), "nvidia-smi failed: %s", line);
-    add(sb, what);
+    if (access(argv[0], X_OK) == 0)
+        check_program(argv, 10000, "nvidia-smi failed", sb);
 }
 
+/* Its exit status and its own words (stderr, else stdout), or its time. */
 static void check_script(struct agent *a, struct strbuf *sb)
 {
     if (!a->o.health_script || !a->o.health_script[0])
         return;
     const char *argv[] = {a->o.health_script, NULL};
-    struct loom_err err = LOOM_ERR_INIT;
-    _cleanup_free_ char *out = NULL;
-    int64_t limit = a->o.health_ms < 30000 ? a->o.health_ms : 30000;
-    if (loom_run_until(argv, NULL, NULL, loom_mono_ms() + limit, &out, &err) == 0)
-        return;
-    /* its exit status and its own words (stderr, else stdout), or its time */
-    char line[300], what[400];
-    first_line(err.msg, line, sizeof(line));
-    snprintf(what, sizeof(what), "health script: %s", line);
-    add(sb, what);
+    check_program(argv, a->o.health_ms < 30000 ? a->o.health_ms : 30000, "health script", sb);
 }
 
 void agent_health_check(struct agent *a)

@@ -84,6 +84,11 @@ void bp_plan_release(struct bp_plan *p);
  * no command (the runtime loads the code) and its entry file must be there. */
 int bp_detect(const struct src_tree *t, const struct bp_options *o, struct bp_plan *ret,
               struct loom_err *err);
+/* The run's "detect" step (label: its note, or NULL): lists source's tree
+ * into *t, detects into *p and records the strategy it found on the run. */
+struct brun;
+int bp_detect_step(struct brun *r, const char *source, const struct bp_options *o,
+                   const char *label, struct src_tree *t, struct bp_plan *p, struct loom_err *err);
 
 /* ---- dfparse.c: a Dockerfile, read before buildah reads it -------------------------- */
 

@@ -104,6 +104,23 @@ int bp_deps_layer(struct brun *r, const char *source, const struct bp_plan *p,
     return rc;
 }
 
+int bp_detect_step(struct brun *r, const char *source, const struct bp_options *o,
+                   const char *label, struct src_tree *t, struct bp_plan *p, struct loom_err *err)
+{
+    brun_step(r, "detect", label);
+    int rc = source_list(source, r->spec.source_context_dir, t, err);
+    if (rc == 0)
+        rc = bp_detect(t, o, p, err);
+    if (rc == 0) {
+        _cleanup_pgres_ PGresult *s = loom_db_query(
+            r->db, err, "UPDATE build_runs SET strategy = $2 WHERE id = $1", r->id, p->detail);
+        rc = s ? 0 : -1;
+    }
+    if (rc == 0)
+        brun_step_end(r, "succeeded", "%s", p->detail);
+    return rc;
+}
+
 int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
 {
     struct src_tree t = {0};
@@ -115,17 +132,7 @@ int buildpacks_run(struct brun *r, const char *source, struct loom_err *err)
     struct out_target out = {0};
     char digest[72];
     const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy, false};
-    brun_step(r, "detect", NULL);
-    int rc = source_list(source, r->spec.source_context_dir, &t, err);
-    if (rc == 0)
-        rc = bp_detect(&t, &o, &p, err);
-    if (rc == 0) {
-        _cleanup_pgres_ PGresult *s = loom_db_query(
-            r->db, err, "UPDATE build_runs SET strategy = $2 WHERE id = $1", r->id, p.detail);
-        rc = s ? 0 : -1;
-    }
-    if (rc == 0)
-        brun_step_end(r, "succeeded", "%s", p.detail);
+    int rc = bp_detect_step(r, source, &o, NULL, &t, &p, err);
     if (rc == 0)
         rc = out_open(r, &out, err);
     if (rc == 0)

@@ -98,17 +98,7 @@ int bundle_run(struct brun *r, const char *source, struct loom_err *err)
     struct relocate m = {.name = STRBUF_INIT};
     char deps_path[4200], hex[65];
     const struct bp_options o = {builder.npm_registry, builder.pip_index, builder.go_proxy, true};
-    brun_step(r, "detect", "a function's bundle");
-    int rc = source_list(source, r->spec.source_context_dir, &t, err);
-    if (rc == 0)
-        rc = bp_detect(&t, &o, &p, err);
-    if (rc == 0) {
-        _cleanup_pgres_ PGresult *s = loom_db_query(
-            r->db, err, "UPDATE build_runs SET strategy = $2 WHERE id = $1", r->id, p.detail);
-        rc = s ? 0 : -1;
-    }
-    if (rc == 0)
-        brun_step_end(r, "succeeded", "%s", p.detail);
+    int rc = bp_detect_step(r, source, &o, "a function's bundle", &t, &p, err);
     if (rc == 0 && p.build_stack[0]) {
         rc = brun_check(r, err);
         if (rc == 0)

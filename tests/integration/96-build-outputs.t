@@ -76,20 +76,7 @@ is "$(jq -r .answer <<<"$out" 2>/dev/null)" "fn v1: 2m" "the function answers wi
 
 # a Python function with a vendored wheel: pip's packages at the top of the bundle
 mkdir -p "$src/pyfn/wheels"
-python3 - "$src/pyfn/wheels" <<'EOF'
-import base64, hashlib, sys, zipfile
-files = {
-    "greet/__init__.py": "def hello():\n    return 'a python function greets from a vendored wheel'\n",
-    "greet-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: greet\nVersion: 1.0\n",
-    "greet-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: loom\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-rec = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(c.encode()).digest()).rstrip(b'=').decode()},{len(c)}"
-       for n, c in files.items()]
-files["greet-1.0.dist-info/RECORD"] = "\n".join(rec + ["greet-1.0.dist-info/RECORD,,"]) + "\n"
-with zipfile.ZipFile(sys.argv[1] + "/greet-1.0-py3-none-any.whl", "w") as z:
-    for n, c in files.items():
-        z.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), c)
-EOF
+python3 "$(dirname "$0")/wheel_helper.py" "$src/pyfn/wheels" 'a python function greets from a vendored wheel'
 echo greet==1.0 >"$src/pyfn/requirements.txt"
 printf 'import greet\n\ndef main(p):\n    return {"answer": greet.hello()}\n' >"$src/pyfn/main.py"
 out=$(loom fn create pyfn --runtime python-3.11 --build-source "$src/pyfn" 2>&1)
