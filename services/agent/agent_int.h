@@ -148,6 +148,10 @@ bool agent_valid_id(const char *id);
 struct instance *agent_instance_new(struct agent *a, const uint8_t *pb, size_t len);
 /* The instance's instance.json (identity and the assign, to re-adopt). */
 int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_err *err);
+/* An ended instance's secrets leave the node: its assign (here and in
+ * instance.json) loses the env's values, the registry password and the
+ * mounts' file contents (teardown removes config.json and the mount files). */
+void agent_scrub_assign(struct agent *a, struct instance *in);
 
 /* ---- commands.c --------------------------------------------------------------- */
 

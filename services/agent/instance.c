@@ -10,8 +10,10 @@
  *              after the grace period)
  *   finish     exit.json -> the terminal report
  *   teardown   after the terminal report is acknowledged: runc delete,
- *              unmount, CNI DEL, netns, cgroups; instance.json, container.log
- *              and exit.json stay until --finished-retention passes */
+ *              unmount, CNI DEL, netns, cgroups, config.json and the mounts'
+ *              files; instance.json (without the assign's secrets),
+ *              container.log and exit.json stay until --finished-retention
+ *              passes */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1189,6 +1191,7 @@ static void teardown(struct run *r)
     if (loom_rm_rf(path, &err) < 0)
         log_warn("instance %s: %s", in->id, err.msg);
     loom_err_clear(&err);
+    agent_scrub_assign(a, in);
     gpus_release(a, in);
     if (in->img) {
         image_release(a->images, in->img);

@@ -11,6 +11,7 @@
 #include "agent_int.h"
 #include "cleanup.h"
 #include "json.h"
+#include "log.h"
 #include "util.h"
 
 char *agent_instance_dir(const char *state_dir, const char *id)
@@ -101,6 +102,41 @@ int agent_write_instance_json(struct agent *a, struct instance *in, struct loom_
     /* no fsync, as for the reports: an unacked assign is re-sent by the
      * scheduler, and after a machine crash there is nothing to re-adopt */
     return agent_write_json_nosync(path, j, err);
+}
+
+/* Zeroes a string in place: its bytes leave memory, the field reads "". */
+static void wipe(char *s)
+{
+    if (s)
+        memset(s, 0, strlen(s));
+}
+
+void agent_scrub_assign(struct agent *a, struct instance *in)
+{
+    pthread_mutex_lock(&a->mu);
+    Loom__V1__InstanceAssign *as = in->assign;
+    for (size_t i = 0; i < as->n_env; i++)
+        wipe(as->env[i]->value);
+    wipe(as->registry_auth);
+    for (size_t i = 0; i < as->n_mounts; i++)
+        for (size_t k = 0; k < as->mounts[i]->n_files; k++) {
+            ProtobufCBinaryData *d = &as->mounts[i]->files[k]->data;
+            if (d->data)
+                memset(d->data, 0, d->len);
+            d->len = 0;
+        }
+    if (in->assign_pb)
+        memset(in->assign_pb, 0, in->assign_len);
+    free(in->assign_pb);
+    in->assign_len = loom__v1__instance_assign__get_packed_size(as);
+    in->assign_pb = malloc(in->assign_len + 1);
+    if (!in->assign_pb)
+        abort();
+    loom__v1__instance_assign__pack(as, in->assign_pb);
+    struct loom_err err = LOOM_ERR_INIT;
+    if (agent_write_instance_json(a, in, &err) < 0)
+        log_warn("instance %s: %s", in->id, err.msg);
+    pthread_mutex_unlock(&a->mu);
 }
 
 struct instance *agent_instance_new(struct agent *a, const uint8_t *pb, size_t len)

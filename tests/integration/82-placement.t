@@ -138,6 +138,18 @@ is "$(run_field mounty .status)" completed "mounty: completed" ||
 mounty_logs() { logs=$(loom jobrun logs mounty 2>&1); grep -q 'pw=hunter2 c=blue' <<<"$logs"; }
 ok "mounty: the files hold the secret's and the config map's values" wait_for 20 mounty_logs ||
 	diag "$logs"
+# once they ended, the node keeps no secret of theirs: only the container's
+# own output (container.log) may say it; instance.json's assign (hex) does not
+secret_dirs=$(sql "SELECT i.id FROM instances i JOIN job_runs r ON r.id = i.job_run_id
+	WHERE r.name IN ('envy', 'mounty')" | sed "s|^|$LOOM_HOME/agent/instances/|")
+torn_down() { local d; for d in $secret_dirs; do [ -e "$d/done" ] || return 1; done; }
+ok "envy's and mounty's instances are torn down" wait_for 30 torn_down
+# shellcheck disable=SC2086 # one path each
+left=$(grep -rl --exclude=container.log -e hunter2 -e "$(printf hunter2 | od -An -tx1 | tr -d ' \n')" \
+	$secret_dirs 2>&1)
+is "$left" "" "no file of theirs left on the node holds the secret (plain or hex)"
+# shellcheck disable=SC2086
+ok "instance.json is still there" ls $(sed 's|$|/instance.json|' <<<"$secret_dirs")
 like "$logs" 'read-only' "mounty: the mounts are read-only"
 unlike "$logs" 'writable' "mounty: nothing could be written to them"
 
