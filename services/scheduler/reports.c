@@ -617,8 +617,27 @@ static void on_reports(struct loom_bus *bus, natsMsg *msg, void *arg)
         abort();
     struct loom_db *db = loom_service_thread_db(&err);
     int r = apply_with_retries(s, db, b->reports, n, res, &fx, &err);
-    if (r < 0)
+    if (r < 0 && n > 1 && err.code != LOOM_ERETRY) {
+        /* one report PostgreSQL refuses (text it cannot store) must not
+         * hold the others back on every resend: each alone, in order */
+        log_warn("could not record %zu reports at once (%s): one by one", n, err.msg);
+        strbuf_release(&fx.apps);
+        fx.freed = false;
+        for (size_t i = 0; i < n; i++) {
+            struct report_effect one = {0};
+            struct loom_err e1 = LOOM_ERR_INIT;
+            if (apply_with_retries(s, db, &b->reports[i], 1, &res[i], &one, &e1) < 0) {
+                res[i].code = e1.code ? e1.code : LOOM_EINTERNAL;
+                snprintf(res[i].msg, sizeof(res[i].msg), "%s", e1.msg);
+            } else {
+                report_effects(s, &one);
+            }
+            strbuf_release(&one.apps);
+        }
+        r = 0;
+    } else if (r < 0) {
         log_warn("could not record %zu reports: %s", n, err.msg);
+    }
     size_t applied = 0;
     for (size_t i = 0; i < n; i++) {
         loom__v1__ack__init(&acks[i]);

@@ -146,7 +146,8 @@ is "$order" t "high's indices were all placed before any of low's"
 # One loom.instance.reports request, by hand, for a running index: its
 # failure and then its success (applied in that order, the success changes
 # only the seq), a report with no valid id, one from another node, one that
-# names no node (it once moved an app's address), and a resend of an old seq.
+# names no node (it once moved an app's address), a resend of an old seq, and
+# one whose reason PostgreSQL cannot store (not UTF-8): it alone is refused.
 # shellcheck disable=SC2016
 out=$(loom jobrun submit --name batch --image "$image" --cpu 0.5 --memory 1G --cmd 'sleep 30' \
 	--retrylimit 2 2>&1)
@@ -160,14 +161,18 @@ jq -nc --arg id "$bid" --arg node "$LOOM_NODE_NAME" '
 	{instance_id: "not-a-uuid", node: $node, state: "running", seq: 1},
 	{instance_id: $id, node: "elsewhere", state: "succeeded", seq: 1002},
 	{instance_id: $id, node: "", state: "succeeded", seq: 1003},
-	{instance_id: $id, node: $node, state: "running", seq: 5}' >"$tmp/reports.jsonl"
+	{instance_id: $id, node: $node, state: "running", seq: 5},
+	{instance_id: $id, node: $node, state: "failed", reason: {hex: "ff"}, seq: 2000}' \
+	>"$tmp/reports.jsonl"
 acks=$(python3 "$(dirname "$0")/usage_helper.py" reports "$tmp/reports.jsonl" 2>&1)
-is "$acks" "ok
+is "$(head -n 6 <<<"$acks")" "ok
 ok
 refused: invalid instance id
 refused: instance $bid is not on node \"elsewhere\"
 refused: instance $bid is not on node \"\"
-ok" "each report of the batch has its own Ack, in order (one naming no node is refused)"
+ok" "each report of the batch has its own Ack, in order (no node: refused)"
+like "$(sed -n 7p <<<"$acks")" '^refused: .*UTF8' \
+	"the report PostgreSQL cannot store is refused alone ($(wc -l <<<"$acks") Acks)"
 is "$(sql "SELECT state, exit_code, reason, report_seq FROM instances WHERE id = '$bid'")" \
 	"failed 3 by hand 1001" "the failure was applied first; the success after it moved only the seq"
 is "$(sql "SELECT j.retries FROM job_run_indices j JOIN job_runs r ON r.id = j.run_id

@@ -83,8 +83,8 @@ def encode(sample, fields=FIELDS):
     out = b""
     for name, value in sample.items():
         num, kind = fields[name]
-        if kind == "s":
-            v = value.encode()
+        if kind == "s":  # {"hex": ...}: bytes as they are, valid UTF-8 or not
+            v = bytes.fromhex(value["hex"]) if isinstance(value, dict) else value.encode()
             out += varint(num << 3 | 2) + varint(len(v)) + v
         else:
             out += varint(num << 3) + varint(int(value))
