@@ -860,9 +860,18 @@ static void serve(struct call *c, const char *path, bool internal)
                 in->inflight = 1;
                 c->act.cold = true;
                 pthread_mutex_unlock(&mu);
+                int64_t t_claimed = loom_mono_ms();
                 specialize(f, inst_id, node);
+                int64_t t_specialized = loom_mono_ms();
                 char why[512];
                 int rc = load_code(f, address, why, sizeof(why));
+                /* where a cold call's time goes, hop by hop */
+                log_debug("function %s/%s: instance %s claimed %" PRId64
+                          " ms into the call (%s), specialized in %" PRId64
+                          " ms, its code loaded in %" PRId64 " ms",
+                          f->project, f->name, inst_id, t_claimed - start,
+                          waited ? "after waiting for a stem cell" : "a stem cell was free",
+                          t_specialized - t_claimed, loom_mono_ms() - t_specialized);
                 pthread_mutex_lock(&mu);
                 in = inst_find(f, inst_id);
                 if (rc != 0) {

@@ -846,6 +846,8 @@ static void await_running(struct run *r)
             return;
         }
         r->have_liveness = in->assign->liveness != NULL;
+        int64_t t_process = loom_mono_ms();
+        int probes = 0;
         int64_t deadline = loom_mono_ms() + APP_LISTEN_TIMEOUT_MS + ready.initial_delay_ms;
         int64_t first = loom_mono_ms() + ready.initial_delay_ms;
         while (loom_mono_ms() < first) {
@@ -855,6 +857,7 @@ static void await_running(struct run *r)
         }
         for (;;) {
             loom_err_clear(&err);
+            probes++;
             if (probe_run(&ready, in->ip, &err) == 0)
                 break;
             if (shim_gone(r) || stop_requested(r) || r->a->stopping)
@@ -872,6 +875,8 @@ static void await_running(struct run *r)
             usleep(20000);
         }
         snprintf(addr, sizeof(addr), "%s:%u", in->ip, in->assign->port);
+        log_debug("instance %s: ready %" PRId64 " ms after its process ran (%d probes)", in->id,
+                  loom_mono_ms() - t_process, probes);
     }
     r->running_at = loom_mono_ms();
     struct report_extra x = {.address = addr};

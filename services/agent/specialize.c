@@ -107,11 +107,16 @@ static void on_specialize(struct loom_bus *bus, natsMsg *msg, void *arg)
     }
     pthread_mutex_unlock(&a->mu);
     /* outside the lock: nft and runc are processes; a repeat is harmless */
+    int64_t t0 = loom_mono_ms(), t_net = t0;
     if (!refuse && (remark(a, in, m->project, &err) < 0 ||
-                    set_limits(a, in, m->cpu_millis, m->memory_bytes, &err) < 0)) {
+                    (t_net = loom_mono_ms(),
+                     set_limits(a, in, m->cpu_millis, m->memory_bytes, &err) < 0))) {
         log_warn("instance %s: specializing for %s: %s", m->instance_id, m->project, err.msg);
         refuse = "could not specialize";
     }
+    if (!refuse)
+        log_debug("instance %s: specialized (network %" PRId64 " ms, limits %" PRId64 " ms)",
+                  in->id, t_net - t0, loom_mono_ms() - t_net);
     if (!refuse && first) {
         agent_usage_claimed(a, in);
         log_info("instance %s: claimed by %s/%s (generation %" PRId64 ")", in->id, m->project,
