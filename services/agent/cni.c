@@ -281,6 +281,22 @@ int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct 
     return 0;
 }
 
+int cni_isolation_move(const char *bridge, const char *ip, uint32_t from, uint32_t to,
+                       struct loom_err *err)
+{
+    /* one batch, applied as a whole or not at all: it fails when proj has
+     * no entry for ip */
+    _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
+    drop_script(&s, bridge, ip, from);
+    strbuf_addf(&s,
+                "add element bridge loom-%s proj { %s : 0x%x }\n"
+                "add element bridge loom-%s member { %s . 0x%x }\n",
+                bridge, ip, to, bridge, ip, to);
+    if (nft_batch(s.buf, err) < 0)
+        return loom_err_wrap(err, "moving %s to another network", ip);
+    return 0;
+}
+
 int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
 {
     /* only ip's entry for this mark: after a move to another mark, the
