@@ -1072,6 +1072,16 @@ void act_fn_handle(struct loom_http_req *req, const char *project, const char *n
     free(c.run_body);
 }
 
+void act_fn_stem_ready(const char *runtime)
+{
+    pthread_mutex_lock(&mu);
+    for (size_t b = 0; b < NBUCKETS; b++)
+        for (struct fn *f = table[b]; f; f = f->next)
+            if (strcmp(f->runtime, runtime) == 0)
+                pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&mu);
+}
+
 /* --- housekeeping ------------------------------------------------------------------ */
 
 void act_fn_tick(void)

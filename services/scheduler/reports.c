@@ -46,6 +46,8 @@ static bool is_terminal(const char *state)
 struct report_effect {
     bool freed;       /* capacity came free or an index went back to pending */
     bool app_changed; /* the app's set of ready instances changed */
+    bool stem_ready;  /* a free stem cell of runtime is running now */
+    char runtime[64];
     char project[128];
     char app[128];
 };
@@ -190,7 +192,8 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
     cur = loom_db_query(
         db, err,
         "SELECT i.state, i.report_seq, i.kind, i.job_run_id, i.array_index, i.node_name, "
-        "  coalesce(p.name, ''), a.name, i.desired, i.gang "
+        "  coalesce(p.name, ''), a.name, i.desired, i.gang, coalesce(i.runtime, ''), "
+        "  i.claimed_at IS NULL "
         "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN apps a ON a.id = i.app_id WHERE i.id = $1::uuid FOR UPDATE OF i",
         m->instance_id);
@@ -266,6 +269,10 @@ static int apply_report(struct loom_db *db, int64_t backoff_ms, const Loom__V1__
     fx->freed = ended;
     fx->app_changed = strcmp(PQgetvalue(cur, 0, 2), "app") == 0 && strcmp(next, state) != 0 &&
                       (ended || strcmp(next, "running") == 0 || strcmp(state, "running") == 0);
+    fx->stem_ready = strcmp(PQgetvalue(cur, 0, 2), "function") == 0 &&
+                     *PQgetvalue(cur, 0, 11) == 't' && strcmp(next, "running") == 0 &&
+                     strcmp(state, "running") != 0 && strcmp(desired, "run") == 0;
+    snprintf(fx->runtime, sizeof(fx->runtime), "%s", PQgetvalue(cur, 0, 10));
     snprintf(fx->project, sizeof(fx->project), "%s", PQgetvalue(cur, 0, 6));
     snprintf(fx->app, sizeof(fx->app), "%s", PQgetvalue(cur, 0, 7));
     return 0;
@@ -303,6 +310,12 @@ static void on_report(struct loom_bus *bus, natsMsg *msg, void *arg)
     loom_metric_add(s->m_reports, 1);
     if (fx.freed)
         sched_wake_leader(s);
+    if (fx.stem_ready) {
+        /* the activators' calls waiting for one look now, not at their next try */
+        char subj[128];
+        snprintf(subj, sizeof(subj), LOOM_SUBJ_STEM_READY_PREFIX "%s", fx.runtime);
+        loom_bus_publish_raw(bus, subj, "", 0, NULL);
+    }
     if (fx.app_changed) {
         char subj[300];
         snprintf(subj, sizeof(subj), LOOM_SUBJ_APP_CHANGED_FMT, fx.project, fx.app);
