@@ -1,10 +1,12 @@
 /* Function calls. A call goes to a warm instance of the function's current
  * generation that has room under scale_concurrency; without one it claims a
  * stem cell (a runtime container the scheduler keeps idle on every node) in
- * PostgreSQL, where the claim is final and for this function alone, tells
- * the node to move it into the project's network, loads the code into it
- * (/init) and runs the call (/run), the OpenWhisk action proxy contract.
- * With no stem cell left the call waits (bounded) for the pools to refill.
+ * PostgreSQL, where the claim is final and for this function alone, asks
+ * the node to move it into the project's network and limits, loads the code
+ * into it (/init) meanwhile, and runs the call (/run) once the node confirmed,
+ * the OpenWhisk action proxy contract. With no stem cell left the call waits
+ * (bounded) for the pools to refill; the scheduler's word that a stem cell
+ * runs (loom.stem.<runtime>) wakes it.
  * Each call is an activation, recorded in batches. An instance that ran
  * past the time limit, or broke, is stopped; an idle one after
  * scale_down_delay; one of an older generation once its calls end. */
