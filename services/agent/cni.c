@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/netlink.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,6 +179,27 @@ static struct {
  * ISO C has no cast for it) */
 #define LIBNFT_SYM(h, var, name) (*(void **)&(var) = dlsym((h), (name)))
 
+/* The library opens its netlink socket without O_CLOEXEC: every process the
+ * agent starts would inherit it. Ours are all opened with it, so the
+ * netfilter netlink sockets without it are the library's. */
+static void libnft_cloexec(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    for (struct dirent *de; (de = readdir(d));) {
+        int fd = atoi(de->d_name), domain = 0, proto = 0;
+        socklen_t len = sizeof(int);
+        int flags = de->d_name[0] == '.' ? -1 : fcntl(fd, F_GETFD);
+        if (flags < 0 || (flags & FD_CLOEXEC) ||
+            getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_NETLINK ||
+            getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 || proto != NETLINK_NETFILTER)
+            continue;
+        fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+    closedir(d);
+}
+
 static void libnft_load(void)
 {
     void *h = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -192,6 +215,8 @@ static void libnft_load(void)
         !LIBNFT_SYM(h, libnft.error, "nft_ctx_get_error_buffer"))
         return;
     void *ctx = ctx_new(0); /* NFT_CTX_DEFAULT */
+    if (ctx)
+        libnft_cloexec();
     if (ctx && buffer_output(ctx) == 0 && buffer_error(ctx) == 0)
         libnft.ctx = ctx; /* kept for the process's life, as the library itself */
 }
