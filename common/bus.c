@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -333,6 +334,83 @@ int loom_bus_request_ack(struct loom_bus *bus, const char *subject, const Protob
         r = loom_err_set(err, LOOM_ECONFLICT, "%s refused: %s", subject,
                          ack->error && *ack->error ? ack->error : "no reason given");
     protobuf_c_message_free_unpacked(m, NULL);
+    return r;
+}
+
+struct loom_bus_pending {
+    natsSubscription *sub;
+    char subject[256];
+};
+
+void loom_bus_ack_abandon(struct loom_bus_pending *p)
+{
+    if (!p)
+        return;
+    natsSubscription_Destroy(p->sub);
+    free(p);
+}
+
+int loom_bus_ack_start(struct loom_bus *bus, const char *subject, const ProtobufCMessage *req,
+                       struct loom_bus_pending **ret, struct loom_err *err)
+{
+    struct loom_bus_pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        abort();
+    snprintf(p->subject, sizeof(p->subject), "%s", subject);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    natsInbox *inbox = NULL;
+    natsStatus s = natsInbox_Create(&inbox);
+    /* the inbox is subscribed before the request goes: the reply cannot
+     * come first */
+    if (s == NATS_OK)
+        s = natsConnection_SubscribeSync(&p->sub, bus->nc, inbox);
+    if (s == NATS_OK)
+        s = natsSubscription_AutoUnsubscribe(p->sub, 1);
+    if (s == NATS_OK && pack(req, &buf, &len, err) < 0) {
+        natsInbox_Destroy(inbox);
+        loom_bus_ack_abandon(p);
+        return -1;
+    }
+    if (s == NATS_OK)
+        s = natsConnection_PublishRequest(bus->nc, subject, inbox, buf, (int)len);
+    free(buf);
+    natsInbox_Destroy(inbox);
+    if (s != NATS_OK) {
+        loom_bus_ack_abandon(p);
+        return set_nats_error(err, s, "request on \"%s\" failed", subject);
+    }
+    *ret = p;
+    return 0;
+}
+
+int loom_bus_ack_wait(struct loom_bus_pending *p, int timeout_ms, struct loom_err *err)
+{
+    if (!p)
+        return loom_err_set(err, LOOM_EINTERNAL, "no request to wait for");
+    natsMsg *reply = NULL;
+    natsStatus s = natsSubscription_NextMsg(&reply, p->sub, timeout_ms > 0 ? timeout_ms : 1);
+    int r = 0;
+    if (s == NATS_TIMEOUT)
+        r = loom_err_set(err, LOOM_ETIMEOUT, "no reply on \"%s\" within %d ms", p->subject,
+                         timeout_ms);
+    else if (s != NATS_OK)
+        r = set_nats_error(err, s, "request on \"%s\" failed", p->subject);
+    else if (natsMsg_IsNoResponders(reply))
+        r = loom_err_set(err, LOOM_EUNAVAIL, "no responders on \"%s\"", p->subject);
+    else {
+        Loom__V1__Ack *ack =
+            (Loom__V1__Ack *)loom_bus_unpack(reply, &loom__v1__ack__descriptor, err);
+        if (!ack)
+            r = -1;
+        else if (!ack->ok)
+            r = loom_err_set(err, LOOM_ECONFLICT, "%s refused: %s", p->subject,
+                             ack->error && *ack->error ? ack->error : "no reason given");
+        if (ack)
+            protobuf_c_message_free_unpacked(&ack->base, NULL);
+    }
+    natsMsg_Destroy(reply);
+    loom_bus_ack_abandon(p);
     return r;
 }
 

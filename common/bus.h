@@ -64,6 +64,17 @@ int loom_bus_respond(struct loom_bus *bus, const natsMsg *req, const ProtobufCMe
  * reported through *ret_stale when not NULL). */
 int loom_bus_request_ack(struct loom_bus *bus, const char *subject, const ProtobufCMessage *req,
                          int timeout_ms, bool *ret_stale, struct loom_err *err);
+/* A request whose Ack is awaited later, so that the caller can do other
+ * work while the receiver acts: loom_bus_ack_start sends req; loom_bus_ack_wait
+ * waits up to timeout_ms for the Ack (the same outcomes as
+ * loom_bus_request_ack, stale_epoch aside) and frees the pending request;
+ * loom_bus_ack_abandon frees one whose Ack is no longer wanted. Both accept
+ * NULL (ack_wait then fails with LOOM_EINTERNAL). */
+struct loom_bus_pending;
+int loom_bus_ack_start(struct loom_bus *bus, const char *subject, const ProtobufCMessage *req,
+                       struct loom_bus_pending **ret, struct loom_err *err);
+int loom_bus_ack_wait(struct loom_bus_pending *p, int timeout_ms, struct loom_err *err);
+void loom_bus_ack_abandon(struct loom_bus_pending *p);
 /* Replies with an Ack: ok when error is NULL. */
 int loom_bus_ack(struct loom_bus *bus, const natsMsg *req, const char *error, bool stale_epoch);
 

@@ -22,6 +22,10 @@
 /* api/activator -> scheduler, publish (empty): new work, place now (also: a
  * stem cell was claimed, refill the pools) */
 #define LOOM_SUBJ_SCHED_WAKE "loom.sched.wake"
+/* scheduler -> activator, publish (empty): a stem cell of runtime <r> runs
+ * and is free; calls waiting for one claim it now (the runtime's name may
+ * hold dots: everything after the prefix) */
+#define LOOM_SUBJ_STEM_READY_PREFIX "loom.stem."
 /* activator -> scheduler, publish ScaleDecision */
 #define LOOM_SUBJ_SCALE_DECISION "loom.scale.decision"
 /* scheduler -> activator, publish (empty): an app's instances changed */

@@ -276,6 +276,8 @@ void act_fn_handle(struct loom_http_req *req, const char *project, const char *n
                    const char *path, bool internal);
 /* Stops idle instances and those of older generations. */
 void act_fn_tick(void);
+/* A free stem cell of runtime is running: calls waiting for one look now. */
+void act_fn_stem_ready(const char *runtime);
 /* Starts the activation writer (activations older than retention_ms go). */
 int act_fn_start(int64_t activation_retention_ms, struct loom_err *err);
 /* Writes what is left and frees the function table. */

@@ -1,10 +1,12 @@
 /* Function calls. A call goes to a warm instance of the function's current
  * generation that has room under scale_concurrency; without one it claims a
  * stem cell (a runtime container the scheduler keeps idle on every node) in
- * PostgreSQL, where the claim is final and for this function alone, tells
- * the node to move it into the project's network, loads the code into it
- * (/init) and runs the call (/run), the OpenWhisk action proxy contract.
- * With no stem cell left the call waits (bounded) for the pools to refill.
+ * PostgreSQL, where the claim is final and for this function alone, asks
+ * the node to move it into the project's network and limits, loads the code
+ * into it (/init) meanwhile, and runs the call (/run) once the node confirmed,
+ * the OpenWhisk action proxy contract. With no stem cell left the call waits
+ * (bounded) for the pools to refill; the scheduler's word that a stem cell
+ * runs (loom.stem.<runtime>) wakes it.
  * Each call is an activation, recorded in batches. An instance that ran
  * past the time limit, or broke, is stopped; an idle one after
  * scale_down_delay; one of an older generation once its calls end. */
@@ -34,12 +36,13 @@
 #include "loom/v1/instance.pb-c.h"
 
 #define NBUCKETS 128
-#define CLAIM_RETRY_MS 25        /* a call with no stem cell looks again this often */
-#define MAX_INSTANCES 200        /* per function, as a bound on a runaway scale-up */
-#define FLUSH_EVERY_MS 100       /* activation records are written in batches */
-#define RETENTION_EVERY_MS 60000 /* old activations go in small batches */
-#define EVICT_AFTER_MS 500       /* a call short of a stem cell this long makes room */
-#define EVICT_IDLE_MS 1000       /* by stopping an instance idle at least this long */
+#define CLAIM_RETRY_MS 25          /* a call with no stem cell looks again this often */
+#define MAX_INSTANCES 200          /* per function, as a bound on a runaway scale-up */
+#define FLUSH_EVERY_MS 100         /* activation records are written in batches */
+#define RETENTION_EVERY_MS 60000   /* old activations go in small batches */
+#define EVICT_AFTER_MS 500         /* a call short of a stem cell this long makes room */
+#define EVICT_IDLE_MS 1000         /* by stopping an instance idle at least this long */
+#define SPECIALIZE_TIMEOUT_MS 1000 /* a claimed stem cell's node confirms within this */
 
 struct fn_inst {
     char id[40];
@@ -92,7 +95,8 @@ static pthread_t writer;
 static bool writer_started, writer_stop;
 static int64_t retention_ms;
 
-static struct loom_metric *m_calls_cold, *m_calls_warm, *m_latency, *m_claims_waited, *m_evictions;
+static struct loom_metric *m_calls_cold, *m_calls_warm, *m_latency, *m_claims_waited, *m_evictions,
+    *m_unconfirmed;
 static int64_t next_evict_ms; /* (mu) evictions are at least EVICT_AFTER_MS apart */
 
 /* --- the table ------------------------------------------------------------------- */
@@ -477,14 +481,16 @@ static int claim(struct fn *f, char id[40], char address[64], char node[256], st
 }
 
 /* Tells the node its stem cell now belongs to the project: it joins the
- * project's network and takes the function's limits. The reply is not
- * waited for; the node also learns it from nobody else, so a lost message
- * leaves the instance in its own network (it can reach less, never more). */
-static void specialize(const struct fn *f, const char *id, const char *node)
+ * project's network and takes the function's limits, then acks. The ack is
+ * awaited (loom_bus_ack_wait) before the instance's first call; the code
+ * loads meanwhile, in the stem's own network (it reaches less, never more)
+ * under the stem's limits. */
+static int specialize_start(const struct fn *f, const char *id, const char *node,
+                            struct loom_bus_pending **ret, struct loom_err *err)
 {
     struct loom_service *svc = loom_service_current();
     if (!svc || !svc->bus)
-        return;
+        return loom_err_set(err, LOOM_EUNAVAIL, "no connection to the bus");
     Loom__V1__InstanceSpecialize m = LOOM__V1__INSTANCE_SPECIALIZE__INIT;
     m.instance_id = (char *)id;
     m.project = (char *)f->project;
@@ -494,9 +500,7 @@ static void specialize(const struct fn *f, const char *id, const char *node)
     m.memory_bytes = f->memory_bytes;
     char subj[320];
     snprintf(subj, sizeof(subj), LOOM_SUBJ_AGENT_SPECIALIZE_FMT, node);
-    struct loom_err err = LOOM_ERR_INIT;
-    if (loom_bus_publish(svc->bus, subj, &m.base, &err) < 0)
-        log_warn("instance %s: could not tell node %s of its claim: %s", id, node, err.msg);
+    return loom_bus_ack_start(svc->bus, subj, &m.base, ret, err);
 }
 
 /* Asks for an instance to stop, saying why. */
@@ -860,12 +864,42 @@ static void serve(struct call *c, const char *path, bool internal)
                 in->inflight = 1;
                 c->act.cold = true;
                 pthread_mutex_unlock(&mu);
-                specialize(f, inst_id, node);
+                int64_t t_claimed = loom_mono_ms();
+                struct loom_bus_pending *ack = NULL;
+                struct loom_err serr = LOOM_ERR_INIT;
+                int spec = specialize_start(f, inst_id, node, &ack, &serr);
                 char why[512];
                 int rc = load_code(f, address, why, sizeof(why));
+                int64_t t_loaded = loom_mono_ms();
+                /* the first call only once the node says the instance is the
+                 * project's: in its network, under the function's limits */
+                if (spec == 0 && rc == 0)
+                    spec = loom_bus_ack_wait(ack, SPECIALIZE_TIMEOUT_MS, &serr);
+                else
+                    loom_bus_ack_abandon(ack);
+                /* where a cold call's time goes, hop by hop */
+                log_debug("function %s/%s: instance %s claimed %" PRId64
+                          " ms into the call (%s), its code loaded in %" PRId64
+                          " ms, its specialization confirmed %" PRId64 " ms later",
+                          f->project, f->name, inst_id, t_claimed - start,
+                          waited ? "after waiting for a stem cell" : "a stem cell was free",
+                          t_loaded - t_claimed, loom_mono_ms() - t_loaded);
                 pthread_mutex_lock(&mu);
                 in = inst_find(f, inst_id);
-                if (rc != 0) {
+                if (rc == 0 && spec < 0) {
+                    /* not used: another stem cell is claimed for the call */
+                    if (in)
+                        inst_remove(f, inst_id);
+                    in = NULL;
+                    pthread_mutex_unlock(&mu);
+                    log_warn("instance %s: its specialization for %s/%s was not confirmed: %s",
+                             inst_id, f->project, f->name, serr.msg);
+                    loom_metric_add(m_unconfirmed, 1);
+                    inst_stop(inst_id, "its specialization was not confirmed");
+                    pthread_mutex_lock(&mu);
+                    inst_id[0] = address[0] = 0;
+                    c->act.cold = false;
+                } else if (rc != 0) {
                     if (in)
                         inst_remove(f, inst_id);
                     in = NULL;
@@ -877,23 +911,25 @@ static void serve(struct call *c, const char *path, bool internal)
                     snprintf(c->act.status, sizeof(c->act.status),
                              rc > 0 ? "developer_error" : "system_error");
                     break;
+                } else {
+                    if (in)
+                        in->ready = true;
+                    /* recorded with the call's activation (flush), off the cold path */
+                    pthread_cond_broadcast(&f->cond);
+                    break;
                 }
-                if (in)
-                    in->ready = true;
-                /* recorded with the call's activation (flush), off the cold path */
-                pthread_cond_broadcast(&f->cond);
-                break;
             }
             /* none free: the pools refill; a busy instance may free up first */
-            if (!waited) {
+            /* (got > 0 here: an unconfirmed instance; the next claim after a pause) */
+            if (got == 0 && !waited) {
                 waited = true;
                 loom_metric_add(m_claims_waited, 1);
                 demand_change(f->runtime, +1);
-            } else {
+            } else if (got == 0) {
                 act_wake_scheduler();
             }
             now = loom_mono_ms();
-            if (now - start >= EVICT_AFTER_MS && now >= next_evict_ms) {
+            if (got == 0 && now - start >= EVICT_AFTER_MS && now >= next_evict_ms) {
                 next_evict_ms = now + EVICT_AFTER_MS;
                 char runtime[64], victim[40];
                 snprintf(runtime, sizeof(runtime), "%s", f->runtime);
@@ -1038,6 +1074,16 @@ void act_fn_handle(struct loom_http_req *req, const char *project, const char *n
     free(c.run_body);
 }
 
+void act_fn_stem_ready(const char *runtime)
+{
+    pthread_mutex_lock(&mu);
+    for (size_t b = 0; b < NBUCKETS; b++)
+        for (struct fn *f = table[b]; f; f = f->next)
+            if (strcmp(f->runtime, runtime) == 0)
+                pthread_cond_broadcast(&f->cond);
+    pthread_mutex_unlock(&mu);
+}
+
 /* --- housekeeping ------------------------------------------------------------------ */
 
 void act_fn_tick(void)
@@ -1102,6 +1148,9 @@ int act_fn_start(int64_t activation_retention_ms, struct loom_err *err)
                                           "calls that found no stem cell and waited for one");
     m_evictions = loom_metric_counter("loom_activator_function_evictions_total", NULL,
                                       "idle instances stopped to make room for a cold call");
+    m_unconfirmed =
+        loom_metric_counter("loom_activator_function_unconfirmed_total", NULL,
+                            "claimed stem cells not used: their node did not confirm the claim");
     m_latency =
         loom_metric_histogram("loom_activator_function_seconds", NULL,
                               "time to answer a function call", buckets, LOOM_ARRAY_SIZE(buckets));

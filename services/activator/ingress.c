@@ -457,6 +457,16 @@ static void on_app_changed(struct loom_bus *bus, natsMsg *msg, void *arg)
     pthread_mutex_unlock(&mu);
 }
 
+/* loom.stem.<runtime>: a free stem cell of runtime runs. */
+static void on_stem_ready(struct loom_bus *bus, natsMsg *msg, void *arg)
+{
+    (void)bus, (void)arg;
+    const char *subject = natsMsg_GetSubject(msg);
+    size_t n = strlen(LOOM_SUBJ_STEM_READY_PREFIX);
+    if (subject && strncmp(subject, LOOM_SUBJ_STEM_READY_PREFIX, n) == 0)
+        act_fn_stem_ready(subject + n);
+}
+
 /* On SIGTERM the server waits for its requests before act_stop runs: held
  * requests look at the service's flag themselves. */
 bool act_shutting_down(void)
@@ -984,6 +994,9 @@ int act_start(struct loom_service *svc, struct loom_err *err)
         return loom_err_wrap(err, "subscribing to loom.app.>");
     if (loom_bus_subscribe(svc->bus, "loom.events.*.app", NULL, on_app_event, NULL, err) < 0)
         return loom_err_wrap(err, "subscribing to loom.events.*.app");
+    if (loom_bus_subscribe(svc->bus, LOOM_SUBJ_STEM_READY_PREFIX ">", NULL, on_stem_ready, NULL,
+                           err) < 0)
+        return loom_err_wrap(err, "subscribing to " LOOM_SUBJ_STEM_READY_PREFIX ">");
     if (act_cfg.internal_addr && *act_cfg.internal_addr) {
         static const struct loom_http_route internal_routes[] = {{"*", "/*", act_handle}};
         const struct loom_http_server_opts o = {

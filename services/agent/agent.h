@@ -254,6 +254,11 @@ uint32_t cni_project_mark(const char *project);
 int cni_isolation_setup(const char *bridge, const char *subnet, struct loom_err *err);
 int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err);
 int cni_isolation_del(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err);
+/* Moves ip from mark from (which proj must map it to) to mark to in one
+ * nft process: what cni_isolation_add(to) then cni_isolation_del(from) do,
+ * without their look-ups. */
+int cni_isolation_move(const char *bridge, const char *ip, uint32_t from, uint32_t to,
+                       struct loom_err *err);
 int cni_isolation_remove(const char *bridge, struct loom_err *err);
 /* A pool of network namespaces with CNI ADD already done, so that a start
  * does not wait for the plugins. Entries live as records
@@ -308,6 +313,14 @@ int cgroup_usage_of_pid(pid_t pid, struct cgroup_usage *ret, struct loom_err *er
 /* Usage of the cgroup runc made for suffix ("<parent>/<id>"), found as
  * cgroup_dir(0, ..., suffix) does. */
 int cgroup_usage_of_child(const char *suffix, struct cgroup_usage *ret, struct loom_err *err);
+/* Sets the limits of the cgroup runc made for suffix (found as
+ * cgroup_usage_of_child finds it) in place, as `runc update --cpu-period
+ * 100000 --cpu-quota cpu_millis*100 --memory M --memory-swap M` would, without
+ * a process: cpu.max, memory.max and memory.swap.max (0) on v2; the cfs
+ * period and quota, memory.limit_in_bytes and (where swap is accounted)
+ * memory.memsw.limit_in_bytes on v1, in the order the kernel accepts. */
+int cgroup_set_limits(const char *suffix, int64_t cpu_millis, int64_t memory_bytes,
+                      struct loom_err *err);
 /* Removes every cgroup dir named name (and its children, killing what runs
  * in them) under every hierarchy in /sys/fs/cgroup. Returns the count. */
 int cgroup_remove_named(const char *name);

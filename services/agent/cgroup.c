@@ -211,6 +211,58 @@ int cgroup_usage_of_child(const char *suffix, struct cgroup_usage *ret, struct l
     return usage_from(0, suffix, ret, err);
 }
 
+static int write_in(const char *dir, const char *file, const char *text, struct loom_err *err)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd < 0)
+        return loom_err_sys(err, errno, "could not open \"%s\"", path);
+    size_t n = strlen(text);
+    if (write(fd, text, n) != (ssize_t)n)
+        return loom_err_sys(err, errno, "could not write %s to \"%s\"", text, path);
+    return 0;
+}
+
+static bool has_file(const char *dir, const char *file)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    return access(path, F_OK) == 0;
+}
+
+int cgroup_set_limits(const char *suffix, int64_t cpu_millis, int64_t memory_bytes,
+                      struct loom_err *err)
+{
+    char quota[32], mem[32];
+    snprintf(mem, sizeof(mem), "%" PRId64, memory_bytes);
+    _cleanup_free_ char *cpu = NULL, *memdir = NULL;
+    if (pure_v2()) {
+        snprintf(quota, sizeof(quota), "%" PRId64 " 100000", cpu_millis * 100);
+        if (cgroup_dir(0, "", suffix, &cpu, err) < 0 || write_in(cpu, "cpu.max", quota, err) < 0 ||
+            write_in(cpu, "memory.max", mem, err) < 0)
+            return -1;
+        /* no swap beyond the memory limit, as runc's --memory-swap = --memory */
+        return has_file(cpu, "memory.swap.max") ? write_in(cpu, "memory.swap.max", "0", err) : 0;
+    }
+    snprintf(quota, sizeof(quota), "%" PRId64, cpu_millis * 100);
+    if (cgroup_dir(0, "cpu", suffix, &cpu, err) < 0 ||
+        cgroup_dir(0, "memory", suffix, &memdir, err) < 0 ||
+        write_in(cpu, "cpu.cfs_period_us", "100000", err) < 0 ||
+        write_in(cpu, "cpu.cfs_quota_us", quota, err) < 0)
+        return -1;
+    /* memory + swap is never below memory: raised first, lowered after */
+    bool memsw = has_file(memdir, "memory.memsw.limit_in_bytes");
+    struct loom_err e2 = LOOM_ERR_INIT;
+    if (write_in(memdir, "memory.limit_in_bytes", mem, &e2) < 0) {
+        if (!memsw || write_in(memdir, "memory.memsw.limit_in_bytes", mem, err) < 0 ||
+            write_in(memdir, "memory.limit_in_bytes", mem, err) < 0)
+            return -1;
+        return 0;
+    }
+    return memsw ? write_in(memdir, "memory.memsw.limit_in_bytes", mem, err) : 0;
+}
+
 /* a directory itself, not a symlink to one (a hybrid host links cpuacct to
  * cpu,cpuacct: walking both would visit the hierarchy twice) */
 static bool is_dir(DIR *d, const struct dirent *de)

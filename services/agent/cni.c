@@ -2,6 +2,7 @@
  * executed directly as the CNI spec describes. */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -13,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/netlink.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -156,10 +159,96 @@ static const char *nft_prog(void)
     return access("/usr/sbin/nft", X_OK) == 0 ? "/usr/sbin/nft" : "/sbin/nft";
 }
 
+/* nftables in this process, through libnftables (the library the nft
+ * program is made of, documented in libnftables(3)) where it is installed:
+ * an nft process spends 10-25 ms starting and loading its tables before it
+ * does anything, on the path of every claimed stem cell's first call; the
+ * library does the same batch in under a millisecond. Loaded at run time,
+ * so that hosts without it (and builds without its headers) use the program.
+ * One context, used under a lock: it is not thread-safe. */
+static struct {
+    pthread_once_t once;
+    pthread_mutex_t mu;
+    void *ctx;
+    int (*run)(void *ctx, const char *buf);
+    const char *(*output)(void *ctx);
+    const char *(*error)(void *ctx);
+} libnft = {PTHREAD_ONCE_INIT, PTHREAD_MUTEX_INITIALIZER, NULL, NULL, NULL, NULL};
+
+/* dlsym's answer into a function pointer (POSIX makes the conversion work;
+ * ISO C has no cast for it) */
+#define LIBNFT_SYM(h, var, name) (*(void **)&(var) = dlsym((h), (name)))
+
+/* The library opens its netlink socket without O_CLOEXEC: every process the
+ * agent starts would inherit it. Ours are all opened with it, so the
+ * netfilter netlink sockets without it are the library's. */
+static void libnft_cloexec(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    for (struct dirent *de; (de = readdir(d));) {
+        int fd = atoi(de->d_name), domain = 0, proto = 0;
+        socklen_t len = sizeof(int);
+        int flags = de->d_name[0] == '.' ? -1 : fcntl(fd, F_GETFD);
+        if (flags < 0 || (flags & FD_CLOEXEC) ||
+            getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0 || domain != AF_NETLINK ||
+            getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 || proto != NETLINK_NETFILTER)
+            continue;
+        fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+    closedir(d);
+}
+
+static void libnft_load(void)
+{
+    void *h = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return;
+    void *(*ctx_new)(uint32_t);
+    int (*buffer_output)(void *), (*buffer_error)(void *);
+    if (!LIBNFT_SYM(h, ctx_new, "nft_ctx_new") ||
+        !LIBNFT_SYM(h, buffer_output, "nft_ctx_buffer_output") ||
+        !LIBNFT_SYM(h, buffer_error, "nft_ctx_buffer_error") ||
+        !LIBNFT_SYM(h, libnft.run, "nft_run_cmd_from_buffer") ||
+        !LIBNFT_SYM(h, libnft.output, "nft_ctx_get_output_buffer") ||
+        !LIBNFT_SYM(h, libnft.error, "nft_ctx_get_error_buffer"))
+        return;
+    void *ctx = ctx_new(0); /* NFT_CTX_DEFAULT */
+    if (ctx)
+        libnft_cloexec();
+    if (ctx && buffer_output(ctx) == 0 && buffer_error(ctx) == 0)
+        libnft.ctx = ctx; /* kept for the process's life, as the library itself */
+}
+
+/* Runs an nft script (one transaction), its output into *ret_out when not
+ * NULL; the error names nft's own message. */
+static int nft_run(const char *script, char **ret_out, struct loom_err *err)
+{
+    pthread_once(&libnft.once, libnft_load);
+    if (!libnft.ctx) {
+        const char *argv[] = {nft_prog(), "-f", "-", NULL};
+        return loom_run(argv, NULL, script, ret_out, err);
+    }
+    pthread_mutex_lock(&libnft.mu);
+    int rc = libnft.run(libnft.ctx, script);
+    /* each read empties its buffer for the next command */
+    const char *out = libnft.output(libnft.ctx), *e = libnft.error(libnft.ctx);
+    if (rc != 0) {
+        size_t n = e ? strlen(e) : 0;
+        while (n > 0 && (e[n - 1] == '\n' || e[n - 1] == ' '))
+            n--;
+        loom_err_set(err, LOOM_EIO, "nft: %.*s", (int)n, n ? e : "failed");
+    } else if (ret_out && !(*ret_out = strdup(out ? out : ""))) {
+        abort();
+    }
+    pthread_mutex_unlock(&libnft.mu);
+    return rc == 0 ? 0 : -1;
+}
+
 static int nft_batch(const char *script, struct loom_err *err)
 {
-    const char *argv[] = {nft_prog(), "-f", "-", NULL};
-    return loom_run(argv, NULL, script, NULL, err);
+    return nft_run(script, NULL, err);
 }
 
 uint32_t cni_project_mark(const char *project)
@@ -228,13 +317,11 @@ int cni_isolation_setup(const char *bridge, const char *subnet, struct loom_err 
 /* The mark the proj map holds for ip into ret: 1, or 0 when it holds none. */
 static int proj_mark(const char *bridge, const char *ip, uint32_t *ret, struct loom_err *err)
 {
-    char table[80], elem[64];
-    snprintf(table, sizeof(table), "loom-%s", bridge);
-    snprintf(elem, sizeof(elem), "{ %s }", ip);
-    const char *argv[] = {nft_prog(), "get", "element", "bridge", table, "proj", elem, NULL};
+    char script[200];
+    snprintf(script, sizeof(script), "get element bridge loom-%s proj { %s }\n", bridge, ip);
     _cleanup_free_ char *out = NULL;
     struct loom_err e = LOOM_ERR_INIT;
-    if (loom_run(argv, NULL, NULL, &out, &e) < 0) {
+    if (nft_run(script, &out, &e) < 0) {
         if (strstr(e.msg, "No such file or directory"))
             return 0;
         return loom_err_set(err, e.code, "%s", e.msg);
@@ -278,6 +365,22 @@ int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct 
                 bridge, ip, mark, bridge, ip, mark);
     if (nft_batch(s.buf, err) < 0)
         return loom_err_wrap(err, "admitting %s to its project's network", ip);
+    return 0;
+}
+
+int cni_isolation_move(const char *bridge, const char *ip, uint32_t from, uint32_t to,
+                       struct loom_err *err)
+{
+    /* one batch, applied as a whole or not at all: it fails when proj has
+     * no entry for ip */
+    _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
+    drop_script(&s, bridge, ip, from);
+    strbuf_addf(&s,
+                "add element bridge loom-%s proj { %s : 0x%x }\n"
+                "add element bridge loom-%s member { %s . 0x%x }\n",
+                bridge, ip, to, bridge, ip, to);
+    if (nft_batch(s.buf, err) < 0)
+        return loom_err_wrap(err, "moving %s to another network", ip);
     return 0;
 }
 

@@ -50,8 +50,17 @@ static int remark(struct agent *a, struct instance *in, const char *project, str
         return loom_err_set(err, LOOM_EINTERNAL, "its network record has no address");
     /* recorded first: a teardown after a crash removes the new mark */
     json_object_set_new(j, "mark", json_integer((json_int_t)mark));
-    if (agent_write_json_nosync(path, j, err) < 0 ||
-        cni_isolation_add(a->o.bridge, ip, mark, err) < 0)
+    if (agent_write_json_nosync(path, j, err) < 0)
+        return -1;
+    /* the usual case, one nft process: the record says where it is (a record
+     * that already says mark is one a crash left between it and nft) */
+    struct loom_err e2 = LOOM_ERR_INIT;
+    if (old > 0 && (uint32_t)old != mark &&
+        cni_isolation_move(a->o.bridge, ip, (uint32_t)old, mark, &e2) == 0)
+        return 0;
+    if (old > 0 && (uint32_t)old != mark)
+        log_warn("instance %s: %s; looking it up", in->id, e2.msg);
+    if (cni_isolation_add(a->o.bridge, ip, mark, err) < 0)
         return -1;
     if (old > 0 && (uint32_t)old != mark &&
         cni_isolation_del(a->o.bridge, ip, (uint32_t)old, err) < 0)
@@ -59,10 +68,17 @@ static int remark(struct agent *a, struct instance *in, const char *project, str
     return 0;
 }
 
-/* The function's limits on the running container. */
+/* The function's limits on the running container: written into its
+ * cgroup, or (where that fails) by the OCI runtime's update. */
 static int set_limits(struct agent *a, struct instance *in, int64_t cpu_millis,
                       int64_t memory_bytes, struct loom_err *err)
 {
+    char cg[512];
+    snprintf(cg, sizeof(cg), "%s/%s", a->o.cgroup_parent, in->id);
+    struct loom_err e2 = LOOM_ERR_INIT;
+    if (cgroup_set_limits(cg, cpu_millis, memory_bytes, &e2) == 0)
+        return 0;
+    log_warn("instance %s: %s; updating through %s", in->id, e2.msg, a->o.runtime);
     char root[4200], mem[32], quota[32];
     snprintf(root, sizeof(root), "%s/runc", a->o.state_dir);
     snprintf(mem, sizeof(mem), "%" PRId64, memory_bytes);
@@ -107,11 +123,16 @@ static void on_specialize(struct loom_bus *bus, natsMsg *msg, void *arg)
     }
     pthread_mutex_unlock(&a->mu);
     /* outside the lock: nft and runc are processes; a repeat is harmless */
-    if (!refuse && (remark(a, in, m->project, &err) < 0 ||
-                    set_limits(a, in, m->cpu_millis, m->memory_bytes, &err) < 0)) {
+    int64_t t0 = loom_mono_ms(), t_net = t0;
+    if (!refuse &&
+        (remark(a, in, m->project, &err) < 0 ||
+         (t_net = loom_mono_ms(), set_limits(a, in, m->cpu_millis, m->memory_bytes, &err) < 0))) {
         log_warn("instance %s: specializing for %s: %s", m->instance_id, m->project, err.msg);
         refuse = "could not specialize";
     }
+    if (!refuse)
+        log_debug("instance %s: specialized (network %" PRId64 " ms, limits %" PRId64 " ms)",
+                  in->id, t_net - t0, loom_mono_ms() - t_net);
     if (!refuse && first) {
         agent_usage_claimed(a, in);
         log_info("instance %s: claimed by %s/%s (generation %" PRId64 ")", in->id, m->project,

@@ -49,10 +49,12 @@ static bool is_terminal(const char *state)
 }
 
 /* What a batch did beyond its rows: capacity came free or an index went
- * back to pending; apps whose set of ready instances changed. */
+ * back to pending; apps whose set of ready instances changed; free stem
+ * cells now running. */
 struct report_effect {
     bool freed;
-    struct strbuf apps; /* "project\napp\n" per change */
+    struct strbuf apps;  /* "project\napp\n" per change */
+    struct strbuf stems; /* "runtime\n" per free stem cell running now */
 };
 
 /* Ends the runs of runs (a bigint[] literal) that have settled every index
@@ -196,6 +198,8 @@ enum {
     COL_APP,
     COL_DESIRED,
     COL_GANG,
+    COL_RUNTIME,
+    COL_UNCLAIMED,
 };
 
 /* The index bookkeeping for a gang member that ended (row r of cur): the
@@ -351,7 +355,8 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
     _cleanup_pgres_ PGresult *cur = loom_db_query(
         db, err,
         "SELECT i.id, i.state, i.report_seq, i.kind, i.job_run_id, i.array_index, i.node_name, "
-        "  coalesce(p.name, ''), a.name, i.desired, i.gang "
+        "  coalesce(p.name, ''), a.name, i.desired, i.gang, coalesce(i.runtime, ''), "
+        "  i.claimed_at IS NULL "
         "FROM instances i LEFT JOIN projects p ON p.id = i.project_id "
         "LEFT JOIN apps a ON a.id = i.app_id WHERE i.id = ANY($1::uuid[]) "
         "ORDER BY i.id FOR UPDATE OF i",
@@ -438,6 +443,10 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
             (ended || strcmp(next, "running") == 0 || strcmp(state, "running") == 0))
             strbuf_addf(&fx->apps, "%s\n%s\n", PQgetvalue(cur, r, COL_PROJECT),
                         PQgetvalue(cur, r, COL_APP));
+        if (strcmp(PQgetvalue(cur, r, COL_KIND), "function") == 0 &&
+            *PQgetvalue(cur, r, COL_UNCLAIMED) == 't' && strcmp(next, "running") == 0 &&
+            strcmp(state, "running") != 0 && strcmp(desired, "run") == 0)
+            strbuf_addf(&fx->stems, "%s\n", PQgetvalue(cur, r, COL_RUNTIME));
     }
     if (inst_apply(db, &is, err) < 0 || settle_apply(db, backoff_ms, &ss, err) < 0)
         rc = -1;
@@ -523,12 +532,26 @@ static int apply_reports(struct loom_db *db, int64_t backoff_ms, Loom__V1__Insta
     return rc;
 }
 
-/* The effects of applied reports: the leader woken for freed capacity, and
- * a change notice per app. */
+static void effect_release(struct report_effect *fx)
+{
+    strbuf_release(&fx->apps);
+    strbuf_release(&fx->stems);
+}
+
+/* The effects of applied reports: the leader woken for freed capacity, a
+ * change notice per app, and a notice per stem cell that came free. */
 static void report_effects(struct sched *s, struct report_effect *fx)
 {
     if (fx->freed)
         sched_wake_leader(s);
+    /* the activators' calls waiting for a stem cell look now, not at their
+     * next try */
+    for (char *p = fx->stems.buf, *nl; p && (nl = strchr(p, '\n')); p = nl + 1) {
+        *nl = 0;
+        char subj[128];
+        snprintf(subj, sizeof(subj), LOOM_SUBJ_STEM_READY_PREFIX "%s", p);
+        loom_bus_publish_raw(s->svc->bus, subj, "", 0, NULL);
+    }
     char *p = fx->apps.buf;
     while (p && *p) {
         char *project = p, *app = strchr(p, '\n');
@@ -544,7 +567,7 @@ static void report_effects(struct sched *s, struct report_effect *fx)
         snprintf(subj, sizeof(subj), LOOM_SUBJ_APP_CHANGED_FMT, project, app);
         loom_bus_publish_raw(s->svc->bus, subj, "", 0, NULL);
     }
-    strbuf_release(&fx->apps);
+    effect_release(fx);
 }
 
 /* Applies ms with up to three tries of a transaction that conflicted. */
@@ -555,7 +578,7 @@ static int apply_with_retries(struct sched *s, struct loom_db *db, Loom__V1__Ins
     int r = -1;
     for (int attempt = 0; db && attempt < 3; attempt++) {
         loom_err_clear(err);
-        strbuf_release(&fx->apps);
+        effect_release(fx);
         fx->freed = false;
         r = apply_reports(db, s->retry_backoff_ms, ms, n, false, res, fx, err);
         if (r == 0 || err->code != LOOM_ERETRY)
@@ -587,7 +610,7 @@ static void on_report(struct loom_bus *bus, natsMsg *msg, void *arg)
         loom_metric_add(s->m_reports, 1);
         report_effects(s, &fx);
     }
-    strbuf_release(&fx.apps);
+    effect_release(&fx);
     protobuf_c_message_free_unpacked(&m->base, NULL);
 }
 
@@ -621,7 +644,7 @@ static void on_reports(struct loom_bus *bus, natsMsg *msg, void *arg)
         /* one report PostgreSQL refuses (text it cannot store) must not
          * hold the others back on every resend: each alone, in order */
         log_warn("could not record %zu reports at once (%s): one by one", n, err.msg);
-        strbuf_release(&fx.apps);
+        effect_release(&fx);
         fx.freed = false;
         for (size_t i = 0; i < n; i++) {
             struct report_effect one = {0};
@@ -632,7 +655,7 @@ static void on_reports(struct loom_bus *bus, natsMsg *msg, void *arg)
             } else {
                 report_effects(s, &one);
             }
-            strbuf_release(&one.apps);
+            effect_release(&one);
         }
         r = 0;
     } else if (r < 0) {
@@ -656,7 +679,7 @@ static void on_reports(struct loom_bus *bus, natsMsg *msg, void *arg)
     loom_metric_add(s->m_reports, (int64_t)applied);
     if (r == 0)
         report_effects(s, &fx);
-    strbuf_release(&fx.apps);
+    effect_release(&fx);
     free(res);
     free(acks);
     free(ackp);
@@ -697,11 +720,11 @@ int sched_fail_instance(struct sched *s, struct loom_db *db, const char *instanc
     struct report_effect fx = {0};
     struct report_result res = {0};
     if (apply_reports(db, s->retry_backoff_ms, &mp, 1, true, &res, &fx, err) < 0) {
-        strbuf_release(&fx.apps);
+        effect_release(&fx);
         return -1;
     }
     if (res.code) {
-        strbuf_release(&fx.apps);
+        effect_release(&fx);
         return loom_err_set(err, res.code, "%s", res.msg);
     }
     report_effects(s, &fx);

@@ -358,6 +358,75 @@ is "$(jq -r .reached <<<"$http_body" 2>&1)" true "other's function reaches other
 call "$LOOM_ACTIVATOR_URL/fns/other/probe?ip=$(ip_of "$a_run")"
 is "$(jq -r .reached <<<"$http_body" 2>&1)" false "but not default's" || diag "$http_status $http_body"
 
+# --- the first call waits for the node to confirm the claim --------------------
+# A claimed stem cell joins its project's network only when its node says so;
+# the first call must not run before. The agent is held (SIGSTOP) while a new
+# function's first call claims a stem cell: a call that ran at once would
+# still be in the stem cell's own network, and not reach another instance of
+# other's (one SYN, no retry). Held longer than the activator waits for the
+# node, the instance is not used at all, and the call takes another.
+cat >"$code/reach.py" <<'EOF'
+import socket
+def main(args):
+    s = socket.socket()
+    s.settimeout(0.5)
+    try:
+        s.connect((args["ip"], 8080))
+        return {"reached": True}
+    except OSError as e:
+        return {"reached": False, "why": str(e)}
+    finally:
+        s.close()
+EOF
+# the instance reached: one of other's, kept busy by a long call (a busy
+# instance is never evicted for a cold call's room)
+cat >"$code/sleeper.py" <<'EOF'
+import time
+def main(args):
+    time.sleep(float(args.get("s", 0)))
+    return {"slept": True}
+EOF
+other fn create sleeper --runtime python-3.11 --inline-code "$code/sleeper.py" >/dev/null 2>&1
+get "$LOOM_ACTIVATOR_URL/fns/other/sleeper"
+target=$(sql "SELECT i.id FROM instances i JOIN functions f ON f.id = i.function_id
+	WHERE f.name = 'sleeper' AND i.state = 'running' AND i.desired = 'run' LIMIT 1")
+curl -s -o /dev/null -m 60 "$LOOM_ACTIVATOR_URL/fns/other/sleeper?s=25" &
+sleeping=$!
+agent_pid=$(cat "$LOOM_HOME/run/agent.pid")
+free_python() { [ "$(stems python-3.11)" -ge 1 ]; }
+# held_call NAME HOLD_S: NAME's first call while the agent is held HOLD_S seconds
+held_call() {
+	other fn create "$1" --runtime python-3.11 --inline-code "$code/reach.py" --cpu 0.125 \
+		--memory 0.5G >/dev/null 2>&1
+	wait_for 120 free_python || diag "no free python stem cell before $1's call"
+	kill -STOP "$agent_pid"
+	(
+		sleep "$2"
+		kill -CONT "$agent_pid"
+	) &
+	call "$LOOM_ACTIVATOR_URL/fns/other/$1?ip=$(ip_of "$target")"
+	wait "$!"
+}
+held_call reach1 0.4
+is "$(jq -r .reached <<<"$http_body" 2>&1)" true \
+	"a first call waits for the node's confirmation: it runs in its project's network" ||
+	diag "$http_status $http_body"
+held_call reach2 2
+is "$(jq -r .reached <<<"$http_body" 2>&1)" true \
+	"a first call confirmed too late runs on another instance, in its project's network" ||
+	diag "$http_status $http_body"
+unconfirmed=$(sql "SELECT i.id FROM instances i JOIN functions f ON f.id = i.function_id
+	WHERE f.name = 'reach2' AND i.reason = 'its specialization was not confirmed'")
+used=$(sql "SELECT a.instance_id FROM function_activations a JOIN functions f
+	ON f.id = a.function_id WHERE f.name = 'reach2'")
+if [ -n "$unconfirmed" ] && [ -n "$used" ] && [ "$unconfirmed" != "$used" ]; then
+	pass "the unconfirmed instance is stopped, not used ($unconfirmed; the call ran on $used)"
+else
+	fail "the unconfirmed instance is stopped, not used"
+	diag "unconfirmed: '$unconfirmed', used: '$used'"
+fi
+wait "$sleeping"
+
 # --- an update while calls are in flight --------------------------------------
 
 cat >"$code/v1.py" <<'EOF'

@@ -91,6 +91,19 @@ static bool exists(struct fx *f, const char *rel)
     return access(path, F_OK) == 0;
 }
 
+/* <tmp>/rel holds text */
+static void holds(struct fx *f, const char *rel, const char *text)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", f->tmp, rel);
+    char *got = NULL;
+    struct loom_err err = LOOM_ERR_INIT;
+    if (loom_read_file(path, &got, NULL, &err) < 0)
+        fail_msg("%s", err.msg);
+    assert_string_equal(got, text);
+    free(got);
+}
+
 /* cgroup_dir's answer, which must be <tmp>/want_rel */
 static void dir_is(struct fx *f, pid_t pid, const char *ctrl, const char *suffix,
                    const char *want_rel)
@@ -247,6 +260,23 @@ static void v1_tree(struct fx *f)
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n");
 }
 
+static void test_v2_limits(void **state)
+{
+    struct fx *f = *state;
+    pure_v2_tree(f);
+    put(f, "cg/loom.slice/loom-n1/i1/cpu.max", "100000 100000\n");
+    put(f, "cg/loom.slice/loom-n1/i1/memory.max", "500000000\n");
+    struct loom_err err = LOOM_ERR_INIT;
+    assert_int_equal(cgroup_set_limits("loom-n1/i1", 125, 268435456, &err), 0);
+    holds(f, "cg/loom.slice/loom-n1/i1/cpu.max", "12500 100000");
+    holds(f, "cg/loom.slice/loom-n1/i1/memory.max", "268435456");
+    assert_false(exists(f, "cg/loom.slice/loom-n1/i1/memory.swap.max"));
+    put(f, "cg/loom.slice/loom-n1/i1/memory.swap.max", "max\n");
+    assert_int_equal(cgroup_set_limits("loom-n1/i1", 500, 536870912, &err), 0);
+    holds(f, "cg/loom.slice/loom-n1/i1/cpu.max", "50000 100000");
+    holds(f, "cg/loom.slice/loom-n1/i1/memory.swap.max", "0");
+}
+
 static void test_v1_dirs(void **state)
 {
     struct fx *f = *state;
@@ -310,6 +340,32 @@ static void test_v1_usage(void **state)
     usage_fails("loom-n1/i1", "cpuacct.usage");
     put(f, "proc/self/cgroup", "4:memory:/x\n0::/x\n");
     usage_fails("loom-n1/i1", "no cpuacct cgroup");
+}
+
+static void test_v1_limits(void **state)
+{
+    struct fx *f = *state;
+    v1_tree(f);
+    put(f, "cg/cpu,cpuacct/x/loom-n1/i1/cpu.cfs_period_us", "100000\n");
+    put(f, "cg/cpu,cpuacct/x/loom-n1/i1/cpu.cfs_quota_us", "100000\n");
+    put(f, "cg/memory/x/loom-n1/i1/memory.limit_in_bytes", "500000000\n");
+    struct loom_err err = LOOM_ERR_INIT;
+    /* no swap accounting: memory alone */
+    assert_int_equal(cgroup_set_limits("loom-n1/i1", 125, 268435456, &err), 0);
+    holds(f, "cg/cpu,cpuacct/x/loom-n1/i1/cpu.cfs_period_us", "100000");
+    holds(f, "cg/cpu,cpuacct/x/loom-n1/i1/cpu.cfs_quota_us", "12500");
+    holds(f, "cg/memory/x/loom-n1/i1/memory.limit_in_bytes", "268435456");
+    assert_false(exists(f, "cg/memory/x/loom-n1/i1/memory.memsw.limit_in_bytes"));
+    /* with it, memory + swap is the same */
+    put(f, "cg/memory/x/loom-n1/i1/memory.memsw.limit_in_bytes", "500000000\n");
+    assert_int_equal(cgroup_set_limits("loom-n1/i1", 2000, 1073741824, &err), 0);
+    holds(f, "cg/cpu,cpuacct/x/loom-n1/i1/cpu.cfs_quota_us", "200000");
+    holds(f, "cg/memory/x/loom-n1/i1/memory.limit_in_bytes", "1073741824");
+    holds(f, "cg/memory/x/loom-n1/i1/memory.memsw.limit_in_bytes", "1073741824");
+    /* a container that is not there */
+    assert_int_equal(cgroup_set_limits("loom-n1/gone", 125, 268435456, &err), -1);
+    if (!strstr(err.msg, "loom-n1/gone/cpu.cfs_period_us"))
+        fail_msg("message \"%s\" does not name the file", err.msg);
 }
 
 static void test_v1_oom(void **state)
@@ -442,6 +498,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_v1_dirs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_usage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_v1_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v1_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_v2_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove_v2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remove_kills, setup, teardown),

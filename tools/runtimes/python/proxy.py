@@ -2,7 +2,11 @@
 """Loom's action proxy for Python functions: the OpenWhisk action proxy contract.
 
 HTTP/1.1 on 0.0.0.0:$PORT (default 8080), keep-alive, a thread per connection,
-so that several /run calls can be in flight on one instance.
+so that several /run calls can be in flight on one instance. Requests carry a
+Content-Length body (chunked ones get 411); "Expect: 100-continue" is
+answered. The server is a small one on socketserver: http.server's imports
+(email, http.client, ssl...) took about 50 ms of a runtime's start, which is
+on the path of a cold call that found no stem cell free.
 
 POST /init {"value": {"name", "main", "code", "binary", "env"}}
     Loads the action, once. code is Python source, or with binary true the
@@ -37,7 +41,6 @@ function starts itself, child processes and sys.stdout.buffer write without
 the prefix). The proxy's own messages carry no id.
 """
 
-import base64
 import collections.abc
 import importlib.util
 import io
@@ -47,13 +50,16 @@ import posixpath
 import signal
 import stat
 import sys
-import tarfile
-import tempfile
 import threading
 import time
-import traceback
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socketserver
+
+# Imported when first needed, not at start-up: a stem cell's start is on the
+# path of a cold call that found none free, and these (with what they import)
+# would add tens of milliseconds to it. A proxy idle for a second loads them
+# in the background, so that a bundle's /init on a waiting stem cell does not.
+LATER_MODULES = ("base64", "tarfile", "traceback", "zipfile")
+LATER_AFTER_S = 1.0
 
 MAX_BODY = 128 << 20
 MAX_UNPACKED = 64 << 20
@@ -158,6 +164,8 @@ def clean_name(name):
 
 
 def tar_entries(data):
+    import tarfile
+
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         for m in tar:
             if m.isdir():
@@ -174,6 +182,8 @@ def tar_entries(data):
 
 
 def zip_entries(data):
+    import zipfile
+
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             mode = info.external_attr >> 16
@@ -283,6 +293,8 @@ class Action:
                 outcome["result"] = fn(msg.get("value", {}))
             except BaseException as e:
                 outcome["error"] = e
+                import traceback
+
                 traceback.print_exc()
             finally:
                 sys.stdout.end_call()
@@ -310,6 +322,24 @@ def seconds_left(deadline):
         return None
 
 
+def action_dir():
+    """A new directory of the proxy's own under $TMPDIR (what tempfile.mkdtemp makes)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    while True:
+        path = os.path.join(base, "action-" + os.urandom(8).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def load_later_modules():
+    time.sleep(LATER_AFTER_S)
+    for name in LATER_MODULES:
+        importlib.import_module(name)
+
+
 def load(value):
     for k, v in (value.get("env") or {}).items():
         os.environ[k] = v if isinstance(v, str) else json.dumps(v)
@@ -317,8 +347,10 @@ def load(value):
     if root:
         os.makedirs(root, mode=0o700, exist_ok=True)
     else:
-        root = tempfile.mkdtemp(prefix="action-")
+        root = action_dir()
     if value.get("binary"):
+        import base64
+
         try:
             data = base64.b64decode(value["code"], validate=True)
         except ValueError:
@@ -344,22 +376,71 @@ def load(value):
     return fn
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "loom-python-proxy"
+MAX_LINE = 65536  # a request or header line, as http.client's limit
+MAX_HEADERS = 100
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
+           431: "Request Header Fields Too Large", 502: "Bad Gateway",
+           505: "HTTP Version Not Supported"}
+
+
+class Handler(socketserver.StreamRequestHandler):
     disable_nagle_algorithm = True
     action = Action()
 
-    def log_message(self, *args):
-        pass
+    def handle(self):
+        while self.handle_one():
+            pass
+
+    def handle_one(self):
+        """One request; True when the connection stays open for another."""
+        self.keep = False
+        line = self.rfile.readline(MAX_LINE + 1)
+        if not line:
+            return False
+        parts = line.decode("latin-1").split()
+        if len(line) > MAX_LINE or len(parts) != 3:
+            return self.answer(400, {"error": "not an HTTP request line"})
+        method, self.path, version = parts
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            return self.answer(505, {"error": f"{version} is not served"})
+        self.headers = {}
+        while True:
+            h = self.rfile.readline(MAX_LINE + 1)
+            if not h:
+                return False
+            if h in (b"\r\n", b"\n"):
+                break
+            if len(h) > MAX_LINE or len(self.headers) >= MAX_HEADERS:
+                return self.answer(431, {"error": "the request's headers are too large"})
+            name, sep, value = h.decode("latin-1").partition(":")
+            if not sep or not name.strip():
+                return self.answer(400, {"error": "a header line without a name"})
+            self.headers[name.strip().lower()] = value.strip()
+        conn = self.headers.get("connection", "").lower()
+        self.keep = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
+        if method == "GET":
+            self.do_GET()
+        elif method == "POST":
+            self.do_POST()
+        else:
+            self.keep = False
+            self.answer(405, {"error": f"method {method} is not served"})
+        return self.keep
 
     def answer(self, status, obj):
+        """Sends status with obj as JSON; returns whether the connection stays open."""
         data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+            "Server: loom-python-proxy\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            + ("" if self.keep else "Connection: close\r\n")
+            + "\r\n"
+        )
+        self.wfile.write(head.encode("latin-1") + data)
+        return self.keep
 
     def do_GET(self):
         if self.path == "/health":
@@ -369,17 +450,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         if self.path not in ("/init", "/run"):
+            self.keep = False  # its body is not read
             self.answer(404, {"error": "not found"})
             return
-        if "chunked" in self.headers.get("Transfer-Encoding", ""):
-            self.close_connection = True
+        if "chunked" in self.headers.get("transfer-encoding", ""):
+            self.keep = False
             self.answer(411, {"error": "a Content-Length is required"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.keep = False
+            self.answer(400, {"error": "the Content-Length is not a number"})
+            return
         if length > MAX_BODY:
-            self.close_connection = True
+            self.keep = False
             self.answer(413, {"error": "the body is too large"})
             return
+        if self.headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             msg = json.loads(self.rfile.read(length))
         except ValueError as e:
@@ -397,7 +488,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.answer(502, {"error": f"the result is not JSON: {describe(e)}"})
 
 
-class Server(ThreadingHTTPServer):
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
     request_queue_size = 128
 
 
@@ -416,6 +509,7 @@ def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     log(f"listening on 0.0.0.0:{port}")
+    threading.Thread(target=load_later_modules, daemon=True).start()
     server.serve_forever()
 
 
