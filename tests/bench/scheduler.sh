@@ -139,12 +139,16 @@ say "10k-index array fully placed in $a10k_ms ms"
 # ends at once, from the POST to the run completed (every index's RUNNING and
 # SUCCEEDED reports applied and the run settled)
 completed() {
-	local t0 ms
+	local t0 ms state
 	t0=$(now_ms)
 	submit "$1" 0-9999 0.125 'true' >/dev/null
-	ms=$(wait_count "SELECT count(*) FROM job_runs WHERE name = '$1' AND state = 'completed'" 1 300)
+	ms=$(wait_count "SELECT count(*) FROM job_runs WHERE name = '$1'
+		AND state IN ('completed', 'failed')" 1 300)
 	[ "$ms" = - ] || ms=$(($(now_ms) - t0))
-	echo "$ms"
+	state=$(sql "SELECT state || ' (' || n_succeeded || ' succeeded, ' || n_running || ' running, '
+		|| n_failed || ' failed)' FROM job_runs WHERE name = '$1'")
+	say "$1: $state"
+	case $state in completed*) echo "$ms" ;; *) echo "- (${state%% *})" ;; esac
 }
 c1k_ms=$(completed c1k)
 say "10k-index array of true completed in $c1k_ms ms (1k nodes)"
