@@ -338,8 +338,11 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
      * third of the node timeout (at most ~1/3 timeout + one flush stale,
      * far from lost): 10,000 nodes cost ~3,000 row writes a second, not
      * 10,000; a change of health, and a node out of service for its health,
-     * are written at once. Rows locked in name order: replicas flushing at
-     * once do not deadlock. b: each node's latest heartbeat in the batch. */
+     * are written at once. Rows locked in name order, as the leader's loss
+     * check locks them: replicas flushing at once and the check do not
+     * deadlock; and FOR NO KEY UPDATE, which does not wait for the key
+     * share locks of instance rows being inserted on these nodes.
+     * b: each node's latest heartbeat in the batch. */
     char fresh[32], settle[32];
     snprintf(fresh, sizeof(fresh), "%lld", (long long)(s->node_timeout_ms / 3));
     snprintf(settle, sizeof(settle), "%lld", (long long)s->health_settle_ms);
@@ -357,7 +360,7 @@ static void hb_flush(struct sched *s, struct loom_db *db, struct sched_hb_entry 
         "      WHERE n.state = 'lost' OR n.restarted_at IS NOT NULL "
         "        OR n.last_heartbeat < now() - make_interval(secs => $2::bigint / 1000.0) "
         "        OR n.health_problem IS DISTINCT FROM b.health OR n.cordoned_by = 'health' "
-        "      ORDER BY n.name FOR UPDATE OF n), "
+        "      ORDER BY n.name FOR NO KEY UPDATE OF n), "
         "u AS (UPDATE nodes n SET last_heartbeat = now(), "
         "        state = CASE WHEN o.sick THEN 'draining' "
         "                     WHEN n.state = 'lost' OR o.well THEN 'ready' ELSE n.state END, "
@@ -502,11 +505,14 @@ int sched_nodes_check_liveness(struct sched *s, struct loom_db *db, int64_t epoc
         return -1;
     if (sched_lease_check_tx(s, db, epoch, err) < 0)
         goto fail;
-    lost = loom_db_query(
-        db, err,
-        "UPDATE nodes SET state = 'lost' WHERE state = 'ready' "
-        "AND last_heartbeat < now() - make_interval(secs => $1::bigint / 1000.0) RETURNING name",
-        timeout);
+    lost =
+        loom_db_query(db, err,
+                      "UPDATE nodes SET state = 'lost' WHERE name IN (SELECT name FROM nodes "
+                      "  WHERE state = 'ready' "
+                      "    AND last_heartbeat < now() - make_interval(secs => $1::bigint / 1000.0) "
+                      "  ORDER BY name FOR NO KEY UPDATE) "
+                      "RETURNING name",
+                      timeout);
     if (!lost)
         goto fail;
     /* the nodes just lost, and any lost one still holding live instances
