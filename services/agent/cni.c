@@ -347,6 +347,15 @@ static void drop_script(struct strbuf *s, const char *bridge, const char *ip, ui
                 bridge, ip, cur, bridge, ip, cur, bridge, ip);
 }
 
+/* The script that gives ip the mark: its proj entry and its member element. */
+static void admit_script(struct strbuf *s, const char *bridge, const char *ip, uint32_t mark)
+{
+    strbuf_addf(s,
+                "add element bridge loom-%s proj { %s : 0x%x }\n"
+                "add element bridge loom-%s member { %s . 0x%x }\n",
+                bridge, ip, mark, bridge, ip, mark);
+}
+
 int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct loom_err *err)
 {
     /* an address may still carry another mark: a stem cell's before it was
@@ -359,10 +368,7 @@ int cni_isolation_add(const char *bridge, const char *ip, uint32_t mark, struct 
     _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
     if (has && cur != mark)
         drop_script(&s, bridge, ip, cur);
-    strbuf_addf(&s,
-                "add element bridge loom-%s proj { %s : 0x%x }\n"
-                "add element bridge loom-%s member { %s . 0x%x }\n",
-                bridge, ip, mark, bridge, ip, mark);
+    admit_script(&s, bridge, ip, mark);
     if (nft_batch(s.buf, err) < 0)
         return loom_err_wrap(err, "admitting %s to its project's network", ip);
     return 0;
@@ -375,10 +381,7 @@ int cni_isolation_move(const char *bridge, const char *ip, uint32_t from, uint32
      * no entry for ip */
     _cleanup_strbuf_ struct strbuf s = STRBUF_INIT;
     drop_script(&s, bridge, ip, from);
-    strbuf_addf(&s,
-                "add element bridge loom-%s proj { %s : 0x%x }\n"
-                "add element bridge loom-%s member { %s . 0x%x }\n",
-                bridge, ip, to, bridge, ip, to);
+    admit_script(&s, bridge, ip, to);
     if (nft_batch(s.buf, err) < 0)
         return loom_err_wrap(err, "moving %s to another network", ip);
     return 0;

@@ -101,12 +101,13 @@ static void lease_renew(struct agent *a, int64_t sent, int64_t lease_ms)
     pthread_mutex_unlock(&a->mu);
     if (back)
         log_info("node lease renewed: a scheduler answers again");
-    /* the next agent, if this one dies, inherits the lease */
+    /* the next agent, if this one dies, inherits the lease; no fsync, as
+     * for instance.json: after a machine crash nothing runs to fence */
     char p[4200], buf[32];
     lease_path(a, p, sizeof(p));
     int n = snprintf(buf, sizeof(buf), "%" PRId64 "\n", loom_now_ms() + (until - loom_mono_ms()));
     struct loom_err err = LOOM_ERR_INIT;
-    if (loom_write_file_atomic(p, buf, (size_t)n, &err) < 0)
+    if (agent_write_file_nosync(p, buf, (size_t)n, &err) < 0)
         log_warn("%s", err.msg);
 }
 
@@ -160,23 +161,18 @@ static void heartbeat(struct agent *a)
     for (struct instance *in = a->list; in; in = in->next)
         if (!in->done)
             ids[k++] = strdup(in->id);
-    pthread_mutex_unlock(&a->mu);
-    hb.instance_ids = ids;
-    hb.n_instance_ids = k;
     char health[AGENT_HEALTH_MAX];
-    pthread_mutex_lock(&a->mu);
     memcpy(health, a->health, sizeof(health));
-    pthread_mutex_unlock(&a->mu);
-    hb.health_problem = health;
-    struct loom_err err = LOOM_ERR_INIT;
-    Loom__V1__NodeLease *l = NULL;
-    int64_t sent = loom_mono_ms();
     /* no longer than the lease has left: it is checked when this returns */
-    int64_t wait = a->o.hb_ms;
-    pthread_mutex_lock(&a->mu);
+    int64_t sent = loom_mono_ms(), wait = a->o.hb_ms;
     if (a->lease_armed && !a->lease_out && a->lease_until - sent < wait)
         wait = a->lease_until - sent > 50 ? a->lease_until - sent : 50;
     pthread_mutex_unlock(&a->mu);
+    hb.instance_ids = ids;
+    hb.n_instance_ids = k;
+    hb.health_problem = health;
+    struct loom_err err = LOOM_ERR_INIT;
+    Loom__V1__NodeLease *l = NULL;
     if (loom_bus_request(a->svc->bus, LOOM_SUBJ_NODE_HEARTBEAT, &hb.base,
                          &loom__v1__node_lease__descriptor, (int)wait, (ProtobufCMessage **)&l,
                          &err) < 0) {

@@ -371,8 +371,8 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
     int *rows = calloc(n + 1, sizeof(int));
     char(*codes)[16] = calloc(n + 1, sizeof(*codes));
     const char **reasons = calloc(n + 1, sizeof(char *));
-    char(*reason_bufs)[4200] = calloc(n + 1, sizeof(*reason_bufs));
-    if (!gangs || !rows || !codes || !reasons || !reason_bufs)
+    char **made = calloc(n + 1, sizeof(char *)); /* reasons made here, freed at the end */
+    if (!gangs || !rows || !codes || !reasons || !made)
         abort();
     int rc = 0;
     for (size_t k = 0; k < n; k++) {
@@ -413,8 +413,9 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
         else if (ended && !reason[0] && m->timed_out)
             reason = "timed out (max execution time reached)";
         else if (ended && m->oom_killed && !strstr(reason, "memory")) {
-            snprintf(reason_bufs[k], sizeof(reason_bufs[k]), "%s (OOM killed)", reason);
-            reason = reason_bufs[k];
+            if (asprintf(&made[k], "%s (OOM killed)", reason) < 0)
+                abort();
+            reason = made[k];
         }
         reasons[k] = reason;
         char seq[32], size[32];
@@ -463,7 +464,9 @@ static int apply_round(struct loom_db *db, int64_t backoff_ms, Loom__V1__Instanc
     free(rows);
     free(codes);
     free(reasons);
-    free(reason_bufs);
+    for (size_t k = 0; k < n; k++)
+        free(made[k]);
+    free(made);
     return rc;
 }
 

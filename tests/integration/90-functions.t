@@ -341,7 +341,7 @@ cat >"$code/probe.py" <<'EOF'
 import socket
 def main(args):
     s = socket.socket()
-    s.settimeout(2)
+    s.settimeout(float(args.get("timeout", 2)))
     try:
         s.connect((args["ip"], 8080))
         return {"reached": True}
@@ -365,19 +365,6 @@ is "$(jq -r .reached <<<"$http_body" 2>&1)" false "but not default's" || diag "$
 # still be in the stem cell's own network, and not reach another instance of
 # other's (one SYN, no retry). Held longer than the activator waits for the
 # node, the instance is not used at all, and the call takes another.
-cat >"$code/reach.py" <<'EOF'
-import socket
-def main(args):
-    s = socket.socket()
-    s.settimeout(0.5)
-    try:
-        s.connect((args["ip"], 8080))
-        return {"reached": True}
-    except OSError as e:
-        return {"reached": False, "why": str(e)}
-    finally:
-        s.close()
-EOF
 # the instance reached: one of other's, kept busy by a long call (a busy
 # instance is never evicted for a cold call's room)
 cat >"$code/sleeper.py" <<'EOF'
@@ -396,7 +383,7 @@ agent_pid=$(cat "$LOOM_HOME/run/agent.pid")
 free_python() { [ "$(stems python-3.11)" -ge 1 ]; }
 # held_call NAME HOLD_S: NAME's first call while the agent is held HOLD_S seconds
 held_call() {
-	other fn create "$1" --runtime python-3.11 --inline-code "$code/reach.py" --cpu 0.125 \
+	other fn create "$1" --runtime python-3.11 --inline-code "$code/probe.py" --cpu 0.125 \
 		--memory 0.5G >/dev/null 2>&1
 	wait_for 120 free_python || diag "no free python stem cell before $1's call"
 	kill -STOP "$agent_pid"
@@ -404,7 +391,7 @@ held_call() {
 		sleep "$2"
 		kill -CONT "$agent_pid"
 	) &
-	call "$LOOM_ACTIVATOR_URL/fns/other/$1?ip=$(ip_of "$target")"
+	call "$LOOM_ACTIVATOR_URL/fns/other/$1?ip=$(ip_of "$target")&timeout=0.5"
 	wait "$!"
 }
 held_call reach1 0.4
